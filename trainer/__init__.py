@@ -1,0 +1,1 @@
+"""The bundled depth trainer (arrives with a later issue)."""
