@@ -1,0 +1,174 @@
+"""The `curate` Prefect flow: one task per video, bounded concurrency, then a corpus-level publish."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from pipeline.catalog import CatalogEntry, read_catalog
+from pipeline.config import CurateConfig, load_config
+from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
+from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
+from pipeline.download import DownloadResult, download_video
+from pipeline.errors import VideoError
+from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
+from pipeline.layout import DataRoot
+from pipeline.publish import publish
+
+DEMO_CATALOG = "demo"
+MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
+_download_slots: dict[int, threading.Semaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _slots(n: int) -> threading.Semaphore:
+    with _slots_lock:
+        return _download_slots.setdefault(n, threading.Semaphore(n))
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry a download only when the failure may go away (timeouts, 5xx, throttling)."""
+    try:
+        state.result()
+    except VideoError as exc:
+        return exc.transient
+    except Exception:  # noqa: BLE001 - unexpected errors deserve one more try
+        return True
+    return False
+
+
+@task(name="download", cache_policy=NO_CACHE, task_run_name="download-{entry.video_id}")
+def download_task(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> DownloadResult:
+    logger = get_run_logger()
+    reporter = _ThrottledProgress(lambda pct, msg: logger.info("%s download %3d%% %s", entry.video_id, pct, msg))
+    with _slots(cfg.download.parallel):
+        result = download_video(entry, root.videos_dir(entry.dataset), cfg.download, progress=reporter)
+    logger.info("%s: %s %s", entry.video_id, "already downloaded" if result.cached else "downloaded", result.path.name)
+    return result
+
+
+@task(name="curate-video", cache_policy=NO_CACHE, task_run_name="curate-{entry.video_id}",
+      cache_result_in_memory=False)
+def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict[str, Any]:
+    """Download and ingest one video; returns its record. Never raises for bad input."""
+    logger = get_run_logger()
+    record = load_record(root, entry)
+    if is_finished(record, cfg):
+        logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
+        return _brief(record, skipped=True)
+    downloader = download_task.with_options(
+        retries=cfg.download.attempts - 1,
+        retry_delay_seconds=exponential_backoff(backoff_factor=cfg.download.backoff_s) if cfg.download.backoff_s else 0,
+        retry_condition_fn=_retry_transient,
+    )
+    try:
+        downloaded = downloader(entry, root, cfg)
+        reporter = _ThrottledProgress(lambda pct, msg: logger.info("%s decode %3d%% %s", entry.video_id, pct, msg))
+        record = ingest_video(entry, downloaded.path, root, cfg, progress=reporter)
+    except VideoError as exc:
+        record = write_failure(entry, root, cfg, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
+        logger.error("%s: unexpected error\n%s", entry.video_id, traceback.format_exc())
+        record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
+    level = logger.info if record["status"] == "ok" else logger.warning
+    level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
+          f", kept {record['frames_kept']}/{record['frames_decoded']} frames")
+    return _brief(record, skipped=False)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(root: DataRoot, cfg: CurateConfig, problems: list[dict[str, Any]]) -> dict[str, Any]:
+    return publish(root, cfg, problems)
+
+
+@flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int | None = None,
+           config: str | None = None) -> dict[str, Any]:
+    """Curate every video of `catalog` (a CSV path, or "demo" for the embedded demo) into `data_root`."""
+    logger = get_run_logger()
+    cfg = load_config(config or (DEMO_CONFIG if catalog == DEMO_CATALOG else None))
+    root = DataRoot(data_root)
+    with _catalog_file(catalog, root) as catalog_path:
+        entries, problems = read_catalog(catalog_path)
+        for problem in problems:
+            logger.warning("catalog %s", problem.message)
+        entries = entries[:limit] if limit is not None else entries
+        logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.root,
+                    cfg.run.workers)
+        briefs = _run_bounded(entries, root, cfg)
+    description = publish_task(root, cfg, [_problem_row(p, catalog_path) for p in problems])
+    _summary_artifact(briefs, description)
+    return {"data_root": str(root.root), "counts": description["counts"], "videos": briefs}
+
+
+def _run_bounded(entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig) -> list[dict[str, Any]]:
+    """Keep at most `run.workers` videos in flight; results come back in catalog order."""
+    progress_id = create_progress_artifact(progress=0.0, key="curate-progress", description="videos finished")
+    pending: collections.deque = collections.deque()
+    briefs: list[dict[str, Any]] = []
+
+    def collect_oldest() -> None:
+        briefs.append(pending.popleft().result())
+        update_progress_artifact(progress_id, progress=100.0 * len(briefs) / max(1, len(entries)))
+
+    for entry in entries:
+        if len(pending) >= cfg.run.workers:
+            collect_oldest()
+        pending.append(curate_video.submit(entry, root, cfg))
+    while pending:
+        collect_oldest()
+    return briefs
+
+
+@contextlib.contextmanager
+def _catalog_file(catalog: str, root: DataRoot) -> Iterator[Path]:
+    """The catalog path; for the demo, render its videos and serve them on loopback while the run lasts."""
+    if catalog != DEMO_CATALOG:
+        yield Path(catalog)
+        return
+    sources = root.root / "demo_sources"
+    build_demo_sources(sources)
+    with serve_directory(sources) as base_url:
+        yield write_demo_catalog(sources / "catalog.csv", base_url)
+
+
+def _problem_row(problem, catalog_path: Path) -> dict[str, Any]:
+    row = asdict(problem)
+    row["message"] = f"{catalog_path.name}: {problem.message}"
+    return row
+
+
+def _brief(record: dict[str, Any], skipped: bool) -> dict[str, Any]:
+    keys = ("dataset", "video_id", "status", "error", "frames_decoded", "frames_kept")
+    return {**{k: record.get(k) for k in keys}, "skipped": skipped}
+
+
+def _summary_artifact(briefs: list[dict[str, Any]], description: dict[str, Any]) -> None:
+    create_table_artifact(key="curate-summary", table=briefs,
+                          description=f"per-video summary; dataset counts: {description['counts']}")
+
+
+class _ThrottledProgress:
+    """Turn fine-grained progress callbacks into a log line every 10% or 30 seconds."""
+
+    def __init__(self, emit) -> None:
+        self.emit = emit
+        self.last_pct = -10
+        self.last_time = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        pct = int(fraction * 100)
+        if pct >= self.last_pct + 10 or time.monotonic() - self.last_time > 30:
+            self.last_pct, self.last_time = pct, time.monotonic()
+            self.emit(pct, message)

@@ -1,0 +1,150 @@
+"""Typed pipeline configuration: defaults live here, YAML overrides them, unknown keys are errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadConfig(_Section):
+    # 136 is the 720p H.264 video-only stream SlowTV used; the rest are fallbacks for when it is gone.
+    # `height<=?` keeps direct links (no height reported) eligible.
+    format: str = (
+        "136/bv*[vcodec^=avc1][height<=?720][ext=mp4]/bv*[height<=?720][ext=mp4]"
+        "/bv*[height<=?720]/b[height<=?720]/bv*/b"
+    )
+    attempts: int = Field(3, ge=1)
+    backoff_s: float = Field(2.0, ge=0)
+    socket_timeout_s: float = Field(30.0, gt=0)
+    rate_limit: str | None = None  # yt-dlp syntax, e.g. "2M"
+    cookies_file: str | None = None
+    parallel: int = Field(2, ge=1)  # concurrent downloads; YouTube throttles many parallel ones
+
+
+class TrimConfig(_Section):
+    head_s: float = Field(300.0, ge=0)
+    tail_s: float = Field(300.0, ge=0)
+    # Default trims shrink to this fraction of the duration each, so short videos keep most frames.
+    max_fraction: float = Field(0.1, ge=0, lt=0.5)
+
+
+class DecimateConfig(_Section):
+    keep: int = Field(100, ge=1)
+    every: int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _keep_le_every(self) -> "DecimateConfig":
+        if self.keep > self.every:
+            raise ValueError(f"decimate.keep ({self.keep}) must be <= decimate.every ({self.every})")
+        return self
+
+
+class SampleConfig(_Section):
+    fps: float = Field(10.0, gt=0)
+    max_height: int | None = Field(720, ge=16)  # resize down (never up); None keeps the native size
+    trim: TrimConfig = TrimConfig()
+    decimate: DecimateConfig | None = DecimateConfig()  # SlowTV: 100 frames kept in every 250
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class ShotConfig(_Section):
+    # PySceneDetect ContentDetector scale: mean |dH|,|dS|,|dV| between consecutive frames.
+    threshold: float = Field(27.0, gt=0)
+    min_frames: int = Field(3, ge=1)  # at the sampled fps
+
+
+class FilterConfig(_Section):
+    dark_max_brightness: float = 16.0  # mean luma (0-255) below this is `dark`
+    blank_max_std: float = 6.0  # luma std below this is `blank` (a flat card)
+    blur_min_sharpness: float = 40.0  # variance of the Laplacian at the analysis width
+    static_max_motion: float = 0.002  # median flow / image width between consecutive kept frames
+    analysis_width: int = Field(256, ge=32)  # quality measures are computed at this width
+
+
+class DedupConfig(_Section):
+    # 64-bit pHash distance counted as a duplicate. pHash is a layout fingerprint: re-encodes of the
+    # same frame measured 0-3 apart, different scenes with a similar layout from 5 up.
+    max_hamming: int = Field(4, ge=0, le=64)
+    # Within a video, frames closer than this in time are neighbours, not duplicates (loops, replays).
+    min_separation_s: float = Field(60.0, ge=0)
+    across_videos: bool = True
+
+
+class SplitConfig(_Section):
+    train_fraction: float = Field(0.9, ge=0, le=1)
+    gap_frames: int = Field(100, ge=0)  # dropped on each side of the boundary (at the sampled fps)
+
+
+class WriteConfig(_Section):
+    row_group_bytes: int = Field(64 * 2**20, ge=2**16)
+    part_bytes: int = Field(1024 * 2**20, ge=2**20)
+    compression: Literal["none", "snappy", "zstd"] = "none"  # JPEG bytes do not compress further
+
+
+class RunConfig(_Section):
+    workers: int = Field(2, ge=1)  # videos processed at once
+    retry_failed: bool = True  # rerun videos whose earlier attempt failed
+
+
+class CurateConfig(_Section):
+    download: DownloadConfig = DownloadConfig()
+    sample: SampleConfig = SampleConfig()
+    shots: ShotConfig = ShotConfig()
+    filters: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    split: SplitConfig = SplitConfig()
+    write: WriteConfig = WriteConfig()
+    run: RunConfig = RunConfig()
+
+    def processing_hash(self) -> str:
+        """Hash of the settings that change a video's output (not download or run settings)."""
+        relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write"})
+        return _hash(relevant)
+
+    def full_hash(self) -> str:
+        return _hash(self.model_dump())
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurateConfig:
+    """Defaults, then the YAML file, then `overrides` (nested dicts); unknown keys are rejected."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path or '(defaults)'}:\n{exc}") from exc
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,121 @@
+"""Turn one downloaded video into its shards, its frame stats and its video record, resumably."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.catalog import CatalogEntry
+from pipeline.config import CurateConfig
+from pipeline.errors import VideoError
+from pipeline.layout import DataRoot
+from pipeline.parquet_writer import PartFile, PartWriter
+from pipeline.probe import VideoInfo, probe_video
+from pipeline.sampling import SampleCounts, plan_sampling, sample_video
+from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
+from pipeline.storage import remove_stale_temps, write_bytes_atomic
+
+ProgressFn = Callable[[float, str], None]
+
+
+def load_record(root: DataRoot, entry: CatalogEntry) -> dict[str, Any] | None:
+    path = root.video_record(entry.dataset, entry.video_id)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent, or torn by a crash before the atomic rename (cannot happen, but harmless)
+
+
+def is_finished(record: dict[str, Any] | None, cfg: CurateConfig) -> bool:
+    """True when a rerun has nothing to do for this video."""
+    if record is None or record.get("processing_hash") != cfg.processing_hash():
+        return False
+    return record["status"] == "ok" or not cfg.run.retry_failed
+
+
+def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Probe, sample and write one video; bad input ends as a failure record instead of an exception."""
+    shard_dir = root.shard_dir(entry.dataset, entry.video_id)
+    frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
+    for directory in (shard_dir, frames_dir):
+        remove_stale_temps(directory)
+    try:
+        info = probe_video(video_path)
+        plan_sampling(info, entry, cfg)  # fail fast on a too-short video, before any writer opens
+        shards = PartWriter(shard_dir, SHARD_SCHEMA, row_group_bytes=cfg.write.row_group_bytes,
+                            part_bytes=cfg.write.part_bytes, compression=cfg.write.compression)
+        frames = PartWriter(frames_dir, FRAME_STATS_SCHEMA, prefix="frames", row_group_rows=50_000,
+                            part_bytes=1 << 40, compression="zstd")
+        try:
+            counts = sample_video(video_path, entry, info, cfg, shards, frames, progress=progress)
+            shard_parts, frame_parts = shards.close(), frames.close()
+        except BaseException:
+            shards.abort()
+            frames.abort()
+            raise
+    except VideoError as exc:
+        return write_failure(entry, root, cfg, exc, info=locals().get("info"))
+    _remove_unlisted(shard_dir, shard_parts)
+    _remove_unlisted(frames_dir, frame_parts)
+    record = _base_record(entry, cfg, "ok", info=info)
+    record.update(_counts_fields(counts), warning=counts.warning,
+                  shards=[_part_entry(root, p) for p in shard_parts],
+                  frame_parts=[_part_entry(root, p) for p in frame_parts])
+    _write_record(root, entry, record)
+    return record
+
+
+def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError,
+                  info: VideoInfo | None = None) -> dict[str, Any]:
+    """Record a failed video and remove any output an earlier successful run left for it."""
+    for directory in (root.shard_dir(entry.dataset, entry.video_id),
+                      root.video_frames_dir(entry.dataset, entry.video_id)):
+        shutil.rmtree(directory, ignore_errors=True)
+    record = _base_record(entry, cfg, error.reason, info=info)
+    record["error"] = error.message
+    _write_record(root, entry, record)
+    return record
+
+
+def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: VideoInfo | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": entry.url,
+        "category": entry.category, "subcategory": entry.subcategory, "layout": entry.layout,
+        "catalog_line": entry.line, "status": status, "error": None, "warning": None,
+        "processing_hash": cfg.processing_hash(), "frames_decoded": 0, "frames_kept": 0, "clips": 0,
+        "shards": [], "frame_parts": [],
+        **{f"dropped_{reason}": 0 for reason in DROP_REASONS},
+    }
+    if info is not None:
+        record.update(info.as_dict())
+        try:
+            plan = plan_sampling(info, entry, cfg)
+            record.update(trim_start_s=plan.start_s, trim_end_s=info.duration_s - plan.end_s)
+        except VideoError:
+            pass
+    return record
+
+
+def _counts_fields(counts: SampleCounts) -> dict[str, Any]:
+    fields = {"frames_decoded": counts.decoded, "frames_kept": counts.kept, "clips": counts.clips}
+    fields.update({f"dropped_{reason}": counts.dropped.get(reason, 0) for reason in DROP_REASONS})
+    return fields
+
+
+def _part_entry(root: DataRoot, part: PartFile) -> dict[str, Any]:
+    return {"path": root.relative(part.path), "rows": part.rows, "bytes": part.bytes, "sha256": part.sha256}
+
+
+def _remove_unlisted(directory: Path, parts: list[PartFile]) -> None:
+    """Drop parts an earlier run (other config, longer output) left behind."""
+    keep = {p.path.name for p in parts}
+    for stale in directory.glob("*.parquet"):
+        if stale.name not in keep:
+            stale.unlink()
+
+
+def _write_record(root: DataRoot, entry: CatalogEntry, record: dict[str, Any]) -> None:
+    data = json.dumps(record, indent=1, sort_keys=True, default=str).encode()
+    write_bytes_atomic(root.video_record(entry.dataset, entry.video_id), data)

@@ -1,0 +1,166 @@
+"""Corpus-level step after all videos: cross-video dedup, manifests, stats tables and dataset.json."""
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import CurateConfig
+from pipeline.dedup import find_many
+from pipeline.layout import DataRoot
+from pipeline.schema import (DROP_REASONS, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SCHEMA_VERSION,
+                             VIDEO_STATS_SCHEMA)
+from pipeline.storage import write_bytes_atomic
+
+_SAMPLE_COLUMNS = [f.name for f in MANIFEST_SCHEMA if f.name not in ("shard", "row")]
+
+
+def load_records(root: DataRoot) -> list[dict[str, Any]]:
+    """Every finished video's record, in (dataset, video_id) order: the order that decides dedup winners."""
+    records = [json.loads(p.read_text()) for p in root.video_records()]
+    return sorted(records, key=lambda r: (r["dataset"], r["video_id"]))
+
+
+def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Write stats tables, manifests and dataset.json for everything finished under `root`; returns dataset.json."""
+    records = load_records(root)
+    frames = _load_frames(root, records)
+    if cfg.dedup.across_videos:
+        frames = _drop_cross_video_duplicates(frames, cfg.dedup.max_hamming)
+    _recount(records, frames)
+    outputs = {
+        root.frames_table: _parquet_bytes(frames),
+        root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
+    }
+    kept_ids = set(frames.filter(frames["kept"])["sample_id"].to_pylist())
+    manifests = {}
+    for dataset in sorted({r["dataset"] for r in records}):
+        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept_ids)
+        manifests[dataset] = table.num_rows
+        outputs[root.manifest(dataset)] = _parquet_bytes(table)
+    # The manifests go last: a reader who finds one can rely on everything it points to.
+    for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
+        write_bytes_atomic(path, outputs[path])
+    description = _description(root, cfg, records, frames, outputs, manifests)
+    write_bytes_atomic(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+    return description
+
+
+def _load_frames(root: DataRoot, records: list[dict[str, Any]]) -> pa.Table:
+    tables = [pq.read_table(root.root / part["path"], schema=FRAME_STATS_SCHEMA)
+              for record in records if record["status"] == "ok" for part in record["frame_parts"]]
+    if not tables:
+        return FRAME_STATS_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table:
+    """Mark kept frames that repeat a kept frame of an earlier video; the earlier one stays."""
+    kept = frames["kept"].to_numpy(zero_copy_only=False)
+    if not kept.any():
+        return frames
+    video = np.asarray(pc.binary_join_element_wise(frames["dataset"], frames["video_id"], "/"))
+    hashes = frames["phash"].fill_null(0).to_numpy().astype(np.uint64)
+    sample_ids = frames["sample_id"].to_numpy(zero_copy_only=False)
+    reason = frames["drop_reason"].to_numpy(zero_copy_only=False).astype(object)
+    duplicate_of = frames["duplicate_of"].to_numpy(zero_copy_only=False).astype(object)
+    index_rows = np.empty(0, np.int64)
+    for name in dict.fromkeys(video):  # video order as loaded: (dataset, video_id)
+        rows = np.flatnonzero((video == name) & kept)
+        match = find_many(hashes[index_rows], hashes[rows], max_hamming)
+        hit = match >= 0
+        dup_rows = rows[hit]
+        kept[dup_rows] = False
+        reason[dup_rows] = "duplicate_cross_video"
+        duplicate_of[dup_rows] = sample_ids[index_rows[match[hit]]]
+        index_rows = np.concatenate([index_rows, rows[~hit]])
+    frames = frames.set_column(frames.schema.get_field_index("kept"), "kept", pa.array(kept))
+    frames = frames.set_column(frames.schema.get_field_index("drop_reason"), "drop_reason",
+                               pa.array(reason, pa.string()))
+    frames = frames.set_column(frames.schema.get_field_index("duplicate_of"), "duplicate_of",
+                               pa.array(duplicate_of, pa.string()))
+    return frames.cast(FRAME_STATS_SCHEMA)
+
+
+def _recount(records: list[dict[str, Any]], frames: pa.Table) -> None:
+    """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
+    cross = frames.filter(pc.equal(frames["drop_reason"], "duplicate_cross_video"))
+    per_video = collections.Counter(zip(cross["dataset"].to_pylist(), cross["video_id"].to_pylist()))
+    for record in records:
+        n = per_video.get((record["dataset"], record["video_id"]), 0)
+        record["dropped_duplicate_cross_video"] = n
+        record["frames_kept"] = record["frames_kept"] - n if record["status"] == "ok" else 0
+
+
+def _videos_table(records: list[dict[str, Any]], catalog_problems: list[dict[str, Any]]) -> pa.Table:
+    rows = []
+    for record in records:
+        row = {name: record.get(name) for name in VIDEO_STATS_SCHEMA.names}
+        row["shards"] = len(record["shards"])
+        row["shard_bytes"] = sum(p["bytes"] for p in record["shards"])
+        rows.append(row)
+    for problem in catalog_problems:
+        rows.append({"dataset": problem.get("dataset"), "video_id": problem.get("video_id"),
+                     "catalog_line": problem["line"], "status": "catalog_error",
+                     "error": f"{problem['reason']}: {problem['message']}"})
+    return pa.Table.from_pylist(rows, schema=VIDEO_STATS_SCHEMA)
+
+
+def _manifest(root: DataRoot, records: list[dict[str, Any]], kept_ids: set[str]) -> pa.Table:
+    tables = []
+    for record in records:
+        for part in record["shards"]:
+            table = pq.read_table(root.root / part["path"], columns=_SAMPLE_COLUMNS)
+            table = table.append_column("shard", pa.array([part["path"]] * table.num_rows, pa.string()))
+            table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+            mask = pa.array([sid in kept_ids for sid in table["sample_id"].to_pylist()])
+            tables.append(table.filter(mask))
+    if not tables:
+        return MANIFEST_SCHEMA.empty_table()
+    return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=1_000_000)
+    return sink.getvalue()
+
+
+def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]], frames: pa.Table,
+                 outputs: dict, manifests: dict[str, int]) -> dict[str, Any]:
+    reasons = collections.Counter(r for r in frames["drop_reason"].to_pylist() if r)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": f"depthcurate {_version()}",
+        "config": cfg.model_dump(),
+        "config_hash": cfg.full_hash(),
+        "processing_hash": cfg.processing_hash(),
+        "counts": {
+            "videos": dict(sorted(collections.Counter(r["status"] for r in records).items())),
+            "frames_decoded": frames.num_rows,
+            "frames_kept": int(pc.sum(frames["kept"]).as_py() or 0),
+            "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
+            "samples": manifests,
+        },
+        "shards": [part for r in records if r["status"] == "ok" for part in r["shards"]],
+        "tables": {root.relative(path): _sha256(data) for path, data in sorted(outputs.items())},
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("depthcurate")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,107 @@
+"""Arrow schemas of every table the pipeline writes; manifests/SCHEMA.md documents them."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
+
+# Why a decoded frame was not kept; stats tables count each one under its own name.
+DROP_REASONS: tuple[str, ...] = (
+    "decimated",  # outside the keep-N-every-M window
+    "split_gap",  # inside the gap around the train/val boundary
+    "dark", "blank", "blurry", "static",
+    "duplicate",  # near-duplicate of an earlier kept frame of the same video
+    "duplicate_cross_video",  # near-duplicate of a kept frame of another video
+)
+
+_SAMPLE_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("category", pa.string(), nullable=False),
+    pa.field("subcategory", pa.string()),
+    pa.field("clip_id", pa.int32(), nullable=False),
+    pa.field("frame_index", pa.int64(), nullable=False),
+    pa.field("timestamp_s", pa.float64(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("fx", pa.float32()), pa.field("fy", pa.float32()),
+    pa.field("cx", pa.float32()), pa.field("cy", pa.float32()),
+    pa.field("brightness", pa.float32()),
+    pa.field("sharpness", pa.float32()),
+    pa.field("motion", pa.float32()),
+    pa.field("phash", pa.uint64()),
+]
+
+
+def _with_version(fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
+
+
+SHARD_SCHEMA = _with_version(_SAMPLE_FIELDS + [pa.field("image", pa.binary(), nullable=False)])
+
+MANIFEST_SCHEMA = _with_version(_SAMPLE_FIELDS + [
+    pa.field("shard", pa.string(), nullable=False),  # relative to the data root
+    pa.field("row", pa.int64(), nullable=False),  # row number inside the shard
+])
+
+FRAME_STATS_SCHEMA = _with_version([
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int64(), nullable=False),
+    pa.field("timestamp_s", pa.float64(), nullable=False),
+    pa.field("clip_id", pa.int32(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("kept", pa.bool_(), nullable=False),
+    pa.field("drop_reason", pa.string()),
+    pa.field("duplicate_of", pa.string()),  # sample_id of the kept frame this one duplicates
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("brightness", pa.float32()),
+    pa.field("contrast", pa.float32()),
+    pa.field("sharpness", pa.float32()),
+    pa.field("motion", pa.float32()),
+    pa.field("phash", pa.uint64()),
+])
+
+VIDEO_STATS_SCHEMA = _with_version([
+    pa.field("dataset", pa.string()),
+    pa.field("video_id", pa.string()),
+    pa.field("seq", pa.int64()),
+    pa.field("url", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("subcategory", pa.string()),
+    pa.field("layout", pa.string()),
+    pa.field("catalog_line", pa.int64()),
+    pa.field("status", pa.string(), nullable=False),  # ok, or the failure reason
+    pa.field("error", pa.string()),
+    pa.field("warning", pa.string()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("fps", pa.float64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("codec", pa.string()),
+    pa.field("container", pa.string()),
+    pa.field("rotation", pa.int32()),
+    pa.field("variable_frame_rate", pa.bool_()),
+    pa.field("trim_start_s", pa.float64()),
+    pa.field("trim_end_s", pa.float64()),
+    pa.field("frames_decoded", pa.int64()),
+    pa.field("frames_kept", pa.int64()),
+    *[pa.field(f"dropped_{reason}", pa.int64()) for reason in DROP_REASONS],
+    pa.field("clips", pa.int64()),
+    pa.field("shards", pa.int64()),
+    pa.field("shard_bytes", pa.int64()),
+])
+
+
+class SchemaVersionError(ValueError):
+    pass
+
+
+def check_version(schema: pa.Schema, what: str) -> None:
+    """Raise SchemaVersionError unless `schema` carries the version this code reads."""
+    found = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode() or "none"
+    if found.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise SchemaVersionError(f"{what} has schema version {found}; this depthcurate reads {SCHEMA_VERSION}")

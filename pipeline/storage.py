@@ -1,0 +1,71 @@
+"""Atomic, idempotent file writes: readers never see a half-written file, reruns touch no unchanged byte."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+TMP_MARK = ".tmp-"  # temporary files are hidden (leading dot) and carry this mark
+
+
+def temp_path_for(path: Path) -> Path:
+    """A hidden sibling of `path` that readers and globs for `*.parquet` ignore."""
+    return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsynced and renamed onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, skip_if_same: bool = True) -> bool:
+    """Write `data` to `path` atomically; returns False when the file already held exactly these bytes."""
+    path = Path(path)
+    if skip_if_same and path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
+def remove_stale_temps(directory: str | Path) -> int:
+    """Delete temporary files a killed writer left in `directory`; returns how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.iterdir() if p.name.startswith(".") and TMP_MARK in p.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

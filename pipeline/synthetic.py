@@ -1,0 +1,501 @@
+"""Synthetic video with exact ground truth: a camera driving down a textured canyon.
+
+World frame is right-handed and y-up; the camera looks down +z, so its right-hand
+side is world -x. Camera frame is OpenCV (x right, y down, z forward) and K maps a
+camera point to integer pixel indices (pixel (u, v) sits at u, v, not u + 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+EYE_HEIGHT_M = 1.5
+YAW_PERIOD_S = 5.0
+
+_TEX_SIZE = 512  # texels per tile side at mip level 0
+_TEXEL_M = 4.0 / _TEX_SIZE  # a tile covers 4 m, so wrap-around repeats are rare on screen
+_MIP_LEVELS = 6
+_N_TILES = 5  # ground, wall +x, wall -x, boxes, roof/far wall
+_BOX_SPACING_M = 7.0
+_FAR_WALL_MARGIN_M = 150.0
+
+# Surface ids. Box faces are split by outward normal so shading and the texture axis
+# come from a lookup table instead of per-pixel branching.
+_GROUND, _WALL_POS, _WALL_NEG, _ROOF, _FAR = 0, 1, 2, 3, 4
+_BOX_FACE = 5  # + 2*axis + (0 for +normal, 1 for -normal)
+_SKY = -1
+_NORMALS = np.array(
+    [[0, 1, 0], [-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 0, -1],
+     [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    dtype=np.float32,
+)
+_NORMAL_AXIS = np.abs(_NORMALS).argmax(axis=1).astype(np.int8)
+_TILE_OF = np.array([0, 1, 2, 4, 4, 3, 3, 3, 3, 3, 3], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What to render: image size, timing, seed and camera motion."""
+
+    width: int = 320
+    height: int = 180
+    fps: float = 10.0
+    duration_s: float = 6.0
+    seed: int = 0
+    speed_mps: float = 2.0  # forward speed of the camera
+    yaw_amplitude_deg: float = 4.0  # gentle left-right sway so motion is not a pure translation
+    hfov_deg: float = 70.0
+    baseline_m: float = 0.0  # >0: also render a right view shifted by baseline along camera x
+    sky: bool = True  # textureless sky band above the horizon
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """One rendered time step with its ground truth."""
+
+    image: np.ndarray  # HxWx3 uint8 BGR (left view)
+    depth: np.ndarray  # HxW float32 metres, z in camera frame; np.inf for sky
+    sky_mask: np.ndarray  # HxW bool
+    pose: np.ndarray  # 4x4 float64 camera-to-world
+    right_image: np.ndarray | None = None  # when baseline_m > 0
+    right_depth: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Scene:
+    wall_pos_x: float  # wall on the camera's left
+    wall_neg_x: float  # wall on the camera's right (negative)
+    wall_height: float
+    fog_m: float
+    fog_bgr: np.ndarray
+    sky_zenith_bgr: np.ndarray
+    sun: np.ndarray
+    atlas: np.ndarray  # float32, every tile at every mip level
+    boxes: np.ndarray  # (N, 6) min xyz, max xyz
+    closed: bool  # no sky: roof at wall height and a far wall
+    far_z: float
+
+
+def intrinsics(spec: SceneSpec) -> np.ndarray:
+    """Pinhole K (pixels) with square pixels and the principal point at the image centre."""
+    fx = (spec.width / 2.0) / math.tan(math.radians(spec.hfov_deg) / 2.0)
+    return np.array([[fx, 0.0, spec.width / 2.0], [0.0, fx, spec.height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def normalized_intrinsics(spec: SceneSpec) -> tuple[float, float, float, float]:
+    """(fx/W, fy/H, cx/W, cy/H), the resolution-free form depth networks take."""
+    k = intrinsics(spec)
+    w, h = spec.width, spec.height
+    return (float(k[0, 0] / w), float(k[1, 1] / h), float(k[0, 2] / w), float(k[1, 2] / h))
+
+
+def num_frames(spec: SceneSpec) -> int:
+    """Frame count render_frames yields."""
+    return int(round(spec.duration_s * spec.fps))
+
+
+def camera_pose(spec: SceneSpec, t_s: float) -> np.ndarray:
+    """Camera-to-world 4x4 at time t_s: forward at speed_mps, yaw swaying sinusoidally."""
+    yaw = math.radians(spec.yaw_amplitude_deg) * math.sin(2.0 * math.pi * t_s / YAW_PERIOD_S)
+    c, s = math.cos(yaw), math.sin(yaw)
+    yaw_rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    # OpenCV camera axes in a y-up world: x flips to keep the rotation proper.
+    cam_to_world = np.diag([-1.0, -1.0, 1.0])
+    pose = np.eye(4)
+    pose[:3, :3] = yaw_rot @ cam_to_world
+    pose[:3, 3] = (0.0, EYE_HEIGHT_M, spec.speed_mps * t_s)
+    return pose
+
+
+def right_camera_pose(pose: np.ndarray, baseline_m: float) -> np.ndarray:
+    """Pose of a stereo partner shifted by baseline_m along the camera's +x."""
+    right = pose.copy()
+    right[:3, 3] = pose[:3, 3] + baseline_m * pose[:3, 0]
+    return right
+
+
+def render_frames(spec: SceneSpec) -> Iterator[RenderedFrame]:
+    """Yield int(round(duration_s * fps)) frames, rendering each on demand."""
+    scene = _make_scene(spec)
+    k = intrinsics(spec)
+    for i in range(num_frames(spec)):
+        pose = camera_pose(spec, i / spec.fps)
+        image, depth, sky = _render_view(scene, k, pose, spec.width, spec.height)
+        right_image = right_depth = None
+        if spec.baseline_m > 0:
+            right_pose = right_camera_pose(pose, spec.baseline_m)
+            right_image, right_depth, _ = _render_view(scene, k, right_pose, spec.width, spec.height)
+        yield RenderedFrame(image, depth, sky, pose, right_image, right_depth)
+
+
+# ---------------------------------------------------------------- scene and textures
+
+
+def _make_scene(spec: SceneSpec) -> _Scene:
+    rng = np.random.default_rng(spec.seed)
+    wall_height = float(rng.uniform(3.5, 6.0))
+    wall_pos, wall_neg = float(rng.uniform(4.0, 6.0)), -float(rng.uniform(4.0, 6.0))
+    horizon = _hsv_to_bgr(rng.uniform(180, 230), rng.uniform(0.05, 0.25), rng.uniform(0.8, 0.95))
+    zenith = _hsv_to_bgr(rng.uniform(200, 225), rng.uniform(0.45, 0.7), rng.uniform(0.6, 0.85))
+    sun = np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.8, 0.2)], dtype=np.float32)
+    z_max = spec.speed_mps * max(spec.duration_s, 0.0)
+    return _Scene(
+        wall_pos_x=wall_pos,
+        wall_neg_x=wall_neg,
+        wall_height=wall_height,
+        fog_m=float(rng.uniform(40.0, 80.0)),
+        fog_bgr=horizon,
+        sky_zenith_bgr=zenith,
+        sun=sun / np.linalg.norm(sun),
+        atlas=_mip_atlas([_texture(rng) for _ in range(_N_TILES)]),
+        boxes=_boxes(rng, wall_pos, wall_neg, wall_height, z_max + _FAR_WALL_MARGIN_M),
+        closed=not spec.sky,
+        far_z=z_max + _FAR_WALL_MARGIN_M,
+    )
+
+
+def _hsv_to_bgr(hue_deg: float, sat: float, val: float) -> np.ndarray:
+    hsv = np.array([[[hue_deg, sat, val]]], dtype=np.float32)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0] * 255.0
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    """Tileable coloured multi-octave noise, float32 BGR in [0, 255]."""
+    hue = rng.uniform(0, 360)
+    base = _hsv_to_bgr(hue, rng.uniform(0.2, 0.7), rng.uniform(0.35, 0.7))
+    other = _hsv_to_bgr((hue + rng.uniform(20, 120)) % 360, rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.8))
+    detail = _fractal_noise(rng, octaves=range(2, 10), roughness=0.85)
+    patches = _fractal_noise(rng, octaves=range(1, 6), roughness=0.6)
+    # A steep sigmoid makes patch borders crisp: corners that flow and matchers can lock on.
+    mix = 1.0 / (1.0 + np.exp(-4.0 * patches))
+    colour = base * (1.0 - mix[..., None]) + other * mix[..., None]
+    return np.clip(colour * (1.0 + 0.35 * detail[..., None]), 0, 255).astype(np.float32)
+
+
+def _fractal_noise(rng: np.random.Generator, octaves: Iterable[int], roughness: float) -> np.ndarray:
+    """Sum of tileable upsampled white noise, one octave per power of two, unit std."""
+    total = np.zeros((_TEX_SIZE, _TEX_SIZE), np.float32)
+    for octave in octaves:
+        cells = 2**octave
+        noise = rng.standard_normal((cells, cells)).astype(np.float32)
+        total += roughness ** (9 - octave) * _tileable_upsample(noise, _TEX_SIZE)
+    return (total - total.mean()) / total.std()
+
+
+def _tileable_upsample(noise: np.ndarray, size: int) -> np.ndarray:
+    # Wrap-padding before resizing keeps the result periodic, so BORDER_WRAP sampling has no seams.
+    cells = noise.shape[0]
+    if cells == size:
+        return noise
+    factor, pad = size // cells, 2
+    padded = np.pad(noise, pad, mode="wrap")
+    up = cv2.resize(padded, (padded.shape[1] * factor,) * 2, interpolation=cv2.INTER_CUBIC)
+    return up[pad * factor : pad * factor + size, pad * factor : pad * factor + size]
+
+
+def _mip_atlas(tiles: list[np.ndarray]) -> np.ndarray:
+    """All mip levels of all tiles in one float32 image: levels left to right, tiles top to bottom.
+
+    Each tile keeps a 1-texel wrapped border so bilinear lookups near an edge wrap instead of
+    bleeding into the neighbour, and one remap can serve any mix of tiles and levels.
+    """
+    columns = []
+    for level in range(_MIP_LEVELS):
+        size = _TEX_SIZE >> level
+        small = [cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tiles]
+        column = np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), mode="wrap") for t in small])
+        columns.append(np.pad(column, ((0, len(tiles) * (_TEX_SIZE + 2) - column.shape[0]), (0, 0), (0, 0))))
+    return np.concatenate(columns, axis=1)
+
+
+_LEVEL_SIZE = np.array([_TEX_SIZE >> lv for lv in range(_MIP_LEVELS)], dtype=np.float32)
+_LEVEL_X0 = np.concatenate([[0.0], np.cumsum(_LEVEL_SIZE + 2)[:-1]]).astype(np.float32)
+
+
+def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_height: float, z_end: float) -> np.ndarray:
+    """Crates and pillars against the walls, clear of the camera's path at x = 0."""
+    rows = []
+    z = -10.0 + rng.uniform(0, _BOX_SPACING_M)
+    while z < z_end:
+        side_wall = wall_pos if rng.random() < 0.5 else wall_neg
+        size_x, size_z = rng.uniform(0.5, 1.5), rng.uniform(0.5, 2.5)
+        height = rng.uniform(0.6, min(wall_height, 4.0))
+        gap = rng.uniform(0.0, 0.8)
+        outer = side_wall - math.copysign(gap, side_wall)
+        inner = outer - math.copysign(size_x, side_wall)
+        rows.append([min(inner, outer), 0.0, z, max(inner, outer), height, z + size_z])
+        z += size_z + rng.uniform(0.5, 2.0) * _BOX_SPACING_M
+    return np.array(rows, dtype=np.float64).reshape(-1, 6)
+
+
+# ---------------------------------------------------------------- ray casting
+
+
+def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, height: int):
+    """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool)."""
+    rays = _world_rays(k, pose[:3, :3], width, height)
+    # Python floats: NumPy 2 would promote float32 arrays to float64 against np.float64 scalars.
+    origin = tuple(float(v) for v in pose[:3, 3])
+    # Ray camera-z is 1, so the ray parameter of a hit is the camera-frame depth.
+    depth, surf = _intersect(scene, rays, origin, k, pose)
+    sky = surf == _SKY
+    planes = _shade_surfaces(scene, rays, origin, depth, surf, float(k[0, 0]))
+    if sky.any():
+        for plane, sky_plane in zip(planes, _sky_colour(scene, rays)):
+            np.copyto(plane, sky_plane, where=sky)
+    # Colour stays planar until here: NumPy is slow at broadcasting over a trailing axis of 3.
+    image = np.clip(cv2.merge(planes) + 0.5, 0, 255).astype(np.uint8)
+    return image, depth, sky
+
+
+def _world_rays(k: np.ndarray, rot: np.ndarray, width: int, height: int) -> tuple[np.ndarray, ...]:
+    a = ((np.arange(width) - k[0, 2]) / k[0, 0]).astype(np.float32)[None, :]
+    b = ((np.arange(height) - k[1, 2]) / k[1, 1]).astype(np.float32)[:, None]
+    r = rot.astype(np.float32)
+    # Broadcasting row and column terms builds HxW directions without a 3xN matmul.
+    return tuple(r[i, 0] * a + r[i, 1] * b + r[i, 2] for i in range(3))
+
+
+def _intersect(scene: _Scene, rays, origin, k, pose) -> tuple[np.ndarray, np.ndarray]:
+    dx, dy, dz = rays
+    ox, oy, oz = origin
+    depth = np.full(dx.shape, np.inf, np.float32)
+    surf = np.full(dx.shape, _SKY, np.int8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _keep_nearest(depth, surf, _GROUND, -oy / dy)
+        top = np.inf if scene.closed else scene.wall_height  # the roof caps the walls when closed
+        for sid, wall_x in ((_WALL_POS, scene.wall_pos_x), (_WALL_NEG, scene.wall_neg_x)):
+            t = (wall_x - ox) / dx
+            _keep_nearest(depth, surf, sid, np.where((oy + t * dy) <= top, t, np.inf))
+        if scene.closed:
+            _keep_nearest(depth, surf, _ROOF, (scene.wall_height - oy) / dy)
+            _keep_nearest(depth, surf, _FAR, (scene.far_z - oz) / dz)
+        for box in scene.boxes:
+            roi = _box_roi(box, k, pose, dx.shape)
+            if roi is not None:
+                _intersect_box(box, rays, origin, depth, surf, roi)
+    return depth, surf
+
+
+def _keep_nearest(depth: np.ndarray, surf: np.ndarray, sid: int, t: np.ndarray) -> None:
+    hit = (t > 1e-4) & (t < depth)
+    depth[hit] = t[hit]
+    surf[hit] = sid
+
+
+def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, shape) -> tuple[slice, slice] | None:
+    """Screen rectangle a box can cover, so its ray test runs only on those pixels."""
+    xs, ys, zs = np.meshgrid(box[[0, 3]], box[[1, 4]], box[[2, 5]], indexing="ij")
+    corners = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
+    cam = (corners - pose[:3, 3]) @ pose[:3, :3]
+    if cam[:, 2].max() <= 0:
+        return None
+    if cam[:, 2].min() <= 1e-3:  # straddles the camera plane: projection is unbounded
+        return slice(0, shape[0]), slice(0, shape[1])
+    u = k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2]
+    v = k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]
+    u0, u1 = max(int(math.floor(u.min())), 0), min(int(math.ceil(u.max())) + 1, shape[1])
+    v0, v1 = max(int(math.floor(v.min())), 0), min(int(math.ceil(v.max())) + 1, shape[0])
+    if u0 >= u1 or v0 >= v1:
+        return None
+    return slice(v0, v1), slice(u0, u1)
+
+
+def _intersect_box(box, rays, origin, depth, surf, roi) -> None:
+    """Slab test against an axis-aligned box inside roi, updating depth and surf in place."""
+    near = np.full(depth[roi].shape, -np.inf, np.float32)
+    far = np.full(depth[roi].shape, np.inf, np.float32)
+    face = np.zeros(depth[roi].shape, np.int8)
+    for axis in range(3):
+        d = rays[axis][roi]
+        t0 = (float(box[axis]) - origin[axis]) / d
+        t1 = (float(box[axis + 3]) - origin[axis]) / d
+        lo, hi = np.minimum(t0, t1), np.maximum(t0, t1)
+        # Entering through a face whose normal opposes the ray: +normal when the ray runs -axis.
+        entered = lo > near
+        face[entered] = _BOX_FACE + 2 * axis + (d[entered] > 0)
+        near = np.maximum(near, lo)
+        far = np.minimum(far, hi)
+    hit = (near <= far) & (near > 1e-4) & (near < depth[roi])
+    depth[roi][hit] = near[hit]
+    surf[roi][hit] = face[hit]
+
+
+# ---------------------------------------------------------------- shading
+
+
+def _shade_surfaces(scene: _Scene, rays, origin, depth, surf, fx: float) -> list[np.ndarray]:
+    """Textured, sun-lit, fogged B, G, R planes of every hit; sky pixels are left for the caller."""
+    sid = np.maximum(surf, 0)  # sky shades as ground here and is overwritten later
+    finite = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
+    hit = [origin[i] + finite * rays[i] for i in range(3)]
+    axis = np.take(_NORMAL_AXIS, sid)
+    s = np.where(axis == 0, hit[2], hit[0])
+    t = np.where(axis == 1, hit[2], hit[1])
+    # Texels per pixel, with the normal-aligned ray component for foreshortening, picks the mip level.
+    d_norm = np.where(axis == 0, rays[0], np.where(axis == 1, rays[1], rays[2]))
+    ray_len = np.sqrt(rays[0] ** 2 + rays[1] ** 2 + rays[2] ** 2)
+    cosine = np.clip(np.abs(d_norm) / ray_len, 0.05, 1.0)
+    lod = np.log2(np.maximum(finite * ray_len / (fx * np.sqrt(cosine) * _TEXEL_M), 1.0))
+    texture = _sample_mipmapped(scene.atlas, s * (1.0 / _TEXEL_M), t * (1.0 / _TEXEL_M), np.take(_TILE_OF, sid), lod)
+    lambert = np.clip(_NORMALS @ scene.sun, 0.0, 1.0)
+    fog = np.exp(finite * (-1.0 / scene.fog_m))
+    gain = np.take(0.55 + 0.45 * lambert, sid) * fog
+    haze = 1.0 - fog
+    return [plane * gain + float(c) * haze for plane, c in zip(cv2.split(texture), scene.fog_bgr)]
+
+
+def _sample_mipmapped(atlas: np.ndarray, s_tex: np.ndarray, t_tex: np.ndarray, tile: np.ndarray,
+                      lod: np.ndarray) -> np.ndarray:
+    """Trilinear lookup: bilinear in the two mip levels around lod, blended linearly."""
+    # Wrapping once at level 0 also wraps every coarser level since their sizes divide it.
+    s_tex = _wrap(s_tex, _TEX_SIZE)
+    t_tex = _wrap(t_tex, _TEX_SIZE)
+    lod = np.clip(lod, 0.0, _MIP_LEVELS - 1.0)
+    fine = np.minimum(lod.astype(np.int8), _MIP_LEVELS - 2)  # lod >= 0, so the cast floors
+    frac = lod - fine
+    samples = []
+    for level in (fine, fine + 1):
+        size = np.take(_LEVEL_SIZE, level)
+        scale = size * (1.0 / _TEX_SIZE)
+        map_x = s_tex * scale + (np.take(_LEVEL_X0, level) + 1.0)
+        map_y = t_tex * scale + (tile * (size + 2.0) + 1.0)
+        samples.append(cv2.remap(atlas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    return samples[0] + (samples[1] - samples[0]) * cv2.merge([frac, frac, frac])
+
+
+def _wrap(x: np.ndarray, period: float) -> np.ndarray:
+    # np.mod is ~20x slower than this; a result equal to period lands on the wrapped border texel.
+    return x - np.floor(x * (1.0 / period)) * period
+
+
+def _sky_colour(scene: _Scene, rays) -> list[np.ndarray]:
+    """Smooth B, G, R gradient planes by elevation angle: deliberately textureless."""
+    elevation = rays[1] / np.sqrt(rays[0] ** 2 + rays[1] ** 2 + rays[2] ** 2)
+    blend = np.clip(elevation * 2.0, 0.0, 1.0) ** 0.7
+    return [float(h) + (float(z) - float(h)) * blend for h, z in zip(scene.fog_bgr, scene.sky_zenith_bgr)]
+
+
+# ---------------------------------------------------------------- video and ground truth
+
+
+def _codec_args(codec: str) -> list[str]:
+    if codec == "h264":
+        return ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-threads", "1"]
+    if codec == "mpeg4":
+        return ["-c:v", "mpeg4", "-q:v", "3", "-threads", "1"]
+    if codec == "vp9":
+        return ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "0", "-crf", "32",
+                "-threads", "1"]
+    raise ValueError(f"unknown codec {codec!r}; expected h264, mpeg4 or vp9")
+
+
+def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: float, codec: str = "h264") -> Path:
+    """Pipe BGR uint8 frames through ffmpeg into path, atomically; returns path."""
+    path = Path(path)
+    codec_args = _codec_args(codec)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("encode_video needs at least one frame")
+    height, width = first.shape[:2]
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _run_ffmpeg(_frames_with_first(first, frames), tmp, width, height, fps, codec_args)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_args: list[str]) -> None:
+    cmd = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-",
+        *codec_args, "-pix_fmt", "yuv420p", "-an",
+        # Bit-exact flags and no metadata keep encoder version strings out, so reruns are byte-identical.
+        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+        str(out),
+    ]
+    # stderr goes to a file: a full pipe could block ffmpeg while we block writing stdin.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            for frame in frames:
+                if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+                    raise ValueError(f"frame {frame.shape} {frame.dtype} differs from ({height}, {width}, 3) uint8")
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg died early; its exit status and stderr say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            _close_quietly(proc)
+        code = proc.wait()
+        if code != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"ffmpeg exited with {code} writing {out}:\n{tail}")
+
+
+def _close_quietly(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def render_video(spec: SceneSpec, path: str | Path, codec: str = "h264", cut_to: SceneSpec | None = None) -> Path:
+    """Render spec's left view to a video, optionally hard-cutting to cut_to's frames."""
+    if cut_to is not None and (cut_to.width, cut_to.height) != (spec.width, spec.height):
+        raise ValueError("cut_to must have the same width and height as spec")
+
+    def images() -> Iterator[np.ndarray]:
+        for s in (spec, cut_to) if cut_to is not None else (spec,):
+            for frame in render_frames(s):
+                yield frame.image
+
+    return encode_video(images(), path, spec.fps, codec)
+
+
+def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
+    """Write depth, poses, K and sky masks of every frame to an .npz, atomically."""
+    path = Path(path)
+    frames = list(render_frames(spec))
+    arrays = {
+        "depth": np.stack([f.depth for f in frames]).astype(np.float16),
+        "poses": np.stack([f.pose for f in frames]),
+        "K": intrinsics(spec),
+        "sky": np.stack([f.sky_mask for f in frames]),
+        "timestamps": np.arange(len(frames)) / spec.fps,
+        "baseline_m": np.float64(spec.baseline_m),
+    }
+    if spec.baseline_m > 0:
+        arrays["right_depth"] = np.stack([f.right_depth for f in frames]).astype(np.float16)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,56 @@
+"""Check a published dataset against its dataset.json: shard checksums, schemas, counts."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from pipeline.layout import DataRoot
+from pipeline.schema import (FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA,
+                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version)
+from pipeline.storage import sha256_file
+
+
+def read_description(root: DataRoot) -> dict:
+    """dataset.json, after checking its schema version is one this code reads."""
+    if not root.dataset_json.is_file():
+        raise FileNotFoundError(f"no dataset.json under {root.root}: not a depthcurate dataset, or never published")
+    description = json.loads(root.dataset_json.read_text())
+    version = str(description.get("schema_version", "none"))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise SchemaVersionError(f"dataset.json has schema version {version}; this depthcurate reads {SCHEMA_VERSION}")
+    return description
+
+
+def verify_dataset(root: DataRoot) -> list[str]:
+    """Problems found, one readable line each; empty when everything matches."""
+    description = read_description(root)
+    problems: list[str] = []
+    for shard in description["shards"]:
+        problems += _check_file(root, shard["path"], shard["sha256"], SHARD_SCHEMA, shard["rows"])
+    expected = {"manifest": MANIFEST_SCHEMA, "stats/videos.parquet": VIDEO_STATS_SCHEMA,
+                "stats/frames.parquet": FRAME_STATS_SCHEMA}
+    for path, digest in description["tables"].items():
+        schema = next(s for prefix, s in expected.items() if path.startswith(prefix))
+        problems += _check_file(root, path, digest, schema, None)
+    return problems
+
+
+def _check_file(root: DataRoot, relative: str, digest: str, schema, rows: int | None) -> list[str]:
+    path = root.root / relative
+    if not path.is_file():
+        return [f"{relative}: missing"]
+    if sha256_file(path) != digest:
+        return [f"{relative}: sha256 mismatch (file changed or corrupted since publishing)"]
+    try:
+        found = pq.read_schema(path)
+        check_version(found, relative)
+    except SchemaVersionError as exc:
+        return [str(exc)]
+    except Exception as exc:  # noqa: BLE001 - any unreadable footer is a problem to report
+        return [f"{relative}: unreadable Parquet ({exc})"]
+    if not found.remove_metadata().equals(schema.remove_metadata()):
+        return [f"{relative}: schema differs from the documented one"]
+    if rows is not None and pq.ParquetFile(path).metadata.num_rows != rows:
+        return [f"{relative}: {pq.ParquetFile(path).metadata.num_rows} rows, dataset.json says {rows}"]
+    return []
