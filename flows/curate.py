@@ -160,15 +160,14 @@ def _summary_artifact(briefs: list[dict[str, Any]], description: dict[str, Any])
 
 
 class _ThrottledProgress:
-    """Turn fine-grained progress callbacks into a log line every 10% or 30 seconds."""
+    """Turn fine-grained progress callbacks into at most one log line every `interval_s` seconds."""
 
-    def __init__(self, emit) -> None:
+    def __init__(self, emit, interval_s: float = 10.0) -> None:
         self.emit = emit
-        self.last_pct = -10
-        self.last_time = 0.0
+        self.interval_s = interval_s
+        self.last_time = time.monotonic()
 
     def __call__(self, fraction: float, message: str) -> None:
-        pct = int(fraction * 100)
-        if pct >= self.last_pct + 10 or time.monotonic() - self.last_time > 30:
-            self.last_pct, self.last_time = pct, time.monotonic()
-            self.emit(pct, message)
+        if time.monotonic() - self.last_time >= self.interval_s:
+            self.last_time = time.monotonic()
+            self.emit(int(fraction * 100), message)

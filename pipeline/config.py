@@ -91,7 +91,7 @@ class WriteConfig(_Section):
 
 class RunConfig(_Section):
     workers: int = Field(2, ge=1)  # videos processed at once
-    retry_failed: bool = True  # rerun videos whose earlier attempt failed
+    retry_failed: bool = True  # rerun videos whose earlier attempt failed transiently (timeouts, 5xx)
 
 
 class CurateConfig(_Section):

@@ -11,7 +11,7 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, ffmpeg_message
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,9 @@ class FrameReader:
             proc.stdout.close()
             code = proc.wait()
             drain.join(timeout=5)
-        self._check(code, b"".join(stderr_tail).decode(errors="replace").strip())
+        self._check(code, ffmpeg_message(b"".join(stderr_tail)))
 
-    def _check(self, code: int, stderr: str) -> None:
-        message = " | ".join(stderr.splitlines()[-3:])
+    def _check(self, code: int, message: str) -> None:
         if code != 0 and self.frames_read == 0:
             raise VideoError("decode_failed", f"ffmpeg exited {code} on {self.path.name}: {message}")
         if self.frames_read == 0:

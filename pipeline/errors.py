@@ -1,6 +1,8 @@
 """The one exception type for bad input: a named reason plus a readable message."""
 from __future__ import annotations
 
+import re
+
 
 class VideoError(Exception):
     """A video that cannot be used; `reason` is the status recorded in stats/videos.parquet."""
@@ -13,3 +15,10 @@ class VideoError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+def ffmpeg_message(stderr: bytes | str | None, lines: int = 3) -> str:
+    """The last lines of ffmpeg/ffprobe stderr, without object addresses, so messages are stable across runs."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    kept = re.sub(r" @ 0x[0-9a-f]+", "", text).strip().splitlines()
+    return " | ".join(kept[-lines:])

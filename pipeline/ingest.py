@@ -28,10 +28,12 @@ def load_record(root: DataRoot, entry: CatalogEntry) -> dict[str, Any] | None:
 
 
 def is_finished(record: dict[str, Any] | None, cfg: CurateConfig) -> bool:
-    """True when a rerun has nothing to do for this video."""
+    """True when a rerun has nothing to do: done, or failed for good (404, unreadable file, too short)."""
     if record is None or record.get("processing_hash") != cfg.processing_hash():
         return False
-    return record["status"] == "ok" or not cfg.run.retry_failed
+    if record["status"] == "ok":
+        return True
+    return not (cfg.run.retry_failed and record.get("retryable", True))
 
 
 def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
@@ -75,6 +77,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
         shutil.rmtree(directory, ignore_errors=True)
     record = _base_record(entry, cfg, error.reason, info=info)
     record["error"] = error.message
+    record["retryable"] = error.transient
     _write_record(root, entry, record)
     return record
 

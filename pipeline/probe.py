@@ -8,7 +8,7 @@ from typing import Any
 
 import ffmpeg
 
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, ffmpeg_message
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         meta = ffmpeg.probe(str(path))
     except ffmpeg.Error as exc:
-        raise VideoError("unreadable_video", f"ffprobe failed on {path.name}: {_tail(exc.stderr)}") from exc
+        raise VideoError("unreadable_video", f"ffprobe failed on {path.name}: {ffmpeg_message(exc.stderr, 2) or 'no output'}") from exc
     stream = next((s for s in meta.get("streams", []) if s.get("codec_type") == "video"
                    and not s.get("disposition", {}).get("attached_pic")), None)
     if stream is None:
@@ -92,7 +92,3 @@ def _rotation(stream: dict[str, Any]) -> int:
     rotate = stream.get("tags", {}).get("rotate")
     return int(rotate) % 360 if rotate else 0
 
-
-def _tail(stderr: bytes | None, lines: int = 2) -> str:
-    text = (stderr or b"").decode(errors="replace").strip().splitlines()
-    return " | ".join(text[-lines:]) or "no output"

@@ -27,19 +27,29 @@ _MIP_LEVELS = 6
 _N_TILES = 5  # ground, wall +x, wall -x, boxes, roof/far wall
 _BOX_SPACING_M = 7.0
 _FAR_WALL_MARGIN_M = 150.0
+_BAND_PIXELS = 1 << 16
 
-# Surface ids. Box faces are split by outward normal so shading and the texture axis
-# come from a lookup table instead of per-pixel branching.
+# Surface ids (uint8, so per-pixel properties come from cv2.LUT, far faster than fancy
+# indexing). Box faces are split by outward normal so shading needs no per-pixel branching.
 _GROUND, _WALL_POS, _WALL_NEG, _ROOF, _FAR = 0, 1, 2, 3, 4
 _BOX_FACE = 5  # + 2*axis + (0 for +normal, 1 for -normal)
-_SKY = -1
+_SKY = 255
 _NORMALS = np.array(
     [[0, 1, 0], [-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 0, -1],
      [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
     dtype=np.float32,
 )
-_NORMAL_AXIS = np.abs(_NORMALS).argmax(axis=1).astype(np.int8)
-_TILE_OF = np.array([0, 1, 2, 4, 4, 3, 3, 3, 3, 3, 3], dtype=np.float32)
+
+
+def _surface_table(values: np.ndarray) -> np.ndarray:
+    """256-entry float32 table for cv2.LUT; unused ids (sky included) get the ground's value."""
+    table = np.full(256, values[_GROUND], dtype=np.float32)
+    table[: len(values)] = values
+    return table
+
+
+_AXIS_TABLE = _surface_table(np.abs(_NORMALS).argmax(axis=1))
+_TILE_TABLE = _surface_table(np.array([0, 1, 2, 4, 4, 3, 3, 3, 3, 3, 3]))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class _Scene:
     fog_m: float
     fog_bgr: np.ndarray
     sky_zenith_bgr: np.ndarray
-    sun: np.ndarray
+    shade_table: np.ndarray  # sun-lit brightness per surface id, for cv2.LUT
     atlas: np.ndarray  # float32, every tile at every mip level
     boxes: np.ndarray  # (N, 6) min xyz, max xyz
     closed: bool  # no sky: roof at wall height and a far wall
@@ -147,6 +157,7 @@ def _make_scene(spec: SceneSpec) -> _Scene:
     horizon = _hsv_to_bgr(rng.uniform(180, 230), rng.uniform(0.05, 0.25), rng.uniform(0.8, 0.95))
     zenith = _hsv_to_bgr(rng.uniform(200, 225), rng.uniform(0.45, 0.7), rng.uniform(0.6, 0.85))
     sun = np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.8, 0.2)], dtype=np.float32)
+    lambert = np.clip(_NORMALS @ (sun / np.linalg.norm(sun)), 0.0, 1.0)
     z_max = spec.speed_mps * max(spec.duration_s, 0.0)
     return _Scene(
         wall_pos_x=wall_pos,
@@ -155,7 +166,7 @@ def _make_scene(spec: SceneSpec) -> _Scene:
         fog_m=float(rng.uniform(40.0, 80.0)),
         fog_bgr=horizon,
         sky_zenith_bgr=zenith,
-        sun=sun / np.linalg.norm(sun),
+        shade_table=_surface_table(0.55 + 0.45 * lambert),
         atlas=_mip_atlas([_texture(rng) for _ in range(_N_TILES)]),
         boxes=_boxes(rng, wall_pos, wall_neg, wall_height, z_max + _FAR_WALL_MARGIN_M),
         closed=not spec.sky,
@@ -217,10 +228,6 @@ def _mip_atlas(tiles: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
-_LEVEL_SIZE = np.array([_TEX_SIZE >> lv for lv in range(_MIP_LEVELS)], dtype=np.float32)
-_LEVEL_X0 = np.concatenate([[0.0], np.cumsum(_LEVEL_SIZE + 2)[:-1]]).astype(np.float32)
-
-
 def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_height: float, z_end: float) -> np.ndarray:
     """Crates and pillars against the walls, clear of the camera's path at x = 0."""
     rows = []
@@ -242,34 +249,37 @@ def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_heig
 
 def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, height: int):
     """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool)."""
-    rays = _world_rays(k, pose[:3, :3], width, height)
+    image = np.empty((height, width, 3), np.uint8)
+    depth = np.empty((height, width), np.float32)
+    surf = np.empty((height, width), np.uint8)
     # Python floats: NumPy 2 would promote float32 arrays to float64 against np.float64 scalars.
     origin = tuple(float(v) for v in pose[:3, 3])
-    # Ray camera-z is 1, so the ray parameter of a hit is the camera-frame depth.
-    depth, surf = _intersect(scene, rays, origin, k, pose)
-    sky = surf == _SKY
-    planes = _shade_surfaces(scene, rays, origin, depth, surf, float(k[0, 0]))
-    if sky.any():
-        for plane, sky_plane in zip(planes, _sky_colour(scene, rays)):
-            np.copyto(plane, sky_plane, where=sky)
-    # Colour stays planar until here: NumPy is slow at broadcasting over a trailing axis of 3.
-    image = np.clip(cv2.merge(planes) + 0.5, 0, 255).astype(np.uint8)
-    return image, depth, sky
+    boxes = [(box, roi) for box in scene.boxes if (roi := _box_roi(box, k, pose, width, height)) is not None]
+    # Row bands keep temporaries small: full-frame ones cost more in page faults than in arithmetic.
+    band = max(1, _BAND_PIXELS // width)
+    for r0 in range(0, height, band):
+        rows = slice(r0, min(r0 + band, height))
+        rays = _world_rays(k, pose[:3, :3], width, rows)
+        depth[rows], surf[rows] = _intersect(scene, rays, origin, boxes, rows)
+        image[rows] = _shade(scene, rays, origin, depth[rows], surf[rows], float(k[0, 0]))
+    return image, depth, surf == _SKY
 
 
-def _world_rays(k: np.ndarray, rot: np.ndarray, width: int, height: int) -> tuple[np.ndarray, ...]:
+def _world_rays(k: np.ndarray, rot: np.ndarray, width: int, rows: slice) -> tuple[np.ndarray, ...]:
+    """World-frame ray directions with camera-z 1, so a hit's ray parameter is its depth."""
     a = ((np.arange(width) - k[0, 2]) / k[0, 0]).astype(np.float32)[None, :]
-    b = ((np.arange(height) - k[1, 2]) / k[1, 1]).astype(np.float32)[:, None]
+    b = ((np.arange(rows.start, rows.stop) - k[1, 2]) / k[1, 1]).astype(np.float32)[:, None]
     r = rot.astype(np.float32)
     # Broadcasting row and column terms builds HxW directions without a 3xN matmul.
     return tuple(r[i, 0] * a + r[i, 1] * b + r[i, 2] for i in range(3))
 
 
-def _intersect(scene: _Scene, rays, origin, k, pose) -> tuple[np.ndarray, np.ndarray]:
+def _intersect(scene: _Scene, rays, origin, boxes, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit per ray: (depth, surface id), with inf and _SKY where nothing is hit."""
     dx, dy, dz = rays
     ox, oy, oz = origin
     depth = np.full(dx.shape, np.inf, np.float32)
-    surf = np.full(dx.shape, _SKY, np.int8)
+    surf = np.full(dx.shape, _SKY, np.uint8)
     with np.errstate(divide="ignore", invalid="ignore"):
         _keep_nearest(depth, surf, _GROUND, -oy / dy)
         top = np.inf if scene.closed else scene.wall_height  # the roof caps the walls when closed
@@ -279,10 +289,10 @@ def _intersect(scene: _Scene, rays, origin, k, pose) -> tuple[np.ndarray, np.nda
         if scene.closed:
             _keep_nearest(depth, surf, _ROOF, (scene.wall_height - oy) / dy)
             _keep_nearest(depth, surf, _FAR, (scene.far_z - oz) / dz)
-        for box in scene.boxes:
-            roi = _box_roi(box, k, pose, dx.shape)
-            if roi is not None:
-                _intersect_box(box, rays, origin, depth, surf, roi)
+        for box, (box_rows, box_cols) in boxes:
+            r0, r1 = max(box_rows.start, rows.start), min(box_rows.stop, rows.stop)
+            if r0 < r1:
+                _intersect_box(box, rays, origin, depth, surf, (slice(r0 - rows.start, r1 - rows.start), box_cols))
     return depth, surf
 
 
@@ -292,7 +302,7 @@ def _keep_nearest(depth: np.ndarray, surf: np.ndarray, sid: int, t: np.ndarray) 
     surf[hit] = sid
 
 
-def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, shape) -> tuple[slice, slice] | None:
+def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, width: int, height: int) -> tuple[slice, slice] | None:
     """Screen rectangle a box can cover, so its ray test runs only on those pixels."""
     xs, ys, zs = np.meshgrid(box[[0, 3]], box[[1, 4]], box[[2, 5]], indexing="ij")
     corners = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
@@ -300,11 +310,11 @@ def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, shape) -> tuple[s
     if cam[:, 2].max() <= 0:
         return None
     if cam[:, 2].min() <= 1e-3:  # straddles the camera plane: projection is unbounded
-        return slice(0, shape[0]), slice(0, shape[1])
+        return slice(0, height), slice(0, width)
     u = k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2]
     v = k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]
-    u0, u1 = max(int(math.floor(u.min())), 0), min(int(math.ceil(u.max())) + 1, shape[1])
-    v0, v1 = max(int(math.floor(v.min())), 0), min(int(math.ceil(v.max())) + 1, shape[0])
+    u0, u1 = max(int(math.floor(u.min())), 0), min(int(math.ceil(u.max())) + 1, width)
+    v0, v1 = max(int(math.floor(v.min())), 0), min(int(math.ceil(v.max())) + 1, height)
     if u0 >= u1 or v0 >= v1:
         return None
     return slice(v0, v1), slice(u0, u1)
@@ -314,7 +324,7 @@ def _intersect_box(box, rays, origin, depth, surf, roi) -> None:
     """Slab test against an axis-aligned box inside roi, updating depth and surf in place."""
     near = np.full(depth[roi].shape, -np.inf, np.float32)
     far = np.full(depth[roi].shape, np.inf, np.float32)
-    face = np.zeros(depth[roi].shape, np.int8)
+    face = np.zeros(depth[roi].shape, np.uint8)
     for axis in range(3):
         d = rays[axis][roi]
         t0 = (float(box[axis]) - origin[axis]) / d
@@ -333,12 +343,11 @@ def _intersect_box(box, rays, origin, depth, surf, roi) -> None:
 # ---------------------------------------------------------------- shading
 
 
-def _shade_surfaces(scene: _Scene, rays, origin, depth, surf, fx: float) -> list[np.ndarray]:
-    """Textured, sun-lit, fogged B, G, R planes of every hit; sky pixels are left for the caller."""
-    sid = np.maximum(surf, 0)  # sky shades as ground here and is overwritten later
+def _shade(scene: _Scene, rays, origin, depth, surf, fx: float) -> np.ndarray:
+    """BGR uint8 colour: textured, sun-lit, fogged surfaces and a gradient sky."""
     finite = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
     hit = [origin[i] + finite * rays[i] for i in range(3)]
-    axis = np.take(_NORMAL_AXIS, sid)
+    axis = cv2.LUT(surf, _AXIS_TABLE)
     s = np.where(axis == 0, hit[2], hit[0])
     t = np.where(axis == 1, hit[2], hit[1])
     # Texels per pixel, with the normal-aligned ray component for foreshortening, picks the mip level.
@@ -346,12 +355,22 @@ def _shade_surfaces(scene: _Scene, rays, origin, depth, surf, fx: float) -> list
     ray_len = np.sqrt(rays[0] ** 2 + rays[1] ** 2 + rays[2] ** 2)
     cosine = np.clip(np.abs(d_norm) / ray_len, 0.05, 1.0)
     lod = np.log2(np.maximum(finite * ray_len / (fx * np.sqrt(cosine) * _TEXEL_M), 1.0))
-    texture = _sample_mipmapped(scene.atlas, s * (1.0 / _TEXEL_M), t * (1.0 / _TEXEL_M), np.take(_TILE_OF, sid), lod)
-    lambert = np.clip(_NORMALS @ scene.sun, 0.0, 1.0)
+    tile = cv2.LUT(surf, _TILE_TABLE)
+    texture = _sample_mipmapped(scene.atlas, s * (1.0 / _TEXEL_M), t * (1.0 / _TEXEL_M), tile, lod)
     fog = np.exp(finite * (-1.0 / scene.fog_m))
-    gain = np.take(0.55 + 0.45 * lambert, sid) * fog
+    gain = cv2.LUT(surf, scene.shade_table) * fog
     haze = 1.0 - fog
-    return [plane * gain + float(c) * haze for plane, c in zip(cv2.split(texture), scene.fog_bgr)]
+    # Colour stays planar: NumPy is slow at broadcasting over a trailing axis of 3.
+    planes = [plane * gain + float(c) * haze for plane, c in zip(cv2.split(texture), scene.fog_bgr)]
+    sky = surf == _SKY
+    if sky.any():
+        for plane, sky_plane in zip(planes, _sky_colour(scene, rays)):
+            np.copyto(plane, sky_plane, where=sky)
+    return np.clip(cv2.merge(planes) + 0.5, 0, 255).astype(np.uint8)
+
+
+_LEVEL_SIZE = _surface_table(np.array([_TEX_SIZE >> lv for lv in range(_MIP_LEVELS)]))
+_LEVEL_X0 = _surface_table(np.concatenate([[0], np.cumsum(_LEVEL_SIZE[:_MIP_LEVELS] + 2)[:-1]]))
 
 
 def _sample_mipmapped(atlas: np.ndarray, s_tex: np.ndarray, t_tex: np.ndarray, tile: np.ndarray,
@@ -361,13 +380,13 @@ def _sample_mipmapped(atlas: np.ndarray, s_tex: np.ndarray, t_tex: np.ndarray, t
     s_tex = _wrap(s_tex, _TEX_SIZE)
     t_tex = _wrap(t_tex, _TEX_SIZE)
     lod = np.clip(lod, 0.0, _MIP_LEVELS - 1.0)
-    fine = np.minimum(lod.astype(np.int8), _MIP_LEVELS - 2)  # lod >= 0, so the cast floors
+    fine = np.minimum(lod.astype(np.uint8), _MIP_LEVELS - 2)  # lod >= 0, so the cast floors
     frac = lod - fine
     samples = []
     for level in (fine, fine + 1):
-        size = np.take(_LEVEL_SIZE, level)
+        size = cv2.LUT(level, _LEVEL_SIZE)
         scale = size * (1.0 / _TEX_SIZE)
-        map_x = s_tex * scale + (np.take(_LEVEL_X0, level) + 1.0)
+        map_x = s_tex * scale + (cv2.LUT(level, _LEVEL_X0) + 1.0)
         map_y = t_tex * scale + (tile * (size + 2.0) + 1.0)
         samples.append(cv2.remap(atlas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
     return samples[0] + (samples[1] - samples[0]) * cv2.merge([frac, frac, frac])

@@ -1,0 +1,123 @@
+"""`depthcurate`: the command line for people who do not run a Prefect server."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pipeline.catalog import CatalogError, import_slowtv, write_catalog
+from pipeline.layout import DataRoot
+from pipeline.report import format_summary, summarize
+from pipeline.verify import verify_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depthcurate", description=__doc__.split(":", 1)[1].strip())
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="render a demo catalog, serve it on loopback, curate it",
+                               description="Render a small catalog of synthetic videos (good and deliberately "
+                                           "broken ones), serve it from a loopback HTTP server and run the real "
+                                           "curate flow on it: yt-dlp downloads, ffmpeg decodes, Parquet comes out.")
+    demo.add_argument("--data-root", default="data/demo", help="output directory (default: data/demo)")
+    demo.set_defaults(func=_demo)
+
+    curate = commands.add_parser("curate", help="run the curate flow locally on a catalog",
+                                 description="Run the curate flow in-process (Prefect's ephemeral mode, or the "
+                                             "server in PREFECT_API_URL): the same code path as the deployment.")
+    curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md) or 'demo'")
+    curate.add_argument("--data-root", required=True, help="output directory")
+    curate.add_argument("--config", help="YAML config (see configs/); defaults from pipeline/config.py")
+    curate.add_argument("--limit", type=int, help="only the first N catalog entries")
+    curate.set_defaults(func=_curate)
+
+    catalog = commands.add_parser("catalog", help="catalog tools").add_subparsers(title="catalog commands",
+                                                                                 metavar="COMMAND")
+    slowtv = catalog.add_parser("import-slowtv", help="turn SlowTV's urls.txt + categories.txt into a catalog CSV")
+    slowtv.add_argument("--urls", required=True, help="SlowTV urls.txt: one URL per line")
+    slowtv.add_argument("--categories", required=True, help="SlowTV categories.txt: one category per line")
+    slowtv.add_argument("--dataset", default="slowtv", help="dataset name for the rows (default: slowtv)")
+    slowtv.add_argument("-o", "--output", required=True, help="catalog CSV to write")
+    slowtv.set_defaults(func=_import_slowtv)
+
+    stats = commands.add_parser("stats", help="summary of a dataset: videos by status, frames, drops by reason")
+    stats.add_argument("--data-root", required=True)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=_stats)
+
+    verify = commands.add_parser("verify", help="re-hash every shard and table against dataset.json")
+    verify.add_argument("--data-root", required=True)
+    verify.set_defaults(func=_verify)
+    return parser
+
+
+def _run_flow(catalog: str, data_root: str, config: str | None, limit: int | None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.curate import curate  # Prefect is slow to import; only the flow commands need it
+
+    curate(catalog=catalog, data_root=data_root, limit=limit, config=config)
+    print(format_summary(summarize(DataRoot(data_root))))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    code = _run_flow("demo", args.data_root, None, None)
+    print(f"\nThe demo dataset is in {DataRoot(args.data_root).root}: shards/, manifest/, stats/, dataset.json.")
+    return code
+
+
+def _curate(args: argparse.Namespace) -> int:
+    if args.catalog != "demo" and not Path(args.catalog).is_file():
+        print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
+        return 2
+    return _run_flow(args.catalog, args.data_root, args.config, args.limit)
+
+
+def _import_slowtv(args: argparse.Namespace) -> int:
+    try:
+        entries = import_slowtv(args.urls, args.categories, dataset=args.dataset)
+    except CatalogError as exc:
+        print(f"depthcurate: {exc}", file=sys.stderr)
+        return 1
+    write_catalog(entries, args.output)
+    print(f"wrote {len(entries)} entries to {args.output}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    try:
+        summary = summarize(DataRoot(args.data_root))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"depthcurate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        problems = verify_dataset(DataRoot(args.data_root))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"depthcurate: {exc}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        return 1
+    print(f"ok: every shard and table under {DataRoot(args.data_root).root} matches dataset.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
