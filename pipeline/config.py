@@ -57,8 +57,13 @@ class SampleConfig(_Section):
 
 class ShotConfig(_Section):
     # PySceneDetect ContentDetector scale: mean |dH|,|dS|,|dV| between consecutive frames.
-    threshold: float = Field(27.0, gt=0)
-    min_frames: int = Field(3, ge=1)  # at the sampled fps
+    threshold: float = Field(27.0, gt=0)  # a cut whatever came before
+    # Adaptive rule (after PySceneDetect's AdaptiveDetector, looking back only, so it streams):
+    # a score of at least `min_score` that is `adaptive_ratio` times the mean of the last `window` scores.
+    min_score: float = Field(15.0, gt=0)
+    adaptive_ratio: float = Field(3.0, gt=1)
+    window: int = Field(8, ge=1)
+    min_frames: int = Field(3, ge=1)  # shortest shot, at the sampled fps
 
 
 class FilterConfig(_Section):

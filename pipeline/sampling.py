@@ -28,7 +28,8 @@ class SamplingPlan:
     end_s: float
     size: tuple[int, int]  # output (width, height)
     boundary_s: float  # train before, val after
-    gap_s: float  # half-width of the dropped band around the boundary
+    gap_s: float  # frames within this of the boundary are dropped, on both sides
+    frame_s: float  # one frame at the sampled fps
 
 
 @dataclass
@@ -62,6 +63,7 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig) -> Sa
         size=output_size(width, height, cfg.sample.max_height),
         boundary_s=start + cfg.split.train_fraction * (end - start),
         gap_s=cfg.split.gap_frames / cfg.sample.fps,
+        frame_s=1.0 / cfg.sample.fps,
     )
 
 
@@ -135,7 +137,9 @@ def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, c
 def _position_drop(inside: bool, timestamp_s: float, plan: SamplingPlan) -> str | None:
     if not inside:
         return "decimated"
-    if plan.gap_s > 0 and abs(timestamp_s - plan.boundary_s) < plan.gap_s:
+    # `gap_frames` frames on each side: [boundary - gap, boundary + gap), half a frame of slack for rounding.
+    offset = timestamp_s - plan.boundary_s + plan.frame_s / 2
+    if plan.gap_s > 0 and -plan.gap_s <= offset < plan.gap_s:
         return "split_gap"
     return None
 

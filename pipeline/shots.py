@@ -1,5 +1,7 @@
-"""Streaming scene-cut detection, in the manner of PySceneDetect's ContentDetector."""
+"""Streaming scene-cut detection, in the manner of PySceneDetect's content and adaptive detectors."""
 from __future__ import annotations
+
+import collections
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ class CutDetector:
     def __init__(self, cfg: ShotConfig):
         self.cfg = cfg
         self._previous: np.ndarray | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=cfg.window)
         self._since_cut = 0
 
     def update(self, bgr: np.ndarray) -> bool:
@@ -22,7 +25,12 @@ class CutDetector:
         if previous is None or previous.shape != hsv.shape:
             return False
         score = float(np.abs(hsv - previous).mean(axis=(0, 1)).mean())
-        if score >= self.cfg.threshold and self._since_cut >= self.cfg.min_frames:
+        baseline = float(np.mean(self._recent)) if self._recent else None
+        self._recent.append(score)
+        is_cut = score >= self.cfg.threshold or (
+            baseline is not None and score >= self.cfg.min_score and score >= self.cfg.adaptive_ratio * baseline)
+        if is_cut and self._since_cut >= self.cfg.min_frames:
             self._since_cut = 0
+            self._recent.clear()  # the new shot gets its own baseline
             return True
         return False

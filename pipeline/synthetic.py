@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -167,7 +168,7 @@ def _make_scene(spec: SceneSpec) -> _Scene:
         fog_bgr=horizon,
         sky_zenith_bgr=zenith,
         shade_table=_surface_table(0.55 + 0.45 * lambert),
-        atlas=_mip_atlas([_texture(rng) for _ in range(_N_TILES)]),
+        atlas=_mip_atlas(_textures(rng, _N_TILES)),
         boxes=_boxes(rng, wall_pos, wall_neg, wall_height, z_max + _FAR_WALL_MARGIN_M),
         closed=not spec.sky,
         far_z=z_max + _FAR_WALL_MARGIN_M,
@@ -179,36 +180,41 @@ def _hsv_to_bgr(hue_deg: float, sat: float, val: float) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0] * 255.0
 
 
-def _texture(rng: np.random.Generator) -> np.ndarray:
-    """Tileable coloured multi-octave noise, float32 BGR in [0, 255]."""
+def _textures(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Tileable coloured multi-octave noise tiles, float32 BGR in [0, 255]."""
+    detail = _fractal_noise(rng, count, octaves=range(2, 10), roughness=0.85)
+    patches = _fractal_noise(rng, count, octaves=range(1, 6), roughness=0.6)
+    return [_colourise(rng, detail[..., i], patches[..., i]) for i in range(count)]
+
+
+def _colourise(rng: np.random.Generator, detail: np.ndarray, patches: np.ndarray) -> np.ndarray:
     hue = rng.uniform(0, 360)
     base = _hsv_to_bgr(hue, rng.uniform(0.2, 0.7), rng.uniform(0.35, 0.7))
     other = _hsv_to_bgr((hue + rng.uniform(20, 120)) % 360, rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.8))
-    detail = _fractal_noise(rng, octaves=range(2, 10), roughness=0.85)
-    patches = _fractal_noise(rng, octaves=range(1, 6), roughness=0.6)
     # A steep sigmoid makes patch borders crisp: corners that flow and matchers can lock on.
     mix = 1.0 / (1.0 + np.exp(-4.0 * patches))
-    colour = base * (1.0 - mix[..., None]) + other * mix[..., None]
-    return np.clip(colour * (1.0 + 0.35 * detail[..., None]), 0, 255).astype(np.float32)
+    gain = 1.0 + 0.35 * detail
+    planes = [(float(b) + float(o - b) * mix) * gain for b, o in zip(base, other)]
+    return np.clip(cv2.merge(planes), 0, 255)
 
 
-def _fractal_noise(rng: np.random.Generator, octaves: Iterable[int], roughness: float) -> np.ndarray:
-    """Sum of tileable upsampled white noise, one octave per power of two, unit std."""
-    total = np.zeros((_TEX_SIZE, _TEX_SIZE), np.float32)
+def _fractal_noise(rng: np.random.Generator, count: int, octaves: Iterable[int], roughness: float) -> np.ndarray:
+    """count channels of tileable upsampled white noise summed over octaves, each with unit std."""
+    total = np.zeros((_TEX_SIZE, _TEX_SIZE, count), np.float32)
     for octave in octaves:
         cells = 2**octave
-        noise = rng.standard_normal((cells, cells)).astype(np.float32)
+        noise = rng.standard_normal((cells, cells, count)).astype(np.float32)
         total += roughness ** (9 - octave) * _tileable_upsample(noise, _TEX_SIZE)
-    return (total - total.mean()) / total.std()
+    return (total - total.mean(axis=(0, 1))) / total.std(axis=(0, 1))
 
 
 def _tileable_upsample(noise: np.ndarray, size: int) -> np.ndarray:
-    # Wrap-padding before resizing keeps the result periodic, so BORDER_WRAP sampling has no seams.
+    # Wrap-padding before resizing keeps the result periodic, so wrap-around sampling has no seams.
     cells = noise.shape[0]
     if cells == size:
         return noise
     factor, pad = size // cells, 2
-    padded = np.pad(noise, pad, mode="wrap")
+    padded = np.pad(noise, ((pad, pad), (pad, pad), (0, 0)), mode="wrap")
     up = cv2.resize(padded, (padded.shape[1] * factor,) * 2, interpolation=cv2.INTER_CUBIC)
     return up[pad * factor : pad * factor + size, pad * factor : pad * factor + size]
 
@@ -429,15 +435,19 @@ def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: float, cod
     height, width = first.shape[:2]
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_sibling(path)
     try:
         _run_ffmpeg(_frames_with_first(first, frames), tmp, width, height, fps, codec_args)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _temp_sibling(path: Path) -> Path:
+    # Same directory so os.replace is atomic; same suffix so ffmpeg picks the container from it.
+    # Not mkstemp: its 0600 mode would survive the rename and hide the file from other users.
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
 
 
 def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -497,11 +507,11 @@ def render_video(spec: SceneSpec, path: str | Path, codec: str = "h264", cut_to:
 
 
 def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
-    """Write depth, poses, K and sky masks of every frame to an .npz, atomically."""
+    """Write depth (float16), poses, K and sky masks of every frame to an .npz, atomically."""
     path = Path(path)
     frames = list(render_frames(spec))
     arrays = {
-        "depth": np.stack([f.depth for f in frames]).astype(np.float16),
+        "depth": _to_float16(np.stack([f.depth for f in frames])),
         "poses": np.stack([f.pose for f in frames]),
         "K": intrinsics(spec),
         "sky": np.stack([f.sky_mask for f in frames]),
@@ -509,12 +519,19 @@ def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
         "baseline_m": np.float64(spec.baseline_m),
     }
     if spec.baseline_m > 0:
-        arrays["right_depth"] = np.stack([f.right_depth for f in frames]).astype(np.float16)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+        arrays["right_depth"] = _to_float16(np.stack([f.right_depth for f in frames]))
+    tmp = _temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:  # a file object, so savez does not append ".npz" to the name
             np.savez_compressed(fh, **arrays)
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _to_float16(depth: np.ndarray) -> np.ndarray:
+    # Grazing hits near the horizon can lie beyond float16's 65504 m; saturate them rather than
+    # let them become inf, which means sky.
+    finite_max = float(np.finfo(np.float16).max)
+    return np.where(np.isinf(depth), depth, np.minimum(depth, finite_max)).astype(np.float16)
