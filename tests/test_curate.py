@@ -1,0 +1,86 @@
+"""The curate flow on the embedded demo catalog: every bad input named, the rest written, reruns idempotent."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.layout import DataRoot
+from pipeline.verify import verify_dataset
+
+
+@pytest.fixture(scope="module")
+def videos(demo_run):
+    table = pq.read_table(DataRoot(demo_run).videos_table).to_pandas()
+    return {row.video_id: row for row in table.itertuples() if row.status != "catalog_error"}
+
+
+@pytest.mark.parametrize("video_id, status, fragment", [
+    ("missing", "download_failed", "404"),
+    ("page", "not_a_video", "Unsupported URL"),
+    ("not_a_video", "unreadable_video", "not_a_video.mp4"),
+    ("truncated", "unreadable_video", "moov atom not found"),
+    ("audio_only", "no_video_stream", "streams: audio"),
+    ("tiny", "too_short", "shorter than its catalog trims"),
+])
+def test_bad_input_is_a_named_failure(videos, video_id, status, fragment):
+    row = videos[video_id]
+    assert row.status == status and fragment in row.error
+    assert row.frames_kept == 0
+
+
+def test_zero_byte_file_is_a_named_failure(videos):
+    row = videos["empty"]
+    assert row.status in {"download_failed", "unreadable_video"} and row.error
+
+
+def test_duplicate_catalog_id_is_reported_with_its_line(demo_run):
+    table = pq.read_table(DataRoot(demo_run).videos_table).to_pandas()
+    (problem,) = table[table.status == "catalog_error"].itertuples()
+    assert problem.video_id == "tripod" and problem.catalog_line == 13
+    assert "duplicate_id" in problem.error and "line 5" in problem.error
+
+
+def test_good_videos_are_written_next_to_the_failures(demo_run, videos):
+    root = DataRoot(demo_run)
+    for video_id in ("canyon_cut", "canyon_defects", "tripod"):
+        assert videos[video_id].status == "ok" and videos[video_id].frames_kept > 0
+        assert (root.shard_dir("demo", video_id) / "part-00000.parquet").is_file()
+        assert (root.videos_dir("demo") / f"{video_id}.info.json").is_file()
+    assert videos["canyon_cut"].clips >= 3  # the cut, a decimation window, the split boundary
+    assert videos["canyon_defects"].dropped_dark > 0 and videos["canyon_defects"].dropped_blurry > 0
+    assert videos["tripod"].dropped_static > 0
+    assert videos["canyon_cut_reupload"].dropped_duplicate_cross_video > 0
+    assert verify_dataset(root) == []
+
+
+def test_dataset_json_records_config_and_counts(demo_run, demo_config):
+    description = json.loads(DataRoot(demo_run).dataset_json.read_text())
+    assert description["config_hash"] == demo_config.full_hash()
+    assert description["counts"]["videos"]["ok"] == 4
+    manifest = pq.read_table(DataRoot(demo_run).manifest("demo"))
+    assert description["counts"]["samples"]["demo"] == manifest.num_rows > 0
+    assert manifest.column("fx").null_count == 0  # the demo catalog carries the renderer's intrinsics
+
+
+def test_summary_artifact_is_published(demo_run):
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("curate-summary")
+    assert artifact is not None
+    rows = json.loads(artifact.data)
+    assert {r["video_id"] for r in rows} >= {"canyon_cut", "missing", "tiny"}
+
+
+def test_rerun_downloads_nothing_and_changes_no_byte(demo_run):
+    from flows.curate import curate
+
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in demo_run.rglob("*")
+                if p.is_file() and "demo_sources" not in p.parts}
+
+    before = snapshot()
+    result = curate(catalog="demo", data_root=str(demo_run))
+    assert all(v["skipped"] for v in result["videos"])
+    assert snapshot() == before
