@@ -23,6 +23,7 @@ EYE_HEIGHT_M = 1.5
 YAW_PERIOD_S = 5.0
 
 _TEX_SIZE = 512  # texels per tile side at mip level 0
+_TEX_OCTAVES = 9  # log2(_TEX_SIZE): the finest noise octave is one texel
 _TEXEL_M = 4.0 / _TEX_SIZE  # a tile covers 4 m, so wrap-around repeats are rare on screen
 _MIP_LEVELS = 6
 _N_TILES = 5  # ground, wall +x, wall -x, boxes, roof/far wall
@@ -182,7 +183,7 @@ def _hsv_to_bgr(hue_deg: float, sat: float, val: float) -> np.ndarray:
 
 def _textures(rng: np.random.Generator, count: int) -> list[np.ndarray]:
     """Tileable coloured multi-octave noise tiles, float32 BGR in [0, 255]."""
-    detail = _fractal_noise(rng, count, octaves=range(2, 10), roughness=0.85)
+    detail = _fractal_noise(rng, count, octaves=range(2, _TEX_OCTAVES + 1), roughness=0.85)
     patches = _fractal_noise(rng, count, octaves=range(1, 6), roughness=0.6)
     return [_colourise(rng, detail[..., i], patches[..., i]) for i in range(count)]
 
@@ -204,7 +205,7 @@ def _fractal_noise(rng: np.random.Generator, count: int, octaves: Iterable[int],
     for octave in octaves:
         cells = 2**octave
         noise = rng.standard_normal((cells, cells, count)).astype(np.float32)
-        total += roughness ** (9 - octave) * _tileable_upsample(noise, _TEX_SIZE)
+        total += roughness ** (_TEX_OCTAVES - octave) * _tileable_upsample(noise, _TEX_SIZE)
     return (total - total.mean(axis=(0, 1))) / total.std(axis=(0, 1))
 
 
@@ -458,7 +459,7 @@ def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterato
 def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_args: list[str]) -> None:
     cmd = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", repr(float(fps)), "-i", "-",
         *codec_args, "-pix_fmt", "yuv420p", "-an",
         # Bit-exact flags and no metadata keep encoder version strings out, so reruns are byte-identical.
         "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
@@ -468,17 +469,11 @@ def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_ar
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            for frame in frames:
-                if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
-                    raise ValueError(f"frame {frame.shape} {frame.dtype} differs from ({height}, {width}, 3) uint8")
-                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        except BrokenPipeError:
-            pass  # ffmpeg died early; its exit status and stderr say why
+            _feed(proc, frames, (height, width, 3))
         except BaseException:
             proc.kill()
+            proc.wait()
             raise
-        finally:
-            _close_quietly(proc)
         code = proc.wait()
         if code != 0:
             err.seek(0)
@@ -486,11 +481,15 @@ def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_ar
             raise RuntimeError(f"ffmpeg exited with {code} writing {out}:\n{tail}")
 
 
-def _close_quietly(proc: subprocess.Popen) -> None:
+def _feed(proc: subprocess.Popen, frames: Iterable[np.ndarray], shape: tuple[int, int, int]) -> None:
     try:
+        for frame in frames:
+            if frame.shape != shape or frame.dtype != np.uint8:
+                raise ValueError(f"frame {frame.shape} {frame.dtype} differs from the first: {shape} uint8")
+            proc.stdin.write(np.ascontiguousarray(frame).tobytes())
         proc.stdin.close()
     except BrokenPipeError:
-        pass
+        pass  # ffmpeg died early; its exit status and stderr say why
 
 
 def render_video(spec: SceneSpec, path: str | Path, codec: str = "h264", cut_to: SceneSpec | None = None) -> Path:
@@ -509,17 +508,24 @@ def render_video(spec: SceneSpec, path: str | Path, codec: str = "h264", cut_to:
 def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
     """Write depth (float16), poses, K and sky masks of every frame to an .npz, atomically."""
     path = Path(path)
-    frames = list(render_frames(spec))
+    depth, right_depth, sky, poses = [], [], [], []
+    for frame in render_frames(spec):  # keep only ground truth; images would dominate memory
+        depth.append(_to_float16(frame.depth))
+        sky.append(frame.sky_mask)
+        poses.append(frame.pose)
+        if frame.right_depth is not None:
+            right_depth.append(_to_float16(frame.right_depth))
+    n = len(poses)
     arrays = {
-        "depth": _to_float16(np.stack([f.depth for f in frames])),
-        "poses": np.stack([f.pose for f in frames]),
+        "depth": np.stack(depth) if n else np.zeros((0, spec.height, spec.width), np.float16),
+        "poses": np.stack(poses) if n else np.zeros((0, 4, 4)),
         "K": intrinsics(spec),
-        "sky": np.stack([f.sky_mask for f in frames]),
-        "timestamps": np.arange(len(frames)) / spec.fps,
+        "sky": np.stack(sky) if n else np.zeros((0, spec.height, spec.width), bool),
+        "timestamps": np.arange(n) / spec.fps,
         "baseline_m": np.float64(spec.baseline_m),
     }
-    if spec.baseline_m > 0:
-        arrays["right_depth"] = _to_float16(np.stack([f.right_depth for f in frames]))
+    if right_depth:
+        arrays["right_depth"] = np.stack(right_depth)
     tmp = _temp_sibling(path)
     try:
         with open(tmp, "xb") as fh:  # a file object, so savez does not append ".npz" to the name
