@@ -71,7 +71,8 @@ class PartWriter:
             self._writer.close()
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
-        self._writer, self._tmp, self._rows = None, None, []
+        self._writer, self._tmp, self._rows, self._buffered_bytes = None, None, [], 0
+        self._part_rows, self._part_bytes = 0, 0  # the discarded rows no longer count
 
     def _flush(self) -> None:
         if not self._rows:

@@ -16,7 +16,7 @@ class CutDetector:
         self.cfg = cfg
         self._previous: np.ndarray | None = None
         self._recent: collections.deque[float] = collections.deque(maxlen=cfg.window)
-        self._since_cut = 0
+        self._since_cut = -1  # the first frame opens a shot as a cut does, so the first shot also spans min_frames
 
     def update(self, bgr: np.ndarray) -> bool:
         hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV).astype(np.int16)

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.schema import (FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA, VIDEO_STATS_SCHEMA,
+                             SchemaVersionError, check_version)
+
+DOC = (Path(__file__).resolve().parent.parent / "manifests" / "SCHEMA.md").read_text()
+
+
+@pytest.mark.parametrize("schema", [SHARD_SCHEMA, MANIFEST_SCHEMA, FRAME_STATS_SCHEMA, VIDEO_STATS_SCHEMA])
+def test_every_column_is_documented(schema):
+    missing = [name for name in schema.names if name not in DOC]
+    assert missing == []
+
+
+def test_version_check():
+    check_version(SHARD_SCHEMA, "shard")
+    with pytest.raises(SchemaVersionError, match="none"):
+        check_version(pa.schema([("x", pa.int32())]), "foreign.parquet")
+    future = SHARD_SCHEMA.with_metadata({b"depthcurate.schema_version": b"2.0"})
+    with pytest.raises(SchemaVersionError, match="2.0"):
+        check_version(future, "future.parquet")
