@@ -78,6 +78,8 @@ class FrameReader:
             proc.stdout.close()
             code = proc.wait()
             drain.join(timeout=5)
+            if not drain.is_alive():
+                proc.stderr.close()
         self._check(code, ffmpeg_message(b"".join(stderr_tail)))
 
     def _check(self, code: int, message: str) -> None:

@@ -68,6 +68,10 @@ def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadCon
     archive = DownloadArchive(videos_dir / "archive.tsv")
     if (done := archive.lookup(entry.video_id)) is not None:
         return DownloadResult(done, _info_path(done), cached=True)
+    if cfg.cookies_file and not Path(cfg.cookies_file).expanduser().is_file():
+        # yt-dlp would skip a missing file silently (or fail after downloading, on saving cookies back).
+        # Transient: the record stays retryable, so a rerun with the path fixed fetches the video.
+        raise VideoError("download_failed", f"cookies file {cfg.cookies_file} does not exist", transient=True)
     videos_dir.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with yt_dlp.YoutubeDL(_options(entry, videos_dir, cfg, errors, progress)) as ydl:

@@ -39,7 +39,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     if not path.is_file() or path.stat().st_size == 0:
         raise VideoError("unreadable_video", f"{path.name} is empty or missing")
     try:
-        meta = ffmpeg.probe(str(path))
+        meta = ffmpeg.probe(str(path), v="error")  # errors only: no version banner in failure messages
     except ffmpeg.Error as exc:
         raise VideoError("unreadable_video", f"ffprobe failed on {path.name}: {ffmpeg_message(exc.stderr, 2) or 'no output'}") from exc
     stream = next((s for s in meta.get("streams", []) if s.get("codec_type") == "video"

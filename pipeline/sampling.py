@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,8 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig) -> Sa
     # Catalog trims are honoured exactly; the config default shrinks for short videos.
     head = entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * info.duration_s)
     tail = entry.trim_end_s if entry.trim_end_s is not None else min(trim.tail_s, trim.max_fraction * info.duration_s)
-    start, end = head, info.duration_s - tail
+    # Snap the start onto the sampling grid so frame_index == round(timestamp_s * fps) names one picture.
+    start, end = math.ceil(head * cfg.sample.fps - 1e-6) / cfg.sample.fps, info.duration_s - tail
     if end - start < 1.0 / cfg.sample.fps:
         source = "catalog" if explicit else "config"
         raise VideoError("too_short", f"video lasts {info.duration_s:.1f}s, shorter than its {source} trims "
