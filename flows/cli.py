@@ -88,19 +88,22 @@ def _import_slowtv(args: argparse.Namespace) -> int:
     try:
         entries = import_slowtv(args.urls, args.categories, dataset=args.dataset)
     except CatalogError as exc:
-        print(f"depthcurate: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     write_catalog(entries, args.output)
     print(f"wrote {len(entries)} entries to {args.output}")
     return 0
+
+
+def _error(exc: Exception) -> int:
+    print(f"depthcurate: {exc}", file=sys.stderr)
+    return 1
 
 
 def _stats(args: argparse.Namespace) -> int:
     try:
         summary = summarize(DataRoot(args.data_root))
     except (FileNotFoundError, ValueError) as exc:
-        print(f"depthcurate: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
 
@@ -109,8 +112,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         problems = verify_dataset(DataRoot(args.data_root))
     except (FileNotFoundError, ValueError) as exc:
-        print(f"depthcurate: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
     for problem in problems:
         print(f"FAIL {problem}")
     if problems:

@@ -7,7 +7,7 @@ import http.server
 import subprocess
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -20,17 +20,23 @@ CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 @contextlib.contextmanager
-def serve_directory(directory: str | Path) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (an ephemeral port) for the duration; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve_handler(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 (an ephemeral port) for the duration; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for one poll.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
+
+
+def serve_directory(directory: str | Path) -> contextlib.AbstractContextManager[str]:
+    """Serve the files of `directory` on loopback; yields the base URL."""
+    return serve_handler(functools.partial(_QuietHandler, directory=str(directory)))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
 import json
 import shutil
@@ -18,6 +17,7 @@ import pipeline.download as download
 from pipeline.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
 from pipeline.download import DownloadArchive, DownloadResult, _classify, download_video
+from pipeline.demo import serve_directory, serve_handler
 from pipeline.errors import VideoError
 
 CFG = DownloadConfig()
@@ -45,32 +45,8 @@ def _server(respond: Callable[[http.server.BaseHTTPRequestHandler], None]) -> It
         def log_message(self, format, *args) -> None:  # noqa: A002
             pass
 
-    with _running(Handler) as url:
+    with serve_handler(Handler) as url:
         yield url, log
-
-
-@contextlib.contextmanager
-def _running(handler) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # A short poll interval: shutdown() waits for one, and the default half second adds up over the file.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args) -> None:  # noqa: A002
-        pass
-
-
-def serve_directory(directory: Path):
-    """Like pipeline.demo.serve_directory (a static file server), but quick to shut down."""
-    return _running(functools.partial(_QuietFiles, directory=str(directory)))
 
 
 def _send(handler, status: int, body: bytes = b"", content_type: str = "video/mp4") -> None:
