@@ -6,6 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import VideoError
 from pipeline.layout import DataRoot
 from pipeline.verify import verify_dataset
 
@@ -84,3 +85,16 @@ def test_rerun_downloads_nothing_and_changes_no_byte(demo_run):
     result = curate(catalog="demo", data_root=str(demo_run))
     assert all(v["skipped"] for v in result["videos"])
     assert snapshot() == before
+
+
+@pytest.mark.parametrize("error, retried", [
+    (VideoError("download_failed", "HTTP Error 503", transient=True), True),
+    (VideoError("download_failed", "HTTP Error 404", transient=False), False),
+    (VideoError("not_a_video", "Unsupported URL"), False),
+])
+def test_only_transient_download_failures_are_retried(error, retried):
+    from prefect.states import Failed
+
+    from flows.curate import _retry_transient
+
+    assert _retry_transient(None, None, Failed(data=error)) is retried
