@@ -99,6 +99,45 @@ class RunConfig(_Section):
     retry_failed: bool = True  # rerun videos whose earlier attempt failed transiently (timeouts, 5xx)
 
 
+class FlowConfig(_Section):
+    backend: Literal["dis", "raft"] = "dis"
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    raft_checkpoint: str | None = None  # local state-dict file; never downloaded at run time
+    raft_small: bool = False
+    raft_iterations: int = Field(12, ge=1)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
+    batch_size: int = Field(8, ge=1)
+
+
+class SkyConfig(_Section):
+    backend: Literal["gradient", "torchscript", "none"] = "gradient"
+    model_path: str | None = None  # TorchScript segmenter for the torchscript backend
+    sky_class_id: int = 2  # ADE20K 150-class, 0-based; Cityscapes trainId is 10
+    input_size: tuple[int, int] = (512, 512)  # (width, height) fed to the segmenter
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, on 0-1 pixels
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class StereoConfig(_Section):
+    """The 3D-movie branch (MiDaS numbers by default)."""
+
+    letterbox: bool = True  # detect black bars and crop them
+    crop: tuple[int, int] | None = (1880, 800)  # centre crop per view (width, height); None = no crop
+    output_size: tuple[int, int] | None = (940, 400)  # resize per view; None = keep; disparity scales too
+    flow: FlowConfig = FlowConfig()
+    sky: SkyConfig = SkyConfig()
+    lr_max_px: float = Field(2.0, gt=0)  # left-right consistency; Stereo4D uses 1 px
+    vertical_max_px: float = Field(2.0, gt=0)  # |v| of the L->R flow; Stereo4D uses 1 px
+    max_vertical_fail: float = Field(0.10, ge=0, le=1)
+    min_lr_pass: float = Field(0.70, ge=0, le=1)
+    min_disparity_range_px: float = Field(10.0, ge=0)
+    max_sky_fraction: float = Field(0.8, ge=0, le=1)
+    clip_frames: int = Field(4, ge=1)  # frames per clip ...
+    clip_span_s: float = Field(1.0, gt=0)  # ... spread over this long
+    jump_s: float = Field(4.0, ge=0)  # skipped between clips
+    store_right_view: bool = False
+
+
 class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     sample: SampleConfig = SampleConfig()
@@ -107,11 +146,12 @@ class CurateConfig(_Section):
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
     write: WriteConfig = WriteConfig()
+    stereo: StereoConfig = StereoConfig()
     run: RunConfig = RunConfig()
 
     def processing_hash(self) -> str:
         """Hash of the settings that change a video's output (not download or run settings)."""
-        relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write"})
+        relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write", "stereo"})
         return _hash(relevant)
 
     def full_hash(self) -> str:
