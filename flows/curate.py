@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
@@ -81,6 +82,10 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
         logger.error("%s: unexpected error\n%s", entry.video_id, traceback.format_exc())
         record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
+    preview = root.preview(entry.dataset, entry.video_id)
+    if record["status"] == "ok" and preview.is_file():
+        create_link_artifact(link=preview.as_uri(), link_text=f"{entry.video_id} contact sheet",
+                             description=f"frames, disparity and sky masks of {entry.dataset}/{entry.video_id}")
     level = logger.info if record["status"] == "ok" else logger.warning
     level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
           f", kept {record['frames_kept']}/{record['frames_decoded']} frames")

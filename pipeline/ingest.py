@@ -6,11 +6,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
+import numpy as np
+
 from pipeline.catalog import CatalogEntry
 from pipeline.config import CurateConfig
 from pipeline.errors import VideoError
 from pipeline.layout import DataRoot
 from pipeline.parquet_writer import PartFile, PartWriter
+from pipeline.previews import colorize_disparity, contact_sheet, write_preview_jpeg
 from pipeline.probe import VideoInfo, probe_video
 from pipeline.sampling import SampleCounts, plan_sampling, sample_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
@@ -45,7 +49,7 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
         remove_stale_temps(directory)
     try:
         info = probe_video(video_path)
-        plan_sampling(info, entry, cfg)  # fail fast on a too-short video, before any writer opens
+        plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")  # fail fast, before any writer opens
         shards = PartWriter(shard_dir, SHARD_SCHEMA, row_group_bytes=cfg.write.row_group_bytes,
                             part_bytes=cfg.write.part_bytes, compression=cfg.write.compression)
         frames = PartWriter(frames_dir, FRAME_STATS_SCHEMA, prefix="frames", row_group_rows=50_000,
@@ -62,7 +66,9 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
     _remove_unlisted(shard_dir, shard_parts)
     _remove_unlisted(frames_dir, frame_parts)
     record = _base_record(entry, cfg, "ok", info=info)
-    record.update(_counts_fields(counts), warning=counts.warning,
+    if counts.previews:
+        write_preview_jpeg(_contact_sheet(counts.previews), root.preview(entry.dataset, entry.video_id))
+    record.update(_counts_fields(counts), warning=counts.warning, detected_layout=counts.layout,
                   shards=[_part_entry(root, p) for p in shard_parts],
                   frame_parts=[_part_entry(root, p) for p in frame_parts])
     _write_record(root, entry, record)
@@ -75,6 +81,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
     for directory in (root.shard_dir(entry.dataset, entry.video_id),
                       root.video_frames_dir(entry.dataset, entry.video_id)):
         shutil.rmtree(directory, ignore_errors=True)
+    root.preview(entry.dataset, entry.video_id).unlink(missing_ok=True)
     record = _base_record(entry, cfg, error.reason, info=info)
     record["error"] = error.message
     record["retryable"] = error.transient
@@ -86,7 +93,7 @@ def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: Vide
     record: dict[str, Any] = {
         "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": entry.url,
         "category": entry.category, "subcategory": entry.subcategory, "layout": entry.layout,
-        "catalog_line": entry.line, "status": status, "error": None, "warning": None,
+        "catalog_line": entry.line, "detected_layout": None, "status": status, "error": None, "warning": None,
         "processing_hash": cfg.processing_hash(), "frames_decoded": 0, "frames_kept": 0, "clips": 0,
         "shards": [], "frame_parts": [],
         **{f"dropped_{reason}": 0 for reason in DROP_REASONS},
@@ -94,11 +101,24 @@ def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: Vide
     if info is not None:
         record.update(info.as_dict())
         try:
-            plan = plan_sampling(info, entry, cfg)
+            plan = plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")
             record.update(trim_start_s=plan.start_s, trim_end_s=info.duration_s - plan.end_s)
         except VideoError:
             pass
     return record
+
+
+def _contact_sheet(previews: list[tuple]) -> np.ndarray:
+    """One row per sampled clip: the frame, and for stereo its coloured disparity and sky mask."""
+    rows = []
+    for _, image, stereo in previews:
+        if stereo is None:
+            rows.append([image])
+        else:
+            disparity, valid, sky = stereo
+            sky_image = cv2.cvtColor((sky * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+            rows.append([image, colorize_disparity(disparity, valid, sky), sky_image])
+    return contact_sheet(rows)
 
 
 def _counts_fields(counts: SampleCounts) -> dict[str, Any]:

@@ -28,6 +28,9 @@ class DataRoot:
     def video_records(self) -> list[Path]:
         return sorted((self.root / "stats" / "videos").glob("*/*.json"))
 
+    def preview(self, dataset: str, video_id: str) -> Path:
+        return self.root / "previews" / dataset / f"{video_id}.jpg"
+
     def manifest(self, dataset: str) -> Path:
         return self.root / "manifest" / f"{dataset}.parquet"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added the stereo columns (null on mono rows)
 SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 
 # Why a decoded frame was not kept; stats tables count each one under its own name.
@@ -13,6 +13,12 @@ DROP_REASONS: tuple[str, ...] = (
     "dark", "blank", "blurry", "static",
     "duplicate",  # near-duplicate of an earlier kept frame of the same video
     "duplicate_cross_video",  # near-duplicate of a kept frame of another video
+    "at_cut",  # stereo: the first frame after a scene cut (transitions make bad pairs)
+    "stereo_no_valid",  # no pixel passes both checks
+    "stereo_too_much_sky",
+    "stereo_vertical",  # too many pixels fail the vertical check
+    "stereo_lr",  # too few pixels pass the left-right check
+    "stereo_range",  # horizontal disparity range too small to teach depth
 )
 
 _SAMPLE_FIELDS = [
@@ -33,6 +39,22 @@ _SAMPLE_FIELDS = [
     pa.field("sharpness", pa.float32()),
     pa.field("motion", pa.float32()),
     pa.field("phash", pa.uint64()),
+    # stereo quality, null on mono rows
+    pa.field("layout", pa.string()),
+    pa.field("lr_pass_fraction", pa.float32()),
+    pa.field("vertical_fail_fraction", pa.float32()),
+    pa.field("disp_range_px", pa.float32()),
+    pa.field("sky_fraction", pa.float32()),
+    pa.field("disp_scale", pa.float32()),  # disparity_px = png_value * disp_scale + disp_offset
+    pa.field("disp_offset", pa.float32()),
+]
+
+# Pixels of a stereo sample, null on mono rows.
+_STEREO_PIXELS = [
+    pa.field("disparity", pa.binary()),  # 16-bit PNG, left-view pixels, signed after decoding
+    pa.field("valid_mask", pa.binary()),  # 8-bit PNG, 255 = passes the left-right and vertical checks
+    pa.field("sky_mask", pa.binary()),  # 8-bit PNG, 255 = sky (its disparity is the frame minimum)
+    pa.field("right_image", pa.binary()),  # JPEG of the right view when stereo.store_right_view
 ]
 
 
@@ -40,7 +62,7 @@ def _with_version(fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
 
 
-SHARD_SCHEMA = _with_version(_SAMPLE_FIELDS + [pa.field("image", pa.binary(), nullable=False)])
+SHARD_SCHEMA = _with_version(_SAMPLE_FIELDS + [pa.field("image", pa.binary(), nullable=False)] + _STEREO_PIXELS)
 
 MANIFEST_SCHEMA = _with_version(_SAMPLE_FIELDS + [
     pa.field("shard", pa.string(), nullable=False),  # relative to the data root
@@ -63,6 +85,10 @@ FRAME_STATS_SCHEMA = _with_version([
     pa.field("sharpness", pa.float32()),
     pa.field("motion", pa.float32()),
     pa.field("phash", pa.uint64()),
+    pa.field("lr_pass_fraction", pa.float32()),
+    pa.field("vertical_fail_fraction", pa.float32()),
+    pa.field("disp_range_px", pa.float32()),
+    pa.field("sky_fraction", pa.float32()),
 ])
 
 VIDEO_STATS_SCHEMA = _with_version([
@@ -72,7 +98,8 @@ VIDEO_STATS_SCHEMA = _with_version([
     pa.field("url", pa.string()),
     pa.field("category", pa.string()),
     pa.field("subcategory", pa.string()),
-    pa.field("layout", pa.string()),
+    pa.field("layout", pa.string()),  # as declared in the catalog
+    pa.field("detected_layout", pa.string()),  # what the frames showed (auto) or confirmed (declared)
     pa.field("catalog_line", pa.int64()),
     pa.field("status", pa.string(), nullable=False),  # ok, or the failure reason
     pa.field("error", pa.string()),

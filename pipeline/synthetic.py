@@ -19,6 +19,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from pipeline.stereo_layout import STEREO_LAYOUTS, pack_views
+
 EYE_HEIGHT_M = 1.5
 YAW_PERIOD_S = 5.0
 
@@ -541,3 +543,81 @@ def _to_float16(depth: np.ndarray) -> np.ndarray:
     # let them become inf, which means sky.
     finite_max = float(np.finfo(np.float16).max)
     return np.where(np.isinf(depth), depth, np.minimum(depth, finite_max)).astype(np.float16)
+
+
+# ---------------------------------------------------------------- stereo ground truth
+
+_OCCLUSION_DEPTH_TOL = 0.02  # relative: the right view's surface must be this much nearer to hide a point
+
+
+@dataclass(frozen=True)
+class StereoFrame:
+    """A rectified stereo pair as a 3D movie would show it, with ground truth for the left view."""
+
+    left: np.ndarray  # HxWx3 uint8 BGR
+    right: np.ndarray  # HxWx3 uint8 BGR, convergence and vertical shifts applied
+    disparity: np.ndarray  # HxW float32 left-view pixels: x_right = x_left - disparity (= -u of L->R flow)
+    occluded: np.ndarray  # HxW bool: left pixels hidden in the right view or falling outside it
+    sky_mask: np.ndarray  # HxW bool (left view)
+    depth: np.ndarray  # HxW float32 left depth, inf on sky
+
+
+def render_stereo_frames(spec: SceneSpec, *, convergence_px: float = 0.0,
+                         vertical_px: float = 0.0) -> Iterator[StereoFrame]:
+    """Yield stereo pairs of spec (baseline_m >= 0); the right view is shifted right by convergence_px and down by vertical_px.
+
+    Disparity is fx * baseline / depth - convergence_px, so with a convergence shift far points get
+    negative disparity and near points positive, as in 3D movies; sky gets -convergence_px. The
+    vertical shift is a misalignment: it moves the right image but not the (horizontal) disparity.
+    """
+    if spec.baseline_m < 0:
+        raise ValueError(f"baseline_m must be >= 0, got {spec.baseline_m}")
+    fx = float(intrinsics(spec)[0, 0])
+    for frame in render_frames(spec):
+        # baseline 0 renders no right view; it would equal the left one.
+        right = frame.image if frame.right_image is None else frame.right_image
+        right_depth = frame.depth if frame.right_depth is None else frame.right_depth
+        parallax = np.where(np.isfinite(frame.depth), fx * spec.baseline_m / frame.depth, 0.0).astype(np.float32)
+        occluded = _stereo_occlusion(frame.depth, right_depth, parallax, convergence_px, vertical_px)
+        if convergence_px or vertical_px:
+            shift = np.float32([[1, 0, convergence_px], [0, 1, vertical_px]])
+            right = cv2.warpAffine(right, shift, (spec.width, spec.height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)
+        disparity = (parallax - np.float32(convergence_px)).astype(np.float32)
+        yield StereoFrame(frame.image, right, disparity, occluded, frame.sky_mask, frame.depth)
+
+
+def _stereo_occlusion(depth: np.ndarray, right_depth: np.ndarray, parallax: np.ndarray,
+                      convergence_px: float, vertical_px: float) -> np.ndarray:
+    """Z-buffer test: a left pixel is hidden if the unshifted right view sees something clearly nearer there."""
+    h, w = depth.shape
+    cols = np.arange(w, dtype=np.float32)[None, :]
+    rows = np.arange(h)[:, None]
+    src = cols - parallax  # column in the unshifted right render
+    lo = np.clip(np.floor(src), 0, w - 1).astype(np.intp)
+    hi = np.clip(lo + 1, 0, w - 1)
+    # The farther of the two neighbours: a point on a slanted surface lies between them, and a pixel
+    # only half covered by an occluder's edge still counts as seen.
+    seen = np.maximum(right_depth[rows, lo], right_depth[rows, hi])
+    with np.errstate(invalid="ignore"):  # inf * (1 - tol) is inf; sky is hidden by anything finite
+        hidden = seen < depth * (1.0 - _OCCLUSION_DEPTH_TOL)
+    x_right = src + convergence_px
+    y_right = rows + vertical_px
+    # Outside the render, or where the shifted right image only holds replicated border pixels.
+    outside = (src < 0) | (src > w - 1) | (x_right < 0) | (x_right > w - 1) | (y_right < 0) | (y_right > h - 1)
+    return hidden | outside
+
+
+def encode_stereo_video(frames: Iterable[StereoFrame], path: str | Path, fps: float, layout: str = "sbs_full",
+                        codec: str = "h264") -> Path:
+    """Pack each pair into layout (see pipeline.stereo_layout.STEREO_LAYOUTS) and encode with encode_video."""
+    if layout not in STEREO_LAYOUTS:  # checked before ffmpeg starts, not at the first frame
+        raise ValueError(f"unknown stereo layout {layout!r}; expected one of {', '.join(STEREO_LAYOUTS)}")
+    return encode_video((pack_views(f.left, f.right, layout) for f in frames), path, fps, codec)
+
+
+def render_stereo_video(spec: SceneSpec, path: str | Path, *, layout: str = "sbs_full", convergence_px: float = 0.0,
+                        vertical_px: float = 0.0, codec: str = "h264") -> Path:
+    """Render spec as a stereo video in layout; render_stereo_frames gives the matching ground truth."""
+    frames = render_stereo_frames(spec, convergence_px=convergence_px, vertical_px=vertical_px)
+    return encode_stereo_video(frames, path, spec.fps, layout, codec)

@@ -50,9 +50,9 @@ def test_import_slowtv_rejects_mismatched_files(tmp_path, capsys):
 def test_stats_and_verify_on_the_demo_dataset(demo_run, capsys):
     assert main(["stats", "--data-root", str(demo_run)]) == 0
     out = capsys.readouterr().out
-    assert "videos: 4 ok, 8 failed" in out and "duplicate_cross_video" in out and "demo/missing" in out
+    assert "videos: 6 ok, 9 failed" in out and "duplicate_cross_video" in out and "demo/missing" in out
     assert main(["stats", "--data-root", str(demo_run), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["counts"]["videos"]["ok"] == 4
+    assert json.loads(capsys.readouterr().out)["counts"]["videos"]["ok"] == 6
     assert main(["verify", "--data-root", str(demo_run)]) == 0
 
 

@@ -39,7 +39,7 @@ def test_zero_byte_file_is_a_named_failure(videos):
 def test_duplicate_catalog_id_is_reported_with_its_line(demo_run):
     table = pq.read_table(DataRoot(demo_run).videos_table).to_pandas()
     (problem,) = table[table.status == "catalog_error"].itertuples()
-    assert problem.video_id == "tripod" and problem.catalog_line == 13
+    assert problem.video_id == "tripod" and problem.catalog_line == 16
     assert "duplicate_id" in problem.error and "line 5" in problem.error
 
 
@@ -59,7 +59,7 @@ def test_good_videos_are_written_next_to_the_failures(demo_run, videos):
 def test_dataset_json_records_config_and_counts(demo_run, demo_config):
     description = json.loads(DataRoot(demo_run).dataset_json.read_text())
     assert description["config_hash"] == demo_config.full_hash()
-    assert description["counts"]["videos"]["ok"] == 4
+    assert description["counts"]["videos"]["ok"] == 6
     manifest = pq.read_table(DataRoot(demo_run).manifest("demo"))
     assert description["counts"]["samples"]["demo"] == manifest.num_rows > 0
     assert manifest.column("fx").null_count == 0  # the demo catalog carries the renderer's intrinsics
@@ -98,3 +98,31 @@ def test_only_transient_download_failures_are_retried(error, retried):
     from flows.curate import _retry_transient
 
     assert _retry_transient(None, None, Failed(data=error)) is retried
+
+
+def test_stereo_videos_yield_checked_disparity(demo_run, videos):
+    import cv2
+    import numpy as np
+
+    from pipeline.disparity import decode_disparity_png, decode_mask_png
+
+    assert videos["canyon_sbs"].status == "ok" and videos["canyon_sbs"].detected_layout == "sbs_full"
+    assert videos["canyon_half_sbs"].detected_layout == "sbs_half"  # declared auto
+    root = DataRoot(demo_run)
+    rows = pq.read_table(root.shard_dir("demo", "canyon_sbs") / "part-00000.parquet").to_pylist()
+    assert rows and all(r["layout"] == "sbs_full" for r in rows)
+    row = rows[0]
+    disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
+    valid, sky = decode_mask_png(row["valid_mask"]), decode_mask_png(row["sky_mask"])
+    image = cv2.imdecode(np.frombuffer(row["image"], np.uint8), cv2.IMREAD_COLOR)
+    assert disparity.shape == valid.shape == sky.shape == image.shape[:2] == (192, 320)
+    assert row["lr_pass_fraction"] >= 0.7 and row["disp_range_px"] >= 10
+    # convergence shift of 4 px: the far scene sits behind the screen (negative), the near ground in front
+    assert disparity[valid & ~sky].min() < 0 < disparity[valid & ~sky].max()
+    assert sky.any() and np.allclose(disparity[sky], disparity.min(), atol=0.05)
+    assert root.preview("demo", "canyon_sbs").is_file()
+
+
+def test_mono_declared_stereo_is_rejected(videos):
+    row = videos["mono_as_stereo"]
+    assert row.status == "not_stereo" and "sbs_full" in row.error

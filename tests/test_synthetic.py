@@ -16,8 +16,11 @@ from pipeline.synthetic import (
     SceneSpec,
     encode_video,
     intrinsics,
+    encode_stereo_video,
     normalized_intrinsics,
     render_frames,
+    render_stereo_frames,
+    render_stereo_video,
     render_video,
     save_ground_truth,
 )
@@ -336,3 +339,129 @@ def test_save_ground_truth_includes_right_depth_for_stereo(tmp_path):
     with np.load(save_ground_truth(spec, tmp_path / "gt.npz")) as gt:
         assert gt["right_depth"].shape == (3, 32, 64)
         assert float(gt["baseline_m"]) == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------- stereo ground truth
+
+STEREO = SceneSpec(width=160, height=96, fps=10.0, duration_s=0.3, seed=0, baseline_m=0.3)
+CONVERGENCE = 4.0  # with a 0.3 m baseline, far points (< 4 px of parallax) go negative, the near ground positive
+
+
+@pytest.fixture(scope="module")
+def stereo_pairs():
+    return list(render_stereo_frames(STEREO, convergence_px=CONVERGENCE))
+
+
+def _warp_right_onto_left(pair, dy: float = 0.0) -> np.ndarray:
+    """Per-pixel error of the right image sampled at (x - disparity, y + dy) against the left image."""
+    h, w = pair.disparity.shape
+    map_x = np.arange(w, dtype=np.float32)[None, :] - pair.disparity
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None] + dy, w, axis=1)
+    warped = cv2.remap(pair.right, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.abs(warped.astype(np.float32) - pair.left).mean(axis=2)
+
+
+def _visible_surface(pair) -> np.ndarray:
+    # One pixel of margin around occlusions: bilinear sampling there mixes in the occluder.
+    near_occlusion = cv2.dilate(pair.occluded.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return ~near_occlusion & ~pair.sky_mask
+
+
+def test_stereo_frames_shapes_and_types(stereo_pairs):
+    assert len(stereo_pairs) == 3
+    for pair in stereo_pairs:
+        assert pair.left.shape == pair.right.shape == (96, 160, 3) and pair.right.dtype == np.uint8
+        assert pair.disparity.shape == (96, 160) and pair.disparity.dtype == np.float32
+        assert pair.occluded.dtype == bool and pair.sky_mask.dtype == bool
+        assert np.isinf(pair.depth[pair.sky_mask]).all() and np.isfinite(pair.disparity).all()
+
+
+def test_stereo_disparity_sign_and_value(stereo_pairs):
+    fx = intrinsics(STEREO)[0, 0]
+    for pair in stereo_pairs:
+        assert pair.sky_mask.any()
+        np.testing.assert_array_equal(pair.disparity[pair.sky_mask], -CONVERGENCE)
+        surface = ~pair.sky_mask
+        np.testing.assert_allclose(pair.disparity[surface], fx * 0.3 / pair.depth[surface] - CONVERGENCE, rtol=1e-5,
+                                   atol=1e-5)
+        assert (pair.disparity[-5:] > 0).all()  # the ground right below the camera is near
+        assert (pair.disparity[surface] < 0).any()  # far walls and ground lie behind the zero-parallax plane
+
+
+def test_stereo_disparity_agrees_with_the_images(stereo_pairs):
+    for pair in stereo_pairs:
+        visible = _visible_surface(pair)
+        assert visible.mean() > 0.4
+        err = _warp_right_onto_left(pair)[visible]
+        # The same lookup without the disparity (pure convergence) shows what a wrong map costs.
+        wrong = _warp_right_onto_left(type(pair)(pair.left, pair.right, np.full_like(pair.disparity, -CONVERGENCE),
+                                                 pair.occluded, pair.sky_mask, pair.depth))[visible]
+        assert err.mean() < 3.0
+        assert err.mean() < 0.3 * wrong.mean()
+
+
+def test_occluded_pixels_are_the_ones_the_right_view_cannot_explain(stereo_pairs):
+    for pair in stereo_pairs:
+        err = _warp_right_onto_left(pair)
+        cols = np.arange(160)[None, :] - pair.disparity
+        # Matches that leave the right image, or land on the columns the convergence shift filled by replication.
+        outside = (cols < CONVERGENCE) | (cols > 159)
+        assert outside.any() and pair.occluded[outside].all()
+        # Inside the image, the z-buffer test: something nearer covers these points in the right view
+        # (in this canyon mostly sky just above a wall's top edge, which the right view sees as wall).
+        hidden = pair.occluded & ~outside
+        assert hidden.sum() > 50
+        assert err[hidden].mean() > 3.0 * err[_visible_surface(pair)].mean()
+
+
+def test_convergence_shifts_disparity_and_right_image_only(stereo_pairs):
+    plain = next(render_stereo_frames(STEREO))
+    pair = stereo_pairs[0]
+    np.testing.assert_array_equal(pair.left, plain.left)
+    np.testing.assert_allclose(pair.disparity, plain.disparity - CONVERGENCE, atol=1e-5)
+    # The right image moved right by the (integer) convergence shift.
+    np.testing.assert_array_equal(pair.right[:, 4:], plain.right[:, :-4])
+    assert (plain.disparity >= 0).all()
+
+
+def test_vertical_shift_moves_the_right_image_but_not_the_disparity(stereo_pairs):
+    shifted = next(render_stereo_frames(STEREO, convergence_px=CONVERGENCE, vertical_px=3.0))
+    pair = stereo_pairs[0]
+    np.testing.assert_array_equal(shifted.disparity, pair.disparity)
+    np.testing.assert_array_equal(shifted.right[3:], pair.right[:-3])
+    assert shifted.occluded[-3:].all()  # rows that leave the right image
+    visible = _visible_surface(shifted)
+    assert _warp_right_onto_left(shifted, dy=3.0)[visible].mean() < 0.5 * _warp_right_onto_left(shifted)[visible].mean()
+
+
+def test_zero_baseline_is_a_pure_convergence_shift():
+    spec = SceneSpec(width=64, height=32, duration_s=0.1, seed=2)
+    pair = next(render_stereo_frames(spec))
+    np.testing.assert_array_equal(pair.right, pair.left)
+    assert (pair.disparity == 0).all()
+    assert (next(render_stereo_frames(spec, convergence_px=2.0)).disparity == -2.0).all()
+
+
+@pytest.mark.parametrize(("layout", "size"), [("sbs_full", (320, 96)), ("sbs_half", (160, 96)),
+                                              ("tab_full", (160, 192)), ("tab_half", (160, 96))])
+def test_encode_stereo_video_packs_the_layout(stereo_pairs, tmp_path, layout, size):
+    path = encode_stereo_video(stereo_pairs, tmp_path / "s.mp4", STEREO.fps, layout)
+    info = _probe(path)
+    assert (info["width"], info["height"]) == size
+    assert int(info["nb_read_frames"]) == len(stereo_pairs)
+
+
+def test_render_stereo_video_holds_both_views(stereo_pairs, tmp_path):
+    path = render_stereo_video(STEREO, tmp_path / "s.mkv", layout="sbs_full", convergence_px=CONVERGENCE,
+                               codec="mpeg4")
+    decoded = _decode(path, 320, 96)
+    assert decoded.shape[0] == len(stereo_pairs)
+    for frame, pair in zip(decoded, stereo_pairs):
+        assert np.abs(frame[:, :160].astype(np.int16) - pair.left).mean() < 6.0
+        assert np.abs(frame[:, 160:].astype(np.int16) - pair.right).mean() < 6.0
+
+
+def test_encode_stereo_video_rejects_an_unknown_layout(stereo_pairs, tmp_path):
+    with pytest.raises(ValueError, match="unknown stereo layout"):
+        encode_stereo_video(stereo_pairs, tmp_path / "s.mp4", STEREO.fps, "mono")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,348 @@
+"""Sky segmentation for the 3D-movie branch: a weight-free default and a pluggable TorchScript segmenter.
+
+The stereo branch sets sky pixels to the frame's minimum disparity, so a detector must err on the side of
+"not sky": a false positive flattens real geometry, a miss only leaves noisy disparity in a textureless area.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from pipeline.config import SkyConfig
+
+
+class SkyDetector(Protocol):
+    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+        """BGR uint8 HxWx3 (left view), optional HxW disparity and validity -> HxW bool sky mask."""
+        ...
+
+
+class GradientSkyDetector:
+    """Embedded, weight-free default: smooth runs from the top border, grown by colour, vetoed by disparity.
+
+    In the spirit of Shen & Wang (2013) and Zhu et al.: per column, the sky estimate is the run of smooth pixels
+    from the top border (at `analysis_width`, with a threshold set from the frame's own noise floor), grown
+    through smooth pixels whose colour changes gradually (and stays near the estimate's Lab colour model), cut
+    to what touches the top border, and finally re-decided pixel by pixel at full resolution near its border.
+    With disparity (larger = nearer), pixels clearly nearer than the frame's farthest are never sky.
+    """
+
+    def __init__(self, *, analysis_width: int = 320, blur_sigma: float = 1.25, texture_floor: float = 1.1,
+                 texture_cap: float = 2.2, noise_factor: float = 2.5, max_mean_texture: float = 0.7,
+                 grow_factor: float = 1.5, max_colour_step: float = 2.5, colour_max_distance: float = 6.0,
+                 min_sky_fraction: float = 0.002, edge_margin: float = 8.0, disparity_margin_px: float = 1.0,
+                 disparity_margin_fraction: float = 0.5):
+        self.analysis_width = analysis_width  # frames are analysed at this width: noise averages out
+        self.blur_sigma = blur_sigma  # pre-blur of the texture measure, in analysis pixels
+        # Smooth means texture below noise_factor * the frame's flattest texture (its 2nd percentile),
+        # clipped to [texture_floor, texture_cap] grey levels: the cap keeps faint walls out of noisy frames.
+        self.texture_floor = texture_floor
+        self.texture_cap = texture_cap
+        self.noise_factor = noise_factor
+        # A real sky's texture sits well below the threshold; a faint texture that scrapes under it is a wall.
+        self.max_mean_texture = max_mean_texture
+        self.grow_factor = grow_factor  # growth tolerates this much more texture (compression banding)
+        self.max_colour_step = max_colour_step  # CIE delta E between neighbours that growth may cross
+        self.colour_max_distance = colour_max_distance  # Mahalanobis (Lab) to the seed's colours; 0 = off
+        self.min_sky_fraction = min_sky_fraction  # smaller estimates are noise: no sky
+        self.edge_margin = edge_margin  # analysis pixels around the coarse border re-decided at full size
+        # The stereo cue vetoes pixels above min + max(margin_px, margin_fraction * range) of the valid
+        # disparities. Half the range, not a pixel or two: optical flow fills a textureless sky with the
+        # disparity of its skyline, which passes the left-right check (DIS on the synthetic canyon: median
+        # 3-11 px for a sky whose true disparity is 0, in a 0-40 px frame).
+        self.disparity_margin_px = disparity_margin_px
+        self.disparity_margin_fraction = disparity_margin_fraction
+
+    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+        """HxW bool sky mask of a BGR uint8 image; disparity (larger = nearer) and valid are optional."""
+        _check_image(image)
+        height, width = image.shape[:2]
+        far = None
+        if disparity is not None:
+            if disparity.shape != (height, width) or (valid is not None and valid.shape != (height, width)):
+                raise ValueError(f"disparity {disparity.shape} and valid {None if valid is None else valid.shape} "
+                                 f"must match the image's {(height, width)}")
+            far = far_mask(disparity, valid, self.disparity_margin_px, self.disparity_margin_fraction)
+        scale = min(1.0, self.analysis_width / width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small, small_far = image, far
+        if scale < 1:
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if far is not None:  # an analysis pixel may be sky only if most of what it covers may be
+                small_far = cv2.resize(far.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        mask = self._detect(small, small_far)
+        if not mask.any():
+            return np.zeros((height, width), bool)
+        if scale < 1:
+            mask = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+        # The texture measure stops the coarse estimate a few analysis pixels short of every border.
+        mask = refine_edges(image, mask, radius=int(np.ceil(self.edge_margin / scale)), allowed=far,
+                            max_step=self.max_colour_step)
+        return _touching_top(mask)
+
+    def _detect(self, image: np.ndarray, far: np.ndarray | None) -> np.ndarray:
+        """Coarse sky mask at analysis size."""
+        height, width = image.shape[:2]
+        empty = np.zeros((height, width), bool)
+        texture = texture_map(image, self.blur_sigma)
+        threshold = float(np.clip(self.noise_factor * np.percentile(texture, 2), self.texture_floor,
+                                  self.texture_cap))
+        smooth = texture < threshold
+        if far is not None:
+            smooth &= far
+        # A one-pixel speck of noise must not end a column's run.
+        smooth = cv2.morphologyEx(smooth.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0
+        if far is not None:
+            smooth &= far
+        seed = np.logical_and.accumulate(smooth, axis=0)  # per column, the smooth run from the top border
+        seed = cv2.morphologyEx(seed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+        min_pixels = max(4, int(self.min_sky_fraction * height * width))
+        if seed.sum() < min_pixels or texture[seed].mean() > self.max_mean_texture * threshold:
+            return empty
+        # Grow through smooth pixels whose colour changes gradually: that follows a sky's gradient down to
+        # the horizon and across compression banding, where the column runs stop, without entering a wall.
+        lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 1.0).astype(np.float32) * (1.0 / 255.0),
+                           cv2.COLOR_BGR2LAB)
+        grown = (colour_step(lab) < self.max_colour_step) & (texture < self.grow_factor * threshold)
+        if self.colour_max_distance > 0:
+            distance = _mahalanobis(lab.reshape(-1, 3), lab[seed]).reshape(height, width)
+            grown &= distance < self.colour_max_distance
+        if far is not None:
+            grown &= far
+        sky = _connected_to(grown | seed, seed)
+        sky = cv2.morphologyEx(sky.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+        sky = _fill_small_holes(sky, max_area=max(4, height * width // 500))
+        sky = _touching_top(sky)
+        return sky if sky.sum() >= min_pixels else empty
+
+
+def colour_step(lab: np.ndarray) -> np.ndarray:
+    """Largest CIE Lab difference (delta E) between each pixel and its right or lower neighbour."""
+    dx = np.zeros(lab.shape[:2], np.float32)
+    dy = np.zeros(lab.shape[:2], np.float32)
+    dx[:, :-1] = np.linalg.norm(lab[:, 1:] - lab[:, :-1], axis=2)
+    dy[:-1] = np.linalg.norm(lab[1:] - lab[:-1], axis=2)
+    step = np.maximum(dx, dy)
+    step[:, 1:] = np.maximum(step[:, 1:], dx[:, :-1])  # and the left and upper ones: edges are symmetric
+    step[1:] = np.maximum(step[1:], dy[:-1])
+    return step
+
+
+def texture_map(image: np.ndarray, blur_sigma: float = 1.25) -> np.ndarray:
+    """Local texture in grey levels: smoothed |Laplacian| of the blurred grey image.
+
+    Second differences, not the gradient magnitude: a rendered or real sky brightens smoothly towards
+    the horizon by about a grey level per pixel, as steep as fine texture, but its curvature is near zero.
+    """
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    # Odd reflection continues a gradient linearly past the border; an even one would fold it into a ridge
+    # along the top rows, exactly where every column's sky run starts.
+    pad = int(np.ceil(3 * (blur_sigma + 1.5))) + 1
+    grey = np.pad(grey, pad, mode="reflect", reflect_type="odd")
+    grey = cv2.GaussianBlur(grey, (0, 0), blur_sigma)  # also hides 8-bit quantisation steps
+    lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))
+    return cv2.GaussianBlur(lap, (0, 0), 1.5)[pad:-pad, pad:-pad]
+
+
+def refine_edges(image: np.ndarray, mask: np.ndarray, radius: int, allowed: np.ndarray | None = None,
+                 max_step: float = 2.5) -> np.ndarray:
+    """Re-decide the pixels within radius of the mask's border: grow the interior over colour-continuous steps.
+
+    A sky changes colour by well under max_step (CIE Lab delta E) from one pixel to the next, while a border
+    with a wall, a tree or a roof is a jump, so growing from the certain interior stops at the true edge.
+    Pixels outside `allowed` (the stereo cue) are never added.
+    """
+    if radius < 1:
+        return mask
+    # Distance transforms, not erode/dilate with a disk: their cost does not grow with the radius.
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+    inner = inside > radius
+    band = ~inner & (outside <= radius)
+    if allowed is not None:
+        band &= allowed
+    if not inner.any() or not band.any():
+        return mask
+    # Work inside the band's bounding box (plus one pixel): most of the frame is far from any sky border.
+    rows, cols = np.nonzero(band)
+    y0, y1 = max(rows.min() - 1, 0), min(rows.max() + 2, mask.shape[0])
+    x0, x1 = max(cols.min() - 1, 0), min(cols.max() + 2, mask.shape[1])
+    # A median keeps edges where they are but stops sensor noise from ending the growth inside the sky.
+    roi = cv2.medianBlur(np.ascontiguousarray(image[y0:y1, x0:x1]), 3)
+    lab = cv2.cvtColor(roi.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    seed, grow = inner[y0:y1, x0:x1], band[y0:y1, x0:x1]
+    # Pixels with no jump to any neighbour, connected to the interior: the bulk of the growth in one pass.
+    sky = _connected_to(seed | (grow & (colour_step(lab) < max_step)), seed)
+    # That leaves out the last pixels before each jump (a jump marks both its sides, JPEG ringing widens
+    # it); take back, a pixel at a time, those whose colour is still close to a sky neighbour's.
+    for _ in range(4):
+        reached = np.zeros_like(sky)
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            close = np.linalg.norm(lab - _shift(lab, dy, dx), axis=2) < max_step
+            reached |= close & _shift(sky, dy, dx)
+        sky |= reached & grow
+    out = inner.copy()
+    out[y0:y1, x0:x1] = sky
+    return out
+
+
+def _shift(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """array moved by (dy, dx), so out[y, x] = array[y - dy, x - dx]; what enters is zero."""
+    out = np.zeros_like(array)
+    h, w = array.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = array[max(-dy, 0):h + min(-dy, 0),
+                                                                        max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def far_mask(disparity: np.ndarray, valid: np.ndarray | None = None, margin_px: float = 1.0,
+             margin_fraction: float = 0.5) -> np.ndarray:
+    """Pixels that may be sky by the stereo cue: invalid, or within a margin of the frame's minimum disparity."""
+    disparity = np.asarray(disparity, np.float32)
+    ok = np.isfinite(disparity)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    if not ok.any():
+        return np.ones(disparity.shape, bool)
+    # Percentiles, not min/max: a few outliers past the LR check must not move the reference.
+    low, high = np.percentile(disparity[ok], [1, 99])
+    limit = low + max(margin_px, margin_fraction * (high - low))
+    # Invalid pixels carry no evidence: textureless sky often fails the left-right check.
+    return ~ok | (disparity <= limit)
+
+
+def _mahalanobis(points: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Distance of each Lab point to the Gaussian fitted to sample."""
+    mean = sample.mean(axis=0)
+    cov = np.cov(sample, rowvar=False) if len(sample) > 3 else np.zeros((3, 3))
+    # A flat sky has a near-singular covariance; the floor (a few Lab units) keeps distances sane.
+    cov = np.atleast_2d(cov) + np.eye(3, dtype=np.float64) * 4.0
+    diff = points - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+
+
+def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Components of mask that overlap seed."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[seed & mask])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _touching_top(mask: np.ndarray) -> np.ndarray:
+    """Components of mask that touch the top row: sky is open to the top border."""
+    top = np.zeros_like(mask)
+    top[0] = mask[0]
+    return _connected_to(mask, top)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """Fill enclosed non-sky specks (compression blocks, a bird) of at most max_area pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    height, width = mask.shape
+    x, y, w, h, area = (stats[:, i] for i in range(5))
+    touches_border = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    fill = (area <= max_area) & ~touches_border
+    fill[0] = False  # label 0 is the sky itself
+    return mask | fill[labels]
+
+
+class TorchScriptSkySegmenter:
+    """A pretrained semantic segmenter exported to TorchScript, loaded from a local file."""
+
+    def __init__(self, model_path: str | Path, *, sky_class_id: int = 2, input_size: tuple[int, int] = (512, 512),
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 device: str = "auto"):
+        import torch
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sky segmenter model not found: {path} (sky.model_path must be a local "
+                                    "TorchScript file; weights are never downloaded at run time)")
+        self.device = _resolve_device(device)
+        try:
+            with warnings.catch_warnings():
+                # Recent torch (2.13 here) warns that TorchScript is deprecated; it still loads it fine.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"cannot load {path} as a TorchScript model: {exc}") from exc
+        self.model.eval()
+        self.sky_class_id = sky_class_id
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+        """HxW bool sky mask; the segmenter ignores the stereo cue."""
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Sky masks of BGR uint8 images (any sizes), run through the model in one batch."""
+        import torch
+
+        if not images:
+            return []
+        for image in images:
+            _check_image(image)
+        width, height = self.input_size
+        rgb = np.stack([cv2.cvtColor(_resize(im, (width, height)), cv2.COLOR_BGR2RGB) for im in images])
+        with torch.inference_mode():
+            batch = torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            batch = (batch - self._mean) / self._std
+            out = self.model(batch)
+            if isinstance(out, dict):  # torchvision segmentation models return {"out": logits, "aux": ...}
+                if "out" not in out:
+                    raise ValueError(f"segmenter returned a dict without 'out' (keys: {sorted(out)})")
+                out = out["out"]
+            elif isinstance(out, (tuple, list)) and out:  # (logits, aux...) from other exporters
+                out = out[0]
+            if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != len(images):
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"segmenter output must be N x C x h x w logits for N={len(images)}, got {shape}")
+            if not 0 <= self.sky_class_id < out.shape[1]:
+                raise ValueError(f"sky_class_id {self.sky_class_id} is not among the model's {out.shape[1]} classes")
+            labels = out.argmax(dim=1).eq(self.sky_class_id).to(torch.uint8).cpu().numpy()
+        return [cv2.resize(lab, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+                for lab, im in zip(labels, images)]
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    shrinking = image.shape[1] > size[0] or image.shape[0] > size[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a BGR uint8 HxWx3 image, got {image.dtype} {image.shape}")
+
+
+def make_sky_detector(cfg: SkyConfig) -> SkyDetector | None:
+    """The detector the config asks for; None when sky detection is off."""
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "gradient":
+        return GradientSkyDetector()
+    if cfg.backend == "torchscript":
+        if not cfg.model_path:
+            raise ValueError("sky.backend 'torchscript' needs sky.model_path: a local TorchScript segmenter file "
+                             "(e.g. an ADE20K or Cityscapes model exported with torch.jit.script or trace)")
+        return TorchScriptSkySegmenter(cfg.model_path, sky_class_id=cfg.sky_class_id, input_size=cfg.input_size,
+                                       mean=cfg.mean, std=cfg.std)
+    raise ValueError(f"unknown sky backend {cfg.backend!r}; expected gradient, torchscript or none")
