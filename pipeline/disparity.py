@@ -32,18 +32,26 @@ class StereoResult:
     sky_fraction: float
 
 
-def check_stereo(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig,
-                 sky_mask: np.ndarray | None = None) -> StereoResult:
+@dataclass(frozen=True)
+class PixelChecks:
+    """Per-pixel outcome of the two checks, before any sky mask is known."""
+
+    disparity: np.ndarray  # -u_LR, float32
+    lr_ok: np.ndarray  # bool: |u_LR(p) + u_RL(p + f_LR(p))| <= lr_max_px, and the match lands inside the image
+    vertical_ok: np.ndarray  # bool: |v_LR| <= vertical_max_px
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.lr_ok & self.vertical_ok
+
+
+def pixel_checks(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig) -> PixelChecks:
     """Disparity = -u_LR; LR check |u_LR(p) + u_RL(p + f_LR(p))| <= lr_max_px; vertical check |v_LR| <= vertical_max_px."""
     if flow_lr.ndim != 3 or flow_lr.shape[2] != 2 or flow_lr.shape != flow_rl.shape:
         raise ValueError(f"flows must both be HxWx2, got {flow_lr.shape} and {flow_rl.shape}")
     height, width = flow_lr.shape[:2]
-    sky = np.zeros((height, width), bool) if sky_mask is None else np.asarray(sky_mask, bool)
-    if sky.shape != (height, width):
-        raise ValueError(f"sky mask {sky.shape} does not match flow {(height, width)}")
     u = flow_lr[..., 0].astype(np.float32)
     v = flow_lr[..., 1].astype(np.float32)
-
     map_x = np.arange(width, dtype=np.float32)[None, :] + u
     map_y = np.arange(height, dtype=np.float32)[:, None] + v
     # Pixels whose match leaves the right image have no backward flow to compare with: they fail. Pixel
@@ -54,11 +62,19 @@ def check_stereo(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig,
     with np.errstate(invalid="ignore"):  # NaN flows compare False, i.e. fail
         lr_ok = inside & (np.abs(u + u_back) <= cfg.lr_max_px)
         vertical_ok = np.abs(v) <= cfg.vertical_max_px
-    valid = lr_ok & vertical_ok & ~sky
+    return PixelChecks(-u, lr_ok, vertical_ok)
 
+
+def summarize(checks: PixelChecks, sky_mask: np.ndarray | None = None) -> StereoResult:
+    """Frame-level result: sky excluded from the fractions and given the frame's minimum valid disparity."""
+    shape = checks.disparity.shape
+    sky = np.zeros(shape, bool) if sky_mask is None else np.asarray(sky_mask, bool)
+    if sky.shape != shape:
+        raise ValueError(f"sky mask {sky.shape} does not match flow {shape}")
+    valid = checks.valid & ~sky
     ground = ~sky
     n_ground = int(ground.sum())
-    disparity = -u
+    disparity = checks.disparity
     valid_disp = disparity[valid]
     if valid_disp.size:
         low, high = np.percentile(valid_disp, _RANGE_PERCENTILES)
@@ -71,11 +87,17 @@ def check_stereo(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig,
         disparity=disparity.astype(np.float32),
         valid=valid,
         sky_mask=sky,
-        lr_pass_fraction=float(lr_ok[ground].mean()) if n_ground else 0.0,
-        vertical_fail_fraction=float((~vertical_ok[ground]).mean()) if n_ground else 0.0,
+        lr_pass_fraction=float(checks.lr_ok[ground].mean()) if n_ground else 0.0,
+        vertical_fail_fraction=float((~checks.vertical_ok[ground]).mean()) if n_ground else 0.0,
         disp_range_px=disp_range,
         sky_fraction=float(sky.mean()) if sky.size else 0.0,
     )
+
+
+def check_stereo(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig,
+                 sky_mask: np.ndarray | None = None) -> StereoResult:
+    """Both checks and the frame-level summary in one call."""
+    return summarize(pixel_checks(flow_lr, flow_rl, cfg), sky_mask)
 
 
 def rejection_reason(result: StereoResult, cfg: StereoConfig) -> str | None:

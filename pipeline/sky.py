@@ -126,12 +126,18 @@ def colour_step(lab: np.ndarray) -> np.ndarray:
     """Largest CIE Lab difference (delta E) between each pixel and its right or lower neighbour."""
     dx = np.zeros(lab.shape[:2], np.float32)
     dy = np.zeros(lab.shape[:2], np.float32)
-    dx[:, :-1] = np.linalg.norm(lab[:, 1:] - lab[:, :-1], axis=2)
-    dy[:-1] = np.linalg.norm(lab[1:] - lab[:-1], axis=2)
+    dx[:, :-1] = _colour_distance(lab[:, 1:], lab[:, :-1])
+    dy[:-1] = _colour_distance(lab[1:], lab[:-1])
     step = np.maximum(dx, dy)
     step[:, 1:] = np.maximum(step[:, 1:], dx[:, :-1])  # and the left and upper ones: edges are symmetric
     step[1:] = np.maximum(step[1:], dy[:-1])
     return step
+
+
+def _colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel Euclidean distance of two HxWx3 float images (einsum: several times faster than linalg.norm)."""
+    d = a - b
+    return np.sqrt(np.einsum("ijk,ijk->ij", d, d))
 
 
 def texture_map(image: np.ndarray, blur_sigma: float = 1.25) -> np.ndarray:
@@ -181,11 +187,12 @@ def refine_edges(image: np.ndarray, mask: np.ndarray, radius: int, allowed: np.n
     sky = _connected_to(seed | (grow & (colour_step(lab) < max_step)), seed)
     # That leaves out the last pixels before each jump (a jump marks both its sides, JPEG ringing widens
     # it); take back, a pixel at a time, those whose colour is still close to a sky neighbour's.
+    shifts = ((0, 1), (0, -1), (1, 0), (-1, 0))
+    close = [_colour_distance(lab, _shift(lab, dy, dx)) < max_step for dy, dx in shifts]  # fixed: compute once
     for _ in range(4):
         reached = np.zeros_like(sky)
-        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-            close = np.linalg.norm(lab - _shift(lab, dy, dx), axis=2) < max_step
-            reached |= close & _shift(sky, dy, dx)
+        for (dy, dx), near in zip(shifts, close):
+            reached |= near & _shift(sky, dy, dx)
         sky |= reached & grow
     out = inner.copy()
     out[y0:y1, x0:x1] = sky

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.catalog import CatalogEntry
 from pipeline.config import StereoConfig
 from pipeline.decode import FrameReader
-from pipeline.disparity import check_stereo, encode_disparity_png, encode_mask_png, rejection_reason
+from pipeline.disparity import encode_disparity_png, encode_mask_png, pixel_checks, rejection_reason, summarize
 from pipeline.errors import VideoError
 from pipeline.flow import make_flow_backend, stereo_flows
 from pipeline.sky import make_sky_detector
@@ -78,10 +78,9 @@ class StereoProcessor:
         return [self._one(left, right, lr, rl) for left, right, lr, rl in zip(lefts, rights, flows_lr, flows_rl)]
 
     def _one(self, left: np.ndarray, right: np.ndarray, flow_lr: np.ndarray, flow_rl: np.ndarray) -> StereoOutcome:
-        result = check_stereo(flow_lr, flow_rl, self.cfg)
-        if self.sky is not None:
-            sky = self.sky(left, result.disparity, result.valid)
-            result = check_stereo(flow_lr, flow_rl, self.cfg, sky_mask=sky)
+        checks = pixel_checks(flow_lr, flow_rl, self.cfg)
+        sky = self.sky(left, checks.disparity, checks.valid) if self.sky is not None else None
+        result = summarize(checks, sky)
         columns: dict[str, Any] = {
             "lr_pass_fraction": result.lr_pass_fraction, "vertical_fail_fraction": result.vertical_fail_fraction,
             "disp_range_px": result.disp_range_px, "sky_fraction": result.sky_fraction,

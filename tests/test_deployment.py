@@ -71,7 +71,7 @@ def test_deploy_and_run_the_demo_deployment(server, tmp_path):
     _prefect(env, "work-pool", "create", "depthcurate", "--type", "process")
     _prefect(env, "--no-prompt", "deploy", "--all")
     listed = _prefect(env, "deployment", "ls").stdout
-    assert "curate/demo" in listed and "curate/slowtv" in listed
+    assert all(f"curate/{name}" in listed for name in ("demo", "slowtv", "movies3d"))
 
     data_root = tmp_path / "data"
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"], env=env,
