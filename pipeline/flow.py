@@ -77,7 +77,7 @@ class RAFTFlow:
                  batch_size: int = 8) -> None:
         import torch
 
-        from pipeline.torch_compat import ensure_torchvision
+        from pipeline.torch_compat import ensure_torchvision, resolve_device
 
         ensure_torchvision()
         from torchvision.models.optical_flow import raft_large, raft_small
@@ -86,7 +86,7 @@ class RAFTFlow:
             raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
         self.iterations = iterations
         self.batch_size = batch_size
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = torch.device(resolve_device(device))
         model = (raft_small if small else raft_large)(weights=None, progress=False)
         state = _load_state_dict(Path(checkpoint))
         try:

@@ -273,7 +273,9 @@ class TorchScriptSkySegmenter:
         if not path.is_file():
             raise FileNotFoundError(f"sky segmenter model not found: {path} (sky.model_path must be a local "
                                     "TorchScript file; weights are never downloaded at run time)")
-        self.device = _resolve_device(device)
+        from pipeline.torch_compat import resolve_device  # torch only when this backend is used
+
+        self.device = resolve_device(device)
         try:
             with warnings.catch_warnings():
                 # Recent torch (2.13 here) warns that TorchScript is deprecated; it still loads it fine.
@@ -325,14 +327,6 @@ class TorchScriptSkySegmenter:
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     shrinking = image.shape[1] > size[0] or image.shape[0] > size[1]
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _check_image(image: np.ndarray) -> None:
