@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from pipeline.catalog import CatalogEntry
@@ -14,7 +13,7 @@ from pipeline.config import CurateConfig
 from pipeline.errors import VideoError
 from pipeline.layout import DataRoot
 from pipeline.parquet_writer import PartFile, PartWriter
-from pipeline.previews import colorize_disparity, contact_sheet, write_preview_jpeg
+from pipeline.previews import colorize_disparity, contact_sheet, mask_image, write_preview_jpeg
 from pipeline.probe import VideoInfo, probe_video
 from pipeline.sampling import SampleCounts, plan_sampling, sample_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
@@ -116,8 +115,7 @@ def _contact_sheet(previews: list[tuple]) -> np.ndarray:
             rows.append([image])
         else:
             disparity, valid, sky = stereo
-            sky_image = cv2.cvtColor((sky * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-            rows.append([image, colorize_disparity(disparity, valid, sky), sky_image])
+            rows.append([image, colorize_disparity(disparity, valid, sky), mask_image(sky)])
     return contact_sheet(rows)
 
 
