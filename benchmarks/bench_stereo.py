@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.disparity import check_stereo  # noqa: E402
+from pipeline.disparity import pixel_checks, summarize  # noqa: E402
 from pipeline.flow import make_flow_backend, stereo_flows  # noqa: E402
 from pipeline.parquet_writer import PartWriter  # noqa: E402
 from pipeline.schema import SHARD_SCHEMA  # noqa: E402
@@ -100,9 +100,9 @@ def accuracy(n_scenes: int) -> dict:
     rows = {"flow": [], "sgbm": [], "flow_matched": [], "sgbm_matched": [], "sky_iou": []}
     for frame, left, right in stereo_pairs(n_scenes, 940, 400):
         (lr,), (rl,) = stereo_flows(flow, [left], [right])
-        first = check_stereo(lr, rl, cfg)
-        sky_mask = sky(left, first.disparity, first.valid)
-        result = check_stereo(lr, rl, cfg, sky_mask=sky_mask)
+        checks = pixel_checks(lr, rl, cfg)
+        sky_mask = sky(left, checks.disparity, checks.valid) if cfg.sky.use_disparity else sky(left)
+        result = summarize(checks, sky_mask)
         scored = ~frame.sky_mask  # every non-sky pixel counts for density; errors only where kept
         truth = frame.disparity
         flow_kept = result.valid

@@ -79,7 +79,10 @@ class StereoProcessor:
 
     def _one(self, left: np.ndarray, right: np.ndarray, flow_lr: np.ndarray, flow_rl: np.ndarray) -> StereoOutcome:
         checks = pixel_checks(flow_lr, flow_rl, self.cfg)
-        sky = self.sky(left, checks.disparity, checks.valid) if self.sky is not None else None
+        sky = None
+        if self.sky is not None:
+            sky = (self.sky(left, checks.disparity, checks.valid) if self.cfg.sky.use_disparity
+                   else self.sky(left))
         result = summarize(checks, sky)
         columns: dict[str, Any] = {
             "lr_pass_fraction": result.lr_pass_fraction, "vertical_fail_fraction": result.vertical_fail_fraction,
