@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from pipeline.catalog import CatalogEntry, write_catalog
+from pipeline.storage import atomic_path, write_bytes_atomic
 from pipeline.synthetic import SceneSpec, encode_video, normalized_intrinsics, render_frames, render_stereo_video
 
 DEMO_DATASET = "demo"
@@ -96,11 +97,11 @@ def build_demo_sources(directory: str | Path) -> dict[str, Path]:
     make("canyon_half_sbs.mp4", lambda p: render_stereo_video(_spec(7, duration_s=10.0, baseline_m=0.3), p,
                                                               layout="sbs_half", convergence_px=4.0))
     make("tiny.mp4", lambda p: encode_video(_frames(_spec(5, duration_s=1.0)), p, 20.0, "h264"))
-    make("truncated.mp4", lambda p: p.write_bytes(files["canyon_cut.mp4"].read_bytes()[:20_000]))
-    make("empty.mp4", lambda p: p.write_bytes(b""))
-    make("not_a_video.mp4", lambda p: p.write_bytes(np.random.default_rng(0).bytes(50_000)))
+    make("truncated.mp4", lambda p: write_bytes_atomic(p, files["canyon_cut.mp4"].read_bytes()[:20_000]))
+    make("empty.mp4", lambda p: write_bytes_atomic(p, b""))
+    make("not_a_video.mp4", lambda p: write_bytes_atomic(p, np.random.default_rng(0).bytes(50_000)))
     make("audio_only.m4a", _audio_only)
-    make("page.html", lambda p: p.write_text("<html><body><p>no video here</p></body></html>"))
+    make("page.html", lambda p: write_bytes_atomic(p, b"<html><body><p>no video here</p></body></html>"))
     return files
 
 
@@ -147,14 +148,12 @@ def _chain(*iterables: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def _transcode(source: Path, target: Path, *args: str) -> None:
-    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), *args, "-c:v", "libx264",
-                    "-preset", "veryfast", "-pix_fmt", "yuv420p", "-threads", "1", str(tmp)], check=True)
-    tmp.replace(target)
+    with atomic_path(target, keep_suffix=True) as tmp:
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), *args, "-c:v", "libx264",
+                        "-preset", "veryfast", "-pix_fmt", "yuv420p", "-threads", "1", str(tmp)], check=True)
 
 
 def _audio_only(path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=5",
-                    "-c:a", "aac", str(tmp)], check=True)
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                        "sine=frequency=440:duration=5", "-c:a", "aac", str(tmp)], check=True)

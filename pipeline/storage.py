@@ -11,17 +11,20 @@ from typing import Iterator
 TMP_MARK = ".tmp-"  # temporary files are hidden (leading dot) and carry this mark
 
 
-def temp_path_for(path: Path) -> Path:
-    """A hidden sibling of `path` that readers and globs for `*.parquet` ignore."""
-    return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+def temp_path_for(path: Path, *, keep_suffix: bool = False) -> Path:
+    """A hidden sibling of `path` that `*.parquet`-style globs ignore.
+
+    keep_suffix repeats the suffix at the end, for writers that pick the format from it (ffmpeg).
+    """
+    return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}{path.suffix if keep_suffix else ''}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
+    tmp = temp_path_for(path, keep_suffix=keep_suffix)
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -8,10 +8,8 @@ camera point to integer pixel indices (pixel (u, v) sits at u, v, not u + 0.5).
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,6 +18,7 @@ import cv2
 import numpy as np
 
 from pipeline.stereo_layout import STEREO_LAYOUTS, pack_views
+from pipeline.storage import atomic_path
 
 EYE_HEIGHT_M = 1.5
 YAW_PERIOD_S = 5.0
@@ -438,19 +437,9 @@ def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: float, cod
     height, width = first.shape[:2]
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
-    tmp = _temp_sibling(path)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         _run_ffmpeg(_frames_with_first(first, frames), tmp, width, height, fps, codec_args)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-def _temp_sibling(path: Path) -> Path:
-    # Same directory so os.replace is atomic; same suffix so ffmpeg picks the container from it.
-    # Not mkstemp: its 0600 mode would survive the rename and hide the file from other users.
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
 
 
 def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -528,13 +517,8 @@ def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
     }
     if right_depth:
         arrays["right_depth"] = np.stack(right_depth)
-    tmp = _temp_sibling(path)
-    try:
-        with open(tmp, "xb") as fh:  # a file object, so savez does not append ".npz" to the name
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "xb") as fh:  # a file object: savez appends no ".npz"
+        np.savez_compressed(fh, **arrays)
     return path
 
 
