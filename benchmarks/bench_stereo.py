@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.codecs import encode_jpeg  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.disparity import pixel_checks, summarize  # noqa: E402
 from pipeline.flow import make_flow_backend, stereo_flows  # noqa: E402
@@ -141,10 +142,10 @@ def speed(width: int, height: int, n_pairs: int) -> dict:
         start = time.perf_counter()
         for i, (left, right) in enumerate(pairs):
             (outcome,) = processor.process([left], [right])
-            _, jpeg = cv2.imencode(".jpg", left, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            jpeg = encode_jpeg(left)
             writer.add({"sample_id": f"b/{i}", "dataset": "b", "video_id": "b", "category": "natural", "clip_id": 0,
                         "frame_index": i, "timestamp_s": 0.0, "split": "train", "width": width, "height": height,
-                        "image": jpeg.tobytes(), **outcome.columns})
+                        "image": jpeg, **outcome.columns})
         writer.close()
         full = time.perf_counter() - start
     return {"size": f"{width}x{height}", "pairs": n_pairs, "flow_pairs_per_s": round(n_pairs / bare, 2),

@@ -7,6 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.codecs import encode_jpeg
 from pipeline.storage import write_bytes_atomic
 
 INVALID_BGR = (0, 0, 0)  # colormaps below never produce pure black for a valid pixel
@@ -85,10 +86,7 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], *, tile_width: int = 320
 def write_preview_jpeg(image: np.ndarray, path: str | Path, quality: int = 90) -> Path:
     """Encode image as JPEG and write it atomically (readers never see a partial file); returns path."""
     path = Path(path)
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"cannot encode a {image.dtype} {image.shape} image as JPEG")
-    write_bytes_atomic(path, data.tobytes())
+    write_bytes_atomic(path, encode_jpeg(image, quality))
     return path
 
 

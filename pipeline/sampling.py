@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.catalog import CatalogEntry
+from pipeline.codecs import encode_jpeg
 from pipeline.config import CurateConfig
 from pipeline.decode import FrameReader, output_size
 from pipeline.dedup import HashIndex, phash
@@ -186,7 +187,7 @@ def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, c
                                      cfg.stereo)
     plan = plan_sampling(info, entry, cfg, stereo=setup is not None)
     counts.layout = setup.layout if setup else "mono"
-    processor = StereoProcessor(cfg.stereo) if setup else None
+    processor = StereoProcessor(cfg.stereo, cfg.sample.jpeg_quality) if setup else None
     sink = _RowSink(entry, shards, frames, counts, processor, cfg.stereo.flow.batch_size, cfg.sample.jpeg_quality)
     if setup is not None:
         view_size = split_views(np.zeros((plan.size[1], plan.size[0], 3), np.uint8), setup.layout)[0].shape[1::-1]
@@ -268,9 +269,6 @@ def _content_drop(row: dict[str, Any], small: np.ndarray, clip_id: int,
 
 
 def _shard_row(row: dict[str, Any], entry: CatalogEntry, image: np.ndarray, quality: int) -> dict[str, Any]:
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {row['sample_id']}")
     height, width = image.shape[:2]
     return {
         "sample_id": row["sample_id"], "dataset": entry.dataset, "video_id": entry.video_id,
@@ -278,5 +276,5 @@ def _shard_row(row: dict[str, Any], entry: CatalogEntry, image: np.ndarray, qual
         "frame_index": row["frame_index"], "timestamp_s": row["timestamp_s"], "split": row["split"],
         "width": width, "height": height, "fx": entry.fx, "fy": entry.fy, "cx": entry.cx, "cy": entry.cy,
         "brightness": row["brightness"], "sharpness": row["sharpness"], "motion": row.get("motion"),
-        "phash": row["phash"], "image": jpeg.tobytes(),
+        "phash": row["phash"], "image": encode_jpeg(image, quality),
     }

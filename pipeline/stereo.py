@@ -5,10 +5,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from pipeline.catalog import CatalogEntry
+from pipeline.codecs import encode_jpeg
 from pipeline.config import StereoConfig
 from pipeline.decode import FrameReader
 from pipeline.disparity import encode_disparity_png, encode_mask_png, pixel_checks, rejection_reason, summarize
@@ -68,8 +68,9 @@ def _probe_frames(video_path: str | Path, start_s: float, end_s: float, size: tu
 class StereoProcessor:
     """Flow both ways, checks, sky, rejection rules and PNG encoding for batches of view pairs."""
 
-    def __init__(self, cfg: StereoConfig):
+    def __init__(self, cfg: StereoConfig, jpeg_quality: int = 95):
         self.cfg = cfg
+        self.jpeg_quality = jpeg_quality
         self.flow = make_flow_backend(cfg.flow)
         self.sky = make_sky_detector(cfg.sky)
 
@@ -95,15 +96,8 @@ class StereoProcessor:
         columns.update(disparity=png, disp_scale=scale, disp_offset=offset,
                        valid_mask=encode_mask_png(result.valid), sky_mask=encode_mask_png(result.sky_mask))
         if self.cfg.store_right_view:
-            columns["right_image"] = _jpeg(right)
+            columns["right_image"] = encode_jpeg(right, self.jpeg_quality)
         return StereoOutcome(None, columns, (result.disparity, result.valid, result.sky_mask))
-
-
-def _jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return data.tobytes()
 
 
 def crop_intrinsics(entry: CatalogEntry, view_size: tuple[int, int], geometry: ViewGeometry
