@@ -20,6 +20,7 @@ from pipeline.errors import VideoError
 from pipeline.parquet_writer import PartWriter
 from pipeline.probe import VideoInfo
 from pipeline.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
+from pipeline.schema import STEREO_QUALITY_COLUMNS
 from pipeline.shots import CutDetector
 from pipeline.stereo import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.stereo_layout import split_views
@@ -151,7 +152,7 @@ class _RowSink:
         while self._queue and (self._queue[0][3] is not None or self._queue[0][1] is None):
             row, image, _, outcome = self._queue.pop(0)
             if outcome is not None:
-                row.update({k: v for k, v in outcome.columns.items() if k in _FRAME_STEREO_COLUMNS})
+                row.update({k: v for k, v in outcome.columns.items() if k in STEREO_QUALITY_COLUMNS})
                 if outcome.reason is not None:
                     row["drop_reason"] = outcome.reason
                 else:
@@ -171,9 +172,6 @@ class _RowSink:
         if len(self.counts.previews) < self.max_previews and (
                 not self.counts.previews or self.counts.previews[-1][0] != row["clip_id"]):
             self.counts.previews.append((row["clip_id"], image.copy(), outcome.preview))
-
-
-_FRAME_STEREO_COLUMNS = ("lr_pass_fraction", "vertical_fail_fraction", "disp_range_px", "sky_fraction")
 
 
 def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, cfg: CurateConfig,

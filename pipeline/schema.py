@@ -21,6 +21,16 @@ DROP_REASONS: tuple[str, ...] = (
     "stereo_range",  # horizontal disparity range too small to teach depth
 )
 
+# Frame-level stereo quality: in the samples (kept frames) and the frame stats (every checked frame).
+_STEREO_QUALITY = [
+    pa.field("lr_pass_fraction", pa.float32()),
+    pa.field("vertical_fail_fraction", pa.float32()),
+    pa.field("disp_range_px", pa.float32()),
+    pa.field("sky_fraction", pa.float32()),
+]
+
+STEREO_QUALITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in _STEREO_QUALITY)
+
 _SAMPLE_FIELDS = [
     pa.field("sample_id", pa.string(), nullable=False),
     pa.field("dataset", pa.string(), nullable=False),
@@ -39,12 +49,8 @@ _SAMPLE_FIELDS = [
     pa.field("sharpness", pa.float32()),
     pa.field("motion", pa.float32()),
     pa.field("phash", pa.uint64()),
-    # stereo quality, null on mono rows
-    pa.field("layout", pa.string()),
-    pa.field("lr_pass_fraction", pa.float32()),
-    pa.field("vertical_fail_fraction", pa.float32()),
-    pa.field("disp_range_px", pa.float32()),
-    pa.field("sky_fraction", pa.float32()),
+    pa.field("layout", pa.string()),  # stereo only, like everything below
+    *_STEREO_QUALITY,
     pa.field("disp_scale", pa.float32()),  # disparity_px = png_value * disp_scale + disp_offset
     pa.field("disp_offset", pa.float32()),
 ]
@@ -85,10 +91,7 @@ FRAME_STATS_SCHEMA = _with_version([
     pa.field("sharpness", pa.float32()),
     pa.field("motion", pa.float32()),
     pa.field("phash", pa.uint64()),
-    pa.field("lr_pass_fraction", pa.float32()),
-    pa.field("vertical_fail_fraction", pa.float32()),
-    pa.field("disp_range_px", pa.float32()),
-    pa.field("sky_fraction", pa.float32()),
+    *_STEREO_QUALITY,
 ])
 
 VIDEO_STATS_SCHEMA = _with_version([
@@ -129,6 +132,10 @@ class SchemaVersionError(ValueError):
 
 def check_version(schema: pa.Schema, what: str) -> None:
     """Raise SchemaVersionError unless `schema` carries the version this code reads."""
-    found = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode() or "none"
+    check_version_string((schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"").decode() or "none", what)
+
+
+def check_version_string(found: str, what: str) -> None:
+    """Same major version reads; anything else is a clear error naming `what`."""
     if found.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise SchemaVersionError(f"{what} has schema version {found}; this depthcurate reads {SCHEMA_VERSION}")

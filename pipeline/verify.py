@@ -6,8 +6,8 @@ import json
 import pyarrow.parquet as pq
 
 from pipeline.layout import DataRoot
-from pipeline.schema import (FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA,
-                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version)
+from pipeline.schema import (FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA, VIDEO_STATS_SCHEMA,
+                             SchemaVersionError, check_version, check_version_string)
 from pipeline.storage import sha256_file
 
 
@@ -16,9 +16,7 @@ def read_description(root: DataRoot) -> dict:
     if not root.dataset_json.is_file():
         raise FileNotFoundError(f"no dataset.json under {root.root}: not a depthcurate dataset, or never published")
     description = json.loads(root.dataset_json.read_text())
-    version = str(description.get("schema_version", "none"))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise SchemaVersionError(f"dataset.json has schema version {version}; this depthcurate reads {SCHEMA_VERSION}")
+    check_version_string(str(description.get("schema_version", "none")), "dataset.json")
     return description
 
 
