@@ -50,15 +50,6 @@ def stereo_pairs(n: int, width: int, height: int, seed0: int = 100):
         yield frame, degrade(frame.left, rng), degrade(frame.right, rng)
 
 
-def lr_error(flow_lr: np.ndarray, flow_rl: np.ndarray) -> np.ndarray:
-    h, w = flow_lr.shape[:2]
-    map_x = np.arange(w, dtype=np.float32)[None, :] + flow_lr[..., 0]
-    map_y = np.arange(h, dtype=np.float32)[:, None] + flow_lr[..., 1]
-    back = cv2.remap(flow_rl[..., 0].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=1e6)
-    return np.abs(flow_lr[..., 0] + back)
-
-
 def sgbm(left: np.ndarray, right: np.ndarray, lr_max_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disparity (x_right = x_left - d), valid mask from SGBM's own LR check, and the LR error."""
     matcher = cv2.StereoSGBM_create(minDisparity=-16, numDisparities=64, blockSize=5, P1=8 * 3 * 25,
@@ -111,7 +102,7 @@ def accuracy(n_scenes: int) -> dict:
         rows["flow"].append(metrics(result.disparity, truth, flow_kept, scored))
         rows["sgbm"].append(metrics(d_sgbm, truth, sgbm_kept, scored))
         density = min(rows["flow"][-1]["density"], rows["sgbm"][-1]["density"])
-        conf_flow = -lr_error(lr, rl)
+        conf_flow = -checks.lr_error
         rows["flow_matched"].append(metrics(result.disparity, truth,
                                             top_fraction(flow_kept, conf_flow, scored, density), scored))
         rows["sgbm_matched"].append(metrics(d_sgbm, truth, top_fraction(sgbm_kept, -sgbm_err, scored, density),

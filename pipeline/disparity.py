@@ -37,6 +37,7 @@ class PixelChecks:
     """Per-pixel outcome of the two checks, before any sky mask is known."""
 
     disparity: np.ndarray  # -u_LR, float32
+    lr_error: np.ndarray  # |u_LR(p) + u_RL(p + f_LR(p))|, inf where the match leaves the image
     lr_ok: np.ndarray  # bool: |u_LR(p) + u_RL(p + f_LR(p))| <= lr_max_px, and the match lands inside the image
     vertical_ok: np.ndarray  # bool: |v_LR| <= vertical_max_px
 
@@ -59,10 +60,11 @@ def pixel_checks(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig) ->
     inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
     u_back = cv2.remap(np.ascontiguousarray(flow_rl[..., 0], dtype=np.float32), map_x, map_y, cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REPLICATE)
+    lr_error = np.where(inside, np.abs(u + u_back), np.float32(np.inf))
     with np.errstate(invalid="ignore"):  # NaN flows compare False, i.e. fail
-        lr_ok = inside & (np.abs(u + u_back) <= cfg.lr_max_px)
+        lr_ok = lr_error <= cfg.lr_max_px
         vertical_ok = np.abs(v) <= cfg.vertical_max_px
-    return PixelChecks(-u, lr_ok, vertical_ok)
+    return PixelChecks(-u, lr_error, lr_ok, vertical_ok)
 
 
 def summarize(checks: PixelChecks, sky_mask: np.ndarray | None = None) -> StereoResult:
