@@ -4,10 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -171,6 +174,12 @@ def _hash(obj: Any) -> str:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurateConfig:
     """Defaults, then the YAML file, then `overrides` (nested dicts); unknown keys are rejected."""
+    return load_yaml_model(CurateConfig, path, overrides)
+
+
+def load_yaml_model(model: type[_M], path: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> _M:
+    """Validate `model` from defaults, a YAML file and nested overrides; any problem is a ConfigError."""
     data: dict[str, Any] = {}
     if path:
         try:
@@ -183,7 +192,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if overrides:
         data = _merge(data, overrides)
     try:
-        return CurateConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid config {path or '(defaults)'}:\n{exc}") from exc
 

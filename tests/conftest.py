@@ -83,3 +83,41 @@ def demo_run(prefect_harness, demo_sources, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_config() -> CurateConfig:
     return load_config(CONFIG_PATH)
+
+
+@pytest.fixture(scope="session")
+def train_root(tmp_path_factory) -> Path:
+    """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video."""
+    from pipeline.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
+    from pipeline.ingest import ingest_video
+    from pipeline.layout import DataRoot
+    from pipeline.publish import publish
+    from pipeline.synthetic import normalized_intrinsics, render_stereo_video
+
+    sources = tmp_path_factory.mktemp("train_sources")
+    root = DataRoot(tmp_path_factory.mktemp("train_root"))
+    cfg = load_config(overrides={
+        "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.2, "tail_s": 0.2}, "decimate": None},
+        "split": {"train_fraction": 0.75, "gap_frames": 1},
+        "write": {"row_group_bytes": 65536},
+        "stereo": {"crop": None, "output_size": None, "jump_s": 1.0},
+    })
+    mono = SceneSpec(width=160, height=96, fps=20.0, duration_s=5.0, seed=11)
+    fx, fy, cx, cy = normalized_intrinsics(mono)
+    videos = [
+        ("walk", render_video(mono, sources / "walk.mp4"), "natural", "mono"),
+        ("drive", render_video(SceneSpec(width=160, height=96, fps=20.0, duration_s=4.0, seed=12, speed_mps=4.0),
+                               sources / "drive.mp4", cut_to=SceneSpec(width=160, height=96, fps=20.0,
+                                                                        duration_s=2.0, seed=13)),
+         "driving", "mono"),
+        ("pair", render_stereo_video(SceneSpec(width=320, height=192, fps=20.0, duration_s=5.0, seed=14,
+                                               baseline_m=0.3), sources / "pair.mp4", layout="sbs_full",
+                                     convergence_px=4.0), "natural", "sbs_full"),
+    ]
+    for video_id, path, category, layout in videos:
+        entry = CatalogEntry(video_id=video_id, url=f"file://{path}", dataset="mono" if layout == "mono" else
+                             "stereo", category=category, layout=layout, fx=fx, fy=fy, cx=cx, cy=cy)
+        record = ingest_video(entry, path, root, cfg)
+        assert record["status"] == "ok", record
+    publish(root, cfg)
+    return root.root

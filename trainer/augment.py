@@ -1,0 +1,121 @@
+"""Training augmentation: SlowTV's aspect-ratio crops, flips and colour jitter, with intrinsics kept exact.
+
+Intrinsics are in pixels with pixel (u, v) at integer u, v (the renderer's and OpenCV's convention). A
+crop shifts the principal point, a resize maps pixel centres ((c + 0.5) * s - 0.5), a flip mirrors it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from trainer.config import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One sample's crop box (x0, y0, width, height in source pixels), output size and flip."""
+
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]  # output (height, width)
+    flip: bool
+
+
+def batch_shape(rng: np.random.Generator, cfg: AugmentConfig, height: int, width: int,
+                train: bool = True) -> tuple[int, int, float]:
+    """(height, width, aspect) of one batch: about height*width pixels, sides multiples of 32."""
+    aspect = width / height
+    if train and cfg.aspect_ratios and rng.random() < cfg.aspect_prob:
+        aspect = float(cfg.aspect_ratios[int(rng.integers(len(cfg.aspect_ratios)))])
+    pixels = height * width
+    out_h = max(32, int(round(math.sqrt(pixels / aspect) / 32)) * 32)
+    out_w = max(32, int(round(out_h * aspect / 32)) * 32)
+    return out_h, out_w, out_w / out_h
+
+
+def centre_crop_box(src_height: int, src_width: int, aspect: float) -> tuple[int, int, int, int]:
+    """The largest centred box of the given aspect (width / height)."""
+    if src_width / src_height > aspect:
+        w = max(1, min(src_width, int(round(src_height * aspect))))
+        return (src_width - w) // 2, 0, w, src_height
+    h = max(1, min(src_height, int(round(src_width / aspect))))
+    return 0, (src_height - h) // 2, src_width, h
+
+
+def apply(image: np.ndarray, geometry: Geometry, nearest: bool = False) -> np.ndarray:
+    """Crop, resize and flip an HxW(xC) array; masks use nearest so they stay binary."""
+    x0, y0, w, h = geometry.box
+    out_h, out_w = geometry.size
+    crop = image[y0:y0 + h, x0:x0 + w]
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if out_w < w else cv2.INTER_LINEAR
+    resized = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
+    return np.ascontiguousarray(resized[:, ::-1]) if geometry.flip else resized
+
+
+def apply_disparity(disparity: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Like `apply`, with values scaled by the horizontal zoom (disparity is a horizontal distance)."""
+    out = apply(disparity, geometry, nearest=True)
+    return out * (geometry.size[1] / geometry.box[2])
+
+
+def transform_intrinsics(k: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The 3x3 pixel K of the augmented image, given the source image's K."""
+    x0, y0, w, h = geometry.box
+    out_h, out_w = geometry.size
+    sx, sy = out_w / w, out_h / h
+    fx, fy = k[0, 0] * sx, k[1, 1] * sy
+    cx = (k[0, 2] - x0 + 0.5) * sx - 0.5
+    cy = (k[1, 2] - y0 + 0.5) * sy - 0.5
+    if geometry.flip:
+        cx = out_w - 1 - cx
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def pixel_intrinsics(k_norm: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel K from the manifest's normalised (fx/W, fy/H, cx/W, cy/H)."""
+    fx, fy, cx, cy = k_norm
+    return np.array([[fx * width, 0.0, cx * width], [0.0, fy * height, cy * height], [0.0, 0.0, 1.0]])
+
+
+def normalised_intrinsics(k: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Inverse of pixel_intrinsics."""
+    return np.array([k[0, 0] / width, k[1, 1] / height, k[0, 2] / width, k[1, 2] / height], np.float32)
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    """Factors for one sample, shared by its target and support frames so photometry stays consistent."""
+
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "ColourJitter":
+        if rng.random() >= cfg.jitter_prob:
+            return cls()
+        return cls(float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)),
+                   float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)),
+                   float(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)),
+                   float(rng.uniform(-cfg.hue, cfg.hue)))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Apply to float32 RGB in [0, 1], HxWx3."""
+        if self == ColourJitter():
+            return rgb
+        out = rgb * self.brightness
+        grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
+        out = (out - grey.mean()) * self.contrast + grey.mean()
+        grey = (out @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        out = (out - grey) * self.saturation + grey
+        if self.hue:
+            hsv = cv2.cvtColor(np.clip(out, 0, 1).astype(np.float32), cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0] + 360.0 * self.hue) % 360.0
+            out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,140 @@
+"""Typed trainer configuration: defaults live here, YAML overrides them, unknown keys are errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.config import ConfigError, load_yaml_model
+
+__all__ = ["ConfigError", "TrainConfig", "load_train_config"]
+
+# SlowTV's aspect-ratio augmentation: 16 ratios (width / height).
+SLOWTV_ASPECT_RATIOS = (6 / 13, 9 / 16, 3 / 5, 2 / 3, 4 / 5, 1.0, 5 / 4, 4 / 3, 3 / 2, 14 / 9, 5 / 3, 16 / 9,
+                        2.0, 2.4, 3.3, 3.6)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilterConfig(_Section):
+    """Which manifest rows are trained on; every list left empty means 'all'."""
+
+    datasets: list[str] = []
+    categories: list[str] = []
+    # Numeric bounds on manifest columns, e.g. {sharpness: [60, null], lr_pass_fraction: [0.8, null]}.
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+
+
+class SupportConfig(_Section):
+    """How far the support frames t-k, t+k sit from the target t (in kept frames of the same clip)."""
+
+    # category: SlowTV's rule, k drawn from 1..k_max[category]. motion: k chosen per clip from the recorded
+    # camera motion so that the expected displacement lands in target_px, then drawn from 1..that k.
+    mode: Literal["category", "motion"] = "category"
+    k_max: dict[str, int] = {"natural": 5, "driving": 1, "underwater": 5}
+    default_k_max: int = Field(5, ge=1)
+    target_px: tuple[float, float] = (4.0, 24.0)  # wanted displacement range at the training width
+    motion_k_cap: int = Field(10, ge=1)
+
+
+class AugmentConfig(_Section):
+    aspect_ratios: tuple[float, ...] = SLOWTV_ASPECT_RATIOS
+    aspect_prob: float = Field(0.7, ge=0, le=1)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.05, ge=0, le=0.5)
+    jitter_prob: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Section):
+    height: int = Field(192, ge=32)  # the reference size; augmented shapes keep about height*width pixels
+    width: int = Field(320, ge=32)
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(256, ge=1)
+    row_group_cache: int = Field(4, ge=1)  # decoded-free row groups each worker keeps open
+    split: str = "train"
+    val_split: str = "val"
+    seed: int = 0
+    filters: FilterConfig = FilterConfig()
+    # Batches drawn from each manifest in proportion to these weights (keyed by dataset name, as in
+    # manifest/<dataset>.parquet); unset: in proportion to their sizes.
+    mix: dict[str, float] = {}
+    support: SupportConfig = SupportConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _multiple_of_32(self) -> "DataConfig":
+        if self.height % 32 or self.width % 32:
+            raise ValueError(f"data.height and data.width must be multiples of 32, got {self.height}x{self.width}")
+        return self
+
+
+class ModelConfig(_Section):
+    encoder: str = "convnext_tiny"
+    encoder_checkpoint: str | None = None  # a local file; nothing is downloaded
+    pose_encoder: str = "resnet18"
+    pose_checkpoint: str | None = None
+    # given: the manifest's fx fy cx cy where known, learned where null. learned: always learned.
+    intrinsics: Literal["given", "learned"] = "given"
+    min_depth: float = Field(0.1, gt=0)
+    max_depth: float = Field(100.0, gt=0)
+
+
+class LossConfig(_Section):
+    smoothness: float = Field(1e-3, ge=0)
+    automask: bool = True
+    scales: int = Field(4, ge=1, le=4)
+    ssi_alpha: float = Field(0.5, ge=0)
+    ssi_trim: float = Field(0.2, ge=0, lt=1)
+    ssi_alignment: Literal["median", "lsq"] = "median"
+    video_weight: float = Field(1.0, ge=0)
+    stereo_weight: float = Field(1.0, ge=0)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    decay_steps: list[int] = []  # the learning rate is multiplied by decay_gamma at each of these steps
+    decay_gamma: float = Field(0.1, gt=0, le=1)
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    max_steps: int = Field(1000, ge=1)
+    # auto: bf16 autocast on CUDA, fp32 on CPU. fp16 is not offered: it NaNs on these losses.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class RunConfig(_Section):
+    out_dir: str = "runs/default"
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    eval_every: int | None = Field(None, ge=1)  # None: only at the end
+    eval_batches: int = Field(50, ge=1)
+    device: str = "auto"
+    tensorboard: bool = True
+
+
+class EvalConfig(_Section):
+    alignment: Literal["lsq_disparity", "median", "none"] = "lsq_disparity"
+    min_depth: float = Field(1e-3, gt=0)
+    max_depth: float = Field(80.0, gt=0)
+
+
+class TrainConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then `overrides` (nested dicts); unknown keys are rejected."""
+    return load_yaml_model(TrainConfig, path, overrides)

@@ -1,0 +1,176 @@
+"""Stream training batches from the Parquet shards a manifest lists.
+
+The dataset yields whole batches (use `DataLoader(batch_size=None)`): a batch draws from one source,
+shares one augmented shape and one support offset, and is planned by `trainer.plan` so that ranks and
+workers never repeat a sample within an epoch and all ranks take the same number of steps. The stream is
+endless (epoch after epoch); `start_batch` skips what a resumed run has already consumed, without
+reading those pixels. Files are opened lazily inside each worker, never in the parent, so forked
+workers share no file handles.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.disparity import decode_disparity_png, decode_mask_png
+from trainer import augment
+from trainer.config import DataConfig
+from trainer.manifest import ManifestError
+from trainer.plan import Batch, SamplePlan
+
+_STEREO_COLUMNS = ["image", "disparity", "valid_mask", "sky_mask", "disp_scale", "disp_offset"]
+
+
+class ShardReader:
+    """Rows of shard row groups, keeping the most recently used row groups in memory."""
+
+    def __init__(self, cache_size: int = 4):
+        self.cache_size = cache_size
+        self._groups: OrderedDict[tuple[str, int, bool], dict[str, list]] = OrderedDict()
+
+    def row(self, path: str, group: int, offset: int, stereo: bool) -> dict[str, Any]:
+        key = (path, group, stereo)
+        columns = self._groups.get(key)
+        if columns is None:
+            try:
+                table = pq.ParquetFile(path).read_row_group(group, columns=_STEREO_COLUMNS if stereo else ["image"])
+            except FileNotFoundError as exc:
+                raise ManifestError(f"shard {path} listed in the manifest is missing") from exc
+            columns = {name: table.column(name).to_pylist() for name in table.column_names}
+            self._groups[key] = columns
+            while len(self._groups) > self.cache_size:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        return {name: values[offset] for name, values in columns.items()}
+
+
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes to float32 RGB in [0, 1]."""
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("undecodable JPEG in shard")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+class BatchBuilder:
+    """Reads, decodes and augments the rows of a planned batch into tensors."""
+
+    def __init__(self, plan: SamplePlan, cfg: DataConfig, train: bool = True):
+        self.plan, self.cfg, self.train = plan, cfg, train
+        self.reader = ShardReader(cfg.row_group_cache)
+        frame = plan.frame
+        self._paths = (frame["root"] + "/" + frame["shard"]).to_numpy()
+        self._k_norm = frame[["fx", "fy", "cx", "cy"]].to_numpy(dtype=np.float64, na_value=np.nan)
+        self._sizes = frame[["height", "width"]].to_numpy(np.int64)
+        self._ids = frame["sample_id"].to_numpy()
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        rng = np.random.default_rng(batch.seed)
+        kind = self.plan.sources[batch.source][1]
+        height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width,
+                                                    self.train)
+        supports = None
+        if kind == "video":
+            supports = self.plan.supports(batch.targets, float(rng.random()))
+        samples = [self._sample(index, (height, width), aspect, rng, kind,
+                                None if supports is None else (supports[0][j], supports[1][j]))
+                   for j, index in enumerate(batch.targets)]
+        out: dict[str, Any] = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
+                               for key in samples[0]}
+        out["kind"] = kind
+        out["source"] = self.plan.source_names()[batch.source]
+        out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
+        return out
+
+    def _sample(self, index: int, size: tuple[int, int], aspect: float, rng: np.random.Generator, kind: str,
+                support_rows: tuple[int, int] | None) -> dict[str, np.ndarray]:
+        src_h, src_w = (int(v) for v in self._sizes[index])
+        flip = self.train and rng.random() < self.cfg.augment.flip_prob
+        geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
+        jitter = augment.ColourJitter.draw(rng, self.cfg.augment) if self.train else augment.ColourJitter()
+        row = self._row(index, stereo=kind == "stereo")
+        sample = {"image": _chw(jitter(augment.apply(decode_rgb(row["image"]), geometry)))}
+        k_norm = self._k_norm[index]
+        if np.all(np.isfinite(k_norm)):
+            k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
+            sample["intrinsics"] = augment.normalised_intrinsics(k, *size)
+        else:
+            sample["intrinsics"] = np.full(4, np.nan, np.float32)
+        if support_rows is not None:
+            sample["supports"] = np.stack([
+                _chw(jitter(augment.apply(decode_rgb(self._row(r, stereo=False)["image"]), geometry)))
+                for r in support_rows])
+        if kind == "stereo":
+            disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
+            sample["disparity"] = augment.apply_disparity(disparity.astype(np.float32), geometry)[None]
+            sample["valid"] = augment.apply(decode_mask_png(row["valid_mask"]).astype(np.uint8), geometry,
+                                            nearest=True)[None].astype(bool)
+            sky = row["sky_mask"]
+            sky_mask = decode_mask_png(sky) if sky is not None else np.zeros((src_h, src_w), bool)
+            sample["sky"] = augment.apply(sky_mask.astype(np.uint8), geometry, nearest=True)[None].astype(bool)
+        return sample
+
+    def _row(self, index: int, stereo: bool) -> dict[str, Any]:
+        return self.reader.row(self._paths[index], int(self.plan.row_group[index]),
+                               int(self.plan.row_in_group[index]), stereo)
+
+
+def _chw(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+class ShardStream(IterableDataset):
+    """Endless training batches for one rank; see the module docstring."""
+
+    def __init__(self, plan: SamplePlan, cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0):
+        super().__init__()
+        self.plan, self.cfg = plan, cfg
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.loader_workers = max(1, cfg.num_workers)
+        if not self.plan.epoch(0, self.world_size * self.loader_workers)[0]:
+            raise ManifestError(
+                f"too few samples for one batch of {cfg.batch_size} on each of {world_size} rank(s) x "
+                f"{self.loader_workers} worker(s): {int(plan.eligible.sum())} usable samples in "
+                f"{plan.source_names()}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        # Rank-local batch j belongs to plan worker j % W. The DataLoader always asks its worker 0 first,
+        # so after a resume at batch s loader worker w plays plan worker (s + w) % W.
+        first_step = self.start_batch + worker
+        logical = first_step % self.loader_workers
+        global_worker = self.rank * self.loader_workers + logical
+        global_workers = self.world_size * self.loader_workers
+        builder = BatchBuilder(self.plan, self.cfg, train=True)
+        epoch, offset = self._locate(first_step, global_workers)
+        first = offset // self.loader_workers
+        while True:
+            for batch in self.plan.epoch(epoch, global_workers)[global_worker][first:]:
+                yield builder(batch)
+            epoch, first = epoch + 1, 0
+
+    def _locate(self, batch_index: int, global_workers: int) -> tuple[int, int]:
+        epoch = 0
+        while True:
+            per_epoch = self.loader_workers * len(self.plan.epoch(epoch, global_workers)[0])
+            if batch_index < per_epoch:
+                return epoch, batch_index
+            batch_index -= per_epoch
+            epoch += 1
+
+
+def make_loader(stream: ShardStream) -> DataLoader:
+    """A DataLoader over whole batches; worker count as planned (0 workers reads in the main process)."""
+    workers = stream.cfg.num_workers
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False, prefetch_factor=2 if workers else None)
+
