@@ -241,3 +241,19 @@ def test_ssi_loss_gradients_are_finite_and_nonzero():
 def test_ssi_loss_rejects_unknown_alignment():
     with pytest.raises(ValueError, match="alignment"):
         ssi_loss(_disparity(), _disparity(), _mask(), alignment="mean")
+
+
+def test_lsq_alignment_of_a_constant_prediction_is_the_target_mean():
+    target, mask = _disparity(), _mask()
+    for value in (0.0, 3.0, 1234.5):
+        aligned = align_scale_shift(torch.full_like(target, value), target, mask, "lsq")
+        for b in range(2):
+            torch.testing.assert_close(aligned[b][mask[b]], target[b][mask[b]].mean().expand(int(mask[b].sum())))
+
+
+def test_ssi_loss_accepts_half_precision_and_computes_in_float32():
+    target, mask = _disparity(), _mask()
+    pred = torch.flip(target, dims=[3])
+    half = ssi_loss(pred.half(), target.half(), mask)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, ssi_loss(pred, target, mask), rtol=1e-2, atol=1e-3)

@@ -95,6 +95,8 @@ def _flat(x: Tensor) -> Tensor:
 
 def _clean(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Mask with non-finite values dropped, and x with zeros outside it, so nothing there makes NaN."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # medians, sorts and least squares need more than half precision (autocast)
     mask = mask.bool() & torch.isfinite(x)
     return torch.where(mask, x, torch.zeros_like(x)), mask
 
@@ -131,7 +133,9 @@ def _lsq_scale_shift(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor
     # Centred sums: far better conditioned than the raw normal equations when values sit far from 0.
     pc, tc = (p - p_mean[:, None]) * m, (t - t_mean[:, None]) * m
     var = (pc * pc).sum(1)
-    ok = var > _EPS * n
+    # A constant pred has no defined scale; rounding leaves it a centred spread of ~eps * |value|,
+    # so the test is relative to the values' magnitude, whatever units they are in.
+    ok = var > (64 * torch.finfo(pred.dtype).eps) ** 2 * (m * p * p).sum(1)
     scale = torch.where(ok, (pc * tc).sum(1) / torch.where(ok, var, torch.ones_like(var)), torch.zeros_like(var))
     return scale, t_mean - scale * p_mean
 
