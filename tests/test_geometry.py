@@ -147,3 +147,18 @@ def test_warp_with_inverted_transform_fails(rendered_pair):
     e_right = photometric_error(right, _image(target))[ok].mean()
     e_wrong = photometric_error(wrong, _image(target))[ok_wrong].mean()
     assert e_right < 0.5 * e_wrong
+
+
+def test_warp_backpropagates_to_depth_pose_and_intrinsics():
+    """The self-supervised loss trains depth, pose and the learned intrinsics through the warp."""
+    gen = torch.Generator().manual_seed(4)
+    source = F.avg_pool2d(torch.rand(1, 3, H + 2, W + 2, generator=gen), 3, 1)  # smooth: useful gradients
+    depth = torch.full((1, 1, H, W), 4.0, requires_grad=True)
+    motion = torch.tensor([[0.01, -0.02, 0.0, 0.1, 0.0, 0.05]], requires_grad=True)
+    k_norm = torch.tensor([[0.9, 1.2, 0.5, 0.45]], requires_grad=True)
+    transform = pose_vec_to_matrix(motion[:, :3], motion[:, 3:])
+    warped, valid = warp(source, depth, transform, intrinsics_matrix(k_norm, H, W))
+    assert valid.float().mean() > 0.5
+    photometric_error(warped, torch.rand(1, 3, H, W, generator=gen))[valid].mean().backward()
+    for grad in (depth.grad, motion.grad, k_norm.grad):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
