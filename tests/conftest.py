@@ -87,12 +87,14 @@ def demo_config() -> CurateConfig:
 
 @pytest.fixture(scope="session")
 def train_root(tmp_path_factory) -> Path:
-    """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video."""
+    """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video.
+
+    Rendered depth of `walk` is saved under <root>/ground_truth for the evaluation tests."""
     from pipeline.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
     from pipeline.ingest import ingest_video
     from pipeline.layout import DataRoot
     from pipeline.publish import publish
-    from pipeline.synthetic import normalized_intrinsics, render_stereo_video
+    from pipeline.synthetic import normalized_intrinsics, render_stereo_video, save_ground_truth
 
     sources = tmp_path_factory.mktemp("train_sources")
     root = DataRoot(tmp_path_factory.mktemp("train_root"))
@@ -120,4 +122,6 @@ def train_root(tmp_path_factory) -> Path:
         record = ingest_video(entry, path, root, cfg)
         assert record["status"] == "ok", record
     publish(root, cfg)
+    (root.root / "ground_truth").mkdir()
+    save_ground_truth(mono, root.root / "ground_truth" / "walk.npz")
     return root.root

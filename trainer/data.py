@@ -10,6 +10,7 @@ workers share no file handles.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
@@ -62,14 +63,18 @@ def decode_rgb(jpeg: bytes) -> np.ndarray:
 class BatchBuilder:
     """Reads, decodes and augments the rows of a planned batch into tensors."""
 
-    def __init__(self, plan: SamplePlan, cfg: DataConfig, train: bool = True):
+    def __init__(self, plan: SamplePlan, cfg: DataConfig, train: bool = True, with_supports: bool = True,
+                 ground_truth: "GroundTruth | None" = None):
         self.plan, self.cfg, self.train = plan, cfg, train
+        self.with_supports, self.ground_truth = with_supports, ground_truth
         self.reader = ShardReader(cfg.row_group_cache)
         frame = plan.frame
         self._paths = (frame["root"] + "/" + frame["shard"]).to_numpy()
         self._k_norm = frame[["fx", "fy", "cx", "cy"]].to_numpy(dtype=np.float64, na_value=np.nan)
         self._sizes = frame[["height", "width"]].to_numpy(np.int64)
         self._ids = frame["sample_id"].to_numpy()
+        self._videos = frame["video_id"].to_numpy()
+        self._times = frame["timestamp_s"].to_numpy()
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         rng = np.random.default_rng(batch.seed)
@@ -77,7 +82,7 @@ class BatchBuilder:
         height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width,
                                                     self.train)
         supports = None
-        if kind == "video":
+        if kind == "video" and self.with_supports:
             supports = self.plan.supports(batch.targets, float(rng.random()))
         samples = [self._sample(index, (height, width), aspect, rng, kind,
                                 None if supports is None else (supports[0][j], supports[1][j]))
@@ -107,6 +112,10 @@ class BatchBuilder:
             sample["supports"] = np.stack([
                 _chw(jitter(augment.apply(decode_rgb(self._row(r, stereo=False)["image"]), geometry)))
                 for r in support_rows])
+        if self.ground_truth is not None:
+            depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
+            sample["gt_depth"] = (augment.apply(depth, geometry, nearest=True)[None] if depth is not None
+                                  else np.full((1, *size), np.nan, np.float32))
         if kind == "stereo":
             disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
             sample["disparity"] = augment.apply_disparity(disparity.astype(np.float32), geometry)[None]
@@ -120,6 +129,29 @@ class BatchBuilder:
     def _row(self, index: int, stereo: bool) -> dict[str, Any]:
         return self.reader.row(self._paths[index], int(self.plan.row_group[index]),
                                int(self.plan.row_in_group[index]), stereo)
+
+
+class GroundTruth:
+    """Rendered depth saved by `pipeline.synthetic.save_ground_truth` as <dir>/<video_id>.npz."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self._cache: dict[str, dict[str, np.ndarray] | None] = {}
+
+    def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
+        """Float32 depth (inf where unknown) of the frame nearest `timestamp_s`, resized to `size`."""
+        if video_id not in self._cache:
+            path = self.directory / f"{video_id}.npz"
+            self._cache[video_id] = dict(np.load(path)) if path.is_file() else None
+        truth = self._cache[video_id]
+        if truth is None or not len(truth["timestamps"]):
+            return None
+        index = int(np.argmin(np.abs(truth["timestamps"] - timestamp_s)))
+        depth = truth["depth"][index].astype(np.float32)
+        depth[~np.isfinite(depth)] = np.inf
+        if depth.shape != size:  # the pipeline may have scaled the video down
+            depth = cv2.resize(depth, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        return depth
 
 
 def _chw(rgb: np.ndarray) -> np.ndarray:

@@ -1,0 +1,65 @@
+"""Checkpoints: written atomically, enough to resume exactly or to run the model alone."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.storage import atomic_path
+from trainer.config import TrainConfig
+from trainer.objective import DepthTraining
+
+FORMAT = 1
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, step: int, batches: int, cfg: TrainConfig, metrics: dict | None = None) -> Path:
+    """Everything a resumed run needs: weights, optimiser, scheduler, step, data position and RNG states."""
+    state = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "batches": batches,  # rank-local batches consumed: the data position
+        "config": cfg.model_dump(mode="json"),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "metrics": metrics or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a depthcurate trainer checkpoint (format {FORMAT})")
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthTraining, TrainConfig]:
+    """The trained networks of a checkpoint in eval mode, and the config they were trained with."""
+    state = load_checkpoint(path, map_location=device)
+    cfg = TrainConfig.model_validate(state["config"])
+    model = DepthTraining(cfg.model, cfg.loss, load_encoders=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg

@@ -1,0 +1,71 @@
+"""Evaluate a depth network on manifest samples: stereo disparity, and rendered depth where it is known.
+
+Predictions are relative (self-supervised scale, SSI training), so they are aligned to the ground truth
+before the metrics: least squares in disparity space by default (MiDaS), median scaling as an option.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trainer.config import TrainConfig
+from trainer.data import BatchBuilder, GroundTruth
+from trainer.metrics import MetricAccumulator, depth_metrics, disparity_metrics
+from trainer.plan import Batch, SamplePlan
+
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "log_rmse", "a1", "a2", "a3")
+
+
+def evaluation_batches(plan: SamplePlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None,
+                       max_batches: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every row of every source in manifest order, at the reference size, without augmentation."""
+    builder = BatchBuilder(plan, cfg.data, train=False, with_supports=False, ground_truth=ground_truth)
+    size = cfg.data.batch_size
+    for source in range(len(plan.sources)):
+        rows = np.flatnonzero(plan.source_of == source)
+        for count, start in enumerate(range(0, len(rows), size)):
+            if max_batches is not None and count >= max_batches:
+                break
+            yield builder(Batch(source, rows[start:start + size], (cfg.data.seed,)))
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, plan: SamplePlan, cfg: TrainConfig, device: torch.device | str,
+                   ground_truth: GroundTruth | None = None, max_batches: int | None = None,
+                   predict: Callable[[Tensor], Tensor] | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists."""
+    was_training = model.training
+    model.eval()
+    predict = predict or model.predict_disparity
+    totals: dict[str, MetricAccumulator] = {}
+    for batch in evaluation_batches(plan, cfg, ground_truth, max_batches):
+        image = batch["image"].to(device)
+        disparity = predict(image).float().cpu()
+        if batch["kind"] == "stereo":
+            values = disparity_metrics(disparity, batch["disparity"], batch["valid"] | batch["sky"])
+        elif "gt_depth" in batch and torch.isfinite(batch["gt_depth"]).any():
+            gt = batch["gt_depth"]
+            values = depth_metrics(1.0 / disparity.clamp_min(1e-6), gt, torch.isfinite(gt),
+                                   min_depth=cfg.eval.min_depth, max_depth=cfg.eval.max_depth,
+                                   alignment=cfg.eval.alignment)
+        else:
+            continue
+        totals.setdefault(batch["source"], MetricAccumulator()).update(values, len(batch["sample_id"]))
+    model.train(was_training)
+    return {source: acc.compute() for source, acc in sorted(totals.items())}
+
+
+def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
+    """A plain-text table, one row per source."""
+    if not metrics:
+        return "no samples with ground truth (stereo disparity or rendered depth) to evaluate on"
+    names = [n for n in METRIC_NAMES if any(n in m for m in metrics.values())]
+    width = max(len(s) for s in metrics) + 2
+    lines = ["source".ljust(width) + "".join(n.rjust(10) for n in names)]
+    for source, values in metrics.items():
+        cells = "".join(f"{values[n]:10.4f}" if n in values else " " * 10 for n in names)
+        lines.append(source.ljust(width) + cells)
+    return "\n".join(lines)

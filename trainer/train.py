@@ -1,0 +1,199 @@
+"""Train a depth network on curated manifests: one process, or one per GPU under torchrun (DDP).
+
+A linear script: set up, build the data stream, build the networks, loop, checkpoint, evaluate.
+The loop counts optimiser steps; a resumed run restores weights, optimiser, scheduler, RNG and the
+data position (batches consumed), so it continues exactly where the killed run stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.torch_compat import resolve_device
+from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import ShardStream, make_loader
+from trainer.evaluate import evaluate_model
+from trainer.manifest import check_shards, load_manifests
+from trainer.objective import DepthTraining
+from trainer.plan import SamplePlan
+
+LAST = "last.pt"
+
+
+def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train, checkpoint and evaluate; returns {checkpoint, step, metrics} (on every rank)."""
+    rank, world_size, device = _setup_distributed(cfg.run.device)
+    out_dir = Path(cfg.run.out_dir)
+    checkpoint_path = out_dir / "checkpoints" / LAST
+    torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
+
+    frame = load_manifests(manifests, cfg.data.split, cfg.data.filters)
+    check_shards(frame)
+    plan = SamplePlan(frame, cfg.data)
+
+    model = DepthTraining(cfg.model, cfg.loss).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+    step = batches = 0
+    state = load_checkpoint(checkpoint_path, map_location=device) if resume and checkpoint_path.is_file() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, batches = state["step"], state["batches"]
+    if world_size > 1:
+        # Stereo batches leave the pose network unused; every rank gets the same kind at each step.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+    core = model.module if isinstance(model, DistributedDataParallel) else model
+
+    stream = ShardStream(plan, cfg.data, rank=rank, world_size=world_size, start_batch=batches)
+    batch_iter = iter(make_loader(stream))  # draws the loader's base seed from the global RNG
+    if state is not None:
+        restore_rng(state)  # after that draw, so the resumed RNG stream matches the uninterrupted one
+    log = RunLog(out_dir, enabled=rank == 0, tensorboard=cfg.run.tensorboard)
+    if rank == 0:
+        (out_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    autocast = _autocast(cfg.optim.precision, device)
+    metrics: dict[str, Any] = {}
+    model.train()
+    while step < cfg.optim.max_steps:
+        started = time.perf_counter()
+        waited = 0.0
+        totals: dict[str, float] = {}
+        kinds = []
+        for micro in range(cfg.optim.grad_accum):
+            fetch = time.perf_counter()
+            batch = _to_device(next(batch_iter), device)
+            waited += time.perf_counter() - fetch
+            kinds.append(batch["kind"])
+            sync = (model.no_sync() if isinstance(model, DistributedDataParallel)
+                    and micro < cfg.optim.grad_accum - 1 else contextlib.nullcontext())
+            with sync, autocast:
+                losses = model(batch)
+            (losses["loss"] / cfg.optim.grad_accum).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / cfg.optim.grad_accum
+        batches += cfg.optim.grad_accum
+        if not math.isfinite(totals["loss"]):
+            raise FloatingPointError(f"loss is {totals['loss']} at step {step + 1} ({kinds}); stopping")
+        if cfg.optim.clip_grad_norm:
+            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm))
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - started
+        if rank == 0 and (step % cfg.run.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
+            log.write(step, {**totals, "lr": lr, "step_s": elapsed, "data_wait_s": waited,
+                             "samples_per_s": cfg.data.batch_size * cfg.optim.grad_accum * world_size / elapsed,
+                             "kind": kinds[0]})
+        last = step == cfg.optim.max_steps
+        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
+            metrics = _evaluate(core, manifests, cfg, device, rank, log, step)
+            model.train()
+        if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
+            save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
+                            batches=batches, cfg=cfg, metrics=metrics)
+    metrics = _evaluate(core, manifests, cfg, device, rank, log, step)
+    if rank == 0:
+        save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
+                        batches=batches, cfg=cfg, metrics=metrics)
+        (out_dir / "metrics.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
+    log.close()
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"checkpoint": str(checkpoint_path), "step": step, "metrics": metrics}
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then multiplied by decay_gamma at each decay step."""
+    warmup = cfg.optim.warmup_steps
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return factor * cfg.optim.decay_gamma ** sum(step >= s for s in cfg.optim.decay_steps)
+
+
+def _evaluate(model: DepthTraining, manifests: list[str], cfg: TrainConfig, device: torch.device, rank: int,
+              log: "RunLog", step: int) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    if rank == 0:  # a bounded pass on one rank; the others wait at the barrier
+        try:
+            frame = load_manifests(manifests, cfg.data.val_split, cfg.data.filters)
+        except ValueError as exc:
+            metrics = {"skipped": str(exc)}
+        else:
+            metrics = evaluate_model(model, SamplePlan(frame, cfg.data), cfg, device,
+                                     max_batches=cfg.run.eval_batches)
+            log.write(step, {f"eval/{source}/{name}": value for source, values in metrics.items()
+                             for name, value in values.items()})
+    if dist.is_initialized():
+        dist.barrier()
+    return metrics
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, torch.device(resolve_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        device = torch.device("cuda", local_rank)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class RunLog:
+    """JSON lines (always) and TensorBoard scalars (when enabled), written by rank 0 only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out_dir / "log.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when wanted
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
