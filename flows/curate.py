@@ -26,6 +26,7 @@ from pipeline.errors import VideoError
 from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
+from flows.train import start_training
 
 DEMO_CATALOG = "demo"
 MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
@@ -99,8 +100,12 @@ def publish_task(root: DataRoot, cfg: CurateConfig, problems: list[dict[str, Any
 
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
 def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int | None = None,
-           config: str | None = None) -> dict[str, Any]:
-    """Curate every video of `catalog` (a CSV path, or "demo" for the embedded demo) into `data_root`."""
+           config: str | None = None, train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Curate every video of `catalog` (a CSV path, or "demo" for the embedded demo) into `data_root`.
+
+    `train` set (a dict, {} for defaults; see flows.train.start_training): once the manifests are
+    published, start the training deployment on them.
+    """
     logger = get_run_logger()
     cfg = load_config(config or (DEMO_CONFIG if catalog == DEMO_CATALOG else None))
     root = DataRoot(data_root)
@@ -114,7 +119,11 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
         briefs = _run_bounded(entries, root, cfg)
     description = publish_task(root, cfg, [_problem_row(p, catalog_path) for p in problems])
     _summary_artifact(briefs, description)
-    return {"data_root": str(root.root), "counts": description["counts"], "videos": briefs}
+    result = {"data_root": str(root.root), "counts": description["counts"], "videos": briefs}
+    if train is not None:
+        datasets = sorted(d for d, n in description["counts"]["samples"].items() if n)
+        result["training"] = start_training(root, datasets, train)
+    return result
 
 
 def _run_bounded(entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig) -> list[dict[str, Any]]:
