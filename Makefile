@@ -7,8 +7,15 @@ export HF_HUB_OFFLINE ?= 1
 setup:
 	VENV=$(VENV) scripts/setup.sh
 
+DEMO_ROOT = $(or $(DATA_ROOT),data/demo)
+
+# Curate the demo catalog, train a few dozen CPU steps on it, print the evaluation.
 demo: setup
-	$(VENV)/bin/depthcurate demo --data-root $(or $(DATA_ROOT),data/demo)
+	$(VENV)/bin/depthcurate demo --data-root $(DEMO_ROOT)
+	$(VENV)/bin/python -m trainer fit --manifest $(DEMO_ROOT)/manifest/demo.parquet \
+		--config trainer/configs/demo.yaml --out-dir $(DEMO_ROOT)/runs/demo --resume
+	$(VENV)/bin/python -m trainer evaluate --checkpoint $(DEMO_ROOT)/runs/demo/checkpoints/last.pt \
+		--manifest $(DEMO_ROOT)/manifest/demo.parquet --ground-truth $(DEMO_ROOT)/demo_sources/ground_truth
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -14,9 +14,11 @@ import numpy as np
 
 from pipeline.catalog import CatalogEntry, write_catalog
 from pipeline.storage import atomic_path, write_bytes_atomic
-from pipeline.synthetic import SceneSpec, encode_video, normalized_intrinsics, render_frames, render_stereo_video
+from pipeline.synthetic import (SceneSpec, encode_video, normalized_intrinsics, render_frames, render_stereo_video,
+                                save_ground_truth)
 
 DEMO_DATASET = "demo"
+GROUND_TRUTH_DIR = "ground_truth"  # under the sources directory: <data_root>/demo_sources/ground_truth
 CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -90,12 +92,16 @@ def build_demo_sources(directory: str | Path) -> dict[str, Path]:
     make("canyon_defects.mkv", lambda p: encode_video(_with_defects(_frames(_spec(3)), 20.0), p, 20.0, "mpeg4"))
     # The same footage as canyon_cut, re-encoded smaller: corpus dedup must keep it once.
     make("canyon_cut_reupload.mp4", lambda p: _transcode(files["canyon_cut.mp4"], p, "-vf", "scale=256:-2"))
-    make("tripod.mp4", lambda p: encode_video(_frames(_spec(4, speed_mps=0.0, yaw_amplitude_deg=0.0)),
-                                             p, 20.0, "h264"))
+    tripod = _spec(4, speed_mps=0.0, yaw_amplitude_deg=0.0)
+    make("tripod.mp4", lambda p: encode_video(_frames(tripod), p, 20.0, "h264"))
     stereo = _spec(6, duration_s=10.0, baseline_m=0.3)
     make("canyon_sbs.mp4", lambda p: render_stereo_video(stereo, p, layout="sbs_full", convergence_px=4.0))
     make("canyon_half_sbs.mp4", lambda p: render_stereo_video(_spec(7, duration_s=10.0, baseline_m=0.3), p,
                                                               layout="sbs_half", convergence_px=4.0))
+    # Rendered depth of the single-shot mono videos, by video id, so the trainer's evaluation has ground truth.
+    (directory / GROUND_TRUTH_DIR).mkdir(exist_ok=True)
+    make(f"{GROUND_TRUTH_DIR}/canyon_defects.npz", lambda p: save_ground_truth(_spec(3), p))
+    make(f"{GROUND_TRUTH_DIR}/tripod.npz", lambda p: save_ground_truth(tripod, p))
     make("tiny.mp4", lambda p: encode_video(_frames(_spec(5, duration_s=1.0)), p, 20.0, "h264"))
     make("truncated.mp4", lambda p: write_bytes_atomic(p, files["canyon_cut.mp4"].read_bytes()[:20_000]))
     make("empty.mp4", lambda p: write_bytes_atomic(p, b""))

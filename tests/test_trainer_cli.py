@@ -38,3 +38,23 @@ def test_fit_errors_are_one_clear_line(train_root, tmp_path, capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "fit" in result.stdout and "predict" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_readme_demo_path_trains_and_evaluates(demo_run, tmp_path):
+    """What `make demo` does after curating: a short training, then the metrics table on rendered depth."""
+    manifest = str(demo_run / "manifest" / "demo.parquet")
+    out_dir = tmp_path / "run"
+    tiny = ["data.height=64", "data.width=96", "data.batch_size=2", "data.num_workers=0", "optim.max_steps=2",
+            "model.encoder=test_convnext", "model.pose_encoder=test_resnet"]
+    command = [sys.executable, "-m", "trainer", "fit", "--manifest", manifest, "--config",
+               str(REPO / "trainer" / "configs" / "demo.yaml"), "--out-dir", str(out_dir), "--resume",
+               *sum((["--set", s] for s in tiny), [])]
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--checkpoint",
+                             str(out_dir / "checkpoints" / "last.pt"), "--manifest", manifest, "--ground-truth",
+                             str(demo_run / "demo_sources" / "ground_truth")],
+                            capture_output=True, text=True, cwd=REPO, check=True)
+    header, row = result.stdout.strip().splitlines()[:2]
+    assert header.split()[:3] == ["source", "abs_rel", "sq_rel"] and row.startswith("demo/video")
+    assert 0 < float(row.split()[1]) < 10
