@@ -40,7 +40,7 @@ def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> boo
     if is_current(root, record, model.model_hash):
         return False
     path = root.embeddings(record["dataset"], record["video_id"])
-    remove_stale_temps(path.parent)
+    remove_stale_temps(path.parent, path.name)  # the directory is shared with other videos' writers
     schema = embedding_schema(model.dim).with_metadata({
         **embedding_schema(model.dim).metadata,
         EMBEDDING_MODEL_KEY: model.model_hash.encode(), EMBEDDING_SOURCE_KEY: source_digest(record).encode()})

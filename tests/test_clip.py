@@ -79,7 +79,8 @@ def test_clip_settings_leave_the_processing_hash_alone(clip_settings):
 
 
 def test_pipeline_does_not_import_torch_when_clip_is_off():
-    code = ("import sys; import pipeline.publish, pipeline.ingest, pipeline.sampling, pipeline.verify; "
+    code = ("import sys; import pipeline.publish, pipeline.ingest, pipeline.sampling, pipeline.verify, "
+            "pipeline.clip_curation, flows.curate, flows.dedup, flows.cli; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
