@@ -15,6 +15,7 @@ from pipeline.schema import EMBEDDING_MODEL_KEY, EMBEDDING_SOURCE_KEY, embedding
 from pipeline.storage import atomic_path, remove_stale_temps, sha256_file
 
 _ROW_GROUP_ROWS = 8192  # ~8 MB of 512-d float16 vectors per row group
+_READ_ROWS = 256  # shard rows read at a time: a few hundred JPEGs (720p q95: ~50 MB)
 
 
 def source_digest(record: dict[str, Any]) -> str:
@@ -46,12 +47,20 @@ def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> boo
         EMBEDDING_MODEL_KEY: model.model_hash.encode(), EMBEDDING_SOURCE_KEY: source_digest(record).encode()})
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for part in record["shards"]:  # shards are read in row groups: a long video costs time, not RAM
+            pending: list[pa.Table] = []
+            for part in record["shards"]:
                 shard = pq.ParquetFile(root.root / part["path"])
-                for batch in shard.iter_batches(batch_size=_ROW_GROUP_ROWS, columns=["sample_id", "image"]):
+                # A few hundred JPEGs at a time: a long video costs time, not RAM.
+                for batch in shard.iter_batches(batch_size=max(_READ_ROWS, model.batch_size),
+                                                columns=["sample_id", "image"]):
                     vectors = model.embed_jpegs(batch.column("image").to_pylist())
-                    writer.write_table(pa.table({"sample_id": batch.column("sample_id"),
-                                                 "embedding": _vector_array(vectors)}, schema=schema))
+                    pending.append(pa.table({"sample_id": batch.column("sample_id"),
+                                             "embedding": _vector_array(vectors)}, schema=schema))
+                    if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
     return True
 
 

@@ -82,3 +82,21 @@ def test_failed_videos_are_not_embedded(ingested, clip_settings):
     root, records = ingested
     with pytest.raises(ValueError, match="download_failed"):
         embed_video(root, {**records[0], "status": "download_failed"}, get_model(ClipConfig(**clip_settings)))
+
+
+def test_small_reads_and_row_groups_give_the_same_file_content(ingested, clip_settings, monkeypatch):
+    import pipeline.embeddings as embeddings
+
+    root, records = ingested
+    model = get_model(ClipConfig(**clip_settings))  # batch_size 16: the model sees the same batches both times
+    path = root.embeddings("test", "a")
+    path.unlink(missing_ok=True)
+    embed_video(root, records[0], model)
+    whole = pq.read_table(path)
+    path.unlink()
+    monkeypatch.setattr(embeddings, "_READ_ROWS", 5)  # reads of max(5, batch_size) = 16 rows
+    monkeypatch.setattr(embeddings, "_ROW_GROUP_ROWS", 12)  # so every read closes a row group
+    embed_video(root, records[0], model)
+    pieces = pq.ParquetFile(path)
+    assert whole.num_rows > 16 and pieces.metadata.num_row_groups == -(-whole.num_rows // 16)
+    assert pieces.read().equals(whole)
