@@ -45,7 +45,7 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
         root.categories_table: _parquet_bytes(_categories_table(records)),
     }
-    kept = frames.filter(frames["kept"]).select(["sample_id", *CLIP_SCORE_COLUMNS])
+    kept = _kept_by_video(frames)
     manifests = {}
     for dataset in sorted({r["dataset"] for r in records}):
         table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept)
@@ -149,17 +149,32 @@ def _categories_table(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([groups[key] for key in sorted(groups)], schema=CATEGORY_STATS_SCHEMA)
 
 
-def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: pa.Table) -> pa.Table:
-    """Kept rows of the records' shards, no pixels, with where they are and the CLIP scores of `kept`."""
+def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """Kept frames (sample_id and CLIP scores) per (dataset, video_id): each video's rows are contiguous."""
+    kept = frames.filter(frames["kept"])
+    video = np.asarray(pc.binary_join_element_wise(kept["dataset"], kept["video_id"], "/"), dtype=object)
+    starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]]) if len(video) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(video)].astype(np.int64)
+    kept = kept.select(["dataset", "video_id", "sample_id", *CLIP_SCORE_COLUMNS])
+    return {(kept["dataset"][int(a)].as_py(), kept["video_id"][int(a)].as_py()): kept.slice(int(a), int(b - a))
+            for a, b in zip(starts, ends)}
+
+
+def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[str, str], pa.Table]) -> pa.Table:
+    """Kept rows of the records' shards, no pixels, with where they are and their CLIP scores."""
     tables = []
+    empty = pa.table({"sample_id": pa.array([], pa.string()),
+                      **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS}})
     for record in records:
+        # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
+        video_kept = kept.get((record["dataset"], record["video_id"]), empty)
         for part in record["shards"]:
             table = pq.read_table(root.root / part["path"], columns=list(SAMPLE_COLUMNS))
             table = table.append_column("shard", pa.array([part["path"]] * table.num_rows, pa.string()))
             table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-            position = pc.index_in(table["sample_id"], value_set=kept["sample_id"])
+            position = pc.index_in(table["sample_id"], value_set=video_kept["sample_id"])
             table = table.filter(pc.is_valid(position))
-            scores = kept.take(position.drop_null())
+            scores = video_kept.take(position.drop_null())
             for name in CLIP_SCORE_COLUMNS:
                 table = table.append_column(name, scores[name])
             tables.append(table)
