@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--limit", type=int, help="only the first N catalog entries")
     curate.set_defaults(func=_curate)
 
+    dedup = commands.add_parser("dedup", help="re-run the corpus CLIP pass (tags, junk, SemDeDup) on a dataset",
+                                description="Re-run the corpus-level CLIP curation over an existing dataset with a "
+                                            "new threshold: embeddings are reused or computed from the shards "
+                                            "(nothing is downloaded or decoded), then the manifests, stats and "
+                                            "dataset.json are rewritten. Settings come from the dataset's "
+                                            "dataset.json; --config supplies only its clip section.")
+    dedup.add_argument("--data-root", required=True, help="a published dataset")
+    dedup.add_argument("--epsilon", type=float,
+                       help="SemDeDup: duplicates have cosine similarity > 1 - epsilon (default: the config's)")
+    dedup.add_argument("--config", help="YAML whose clip section (model, checkpoint, prompts, thresholds) is used")
+    dedup.set_defaults(func=_dedup)
+
     catalog = commands.add_parser("catalog", help="catalog tools").add_subparsers(title="catalog commands",
                                                                                  metavar="COMMAND")
     slowtv = catalog.add_parser("import-slowtv", help="turn SlowTV's urls.txt + categories.txt into a catalog CSV")
@@ -68,6 +80,22 @@ def _run_flow(catalog: str, data_root: str, config: str | None, limit: int | Non
 
     curate(catalog=catalog, data_root=data_root, limit=limit, config=config)
     print(format_summary(summarize(DataRoot(data_root))))
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from pipeline.clip_curation import dedup_config
+
+    root = DataRoot(args.data_root)
+    try:
+        dedup_config(root, args.config, args.epsilon)  # a clear error here, not a failed flow run
+    except (FileNotFoundError, ValueError) as exc:
+        return _error(exc)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.dedup import dedup
+
+    dedup(data_root=args.data_root, epsilon=args.epsilon, config=args.config)
+    print(format_summary(summarize(root)))
     return 0
 
 

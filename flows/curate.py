@@ -1,4 +1,8 @@
-"""The `curate` Prefect flow: one task per video, bounded concurrency, then a corpus-level publish."""
+"""The `curate` Prefect flow: one task per video, bounded concurrency, then a corpus-level publish.
+
+With `clip.enabled`, each video task also embeds the video's shard rows (a nested `embed-<video_id>` task) and
+publish runs the corpus-level CLIP pass (tags, junk, SemDeDup) over the embeddings.
+"""
 from __future__ import annotations
 
 import collections
@@ -8,7 +12,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
@@ -27,6 +31,7 @@ from pipeline.ingest import ingest_video, is_finished, load_record, write_failur
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
 from flows.train import start_training
+from pipeline.report import audit_tables
 
 DEMO_CATALOG = "demo"
 MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
@@ -68,6 +73,8 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     record = load_record(root, entry)
     if is_finished(record, cfg):
         logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
+        if cfg.clip.enabled and record["status"] == "ok":
+            embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
         return _brief(record, skipped=True)
     downloader = download_task.with_options(
         retries=cfg.download.attempts - 1,
@@ -90,12 +97,44 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     level = logger.info if record["status"] == "ok" else logger.warning
     level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
           f", kept {record['frames_kept']}/{record['frames_decoded']} frames")
+    if cfg.clip.enabled and record["status"] == "ok":
+        embed_task(record, root, cfg)
     return _brief(record, skipped=False)
+
+
+@task(name="embed", cache_policy=NO_CACHE, task_run_name="embed-{record[video_id]}", cache_result_in_memory=False)
+def embed_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
+    """CLIP-embed a finished video's shard rows unless current; a failure is logged, and publish reports the gap."""
+    from pipeline.clip import get_model  # torch only when CLIP curation is on
+    from pipeline.embeddings import embed_video
+
+    logger = get_run_logger()
+    try:
+        written = embed_video(root, record, get_model(cfg.clip))
+    except Exception:  # noqa: BLE001 - one unreadable shard must not sink the run; dataset.json lists the video
+        logger.error("%s: embedding failed\n%s", record["video_id"], traceback.format_exc())
+        return "failed"
+    logger.info("%s: %s", record["video_id"], "embedded" if written else "embeddings current, skipped")
+    return "embedded" if written else "current"
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(root: DataRoot, cfg: CurateConfig, problems: list[dict[str, Any]]) -> dict[str, Any]:
-    return publish(root, cfg, problems)
+    description = publish(root, cfg, problems)
+    clip = description.get("clip")
+    if clip and clip["missing_embeddings"]:
+        get_run_logger().warning("no embeddings for %s: their frames were neither scored nor deduplicated",
+                                 ", ".join(clip["missing_embeddings"]))
+    return description
+
+
+def check_clip_model(cfg: CurateConfig) -> None:
+    """Load the CLIP model now when curation needs it: a bad checkpoint fails the run before any download."""
+    if cfg.clip.enabled:
+        from pipeline.clip import get_model
+
+        model = get_model(cfg.clip)
+        get_run_logger().info("CLIP curation with %s (%s) on %s", model.name, model.model_hash, model.device)
 
 
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
@@ -116,9 +155,11 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
         entries = entries[:limit] if limit is not None else entries
         logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.root,
                     cfg.run.workers)
+        check_clip_model(cfg)
         briefs = _run_bounded(entries, root, cfg)
     description = publish_task(root, cfg, [_problem_row(p, catalog_path) for p in problems])
     _summary_artifact(briefs, description)
+    audit_artifacts(root)
     result = {"data_root": str(root.root), "counts": description["counts"], "videos": briefs}
     if train is not None:
         datasets = sorted(d for d, n in description["counts"]["samples"].items() if n)
@@ -129,20 +170,29 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
 def _run_bounded(entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig) -> list[dict[str, Any]]:
     """Keep at most `run.workers` videos in flight; results come back in catalog order."""
     progress_id = create_progress_artifact(progress=0.0, key="curate-progress", description="videos finished")
+    return bounded_map(lambda entry: curate_video.submit(entry, root, cfg), entries, cfg.run.workers,
+                       lambda done: update_progress_artifact(progress_id,
+                                                             progress=100.0 * done / max(1, len(entries))))
+
+
+def bounded_map(submit: Callable[[Any], Any], items: list[Any], workers: int,
+                on_result: Callable[[int], None] | None = None) -> list[Any]:
+    """Submit a task per item with at most `workers` in flight (a sliding window); results in item order."""
     pending: collections.deque = collections.deque()
-    briefs: list[dict[str, Any]] = []
+    results: list[Any] = []
 
     def collect_oldest() -> None:
-        briefs.append(pending.popleft().result())
-        update_progress_artifact(progress_id, progress=100.0 * len(briefs) / max(1, len(entries)))
+        results.append(pending.popleft().result())
+        if on_result is not None:
+            on_result(len(results))
 
-    for entry in entries:
-        if len(pending) >= cfg.run.workers:
+    for item in items:
+        if len(pending) >= workers:
             collect_oldest()
-        pending.append(curate_video.submit(entry, root, cfg))
+        pending.append(submit(item))
     while pending:
         collect_oldest()
-    return briefs
+    return results
 
 
 @contextlib.contextmanager
@@ -171,6 +221,15 @@ def _brief(record: dict[str, Any], skipped: bool) -> dict[str, Any]:
 def _summary_artifact(briefs: list[dict[str, Any]], description: dict[str, Any]) -> None:
     create_table_artifact(key="curate-summary", table=briefs,
                           description=f"per-video summary; dataset counts: {description['counts']}")
+
+
+def audit_artifacts(root: DataRoot) -> None:
+    """Frames dropped by each rule, per video and per catalog category, as two table artifacts."""
+    videos, categories = audit_tables(root)
+    create_table_artifact(key="curation-audit-videos", table=videos,
+                          description="frames dropped per rule and video (stats/videos.parquet)")
+    create_table_artifact(key="curation-audit-categories", table=categories,
+                          description="frames dropped per rule and catalog category (stats/categories.parquet)")
 
 
 class _ThrottledProgress:

@@ -144,6 +144,87 @@ class StereoConfig(_Section):
     store_right_view: bool = False
 
 
+class TagPrompts(_Section):
+    """Zero-shot prompts per content tag (the manifest's tag_<name> columns); a tag's prompts are averaged."""
+
+    natural: tuple[str, ...] = ("a photo of nature", "a photo of a forest", "a photo of mountains",
+                                "a photo of a lake or a river", "a photo of a beach", "a photo of a snowy landscape")
+    driving: tuple[str, ...] = ("a photo taken from a car driving on a road", "a dashcam view of a road",
+                                "a view through a car windscreen", "a photo of a highway from a driving car")
+    underwater: tuple[str, ...] = ("an underwater photo", "a photo of a coral reef", "a photo of fish underwater",
+                                   "a photo taken by a scuba diver")
+    indoor: tuple[str, ...] = ("a photo of a room", "a photo taken indoors", "a photo of the inside of a building")
+    urban: tuple[str, ...] = ("a photo of a city street", "a photo of buildings in a city", "a photo of a town")
+
+
+class JunkPrompts(_Section):
+    """Prompts per kind of junk frame (the junk_<name> columns), each scored against `clean`."""
+
+    text: tuple[str, ...] = ("a title card with text", "a frame with large text over it",
+                             "an image with a caption and subtitles", "the opening credits of a video")
+    blank: tuple[str, ...] = ("a black screen", "a blank frame", "an image of a single flat colour")
+    screen: tuple[str, ...] = ("a screenshot of a computer screen", "a screen recording of software",
+                               "a photo of a website")
+    pip: tuple[str, ...] = ("a video with a small picture-in-picture window", "two videos shown side by side",
+                            "a video with an inset frame in the corner")
+    # What a frame worth keeping looks like: each junk score is P(junk | junk prompts or these).
+    clean: tuple[str, ...] = ("a photo of a place", "a photo of a landscape", "a photo of a street",
+                              "a photo of a scene")
+
+
+class JunkThresholds(_Section):
+    """Drop a kept frame as junk_<name> when its score is at least this; None = score only, never drop."""
+
+    text: float | None = Field(None, ge=0, le=1)
+    blank: float | None = Field(None, ge=0, le=1)
+    screen: float | None = Field(None, ge=0, le=1)
+    pip: float | None = Field(None, ge=0, le=1)
+
+
+class SemDedupConfig(_Section):
+    """SemDeDup over the corpus: k-means of the embeddings, then near-duplicates within each cluster."""
+
+    enabled: bool = True
+    # Duplicate when cosine similarity > 1 - epsilon (NVIDIA NeMo Curator's default epsilon: 0.01).
+    epsilon: float = Field(0.01, ge=0, le=2)
+    clusters: int | None = Field(None, ge=1)  # None: ceil(sqrt(n)), which balances k-means and per-cluster cost
+    iterations: int = Field(20, ge=1)  # Lloyd iterations of spherical k-means
+    sample_per_cluster: int = Field(256, ge=1)  # k-means fits on at most this many points per cluster (faiss's rule)
+    seed: int = 0
+
+
+class ClipConfig(_Section):
+    """Corpus-level curation with open_clip: embeddings, zero-shot tags and junk scores, SemDeDup.
+
+    Runs at publish time over the shards, so none of this is in the processing hash: changing it never
+    re-downloads or re-decodes a video. Weights come from a local file (`checkpoint`); a `pretrained` tag
+    makes open_clip download from its hub, which offline machines cannot do.
+    """
+
+    enabled: bool = False
+    model: str = "ViT-B-32"  # open_clip architecture name
+    checkpoint: str | None = None  # local state dict (.pt, .bin, .safetensors)
+    pretrained: str | None = None  # open_clip pretrained tag, e.g. laion2b_s34b_b79k (downloads)
+    # An open_clip model-config JSON for an architecture open_clip does not ship; its file stem is its name.
+    architecture: str | None = None
+    device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
+    amp: Literal["bf16", "fp16", "off"] = "bf16"  # autocast dtype on GPU; the CPU always runs fp32
+    batch_size: int = Field(64, ge=1)
+    decode_workers: int = Field(2, ge=1)  # threads decoding and preprocessing JPEGs ahead of the model
+    tags: TagPrompts = TagPrompts()
+    junk: JunkPrompts = JunkPrompts()
+    junk_drop: JunkThresholds = JunkThresholds()
+    semdedup: SemDedupConfig = SemDedupConfig()
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> "ClipConfig":
+        if self.checkpoint and self.pretrained:
+            raise ValueError("clip.checkpoint and clip.pretrained are alternatives: set one")
+        if self.enabled and not (self.checkpoint or self.pretrained):
+            raise ValueError("clip.enabled needs clip.checkpoint (a local weights file) or clip.pretrained (a tag)")
+        return self
+
+
 class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     sample: SampleConfig = SampleConfig()
@@ -154,9 +235,10 @@ class CurateConfig(_Section):
     write: WriteConfig = WriteConfig()
     stereo: StereoConfig = StereoConfig()
     run: RunConfig = RunConfig()
+    clip: ClipConfig = ClipConfig()
 
     def processing_hash(self) -> str:
-        """Hash of the settings that change a video's output (not download or run settings)."""
+        """Hash of the settings that change a video's output (not download, run or corpus-level clip settings)."""
         relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write", "stereo"})
         return _hash(relevant)
 
@@ -195,6 +277,14 @@ def load_yaml_model(model: type[_M], path: str | Path | None = None,
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid config {path or '(defaults)'}:\n{exc}") from exc
+
+
+def with_overrides(cfg: CurateConfig, overrides: dict[str, Any]) -> CurateConfig:
+    """A copy of `cfg` with `overrides` (nested dicts) applied and validated like a YAML file."""
+    try:
+        return CurateConfig.model_validate(_merge(cfg.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config overrides {overrides}:\n{exc}") from exc
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

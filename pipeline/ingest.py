@@ -81,6 +81,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
                       root.video_frames_dir(entry.dataset, entry.video_id)):
         shutil.rmtree(directory, ignore_errors=True)
     root.preview(entry.dataset, entry.video_id).unlink(missing_ok=True)
+    root.embeddings(entry.dataset, entry.video_id).unlink(missing_ok=True)
     record = _base_record(entry, cfg, error.reason, info=info)
     record["error"] = error.message
     record["retryable"] = error.transient

@@ -28,6 +28,10 @@ class DataRoot:
     def video_records(self) -> list[Path]:
         return sorted((self.root / "stats" / "videos").glob("*/*.json"))
 
+    def embeddings(self, dataset: str, video_id: str) -> Path:
+        """CLIP embeddings of a video's shard rows, keyed by sample_id (kept apart so shards stay immutable)."""
+        return self.root / "embeddings" / dataset / f"{video_id}.parquet"
+
     def preview(self, dataset: str, video_id: str) -> Path:
         return self.root / "previews" / dataset / f"{video_id}.jpg"
 
@@ -41,6 +45,10 @@ class DataRoot:
     @property
     def frames_table(self) -> Path:
         return self.root / "stats" / "frames.parquet"
+
+    @property
+    def categories_table(self) -> Path:
+        return self.root / "stats" / "categories.parquet"
 
     @property
     def dataset_json(self) -> Path:

@@ -1,4 +1,4 @@
-"""Corpus-level step after all videos: cross-video dedup, manifests, stats tables and dataset.json."""
+"""Corpus-level step after all videos: cross-video dedup, CLIP curation, manifests, stats tables, dataset.json."""
 from __future__ import annotations
 
 import collections
@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 from pipeline.config import CurateConfig
 from pipeline.dedup import find_many
 from pipeline.layout import DataRoot
-from pipeline.schema import (DROP_REASONS, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SCHEMA_VERSION,
+from pipeline.schema import (CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
+                             MANIFEST_SCHEMA, PUBLISH_DROP_REASONS, SAMPLE_COLUMNS, SCHEMA_VERSION,
                              VIDEO_STATS_SCHEMA)
 from pipeline.storage import write_bytes_atomic
-
-_SAMPLE_COLUMNS = [f.name for f in MANIFEST_SCHEMA if f.name not in ("shard", "row")]
 
 
 def load_records(root: DataRoot) -> list[dict[str, Any]]:
@@ -35,21 +34,27 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
     frames = _load_frames(root, records)
     if cfg.dedup.across_videos:
         frames = _drop_cross_video_duplicates(frames, cfg.dedup.max_hamming)
+    clip_info = None
+    if cfg.clip.enabled:
+        from pipeline.clip_curation import curate_frames  # imports torch: only when CLIP curation is on
+
+        frames, clip_info = curate_frames(root, records, frames, cfg.clip)
     _recount(records, frames)
     outputs = {
         root.frames_table: _parquet_bytes(frames),
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
+        root.categories_table: _parquet_bytes(_categories_table(records)),
     }
-    kept_ids = set(frames.filter(frames["kept"])["sample_id"].to_pylist())
+    kept = _kept_by_video(frames)
     manifests = {}
     for dataset in sorted({r["dataset"] for r in records}):
-        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept_ids)
+        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
     # The manifests go last: a reader who finds one can rely on everything it points to.
     for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
         write_bytes_atomic(path, outputs[path])
-    description = _description(root, cfg, records, frames, outputs, manifests)
+    description = _description(root, cfg, records, frames, outputs, manifests, clip_info)
     write_bytes_atomic(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
     return description
 
@@ -90,14 +95,30 @@ def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table
     return frames.cast(FRAME_STATS_SCHEMA)
 
 
+def previous_catalog_problems(root: DataRoot) -> list[dict[str, Any]]:
+    """The catalog problems the last publish recorded, so a corpus-only rerun (no catalog at hand) keeps them."""
+    if not root.videos_table.is_file():
+        return []
+    table = pq.read_table(root.videos_table, columns=["dataset", "video_id", "catalog_line", "status", "error"])
+    problems = []
+    for row in table.filter(pc.equal(table["status"], "catalog_error")).to_pylist():
+        reason, _, message = (row["error"] or "").partition(": ")  # written as f"{reason}: {message}"
+        problems.append({"dataset": row["dataset"], "video_id": row["video_id"], "line": row["catalog_line"],
+                         "reason": reason, "message": message})
+    return problems
+
+
 def _recount(records: list[dict[str, Any]], frames: pa.Table) -> None:
     """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
-    cross = frames.filter(pc.equal(frames["drop_reason"], "duplicate_cross_video"))
-    per_video = collections.Counter(zip(cross["dataset"].to_pylist(), cross["video_id"].to_pylist()))
+    late = frames.filter(pc.is_in(frames["drop_reason"], pa.array(PUBLISH_DROP_REASONS)))
+    per_video = collections.Counter(zip(late["dataset"].to_pylist(), late["video_id"].to_pylist(),
+                                        late["drop_reason"].to_pylist()))
     for record in records:
-        n = per_video.get((record["dataset"], record["video_id"]), 0)
-        record["dropped_duplicate_cross_video"] = n
-        record["frames_kept"] = record["frames_kept"] - n if record["status"] == "ok" else 0
+        key = (record["dataset"], record["video_id"])
+        counts = {reason: per_video.get((*key, reason), 0) for reason in PUBLISH_DROP_REASONS}
+        record.update({f"dropped_{reason}": n for reason, n in counts.items()})
+        # The record's frames_kept is what ingest kept; records are re-read on every publish.
+        record["frames_kept"] = record["frames_kept"] - sum(counts.values()) if record["status"] == "ok" else 0
 
 
 def _videos_table(records: list[dict[str, Any]], catalog_problems: list[dict[str, Any]]) -> pa.Table:
@@ -114,15 +135,49 @@ def _videos_table(records: list[dict[str, Any]], catalog_problems: list[dict[str
     return pa.Table.from_pylist(rows, schema=VIDEO_STATS_SCHEMA)
 
 
-def _manifest(root: DataRoot, records: list[dict[str, Any]], kept_ids: set[str]) -> pa.Table:
-    tables = []
+def _categories_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Per (dataset, catalog category): videos, frames and drops by reason, summed over the video records."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
+        key = (record["dataset"], record["category"] or "")
+        row = groups.setdefault(key, {"dataset": key[0], "category": key[1], "videos": 0, "videos_ok": 0,
+                                      **{name: 0 for name in CATEGORY_STATS_SCHEMA.names[4:]}})
+        row["videos"] += 1
+        row["videos_ok"] += record["status"] == "ok"
+        for name in CATEGORY_STATS_SCHEMA.names[4:]:
+            row[name] += record.get(name) or 0
+    return pa.Table.from_pylist([groups[key] for key in sorted(groups)], schema=CATEGORY_STATS_SCHEMA)
+
+
+def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """Kept frames (sample_id and CLIP scores) per (dataset, video_id): each video's rows are contiguous."""
+    kept = frames.filter(frames["kept"])
+    video = np.asarray(pc.binary_join_element_wise(kept["dataset"], kept["video_id"], "/"), dtype=object)
+    starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]]) if len(video) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(video)].astype(np.int64)
+    kept = kept.select(["dataset", "video_id", "sample_id", *CLIP_SCORE_COLUMNS])
+    return {(kept["dataset"][int(a)].as_py(), kept["video_id"][int(a)].as_py()): kept.slice(int(a), int(b - a))
+            for a, b in zip(starts, ends)}
+
+
+def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[str, str], pa.Table]) -> pa.Table:
+    """Kept rows of the records' shards, no pixels, with where they are and their CLIP scores."""
+    tables = []
+    empty = pa.table({"sample_id": pa.array([], pa.string()),
+                      **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS}})
+    for record in records:
+        # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
+        video_kept = kept.get((record["dataset"], record["video_id"]), empty)
         for part in record["shards"]:
-            table = pq.read_table(root.root / part["path"], columns=_SAMPLE_COLUMNS)
+            table = pq.read_table(root.root / part["path"], columns=list(SAMPLE_COLUMNS))
             table = table.append_column("shard", pa.array([part["path"]] * table.num_rows, pa.string()))
             table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-            mask = pa.array([sid in kept_ids for sid in table["sample_id"].to_pylist()])
-            tables.append(table.filter(mask))
+            position = pc.index_in(table["sample_id"], value_set=video_kept["sample_id"])
+            table = table.filter(pc.is_valid(position))
+            scores = video_kept.take(position.drop_null())
+            for name in CLIP_SCORE_COLUMNS:
+                table = table.append_column(name, scores[name])
+            tables.append(table)
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
@@ -135,7 +190,7 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]], frames: pa.Table,
-                 outputs: dict, manifests: dict[str, int]) -> dict[str, Any]:
+                 outputs: dict, manifests: dict[str, int], clip_info: dict[str, Any] | None) -> dict[str, Any]:
     reasons = collections.Counter(r for r in frames["drop_reason"].to_pylist() if r)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -151,6 +206,7 @@ def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]
             "samples": manifests,
         },
         "shards": [part for r in records if r["status"] == "ok" for part in r["shards"]],
+        "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off
         "tables": {root.relative(path): _sha256(data) for path, data in sorted(outputs.items())},
     }
 

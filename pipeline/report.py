@@ -6,6 +6,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.layout import DataRoot
+from pipeline.schema import DROP_REASONS
 from pipeline.verify import read_description
 
 
@@ -35,3 +36,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("failed videos:")
         lines += [f"  {v['dataset'] or '-'}/{v['video_id'] or '-'}: {v['status']}: {v['error']}" for v in failures]
     return "\n".join(lines)
+
+
+def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """How many frames each rule dropped, per video and per (dataset, category), from the stats tables.
+
+    Only the reasons that dropped something anywhere get a column, so the tables stay readable.
+    """
+    videos = [v for v in pq.read_table(root.videos_table).to_pylist() if v["status"] != "catalog_error"]
+    categories = pq.read_table(root.categories_table).to_pylist()
+    reasons = [f"dropped_{r}" for r in DROP_REASONS if any(v[f"dropped_{r}"] for v in videos)]
+    keys = ("frames_decoded", "frames_kept", *reasons)
+    video_rows = [{"dataset": v["dataset"], "video_id": v["video_id"], "category": v["category"],
+                   "status": v["status"], **{k: v[k] or 0 for k in keys}} for v in videos]
+    category_rows = [{"dataset": c["dataset"], "category": c["category"], "videos": c["videos"],
+                      "videos_ok": c["videos_ok"], **{k: c[k] for k in keys}} for c in categories]
+    return video_rows, category_rows

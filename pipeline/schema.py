@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1 added the stereo columns (null on mono rows)
+SCHEMA_VERSION = "1.2"  # 1.1 added the stereo columns (null on mono rows); 1.2 the CLIP columns and tables
 SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 
 # Why a decoded frame was not kept; stats tables count each one under its own name.
@@ -19,7 +19,24 @@ DROP_REASONS: tuple[str, ...] = (
     "stereo_vertical",  # too many pixels fail the vertical check
     "stereo_lr",  # too few pixels pass the left-right check
     "stereo_range",  # horizontal disparity range too small to teach depth
+    # Corpus-level CLIP curation (publish time, `clip.enabled`): junk scores over `clip.junk_drop`, then SemDeDup.
+    "junk_text", "junk_blank", "junk_screen", "junk_pip",
+    "semantic_duplicate",  # CLIP embedding within cosine 1 - epsilon of a kept frame earlier in corpus order
 )
+
+# Decided at publish time over the whole corpus, so they are recounted on every publish.
+PUBLISH_DROP_REASONS: tuple[str, ...] = (
+    "duplicate_cross_video", "junk_text", "junk_blank", "junk_screen", "junk_pip", "semantic_duplicate")
+
+# Zero-shot CLIP scores. The names are fixed (they are columns); the prompts behind them live in config.
+CLIP_TAGS: tuple[str, ...] = ("natural", "driving", "underwater", "indoor", "urban")
+CLIP_JUNK: tuple[str, ...] = ("text", "blank", "screen", "pip")  # title card/overlay, blank, screen recording, PiP
+_CLIP_SCORES = [
+    *[pa.field(f"tag_{name}", pa.float32()) for name in CLIP_TAGS],  # softmax over the tags: they sum to 1
+    pa.field("clip_tag", pa.string()),  # the tag with the highest score
+    *[pa.field(f"junk_{name}", pa.float32()) for name in CLIP_JUNK],  # P(junk prompt | junk or clean prompts)
+]
+CLIP_SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in _CLIP_SCORES)
 
 # Frame-level stereo quality: in the samples (kept frames) and the frame stats (every checked frame).
 _STEREO_QUALITY = [
@@ -68,11 +85,14 @@ def _with_version(fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
 
 
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in _SAMPLE_FIELDS)  # shard columns without pixels
+
 SHARD_SCHEMA = _with_version(_SAMPLE_FIELDS + [pa.field("image", pa.binary(), nullable=False)] + _STEREO_PIXELS)
 
 MANIFEST_SCHEMA = _with_version(_SAMPLE_FIELDS + [
     pa.field("shard", pa.string(), nullable=False),  # relative to the data root
     pa.field("row", pa.int64(), nullable=False),  # row number inside the shard
+    *_CLIP_SCORES,  # null unless clip.enabled
 ])
 
 FRAME_STATS_SCHEMA = _with_version([
@@ -92,6 +112,7 @@ FRAME_STATS_SCHEMA = _with_version([
     pa.field("motion", pa.float32()),
     pa.field("phash", pa.uint64()),
     *_STEREO_QUALITY,
+    *_CLIP_SCORES,  # filled at publish time for every frame with an embedding (every shard row)
 ])
 
 VIDEO_STATS_SCHEMA = _with_version([
@@ -124,6 +145,29 @@ VIDEO_STATS_SCHEMA = _with_version([
     pa.field("shards", pa.int64()),
     pa.field("shard_bytes", pa.int64()),
 ])
+
+
+# Per dataset and catalog category: the same counts as the video table, summed (publish writes it).
+CATEGORY_STATS_SCHEMA = _with_version([
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("category", pa.string(), nullable=False),
+    pa.field("videos", pa.int64(), nullable=False),
+    pa.field("videos_ok", pa.int64(), nullable=False),
+    pa.field("frames_decoded", pa.int64(), nullable=False),
+    pa.field("frames_kept", pa.int64(), nullable=False),
+    *[pa.field(f"dropped_{reason}", pa.int64(), nullable=False) for reason in DROP_REASONS],
+])
+
+EMBEDDING_MODEL_KEY = b"depthcurate.clip_model_hash"  # which model made the embeddings
+EMBEDDING_SOURCE_KEY = b"depthcurate.source_sha256"  # of the shards they were computed from
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """`embeddings/<dataset>/<video_id>.parquet`: one L2-normalised float16 vector per shard row."""
+    return _with_version([
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
+    ])
 
 
 class SchemaVersionError(ValueError):

@@ -45,12 +45,16 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, skip_if_same: bool = Tr
     return True
 
 
-def remove_stale_temps(directory: str | Path) -> int:
-    """Delete temporary files a killed writer left in `directory`; returns how many."""
+def remove_stale_temps(directory: str | Path, name: str | None = None) -> int:
+    """Delete temporary files a killed writer left in `directory` (only those of file `name` if given); returns how many.
+
+    Pass `name` when other writers share the directory: their temporaries are live, not stale.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    stale = [p for p in directory.iterdir() if p.name.startswith(".") and TMP_MARK in p.name]
+    start = f".{name}{TMP_MARK}" if name else "."
+    stale = [p for p in directory.iterdir() if p.name.startswith(start) and TMP_MARK in p.name]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -6,8 +6,9 @@ import json
 import pyarrow.parquet as pq
 
 from pipeline.layout import DataRoot
-from pipeline.schema import (FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA, VIDEO_STATS_SCHEMA,
-                             SchemaVersionError, check_version, check_version_string)
+from pipeline.schema import (CATEGORY_STATS_SCHEMA, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA,
+                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version, check_version_string,
+                             embedding_schema)
 from pipeline.storage import sha256_file
 
 
@@ -27,10 +28,14 @@ def verify_dataset(root: DataRoot) -> list[str]:
     for shard in description["shards"]:
         problems += _check_file(root, shard["path"], shard["sha256"], SHARD_SCHEMA, shard["rows"])
     expected = {"manifest": MANIFEST_SCHEMA, "stats/videos.parquet": VIDEO_STATS_SCHEMA,
-                "stats/frames.parquet": FRAME_STATS_SCHEMA}
+                "stats/frames.parquet": FRAME_STATS_SCHEMA, "stats/categories.parquet": CATEGORY_STATS_SCHEMA}
     for path, digest in description["tables"].items():
         schema = next(s for prefix, s in expected.items() if path.startswith(prefix))
         problems += _check_file(root, path, digest, schema, None)
+    clip = description.get("clip") or {}
+    for file in clip.get("embeddings", []):
+        problems += _check_file(root, file["path"], file["sha256"], embedding_schema(clip["embedding_dim"]),
+                                file["rows"])
     return problems
 
 

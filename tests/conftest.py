@@ -125,3 +125,18 @@ def train_root(tmp_path_factory) -> Path:
     (root.root / "ground_truth").mkdir()
     save_ground_truth(mono, root.root / "ground_truth" / "walk.npz")
     return root.root
+
+
+@pytest.fixture(scope="session")
+def clip_settings(tmp_path_factory) -> dict:
+    """`clip` config section for a tiny random open_clip model, loaded from a local checkpoint like a real one."""
+    import json
+
+    from pipeline.clip import TINY_ARCHITECTURE, save_random_checkpoint
+
+    directory = tmp_path_factory.mktemp("clip")
+    architecture = directory / "tiny-clip-test.json"
+    architecture.write_text(json.dumps(TINY_ARCHITECTURE))
+    checkpoint = save_random_checkpoint("tiny-clip-test", directory / "tiny.pt", architecture=architecture)
+    return {"enabled": True, "model": "tiny-clip-test", "architecture": str(architecture),
+            "checkpoint": str(checkpoint), "batch_size": 16}

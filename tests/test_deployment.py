@@ -1,9 +1,9 @@
 """The deployments of prefect.yaml against a real Prefect server on loopback, run by a real process worker."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,58 +67,69 @@ def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.Complete
     return result
 
 
-@pytest.fixture(scope="module")
-def deployed(server):
-    _prefect(server, "work-pool", "create", "depthcurate", "--type", "process")
-    _prefect(server, "--no-prompt", "deploy", "--all")
-    return server
-
-
-@contextlib.contextmanager
-def _worker(env: dict, cwd: Path):
-    """A process worker that takes one flow run and exits; stopped with SIGINT (it ignores SIGTERM)."""
+def _run_deployment(env: dict, cwd: Path, name: str, *params: str) -> None:
+    """Run deployment `name` with a process worker that takes one run and exits; fail unless it completes."""
+    created = _prefect(env, "deployment", "run", name, *[arg for p in params for arg in ("--param", p)]).stdout
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
+    # The run exists before the worker starts: a --run-once worker polls once and exits when it finds nothing.
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"], env=env,
                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        yield worker
+        _prefect(env, "flow-run", "watch", run_id, timeout=420)  # exits non-zero unless the run completes
+        worker.wait(timeout=60)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGINT)
             worker.wait(timeout=30)
 
 
-def test_deploy_and_run_the_demo_deployment(deployed, tmp_path):
-    env = deployed
-    listed = _prefect(env, "deployment", "ls").stdout
-    assert all(f"curate/{name}" in listed for name in ("demo", "slowtv", "movies3d")) and "train/default" in listed
+@pytest.fixture(scope="module")
+def demo_deployed(server, tmp_path_factory) -> Path:
+    """Every deployment of prefect.yaml registered, and one run of curate/demo; returns its data root."""
+    env = server
+    _prefect(env, "work-pool", "create", "depthcurate", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--all")
+    work = tmp_path_factory.mktemp("deployed")
+    _run_deployment(env, work, "curate/demo", f"data_root={work / 'data'}", "limit=4")
+    return work / "data"
 
-    data_root = tmp_path / "data"
-    with _worker(env, tmp_path) as worker:
-        # --watch exits non-zero unless the flow run completes
-        _prefect(env, "deployment", "run", "curate/demo", "--param", f"data_root={data_root}",
-                 "--param", "limit=4", "--watch", timeout=420)
-        worker.wait(timeout=60)
-    description = json.loads((data_root / "dataset.json").read_text())
+
+def test_deploy_and_run_the_demo_deployment(server, demo_deployed):
+    listed = _prefect(server, "deployment", "ls").stdout
+    assert all(f"curate/{name}" in listed for name in ("demo", "slowtv", "movies3d")) and "dedup/default" in listed
+    assert "train/default" in listed
+    description = json.loads((demo_deployed / "dataset.json").read_text())
     assert description["counts"]["videos"] == {"ok": 4}  # limit=4: the four good videos of the demo
-    assert pq.read_table(data_root / "manifest" / "demo.parquet").num_rows == description["counts"]["samples"]["demo"]
+    assert pq.read_table(demo_deployed / "manifest" / "demo.parquet").num_rows == description["counts"]["samples"]["demo"]
 
 
-def test_curate_hands_off_to_the_train_deployment(deployed, tmp_path):
-    env = deployed
+def test_dedup_deployment_reruns_the_corpus_pass_from_the_shards(server, demo_deployed, clip_settings, tmp_path):
+    config = tmp_path / "clip.yaml"
+    config.write_text(json.dumps({"clip": clip_settings}))  # JSON is YAML
+    shards = {p: p.read_bytes() for p in sorted((demo_deployed / "shards").rglob("*.parquet"))}
+    _run_deployment(server, tmp_path, "dedup/default", f"data_root={demo_deployed}", f"config={config}",
+                    "epsilon=0.005")
+    description = json.loads((demo_deployed / "dataset.json").read_text())
+    assert description["clip"]["semdedup"]["epsilon"] == 0.005 and len(description["clip"]["embeddings"]) == 4
+    manifest = pq.read_table(demo_deployed / "manifest" / "demo.parquet")
+    assert manifest.num_rows == description["counts"]["samples"]["demo"] > 0
+    assert manifest.column("clip_tag").null_count == 0
+    assert {p: p.read_bytes() for p in sorted((demo_deployed / "shards").rglob("*.parquet"))} == shards
+
+
+def test_curate_hands_off_to_the_train_deployment(server, demo_deployed, tmp_path):
     data_root, out_dir = tmp_path / "data", tmp_path / "run"
     tiny = ["data.height=64", "data.width=96", "data.batch_size=2", "data.num_workers=0", "optim.max_steps=2",
             "model.encoder=test_convnext", "model.pose_encoder=test_resnet", "run.tensorboard=false"]
-    params = {"data_root": str(data_root), "limit": 2, "train": {"out_dir": str(out_dir), "overrides": tiny}}
-    with _worker(env, tmp_path) as worker:
-        _prefect(env, "deployment", "run", "curate/demo", "--params", json.dumps(params), "--watch", timeout=420)
-        worker.wait(timeout=60)
+    train = json.dumps({"out_dir": str(out_dir), "overrides": tiny})
+    _run_deployment(server, tmp_path, "curate/demo", f"data_root={data_root}", "limit=2", f"train={train}")
     assert not out_dir.exists()  # the curate run only scheduled training; a worker has to pick it up
-    with _worker(env, tmp_path) as worker:
-        worker.wait(timeout=420)
-        output = worker.stdout.read()
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"], env=server,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = worker.communicate(timeout=420)[0]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["step"] == 2, output[-3000:]
     assert (out_dir / "checkpoints" / "last.pt").is_file()
-    wide = {**env, "COLUMNS": "400"}  # rich truncates table cells to the terminal width
+    wide = {**server, "COLUMNS": "400"}  # rich truncates table cells to the terminal width
     artifacts = _prefect(wide, "artifact", "ls").stdout
     assert "curate-training" in artifacts and "train-checkpoint" in artifacts and "train-metrics" in artifacts

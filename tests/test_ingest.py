@@ -39,11 +39,13 @@ def test_changed_processing_settings_mean_not_finished(video_dir, entry, small_c
 def test_bad_file_becomes_a_failure_record_and_clears_old_output(video_dir, entry, small_config, tmp_path):
     root = DataRoot(tmp_path)
     ingest_video(entry, video_dir / "walk.mp4", root, small_config)
+    root.embeddings("test", "walk").parent.mkdir(parents=True)
+    root.embeddings("test", "walk").write_bytes(b"embeddings of the old shards")
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00" * 1000)
     record = ingest_video(entry, garbage, root, small_config)
     assert record["status"] == "unreadable_video" and "garbage.mp4" in record["error"]
-    assert not root.shard_dir("test", "walk").exists()
+    assert not root.shard_dir("test", "walk").exists() and not root.embeddings("test", "walk").exists()
     assert record["retryable"] is False
     assert is_finished(record, small_config)  # a permanent failure is not retried on rerun
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.ingest import ingest_video
 from pipeline.layout import DataRoot
-from pipeline.publish import publish
+from pipeline.publish import previous_catalog_problems, publish
 from pipeline.schema import DROP_REASONS
 
 
@@ -84,3 +84,23 @@ def test_cross_video_dedup_can_be_switched_off(published, small_config):
     cfg = small_config.model_copy(update={"dedup": small_config.dedup.model_copy(update={"across_videos": False})})
     description = publish(root, cfg)
     assert description["counts"]["dropped"]["duplicate_cross_video"] == 0
+
+
+def test_catalog_problems_survive_a_corpus_only_republish(published, small_config):
+    root, description = published
+    problems = previous_catalog_problems(root)
+    assert problems == [{"dataset": None, "video_id": "dup", "line": 7, "reason": "duplicate_id",
+                         "message": "line 7: video_id 'dup' ..."}]
+    assert publish(root, small_config, problems) == description  # byte-identical tables, as with the catalog
+
+
+def test_categories_table_sums_the_video_table(published):
+    root, _ = published
+    videos = pq.read_table(root.videos_table).to_pandas()
+    videos = videos[videos.status != "catalog_error"]
+    (row,) = pq.read_table(root.categories_table).to_pylist()
+    assert (row["dataset"], row["category"], row["videos"], row["videos_ok"]) == ("test", "natural", 3, 3)
+    assert row["frames_kept"] == videos.frames_kept.sum()
+    assert row["dropped_duplicate_cross_video"] == videos.dropped_duplicate_cross_video.sum() > 0
+    manifest = pq.read_table(root.manifest("test"))
+    assert manifest.column("tag_natural").null_count == manifest.num_rows  # CLIP off: the columns stay empty

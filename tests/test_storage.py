@@ -114,6 +114,15 @@ def test_remove_stale_temps_removes_only_hidden_temp_files(tmp_path):
     assert remove_stale_temps(tmp_path) == 0  # idempotent
 
 
+def test_remove_stale_temps_of_one_file_spares_other_writers(tmp_path):
+    mine, theirs = temp_path_for(tmp_path / "a.parquet"), temp_path_for(tmp_path / "b.parquet")
+    prefixed = temp_path_for(tmp_path / "a.parquet.bak")  # a name that merely starts with "a.parquet"
+    for p in (mine, theirs, prefixed):
+        p.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path, "a.parquet") == 1
+    assert not mine.exists() and theirs.exists() and prefixed.exists()
+
+
 def test_remove_stale_temps_leaves_subdirectories_alone(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()

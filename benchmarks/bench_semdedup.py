@@ -1,0 +1,161 @@
+"""SemDeDup: wall time and peak memory against n, a brute-force baseline, and quality on planted duplicates.
+
+    python benchmarks/bench_semdedup.py [--sizes 10000 30000 100000 300000 1000000] [--brute-max 30000]
+                                        [--blas-threads 1]
+
+Synthetic 512-d unit embeddings stored as float16, as publish holds them: a mixture of 2000 "scenes" (rows of
+one scene at cosine ~0.8 to each other, ~0.9 to its centre, like CLIP embeddings of frames of one video), with
+3% of the rows near-copies of other rows (cosine 0.9976-0.9998). Each size runs in its own subprocess: wall
+time of `semdedup` (k-means + per-cluster pass), the peak of Python/numpy allocations during it (tracemalloc,
+excluding the input array, which is reported separately) and the subprocess's peak RSS (ru_maxrss, all of it).
+Quality: planted groups of 1-4 near-copies (cosine 0.9976-0.9998 to their original, so every pair of a group is
+above 0.99) and hard negatives (cosine 0.955-0.984, which must stay); precision and recall of the dropped set,
+where the truth is "every member of a group except its first in corpus order".
+
+Measurements run in subprocesses with OPENBLAS_NUM_THREADS=--blas-threads (default 1): on a shared, loaded
+2-core machine, two BLAS threads made a 172x512 product 30-100x slower (spin-waiting for a core) and large ones
+no faster; give a dedicated machine its core count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.semdedup import greedy_dedup, semdedup, unit_rows  # noqa: E402
+
+DIM = 512
+SCENES = 2000
+_CHUNK = 65536
+
+
+def _near(rng: np.random.Generator, base: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Unit rows at the given angles (radians) from the unit rows of `base`, in random directions."""
+    noise = rng.normal(size=base.shape).astype(np.float32)
+    noise -= np.einsum("ij,ij->i", noise, base)[:, None] * base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return np.cos(angles)[:, None] * base + np.sin(angles)[:, None] * noise
+
+
+def synthetic(n: int, seed: int = 0, copy_fraction: float = 0.03) -> np.ndarray:
+    """n x DIM float16 unit rows: a mixture of scenes plus near-copies, built in chunks (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(rng.normal(size=(SCENES, DIM)))
+    out = np.empty((n, DIM), np.float16)
+    for start in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - start)
+        spread = rng.uniform(0.35, 0.55, m).astype(np.float32)  # angle to the scene centre: cos 0.85-0.94
+        rows = _near(rng, centres[rng.integers(0, SCENES, m)], spread)
+        copies = np.flatnonzero(rng.random(m) < copy_fraction)
+        copies = copies[copies > 0]
+        sources = rng.integers(0, copies, len(copies))  # an earlier row of the chunk
+        rows[copies] = _near(rng, rows[sources], rng.uniform(0.02, 0.07, len(copies)).astype(np.float32))
+        out[start:start + m] = rows
+    return out
+
+
+def measure(n: int, brute: bool) -> dict:
+    """Run in a child process: one semdedup (and optionally the brute-force pass) on n synthetic rows."""
+    vectors = synthetic(n)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    result = semdedup(vectors, 0.01, seed=0)
+    wall = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    figures = {"n": n, "clusters": result.clusters, "seconds": round(wall, 2),
+               "input_mb": round(vectors.nbytes / 2**20, 1), "semdedup_peak_alloc_mb": round(peak / 2**20, 1),
+               "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "dropped": int((result.duplicate_of >= 0).sum())}
+    if brute:
+        t0 = time.perf_counter()
+        baseline, _ = greedy_dedup(unit_rows(vectors), 0.99)
+        figures["brute_force_seconds"] = round(time.perf_counter() - t0, 2)
+        figures["brute_force_dropped"] = int((baseline >= 0).sum())
+        figures["same_decisions_as_brute_force"] = float(np.mean((baseline >= 0) == (result.duplicate_of >= 0)))
+    return figures
+
+
+def planted_quality(n_base: int = 50_000, groups: int = 3000, negatives: int = 3000, seed: int = 1) -> dict:
+    """Precision and recall of the dropped set on planted near-duplicate groups, and of the brute-force pass."""
+    rng = np.random.default_rng(seed)
+    base = synthetic(n_base, seed=seed, copy_fraction=0.0).astype(np.float32)
+    originals = rng.choice(n_base, groups + negatives, replace=False)
+    group_of, extra = [], []
+    for g, i in enumerate(originals[:groups]):
+        k = int(rng.integers(1, 5))
+        extra.append(_near(rng, np.repeat(base[i:i + 1], k, axis=0), rng.uniform(0.02, 0.07, k).astype(np.float32)))
+        group_of += [g] * k
+    hard = _near(rng, base[originals[groups:]], rng.uniform(0.18, 0.30, negatives).astype(np.float32))
+    vectors = np.vstack([base, *extra, hard])
+    labels = np.full(len(vectors), -1)
+    labels[originals[:groups]] = np.arange(groups)
+    labels[n_base:n_base + len(group_of)] = group_of
+    order = rng.permutation(len(vectors))  # copies scattered through the corpus, before or after originals
+    vectors, labels = vectors[order].astype(np.float16), labels[order]
+    truth = np.zeros(len(vectors), bool)
+    for g in range(groups):
+        members = np.flatnonzero(labels == g)
+        truth[members[1:]] = True  # the earliest member of each group is the one kept
+    figures = {"rows": len(vectors), "groups": groups, "planted_duplicates": int(truth.sum()),
+               "hard_negatives": negatives}
+    for epsilon in (0.005, 0.01, 0.02):
+        t0 = time.perf_counter()
+        dropped = semdedup(vectors, epsilon, seed=0).duplicate_of >= 0
+        figures[f"epsilon_{epsilon}"] = {**_scores(dropped, truth), "seconds": round(time.perf_counter() - t0, 2)}
+    t0 = time.perf_counter()
+    brute = greedy_dedup(unit_rows(vectors), 0.99)[0] >= 0
+    figures["brute_force_epsilon_0.01"] = {**_scores(brute, truth), "seconds": round(time.perf_counter() - t0, 2)}
+    return figures
+
+
+def _scores(dropped: np.ndarray, truth: np.ndarray) -> dict:
+    hits = int((dropped & truth).sum())
+    return {"dropped": int(dropped.sum()), "precision": round(hits / max(1, int(dropped.sum())), 4),
+            "recall": round(hits / max(1, int(truth.sum())), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
+    parser.add_argument("--brute-max", type=int, default=30_000, help="largest n also run brute force")
+    parser.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS_NUM_THREADS of the measurements")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quality", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.child <= args.brute_max)))
+        return
+    if args.quality:
+        print(json.dumps(planted_quality()))
+        return
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads), "OMP_NUM_THREADS": str(args.blas_threads)}
+
+    def child(*flags: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, *flags, "--brute-max", str(args.brute_max)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    scaling = []
+    for n in args.sizes:
+        scaling.append(child("--child", str(n)))
+        print(json.dumps(scaling[-1]), file=sys.stderr)
+    for previous, current in zip(scaling, scaling[1:]):  # growth exponent between neighbouring sizes
+        current["time_exponent_vs_previous"] = round(
+            float(np.log(current["seconds"] / previous["seconds"]) / np.log(current["n"] / previous["n"])), 2)
+    print(json.dumps({"dim": DIM, "epsilon": 0.01, "blas_threads": args.blas_threads, "scaling": scaling,
+                      "quality": child("--quality")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The `dedup` Prefect flow: the corpus-level CLIP pass again, over an existing dataset, with new settings.
+
+Nothing is downloaded or decoded: embeddings that are current are reused, missing ones are computed from the
+shards' JPEGs, and publish rewrites the manifests, stats tables and dataset.json (only files whose bytes change).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.curate import MAX_WORKERS, audit_artifacts, bounded_map, check_clip_model, embed_task, publish_task
+from pipeline.clip_curation import dedup_config
+from pipeline.layout import DataRoot
+from pipeline.publish import load_records, previous_catalog_problems
+
+
+@flow(name="dedup", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: str | None = None) -> dict[str, Any]:
+    """Re-run tags, junk and SemDeDup on `data_root` (epsilon overrides; `config` supplies the clip section)."""
+    logger = get_run_logger()
+    root = DataRoot(data_root)
+    cfg = dedup_config(root, config, epsilon)
+    check_clip_model(cfg)
+    records = [r for r in load_records(root) if r["status"] == "ok"]
+    logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.root,
+                cfg.clip.semdedup.epsilon)
+    outcomes = bounded_map(lambda record: embed_task.submit(record, root, cfg), records, cfg.run.workers)
+    description = publish_task(root, cfg, previous_catalog_problems(root))
+    audit_artifacts(root)
+    clip = {k: v for k, v in description["clip"].items() if k != "embeddings"}
+    return {"data_root": str(root.root), "counts": description["counts"], "clip": clip,
+            "embedded": outcomes.count("embedded"), "failed": outcomes.count("failed")}
