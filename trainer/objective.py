@@ -37,7 +37,8 @@ class DepthTraining(nn.Module):
         _, _, height, width = image.shape
         transforms, learned = [], []
         for s in range(supports.shape[1]):
-            transform, k_norm = self.pose(image, supports[:, s])
+            # Frames go to the pose net in time order (Monodepth2): supports[:, 0] is t-k, before the target.
+            transform, k_norm = self.pose(image, supports[:, s], source_first=s == 0)
             transforms.append(transform)
             learned.append(k_norm)
         k_norm = torch.stack(learned).mean(0)
