@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -33,23 +34,23 @@ class ShardReader:
 
     def __init__(self, cache_size: int = 4):
         self.cache_size = cache_size
-        self._groups: OrderedDict[tuple[str, int, bool], dict[str, list]] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, int, bool], pa.Table] = OrderedDict()
 
     def row(self, path: str, group: int, offset: int, stereo: bool) -> dict[str, Any]:
         key = (path, group, stereo)
-        columns = self._groups.get(key)
-        if columns is None:
+        table = self._groups.get(key)
+        if table is None:
             try:
                 table = pq.ParquetFile(path).read_row_group(group, columns=_STEREO_COLUMNS if stereo else ["image"])
             except FileNotFoundError as exc:
                 raise ManifestError(f"shard {path} listed in the manifest is missing") from exc
-            columns = {name: table.column(name).to_pylist() for name in table.column_names}
-            self._groups[key] = columns
+            self._groups[key] = table
             while len(self._groups) > self.cache_size:
                 self._groups.popitem(last=False)
         else:
             self._groups.move_to_end(key)
-        return {name: values[offset] for name, values in columns.items()}
+        # Only the wanted row leaves Arrow memory: converting whole columns would copy every JPEG.
+        return {name: table.column(name)[offset].as_py() for name in table.column_names}
 
 
 def decode_rgb(jpeg: bytes) -> np.ndarray:
