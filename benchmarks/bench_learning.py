@@ -1,0 +1,261 @@
+"""Does the bundled trainer learn depth? Short CPU runs on rendered scenes with exact depth. Prints JSON.
+
+    python benchmarks/bench_learning.py [--steps 150] [--scenes 4] [--quick] [--workdir DIR]
+
+A curated dataset is built without Prefect (ingest + publish, as tests/conftest.py's `train_root`) from
+synthetic canyon videos: `--scenes` mono scenes of which the last `--val-scenes` are held out whole (split
+"val"), the others are all "train"; rendered depth goes to <root>/ground_truth/<video_id>.npz. Then, on the
+held-out scenes, AbsRel and friends after least-squares scale-and-shift alignment in disparity (MiDaS):
+(a) the untrained network (the exact initial weights of the run: same seed);
+(b) a constant prediction: lsq alignment of a constant is degenerate and maps it to each image's mean
+    true disparity (an oracle constant); median scaling of a constant is reported too;
+(c) `trainer.train.fit` for `--steps` steps on the video (self-supervised) task, support mode "category";
+(d) SSI training on stereo only (rendered sbs_full videos through the stereo branch), evaluated on held-out
+    stereo frames (disparity metrics against the pipeline's flow disparity) against the untrained network,
+    and, for reference, on the held-out mono scenes' rendered depth;
+(e) (c) again with `data.support.mode: motion` (same steps, same seed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.torch_compat import ensure_torchvision  # noqa: E402
+
+ensure_torchvision()  # before anything imports timm / torchvision on a CPU torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.catalog import CatalogEntry  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.ingest import ingest_video  # noqa: E402
+from pipeline.layout import DataRoot  # noqa: E402
+from pipeline.publish import publish  # noqa: E402
+from pipeline.synthetic import (SceneSpec, normalized_intrinsics, render_stereo_video, render_video,  # noqa: E402
+                                save_ground_truth)
+from trainer.checkpoint import load_model  # noqa: E402
+from trainer.config import TrainConfig, load_train_config  # noqa: E402
+from trainer.data import GroundTruth  # noqa: E402
+from trainer.evaluate import evaluate_model  # noqa: E402
+from trainer.manifest import load_manifests  # noqa: E402
+from trainer.objective import DepthTraining  # noqa: E402
+from trainer.plan import SamplePlan  # noqa: E402
+from trainer.train import fit  # noqa: E402
+
+RENDER_W, RENDER_H, FPS = 320, 192, 10.0
+
+
+def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, val_seconds: float,
+                  stereo_scenes: int, stereo_seconds: float, max_height: int, speed_mps: float) -> dict[str, Any]:
+    """Render, ingest and publish the mono ("synth") and stereo ("synth3d") datasets under root_dir/data."""
+    sources = root_dir / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    root = DataRoot(root_dir / "data")
+    (root.root / "ground_truth").mkdir(parents=True, exist_ok=True)
+    base = {"sample": {"fps": FPS, "max_height": max_height, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
+            "split": {"gap_frames": 0},
+            "write": {"row_group_bytes": 1 << 20},
+            "stereo": {"crop": None, "output_size": None, "jump_s": 0.0, "clip_frames": 10, "clip_span_s": 1.0}}
+    configs = {split: load_config(overrides={**base, "split": {"gap_frames": 0,
+                                                                "train_fraction": 1.0 if split == "train" else 0.0}})
+               for split in ("train", "val")}
+    videos = []
+    n_train = scenes - val_scenes
+    for i in range(scenes):
+        split = "train" if i < n_train else "val"
+        spec = SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=100 + i, speed_mps=speed_mps,
+                         duration_s=seconds if split == "train" else val_seconds)
+        videos.append((f"scene{i}", spec, split, "mono"))
+    for i in range(stereo_scenes):
+        split = "train" if i < max(1, stereo_scenes - 1) else "val"
+        spec = SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=stereo_seconds,
+                         baseline_m=0.3)
+        videos.append((f"pair{i}", spec, split, "sbs_full"))
+    records = {}
+    for video_id, spec, split, layout in videos:
+        path = sources / f"{video_id}.mp4"
+        if layout == "mono":
+            render_video(spec, path)
+            save_ground_truth(spec, root.root / "ground_truth" / f"{video_id}.npz")
+        else:
+            render_stereo_video(spec, path, layout=layout)
+        fx, fy, cx, cy = normalized_intrinsics(spec)
+        entry = CatalogEntry(video_id=video_id, url=f"file://{path}", dataset="synth" if layout == "mono" else "synth3d",
+                             category="natural", layout=layout, fx=fx, fy=fy, cx=cx, cy=cy)
+        record = ingest_video(entry, path, root, configs[split])
+        if record["status"] != "ok":
+            raise RuntimeError(f"ingest of {video_id} failed: {record}")
+        records[video_id] = {"split": split, "kept": record["frames_kept"], "decoded": record["frames_decoded"]}
+    publish(root, configs["train"])
+    return {"root": str(root.root), "videos": records}
+
+
+def manifests(data_root: Path, *datasets: str) -> list[str]:
+    return [str(data_root / "manifest" / f"{d}.parquet") for d in datasets]
+
+
+def train_config(args: argparse.Namespace, out_dir: Path, **extra: Any) -> TrainConfig:
+    overrides: dict[str, Any] = {
+        "data": {"height": args.height, "width": args.width, "batch_size": args.batch_size,
+                 "num_workers": args.workers, "shuffle_buffer": 64, "seed": args.seed,
+                 "augment": {"aspect_prob": args.aspect_prob}},
+        "model": {"encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics},
+        "loss": {"smoothness": args.smoothness, "scales": args.loss_scales},
+        "optim": {"lr": args.lr, "warmup_steps": min(20, args.steps // 10), "max_steps": args.steps,
+                  "precision": "fp32"},
+        "run": {"out_dir": str(out_dir), "log_every": 10, "checkpoint_every": 10**6, "eval_batches": 1,
+                "tensorboard": False, "device": "cpu"},
+        "eval": {"alignment": "lsq_disparity"},
+    }
+    for section, values in extra.items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return load_train_config(overrides=overrides)
+
+
+def evaluate(model: torch.nn.Module | None, cfg: TrainConfig, data_root: Path, datasets: list[str],
+             alignment: str | None = None, predict=None) -> dict[str, dict[str, float]]:
+    """Metrics on the val split of `datasets` with rendered depth where it exists."""
+    if alignment is not None:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"alignment": alignment})})
+    frame = load_manifests(manifests(data_root, *datasets), "val", cfg.data.filters)
+    plan = SamplePlan(frame, cfg.data)
+    model = model if model is not None else _Dummy()
+    return evaluate_model(model, plan, cfg, "cpu", ground_truth=GroundTruth(data_root / "ground_truth"),
+                          predict=predict)
+
+
+class _Dummy(torch.nn.Module):
+    def predict_disparity(self, image):  # never used: a `predict` callable is given with it
+        raise NotImplementedError
+
+
+def untrained(cfg: TrainConfig) -> DepthTraining:
+    """The network `fit` starts from: it seeds torch with data.seed right before building it."""
+    torch.manual_seed(cfg.data.seed)
+    return DepthTraining(cfg.model, cfg.loss)
+
+
+def run_fit(cfg: TrainConfig, paths: list[str]) -> tuple[DepthTraining, dict[str, Any]]:
+    start = time.perf_counter()
+    result = fit(paths, cfg)
+    wall = time.perf_counter() - start
+    model, _ = load_model(result["checkpoint"])
+    rows = [json.loads(line) for line in (Path(cfg.run.out_dir) / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    steps = [r for r in rows if "step_s" in r]
+    info = {"steps": result["step"], "wall_s": round(wall, 1),
+            "median_step_s": round(float(np.median([r["step_s"] for r in steps])), 3),
+            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+            "loss_log": [round(v, 4) for v in losses]}
+    return model, info
+
+
+def pick(metrics: dict[str, dict[str, float]], source: str, keys=("abs_rel", "rmse", "a1")) -> dict[str, float]:
+    values = metrics.get(source, {})
+    return {k: round(values[k], 4) for k in keys if k in values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=150, help="optimiser steps of each training run")
+    parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
+    parser.add_argument("--val-scenes", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each training scene")
+    parser.add_argument("--val-seconds", type=float, default=15.0, help="length of each held-out scene")
+    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
+    parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    parser.add_argument("--speed", type=float, default=2.0, help="camera speed of the mono scenes, m/s")
+    parser.add_argument("--max-height", type=int, default=96, help="pipeline sample.max_height")
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--encoder", default="test_convnext")
+    parser.add_argument("--pose-encoder", default="test_resnet")
+    parser.add_argument("--intrinsics", choices=("given", "learned"), default="given")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--smoothness", type=float, default=1e-3)
+    parser.add_argument("--loss-scales", type=int, default=4)
+    parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("video", "stereo", "motion"), action="append",
+                        help="run only these parts (repeatable; default: all)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, short scenes")
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seconds, args.val_seconds, args.stereo_seconds = 20, 8.0, 5.0, 5.0
+    parts = set(args.only or ("video", "stereo", "motion"))
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        key = [args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.stereo_scenes,
+               args.stereo_seconds, args.max_height, args.speed]
+        cache = work / "dataset.json"
+        if cache.is_file() and json.loads(cache.read_text())["key"] == key:  # --workdir: reuse what is built
+            dataset = json.loads(cache.read_text())["dataset"]
+        else:
+            dataset = build_dataset(work, args.scenes, args.val_scenes, args.seconds, args.val_seconds,
+                                    args.stereo_scenes, args.stereo_seconds, args.max_height, args.speed)
+            cache.write_text(json.dumps({"key": key, "dataset": dataset}))
+        data_root = Path(dataset["root"])
+        build_s = time.perf_counter() - t0
+        out: dict[str, Any] = {
+            "setup": {"render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps", "sample_max_height": args.max_height,
+                      "train_size": f"{args.height}x{args.width}", "batch_size": args.batch_size,
+                      "encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics,
+                      "lr": args.lr, "steps": args.steps, "smoothness": args.smoothness,
+                      "aspect_prob": args.aspect_prob, "seed": args.seed, "eval_alignment": "lsq_disparity",
+                      "videos": dataset["videos"], "build_s": round(build_s, 1)},
+        }
+        video_cfg = train_config(args, work / "run_video")
+        if parts & {"video", "motion"}:
+            base = evaluate(untrained(video_cfg), video_cfg, data_root, ["synth"])
+            const = evaluate(None, video_cfg, data_root, ["synth"],
+                             predict=lambda image: torch.full_like(image[:, :1], 0.5))
+            const_median = evaluate(None, video_cfg, data_root, ["synth"], alignment="median",
+                                    predict=lambda image: torch.full_like(image[:, :1], 0.5))
+            out["video"] = {"untrained": pick(base, "synth/video"),
+                            "constant_lsq": pick(const, "synth/video"),
+                            "constant_median": pick(const_median, "synth/video")}
+        for mode in ("category", "motion"):
+            if (mode == "category" and "video" not in parts) or (mode == "motion" and "motion" not in parts):
+                continue
+            cfg = train_config(args, work / f"run_video_{mode}", data={"support": {"mode": mode}})
+            model, info = run_fit(cfg, manifests(data_root, "synth"))
+            trained = evaluate(model, cfg, data_root, ["synth"])
+            out["video"][f"trained_{mode}"] = {**pick(trained, "synth/video"), "train": info}
+        if "video" in out and "trained_category" in out["video"]:
+            v = out["video"]
+            out["video"]["beats_untrained"] = v["trained_category"]["abs_rel"] < v["untrained"]["abs_rel"]
+            out["video"]["beats_constant"] = v["trained_category"]["abs_rel"] < v["constant_lsq"]["abs_rel"]
+        if "stereo" in parts:
+            cfg = train_config(args, work / "run_stereo")
+            base = evaluate(untrained(cfg), cfg, data_root, ["synth3d", "synth"])
+            model, info = run_fit(cfg, manifests(data_root, "synth3d"))
+            trained = evaluate(model, cfg, data_root, ["synth3d", "synth"])
+            out["stereo"] = {
+                "untrained": pick(base, "synth3d/stereo"), "trained": {**pick(trained, "synth3d/stereo"),
+                                                                      "train": info},
+                "on_mono_val_depth": {"untrained": pick(base, "synth/video"), "trained": pick(trained, "synth/video")},
+            }
+            out["stereo"]["beats_untrained"] = out["stereo"]["trained"]["abs_rel"] < out["stereo"]["untrained"]["abs_rel"]
+        out["wall_s"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
