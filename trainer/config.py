@@ -57,7 +57,7 @@ class DataConfig(_Section):
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(256, ge=1)
-    row_group_cache: int = Field(4, ge=1)  # decoded-free row groups each worker keeps open
+    row_group_cache: int = Field(4, ge=1)  # shard row groups each loader worker keeps in memory
     split: str = "train"
     val_split: str = "val"
     seed: int = 0

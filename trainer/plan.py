@@ -44,7 +44,6 @@ class SamplePlan:
         self.avail = _clip_availability(self.frame)
         self.sources = _sources(self.frame)
         self.source_of = np.empty(len(self.frame), np.int64)
-        self.eligible = np.zeros(len(self.frame), bool)
         for index, (dataset, kind) in enumerate(self.sources):
             rows = ((self.frame["dataset"] == dataset) & (self.frame["kind"] == kind)).to_numpy()
             self.source_of[rows] = index
