@@ -1,6 +1,6 @@
 """Training-batch throughput of the Parquet shard loader against a folder-of-JPEG loader. Prints JSON.
 
-    python benchmarks/bench_loader.py [--videos 4] [--seconds 50] [--size 640x384] [--batches 100]
+    python benchmarks/bench_loader.py [--videos 4] [--seconds 50] [--size 640x384] [--batches 200] [--workdir DIR]
 
 A curated dataset is built without Prefect (render, ingest, publish) from synthetic canyon videos, every
 frame kept (no trims, no decimation). Its frames are then also written out in SlowTV's on-disk layout, one
@@ -15,7 +15,8 @@ loader, skips --warmup batches and times --batches (row-group reads of the shard
 timed window, as they do in training). Medians over rounds and the ratio shard/folder are reported, with
 the seconds per batch each can sustain, next to one training step of a small model on this CPU for context.
 `in_process` builds the same planned batches in the main process, without a DataLoader: the per-batch cost
-once row groups are cached, the shard builder's first pass (which reads them), and one row-group read. The page cache is warm for both (the files were just written): a cold cache is not simulated.
+once row groups are cached, the shard builder's first pass (which reads them), and one row-group read.
+The page cache is warm for both (the files were just written): a cold cache is not simulated.
 """
 from __future__ import annotations
 
@@ -242,8 +243,9 @@ def main() -> None:
         key = [args.videos, args.seconds, width, height]
         cache = work / "dataset.json"
         t0 = time.perf_counter()
-        if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-            manifest, dataset = Path(json.loads(cache.read_text())["manifest"]), json.loads(cache.read_text())["dataset"]
+        if cache.is_file() and json.loads(cache.read_text())["key"] == key:  # --workdir: reuse what is built
+            stored = json.loads(cache.read_text())
+            manifest, dataset = Path(stored["manifest"]), stored["dataset"]
         else:
             manifest, dataset = build_dataset(work, args.videos, args.seconds, width, height)
             cache.write_text(json.dumps({"key": key, "manifest": str(manifest), "dataset": dataset}))
