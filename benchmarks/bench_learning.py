@@ -116,7 +116,8 @@ def train_config(args: argparse.Namespace, out_dir: Path, **extra: Any) -> Train
                  "num_workers": args.workers, "shuffle_buffer": 64, "seed": args.seed,
                  "augment": {"aspect_prob": args.aspect_prob}},
         "model": {"encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics},
-        "loss": {"smoothness": args.smoothness, "scales": args.loss_scales, "automask": args.automask},
+        "loss": {"smoothness": args.smoothness, "scales": args.loss_scales, "automask": args.automask,
+                 "photometric_resolution": args.photometric_resolution},
         "optim": {"lr": args.lr, "warmup_steps": min(20, args.steps // 10), "max_steps": args.steps,
                   "precision": "fp32"},
         "run": {"out_dir": str(out_dir), "log_every": 10, "checkpoint_every": 10**6, "eval_batches": 1,
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--loss-scales", type=int, default=4)
     parser.add_argument("--no-automask", dest="automask", action="store_false",
                         help="turn off Monodepth2's identity automask (loss.automask)")
+    parser.add_argument("--photometric-resolution", choices=("full", "scale"), default="full",
+                        help="loss.photometric_resolution: compare views at full size or at each scale's size")
     parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("video", "stereo", "motion"), action="append",
@@ -286,6 +289,7 @@ def main() -> None:
                       "encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics,
                       "lr": args.lr, "steps": args.steps, "stereo_steps": args.stereo_steps,
                       "smoothness": args.smoothness, "automask": args.automask,
+                      "photometric_resolution": args.photometric_resolution,
                       "aspect_prob": args.aspect_prob, "seed": args.seed, "eval_alignment": "lsq_disparity",
                       "videos": dataset["videos"], "build_s": round(build_s, 1)},
         }

@@ -90,14 +90,28 @@ def test_reprojection_takes_the_per_pixel_minimum_over_supports():
     assert both < 0.05 and one > 4 * both  # only the 3x3 SSIM windows at the seam disagree
 
 
+def test_identity_winners_count_at_their_identity_error():
+    target = _rand(1, 3, H, W)
+    source = torch.roll(target, 3, dims=3)
+    warped = torch.roll(source, -3, dims=3)
+    warped[..., W // 2 :] = _rand(1, 3, H, W - W // 2, seed=7)  # explains the left half only
+    loss, mask = reprojection_loss(target, [warped], [source])
+    expected = torch.minimum(photometric_error(warped, target), photometric_error(source, target)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=0)
+    # Dividing by the trained pixels alone would score this near zero, as if the right half were explained.
+    assert mask.float().mean() < 0.75 and loss > 0.25 * photometric_error(source, target).mean()
+
+
 def test_reprojection_ignores_invalid_warps_and_never_returns_nan():
     target = _rand(1, 3, H, W)
     warped = torch.zeros(1, 3, H, W, requires_grad=True)
     valid = torch.zeros(1, 1, H, W, dtype=torch.bool)
-    loss, mask = reprojection_loss(target, [warped], [_rand(1, 3, H, W, seed=2)], valid=[valid])
-    assert not mask.any() and loss == 0
+    source = _rand(1, 3, H, W, seed=2)
+    loss, mask = reprojection_loss(target, [warped], [source], valid=[valid])
+    assert not mask.any()  # the identity wins everywhere: it scores, but trains nothing
+    torch.testing.assert_close(loss, photometric_error(source, target).mean(), atol=1e-4, rtol=0)
     loss.backward()
-    assert torch.isfinite(warped.grad).all()
+    assert torch.isfinite(warped.grad).all() and not warped.grad.any()
     valid[..., :10] = True
     loss, mask = reprojection_loss(target, [warped], [target], valid=[valid], automask=False)
     assert mask.sum() == H * 10

@@ -90,6 +90,10 @@ class LossConfig(_Section):
     smoothness: float = Field(1e-3, ge=0)
     automask: bool = True
     scales: int = Field(4, ge=1, le=4)
+    # full: every scale's disparity is upsampled and the views compared at full resolution (Monodepth2).
+    # scale: each scale compares views downsampled to its own size (SfMLearner, Monodepth); coarse
+    # scales then see motions of a few pixels, which widens the basin the pose net must find.
+    photometric_resolution: Literal["full", "scale"] = "full"
     ssi_alpha: float = Field(0.5, ge=0)
     ssi_trim: float = Field(0.2, ge=0, lt=1)
     ssi_alignment: Literal["median", "lsq"] = "median"

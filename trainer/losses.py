@@ -47,11 +47,15 @@ def reprojection_loss(
     valid: list[Tensor] | None = None,
     automask: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Per-pixel minimum photometric error over supports, automasked: (mean over used pixels, mask_used).
+    """Per-pixel minimum photometric error over supports, automasked: (loss, mask_used).
 
     A warped pixel that is not valid cannot win the minimum. With automask, the identity errors of the
-    unwarped sources (plus tiny noise) join the minimum and pixels where one wins are dropped: static
-    scenes, objects moving with the camera, and textureless regions. mask_used is [B,1,H,W] bool.
+    unwarped sources (plus tiny noise) join the minimum, and pixels where one wins are not trained:
+    static scenes, objects moving with the camera, textureless regions. mask_used is [B,1,H,W] bool.
+    The loss is the mean of the minimum over every pixel with a finite one, identity winners included
+    (Monodepth2): their error is a constant, but dividing by the used pixels alone would reward a pose
+    that hands the hard pixels to the identity, which on textured scenes makes a wrong motion score
+    better than none.
     """
     errors = torch.cat([photometric_error(w, target) for w in warped], 1)
     if valid is not None:
@@ -63,10 +67,11 @@ def reprojection_loss(
         errors = torch.cat([identity, errors], 1)
         n_identity = identity.shape[1]
     best, index = errors.min(1, keepdim=True)
-    mask = (index >= n_identity) & torch.isfinite(best)
+    finite = torch.isfinite(best)
+    mask = (index >= n_identity) & finite
     # where, not multiply: best is inf where no support was valid, and inf * 0 is NaN.
-    total = torch.where(mask, best, torch.zeros_like(best)).sum()
-    return total / mask.sum().clamp(min=1), mask
+    total = torch.where(finite, best, torch.zeros_like(best)).sum()
+    return total / finite.sum().clamp(min=1), mask
 
 
 def smoothness_loss(disp: Tensor, image: Tensor) -> Tensor:

@@ -46,18 +46,21 @@ class DepthTraining(nn.Module):
         if self.model_cfg.intrinsics == "given":
             known = torch.isfinite(given).all(dim=1, keepdim=True)
             k_norm = torch.where(known, torch.nan_to_num(given), k_norm)
-        k = intrinsics_matrix(k_norm.float(), height, width)
         total = image.new_zeros(())
         reprojection = image.new_zeros(())
-        source_list = [supports[:, s] for s in range(supports.shape[1])]
         outputs = self.depth(image)
         for scale, disp in enumerate(outputs):
-            full = F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False)
-            _, depth = disp_to_depth(full.float(), self.model_cfg.min_depth, self.model_cfg.max_depth)
-            warped, valid = zip(*(warp(src, depth, t.float(), k) for src, t in zip(source_list, transforms)))
-            rep, _ = reprojection_loss(image, list(warped), source_list, list(valid),
-                                       automask=self.loss_cfg.automask)
             small = F.interpolate(image, size=disp.shape[-2:], mode="area")
+            target, sources, disp_at = image, list(supports.unbind(1)), disp
+            if self.loss_cfg.photometric_resolution == "full":
+                disp_at = F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False)
+            elif scale > 0:
+                target = small
+                sources = [F.interpolate(src, size=disp.shape[-2:], mode="area") for src in sources]
+            _, depth = disp_to_depth(disp_at.float(), self.model_cfg.min_depth, self.model_cfg.max_depth)
+            k = intrinsics_matrix(k_norm.float(), *depth.shape[-2:])
+            warped, valid = zip(*(warp(src, depth, t.float(), k) for src, t in zip(sources, transforms)))
+            rep, _ = reprojection_loss(target, list(warped), sources, list(valid), automask=self.loss_cfg.automask)
             smooth = smoothness_loss(disp.float(), small) / (2 ** scale)
             total = total + rep + self.loss_cfg.smoothness * smooth
             reprojection = reprojection + rep.detach()

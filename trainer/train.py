@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.storage import write_bytes_atomic
 from pipeline.torch_compat import resolve_device
 from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import TrainConfig
@@ -61,7 +62,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     batch_iter = iter(make_loader(stream))  # draws the loader's base seed from the global RNG
     if state is not None:
         restore_rng(state)  # after that draw, so the resumed RNG stream matches the uninterrupted one
-    log = RunLog(out_dir, enabled=rank == 0, tensorboard=cfg.run.tensorboard)
+    log = RunLog(out_dir, enabled=rank == 0, tensorboard=cfg.run.tensorboard, start_step=step)
     if rank == 0:
         (out_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     autocast = _autocast(cfg.optim.precision, device)
@@ -167,16 +168,29 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log row; a torn last line (killed mid-write) counts as past any step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLog:
     """JSON lines (always) and TensorBoard scalars (when enabled), written by rank 0 only."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
+        """start_step: the step training resumes after; rows logged past it are dropped (they are redone)."""
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(out_dir / "log.jsonl", "a", encoding="utf-8")
+        path = out_dir / "log.jsonl"
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if _logged_step(line) <= start_step] if start_step and path.is_file() else []
+        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+        self.jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when wanted
 
