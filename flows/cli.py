@@ -101,7 +101,7 @@ def _dedup(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     code = _run_flow("demo", args.data_root, None, None)
-    print(f"\nThe demo dataset is in {DataRoot(args.data_root).root}: shards/, manifest/, stats/, dataset.json.")
+    print(f"\nThe demo dataset is in {DataRoot(args.data_root).name}: shards/, manifest/, stats/, dataset.json.")
     return code
 
 
@@ -145,7 +145,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL {problem}")
     if problems:
         return 1
-    print(f"ok: every shard and table under {DataRoot(args.data_root).root} matches dataset.json")
+    print(f"ok: every shard and table under {DataRoot(args.data_root).name} matches dataset.json")
     return 0
 
 

@@ -91,8 +91,8 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
         logger.error("%s: unexpected error\n%s", entry.video_id, traceback.format_exc())
         record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
     preview = root.preview(entry.dataset, entry.video_id)
-    if record["status"] == "ok" and preview.is_file():
-        create_link_artifact(link=preview.as_uri(), link_text=f"{entry.video_id} contact sheet",
+    if record["status"] == "ok" and root.exists(preview):
+        create_link_artifact(link=root.uri(preview), link_text=f"{entry.video_id} contact sheet",
                              description=f"frames, disparity and sky masks of {entry.dataset}/{entry.video_id}")
     level = logger.info if record["status"] == "ok" else logger.warning
     level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
@@ -153,14 +153,14 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
         for problem in problems:
             logger.warning("catalog %s", problem.message)
         entries = entries[:limit] if limit is not None else entries
-        logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.root,
+        logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.name,
                     cfg.run.workers)
         check_clip_model(cfg)
         briefs = _run_bounded(entries, root, cfg)
     description = publish_task(root, cfg, [_problem_row(p, catalog_path) for p in problems])
     _summary_artifact(briefs, description)
     audit_artifacts(root)
-    result = {"data_root": str(root.root), "counts": description["counts"], "videos": briefs}
+    result = {"data_root": root.name, "counts": description["counts"], "videos": briefs}
     if train is not None:
         datasets = sorted(d for d, n in description["counts"]["samples"].items() if n)
         result["training"] = start_training(root, datasets, train)

@@ -24,11 +24,11 @@ def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: st
     cfg = dedup_config(root, config, epsilon)
     check_clip_model(cfg)
     records = [r for r in load_records(root) if r["status"] == "ok"]
-    logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.root,
+    logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.name,
                 cfg.clip.semdedup.epsilon)
     outcomes = bounded_map(lambda record: embed_task.submit(record, root, cfg), records, cfg.run.workers)
     description = publish_task(root, cfg, previous_catalog_problems(root))
     audit_artifacts(root)
     clip = {k: v for k, v in description["clip"].items() if k != "embeddings"}
-    return {"data_root": str(root.root), "counts": description["counts"], "clip": clip,
+    return {"data_root": root.name, "counts": description["counts"], "clip": clip,
             "embedded": outcomes.count("embedded"), "failed": outcomes.count("failed")}

@@ -15,6 +15,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_UI_URL
 
 from pipeline.layout import DataRoot
+from trainer.manifest import data_root_of
 
 DEFAULT_DEPLOYMENT = "train/default"
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,8 @@ def train(manifests: list[str], config: str | None = "trainer/configs/demo.yaml"
           nproc_per_node: int = 1, overrides: list[str] | None = None, resume: bool = True) -> dict[str, Any]:
     """Train on `manifests` with torchrun; a retried or rerun flow resumes from the last checkpoint."""
     logger = get_run_logger()
-    out_dir = out_dir or str(DataRoot(Path(manifests[0]).resolve().parent.parent).root / "runs" / "default")
+    # Beside the data on disk; in the working directory of an object-store root.
+    out_dir = out_dir or str(DataRoot(data_root_of(manifests[0])).root / "runs" / "default")
     command = torchrun_command(manifests, config, out_dir, nproc_per_node, overrides or [], resume)
     logger.info("running %s", " ".join(command))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
@@ -77,9 +79,9 @@ def start_training(root: DataRoot, datasets: list[str], spec: dict[str, Any]) ->
     unknown = set(spec) - {"deployment", "config", "out_dir", "nproc_per_node", "overrides", "wait"}
     if unknown:
         raise ValueError(f"unknown keys in the train parameter: {sorted(unknown)}")
-    manifests = [str(root.manifest(d)) for d in datasets if root.manifest(d).is_file()]
+    manifests = [root.address(root.manifest(d)) for d in datasets if root.exists(root.manifest(d))]
     if not manifests:
-        raise ValueError(f"nothing to train on: no manifest under {root.root / 'manifest'}")
+        raise ValueError(f"nothing to train on: no manifest under {root.address(root.root / 'manifest')}")
     parameters: dict[str, Any] = {"manifests": manifests}
     for key in ("config", "out_dir", "nproc_per_node", "overrides"):
         if key in spec:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +16,6 @@ from pipeline.previews import colorize_disparity, contact_sheet, mask_image, wri
 from pipeline.probe import VideoInfo, probe_video
 from pipeline.sampling import SampleCounts, plan_sampling, sample_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
-from pipeline.storage import remove_stale_temps, write_bytes_atomic
 
 ProgressFn = Callable[[float, str], None]
 
@@ -25,7 +23,7 @@ ProgressFn = Callable[[float, str], None]
 def load_record(root: DataRoot, entry: CatalogEntry) -> dict[str, Any] | None:
     path = root.video_record(entry.dataset, entry.video_id)
     try:
-        return json.loads(path.read_text())
+        return json.loads(root.read_bytes(path))
     except (OSError, ValueError):
         return None  # absent, or torn by a crash before the atomic rename (cannot happen, but harmless)
 
@@ -45,7 +43,7 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
     for directory in (shard_dir, frames_dir):
-        remove_stale_temps(directory)
+        root.remove_stale_temps(directory)
     try:
         info = probe_video(video_path)
         plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")  # fail fast, before any writer opens
@@ -62,11 +60,14 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
             raise
     except VideoError as exc:
         return write_failure(entry, root, cfg, exc, info=locals().get("info"))
-    _remove_unlisted(shard_dir, shard_parts)
-    _remove_unlisted(frames_dir, frame_parts)
+    root.upload(*(p.path for p in shard_parts + frame_parts))  # object-store root: publish the parts
+    _remove_unlisted(root, shard_dir, shard_parts)
+    _remove_unlisted(root, frames_dir, frame_parts)
     record = _base_record(entry, cfg, "ok", info=info)
     if counts.previews:
-        write_preview_jpeg(_contact_sheet(counts.previews), root.preview(entry.dataset, entry.video_id))
+        preview = root.preview(entry.dataset, entry.video_id)
+        write_preview_jpeg(_contact_sheet(counts.previews), preview)
+        root.upload(preview)
     record.update(_counts_fields(counts), warning=counts.warning, detected_layout=counts.layout,
                   shards=[_part_entry(root, p) for p in shard_parts],
                   frame_parts=[_part_entry(root, p) for p in frame_parts])
@@ -79,9 +80,9 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
     """Record a failed video and remove any output an earlier successful run left for it."""
     for directory in (root.shard_dir(entry.dataset, entry.video_id),
                       root.video_frames_dir(entry.dataset, entry.video_id)):
-        shutil.rmtree(directory, ignore_errors=True)
-    root.preview(entry.dataset, entry.video_id).unlink(missing_ok=True)
-    root.embeddings(entry.dataset, entry.video_id).unlink(missing_ok=True)
+        root.remove_dir(directory)
+    root.remove(root.preview(entry.dataset, entry.video_id))
+    root.remove(root.embeddings(entry.dataset, entry.video_id))
     record = _base_record(entry, cfg, error.reason, info=info)
     record["error"] = error.message
     record["retryable"] = error.transient
@@ -130,14 +131,14 @@ def _part_entry(root: DataRoot, part: PartFile) -> dict[str, Any]:
     return {"path": root.relative(part.path), "rows": part.rows, "bytes": part.bytes, "sha256": part.sha256}
 
 
-def _remove_unlisted(directory: Path, parts: list[PartFile]) -> None:
+def _remove_unlisted(root: DataRoot, directory: Path, parts: list[PartFile]) -> None:
     """Drop parts an earlier run (other config, longer output) left behind."""
     keep = {p.path.name for p in parts}
-    for stale in directory.glob("*.parquet"):
+    for stale in root.glob(directory, "*.parquet"):
         if stale.name not in keep:
-            stale.unlink()
+            root.remove(stale)
 
 
 def _write_record(root: DataRoot, entry: CatalogEntry, record: dict[str, Any]) -> None:
     data = json.dumps(record, indent=1, sort_keys=True, default=str).encode()
-    write_bytes_atomic(root.video_record(entry.dataset, entry.video_id), data)
+    root.write_bytes(root.video_record(entry.dataset, entry.video_id), data)  # the done-marker: last

@@ -19,12 +19,11 @@ from pipeline.layout import DataRoot
 from pipeline.schema import (CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
                              MANIFEST_SCHEMA, PUBLISH_DROP_REASONS, SAMPLE_COLUMNS, SCHEMA_VERSION,
                              VIDEO_STATS_SCHEMA)
-from pipeline.storage import write_bytes_atomic
 
 
 def load_records(root: DataRoot) -> list[dict[str, Any]]:
     """Every finished video's record, in (dataset, video_id) order: the order that decides dedup winners."""
-    records = [json.loads(p.read_text()) for p in root.video_records()]
+    records = [json.loads(data) for data in root.read_many(root.video_records())]
     return sorted(records, key=lambda r: (r["dataset"], r["video_id"]))
 
 
@@ -53,14 +52,14 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
     # The manifests go last: a reader who finds one can rely on everything it points to.
     for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
-        write_bytes_atomic(path, outputs[path])
+        root.write_bytes(path, outputs[path])
     description = _description(root, cfg, records, frames, outputs, manifests, clip_info)
-    write_bytes_atomic(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+    root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
     return description
 
 
 def _load_frames(root: DataRoot, records: list[dict[str, Any]]) -> pa.Table:
-    tables = [pq.read_table(root.root / part["path"], schema=FRAME_STATS_SCHEMA)
+    tables = [_read_table(root, part["path"], schema=FRAME_STATS_SCHEMA)
               for record in records if record["status"] == "ok" for part in record["frame_parts"]]
     if not tables:
         return FRAME_STATS_SCHEMA.empty_table()
@@ -97,9 +96,11 @@ def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table
 
 def previous_catalog_problems(root: DataRoot) -> list[dict[str, Any]]:
     """The catalog problems the last publish recorded, so a corpus-only rerun (no catalog at hand) keeps them."""
-    if not root.videos_table.is_file():
+    if not root.exists(root.videos_table):
         return []
-    table = pq.read_table(root.videos_table, columns=["dataset", "video_id", "catalog_line", "status", "error"])
+    columns = ["dataset", "video_id", "catalog_line", "status", "error"]
+    with root.open_parquet(root.videos_table, columns) as source:
+        table = pq.read_table(source, columns=columns)
     problems = []
     for row in table.filter(pc.equal(table["status"], "catalog_error")).to_pylist():
         reason, _, message = (row["error"] or "").partition(": ")  # written as f"{reason}: {message}"
@@ -169,7 +170,7 @@ def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[st
         # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
         video_kept = kept.get((record["dataset"], record["video_id"]), empty)
         for part in record["shards"]:
-            table = pq.read_table(root.root / part["path"], columns=list(SAMPLE_COLUMNS))
+            table = _read_table(root, part["path"], columns=list(SAMPLE_COLUMNS))
             table = table.append_column("shard", pa.array([part["path"]] * table.num_rows, pa.string()))
             table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
             position = pc.index_in(table["sample_id"], value_set=video_kept["sample_id"])
@@ -181,6 +182,13 @@ def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[st
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
+
+
+def _read_table(root: DataRoot, relative: str, columns: list[str] | None = None, schema: pa.Schema | None = None
+                ) -> pa.Table:
+    """A Parquet file under the data root (only `columns`: an object store then sends no pixels)."""
+    with root.open_parquet(root.root / relative, columns) as source:
+        return pq.read_table(source, columns=columns, schema=schema)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

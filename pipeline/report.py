@@ -1,8 +1,10 @@
 """Human-readable summaries of a dataset: what was kept, what was dropped and why, what failed."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.layout import DataRoot
@@ -12,13 +14,13 @@ from pipeline.verify import read_description
 
 def summarize(root: DataRoot) -> dict[str, Any]:
     description = read_description(root)
-    videos = pq.read_table(root.videos_table, columns=["dataset", "video_id", "status", "error",
-                                                        "frames_decoded", "frames_kept"]).to_pylist()
+    videos = _read(root, root.videos_table, columns=["dataset", "video_id", "status", "error",
+                                                   "frames_decoded", "frames_kept"]).to_pylist()
     counts = dict(description["counts"])
     counts["videos"] = {"ok": sum(v["status"] == "ok" for v in videos),
                         "failed": sum(v["status"] != "ok" for v in videos),
                         **{f"status:{k}": n for k, n in description["counts"]["videos"].items()}}
-    return {"data_root": str(root.root), "counts": counts, "videos": videos}
+    return {"data_root": root.name, "counts": counts, "videos": videos}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -43,8 +45,8 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
 
     Only the reasons that dropped something anywhere get a column, so the tables stay readable.
     """
-    videos = [v for v in pq.read_table(root.videos_table).to_pylist() if v["status"] != "catalog_error"]
-    categories = pq.read_table(root.categories_table).to_pylist()
+    videos = [v for v in _read(root, root.videos_table).to_pylist() if v["status"] != "catalog_error"]
+    categories = _read(root, root.categories_table).to_pylist()
     reasons = [f"dropped_{r}" for r in DROP_REASONS if any(v[f"dropped_{r}"] for v in videos)]
     keys = ("frames_decoded", "frames_kept", *reasons)
     video_rows = [{"dataset": v["dataset"], "video_id": v["video_id"], "category": v["category"],
@@ -52,3 +54,8 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
     category_rows = [{"dataset": c["dataset"], "category": c["category"], "videos": c["videos"],
                       "videos_ok": c["videos_ok"], **{k: c[k] for k in keys}} for c in categories]
     return video_rows, category_rows
+
+
+def _read(root: DataRoot, path: Path, columns: list[str] | None = None) -> pa.Table:
+    with root.open_parquet(path, columns) as source:
+        return pq.read_table(source, columns=columns)

@@ -9,14 +9,13 @@ from pipeline.layout import DataRoot
 from pipeline.schema import (CATEGORY_STATS_SCHEMA, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA,
                              VIDEO_STATS_SCHEMA, SchemaVersionError, check_version, check_version_string,
                              embedding_schema)
-from pipeline.storage import sha256_file
 
 
 def read_description(root: DataRoot) -> dict:
     """dataset.json, after checking its schema version is one this code reads."""
-    if not root.dataset_json.is_file():
-        raise FileNotFoundError(f"no dataset.json under {root.root}: not a depthcurate dataset, or never published")
-    description = json.loads(root.dataset_json.read_text())
+    if not root.exists(root.dataset_json):
+        raise FileNotFoundError(f"no dataset.json under {root.name}: not a depthcurate dataset, or never published")
+    description = json.loads(root.read_bytes(root.dataset_json))
     check_version_string(str(description.get("schema_version", "none")), "dataset.json")
     return description
 
@@ -41,12 +40,14 @@ def verify_dataset(root: DataRoot) -> list[str]:
 
 def _check_file(root: DataRoot, relative: str, digest: str, schema, rows: int | None) -> list[str]:
     path = root.root / relative
-    if not path.is_file():
+    if not root.exists(path):
         return [f"{relative}: missing"]
-    if sha256_file(path) != digest:
+    if root.sha256(path) != digest:
         return [f"{relative}: sha256 mismatch (file changed or corrupted since publishing)"]
     try:
-        found = pq.read_schema(path)
+        with root.open(path) as source:
+            parquet = pq.ParquetFile(source)
+            found, metadata = parquet.schema_arrow, parquet.metadata
         check_version(found, relative)
     except SchemaVersionError as exc:
         return [str(exc)]
@@ -54,6 +55,6 @@ def _check_file(root: DataRoot, relative: str, digest: str, schema, rows: int | 
         return [f"{relative}: unreadable Parquet ({exc})"]
     if not found.remove_metadata().equals(schema.remove_metadata()):
         return [f"{relative}: schema differs from the documented one"]
-    if rows is not None and pq.ParquetFile(path).metadata.num_rows != rows:
-        return [f"{relative}: {pq.ParquetFile(path).metadata.num_rows} rows, dataset.json says {rows}"]
+    if rows is not None and metadata.num_rows != rows:
+        return [f"{relative}: {metadata.num_rows} rows, dataset.json says {rows}"]
     return []

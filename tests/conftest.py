@@ -140,3 +140,63 @@ def clip_settings(tmp_path_factory) -> dict:
     checkpoint = save_random_checkpoint("tiny-clip-test", directory / "tiny.pt", architecture=architecture)
     return {"enabled": True, "model": "tiny-clip-test", "architecture": str(architecture),
             "checkpoint": str(checkpoint), "batch_size": 16}
+
+
+# Object storage: a moto S3 server on loopback (the server s3fs's own test suite uses).
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIADEPTHCURATE7Q2X", "AWS_SECRET_ACCESS_KEY": "dc-test-secret-5b8e1f0a9c"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> str:
+    """Endpoint URL of an S3-compatible server on 127.0.0.1, shared by the session.
+
+    Its request recorder (/moto-api/recorder/) writes to a temporary file: tests read the order of requests there.
+    """
+    import logging
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOTO_RECORDER_FILEPATH", str(tmp_path_factory.mktemp("moto") / "recording"))
+        import moto.moto_api  # noqa: F401 - its recorder reads the file path on import
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _forget_s3_filesystems() -> None:
+    # fsspec caches filesystem instances with the credentials and endpoint they were made with.
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path_factory) -> dict[str, str]:
+    """AWS_* variables pointing boto at the loopback server, for this test only; returns them (to look for leaks)."""
+    nowhere = tmp_path_factory.mktemp("aws") / "none"  # no ~/.aws config or profile of the machine applies
+    env = {**S3_TEST_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server,
+           "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere)}
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _forget_s3_filesystems()
+    yield env
+    _forget_s3_filesystems()
+
+
+@pytest.fixture
+def s3_bucket(s3_env) -> str:
+    """A new, empty bucket on the loopback server, as s3://<name>."""
+    import uuid
+
+    import fsspec.core
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs, _ = fsspec.core.url_to_fs(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"

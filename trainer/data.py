@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline import objectstore
 from pipeline.disparity import decode_disparity_png, decode_mask_png
 from trainer import augment
 from trainer.config import DataConfig
@@ -40,8 +41,12 @@ class ShardReader:
         key = (path, group, stereo)
         table = self._groups.get(key)
         if table is None:
+            columns = _STEREO_COLUMNS if stereo else ["image"]
             try:
-                table = pq.ParquetFile(path).read_row_group(group, columns=_STEREO_COLUMNS if stereo else ["image"])
+                # A path as it is; a URL through fsspec, opened here in the worker, with just this row group's
+                # column chunks fetched.
+                with objectstore.open_parquet(path, columns=columns, row_groups=[group]) as source:
+                    table = pq.ParquetFile(source).read_row_group(group, columns=columns)
             except FileNotFoundError as exc:
                 raise ManifestError(f"shard {path} listed in the manifest is missing") from exc
             self._groups[key] = table

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline import objectstore
 from pipeline.schema import SchemaVersionError, check_version
 from trainer.config import FilterConfig
 
@@ -19,25 +20,33 @@ class ManifestError(ValueError):
     """A manifest the trainer cannot use: missing, of an unknown schema version, or empty after filtering."""
 
 
-def data_root_of(manifest: str | Path) -> Path:
-    """A manifest lives at <root>/manifest/<dataset>.parquet; shard paths in it are relative to <root>."""
+def data_root_of(manifest: str | Path) -> Path | str:
+    """A manifest lives at <root>/manifest/<dataset>.parquet; shard paths in it are relative to <root>.
+
+    For an object-store manifest (s3://...) the root is a URL too, and the shards are read through fsspec.
+    """
+    if objectstore.is_remote(manifest):
+        return str(manifest).rsplit("/", 2)[0]
     return Path(manifest).resolve().parent.parent
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """One manifest as a DataFrame with `root` (the data root) and `kind` (video or stereo) added."""
-    path = Path(path)
-    if not path.is_file():
+    """One manifest (a path or an object-store URL) as a DataFrame with `root` (the data root) and `kind`
+    (video or stereo) added."""
+    path = path if objectstore.is_remote(path) else Path(path)
+    if not objectstore.exists(path):
         raise ManifestError(f"manifest {path} does not exist")
     try:
-        schema = pq.read_schema(path)
+        with objectstore.open_input(path) as source:
+            schema = pq.read_schema(source)
         check_version(schema, f"manifest {path}")
     except SchemaVersionError as exc:
         raise ManifestError(str(exc)) from exc
     missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
         raise ManifestError(f"manifest {path} lacks columns {missing}")
-    frame = pq.read_table(path).to_pandas()  # no pixels in a manifest: every column is cheap and filterable
+    with objectstore.open_parquet(path) as source:
+        frame = pq.read_table(source).to_pandas()  # no pixels in a manifest: every column is cheap and filterable
     frame["root"] = str(data_root_of(path))
     frame["kind"] = np.where(frame["layout"].isna(), "video", "stereo")
     return frame
@@ -75,5 +84,5 @@ def load_manifests(paths: list[str | Path], split: str | None, filters: FilterCo
 def check_shards(frame: pd.DataFrame) -> None:
     """Fail fast, naming the file, when a shard the manifest lists is missing."""
     for root, shard in frame[["root", "shard"]].drop_duplicates().itertuples(index=False):
-        if not (Path(root) / shard).is_file():
+        if not objectstore.exists(objectstore.join(root, shard)):
             raise ManifestError(f"shard {shard} listed in the manifest is missing under {root}")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline import objectstore
 from trainer.config import DataConfig, SupportConfig
 
 KINDS = ("video", "stereo")
@@ -125,7 +125,7 @@ def _row_groups(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     groups = np.zeros(len(frame), np.int64)
     offsets = np.zeros(len(frame), np.int64)
     for (root, shard), index in frame.groupby(["root", "shard"], sort=False).groups.items():
-        starts = _row_group_starts(str(Path(root) / shard))
+        starts = _row_group_starts(objectstore.join(root, shard))
         rows = frame.loc[index, "row"].to_numpy()
         group = np.searchsorted(starts, rows, side="right") - 1
         groups[index] = group
@@ -135,7 +135,8 @@ def _row_groups(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4096)
 def _row_group_starts(path: str) -> np.ndarray:
-    meta = pq.ParquetFile(path).metadata
+    with objectstore.open_input(path) as source:
+        meta = pq.ParquetFile(source).metadata
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
