@@ -140,3 +140,14 @@ def clip_settings(tmp_path_factory) -> dict:
     checkpoint = save_random_checkpoint("tiny-clip-test", directory / "tiny.pt", architecture=architecture)
     return {"enabled": True, "model": "tiny-clip-test", "architecture": str(architecture),
             "checkpoint": str(checkpoint), "batch_size": 16}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL on 127.0.0.1 for the session, installed by scripts/setup_postgres.sh when missing."""
+    from prefect_services import install_postgres, postgres_bin_dir, postgres_server
+
+    if postgres_bin_dir() is None and shutil.which("apt-get") is None:
+        pytest.skip("PostgreSQL is not installed and there is no apt-get to install it (scripts/setup_postgres.sh)")
+    with postgres_server(install_postgres()) as running:
+        yield running
