@@ -75,20 +75,19 @@ def postgres_server(bin_dir: Path, database: str = "prefect") -> Iterator[Postgr
     pwfile.write_text(password + "\n")
     as_owner = _postgres_owner(base)
     port = free_port()
-    started = False
     try:
         _run([*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}",
               "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"])
         with open(data / "postgresql.conf", "a") as conf:
             # No Unix socket: nothing to clash with the system's /var/run/postgresql, and TCP needs the password.
             conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n")
-        _run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"])
-        started = True
+        _run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"],
+             log=log)
         _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, database],
              env={**os.environ, "PGPASSWORD": password})
         yield Postgres(f"postgresql+asyncpg://{PG_USER}:{password}@127.0.0.1:{port}/{database}", port, data)
     finally:
-        if started:
+        if (data / "postmaster.pid").exists():  # also after a start that timed out
             subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                            capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -115,10 +114,12 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _run(command: list[str], env: dict | None = None) -> None:
+def _run(command: list[str], env: dict | None = None, log: Path | None = None) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        server_log = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+                           f"\n{server_log}")
 
 
 # ---------------------------------------------------------------- Prefect server

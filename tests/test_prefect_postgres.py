@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -41,6 +42,17 @@ def _most_at_once(intervals: list[tuple]) -> int:
         open_now += step
         most = max(most, open_now)
     return most
+
+
+def test_the_postgres_fixture_listens_on_loopback_only_and_wants_the_password(postgres):
+    import asyncpg
+
+    settings = _query(postgres.url, "SELECT current_setting('listen_addresses'), "
+                                    "current_setting('unix_socket_directories')")
+    assert tuple(settings[0]) == ("127.0.0.1", "")
+    password = urlsplit(postgres.url).password
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        _query(postgres.url.replace(f":{password}@", ":not-the-password@"), "SELECT 1")
 
 
 def test_a_postgres_backed_server_runs_200_videos_and_a_concurrent_run(postgres, tmp_path: Path):
