@@ -200,3 +200,14 @@ def s3_bucket(s3_env) -> str:
     fs, _ = fsspec.core.url_to_fs(f"s3://{name}")
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL on 127.0.0.1 for the session, installed by scripts/setup_postgres.sh when missing."""
+    from prefect_services import install_postgres, postgres_bin_dir, postgres_server
+
+    if postgres_bin_dir() is None and shutil.which("apt-get") is None:
+        pytest.skip("PostgreSQL is not installed and there is no apt-get to install it (scripts/setup_postgres.sh)")
+    with postgres_server(install_postgres()) as running:
+        yield running

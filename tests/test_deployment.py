@@ -2,93 +2,30 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from prefect_services import PREFECT, deploy_all, prefect_server
+from prefect_services import prefect_cli as _prefect
+from prefect_services import run_deployment as _run_deployment
 
-REPO = Path(__file__).resolve().parent.parent
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    home = tmp_path_factory.mktemp("prefect_home")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PWD": str(REPO)}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        _wait_healthy(port, proc, home / "server.log")
-        yield env
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("prefect server did not become healthy within 120 s")
-
-
-def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def _run_deployment(env: dict, cwd: Path, name: str, *params: str) -> None:
-    """Run deployment `name` with a process worker that takes one run and exits; fail unless it completes."""
-    created = _prefect(env, "deployment", "run", name, *[arg for p in params for arg in ("--param", p)]).stdout
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
-    # The run exists before the worker starts: a --run-once worker polls once and exits when it finds nothing.
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"], env=env,
-                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _prefect(env, "flow-run", "watch", run_id, timeout=420)  # exits non-zero unless the run completes
-        worker.wait(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGINT)
-            worker.wait(timeout=30)
+    """A Prefect server (SQLite) on loopback; yields the clients' environment."""
+    with prefect_server(tmp_path_factory.mktemp("prefect_home")) as running:
+        yield running.env
 
 
 @pytest.fixture(scope="module")
 def demo_deployed(server, tmp_path_factory) -> Path:
     """Every deployment of prefect.yaml registered, and one run of curate/demo; returns its data root."""
     env = server
-    _prefect(env, "work-pool", "create", "depthcurate", "--type", "process")
-    _prefect(env, "--no-prompt", "deploy", "--all")
+    deploy_all(env)
     work = tmp_path_factory.mktemp("deployed")
     _run_deployment(env, work, "curate/demo", f"data_root={work / 'data'}", "limit=4")
     return work / "data"
