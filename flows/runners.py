@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -67,10 +68,25 @@ def task_submitter(cfg: CurateConfig) -> Iterator[Submit]:
                               ray.cluster_resources().get("CPU", 0), gpus)
 
         def submit(task: Task, parameters: dict[str, Any], devices: tuple[str, ...]) -> PrefectFuture:
+            _ship_path_loaded_module(task)
             with remote_options(**ray_resources(devices, gpus, cfg.run.ray.gpus_per_task)):
                 return runner.submit(task, parameters)
 
         yield submit
+
+
+def _ship_path_loaded_module(task: Task) -> None:
+    """Pickle `task`'s module by value when the flow's process loaded it from its file path.
+
+    A deployment loads its entrypoint (flows/curate.py) as a module named `curate`, which Ray workers cannot
+    import, so the task's helpers would not unpickle there; imported as a package module (`flows.curate`) the
+    name has a dot, and workers import it like any other.
+    """
+    import ray.cloudpickle
+
+    name = task.fn.__module__
+    if "." not in name and name in sys.modules:
+        ray.cloudpickle.register_pickle_by_value(sys.modules[name])
 
 
 def ray_runner_settings(ray_cfg: RayConfig) -> dict[str, Any]:
