@@ -14,7 +14,7 @@ from flows.curate import (MAX_WORKERS, audit_artifacts, bounded_map, check_clip_
                           with_ray_address)
 from flows.runners import task_submitter, torch_devices
 from pipeline.clip_curation import dedup_config
-from pipeline.config import load_config, with_overrides
+from pipeline.config import CurateConfig, load_config, with_overrides
 from pipeline.layout import DataRoot
 from pipeline.publish import load_records, previous_catalog_problems
 
@@ -26,11 +26,7 @@ def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: st
     where tasks run, `run.executor` and `run.ray`; `ray_address` set: the embedding tasks run on that Ray cluster)."""
     logger = get_run_logger()
     root = DataRoot(data_root)
-    cfg = dedup_config(root, config, epsilon)
-    if config is not None:
-        placement = load_config(config).run
-        cfg = with_overrides(cfg, {"run": {"executor": placement.executor, "ray": placement.ray.model_dump()}})
-    cfg = with_ray_address(cfg, ray_address)
+    cfg = with_ray_address(placed(dedup_config(root, config, epsilon), config), ray_address)
     check_clip_model(cfg)
     records = [r for r in load_records(root) if r["status"] == "ok"]
     logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.root,
@@ -43,3 +39,11 @@ def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: st
     clip = {k: v for k, v in description["clip"].items() if k != "embeddings"}
     return {"data_root": str(root.root), "counts": description["counts"], "clip": clip,
             "embedded": outcomes.count("embedded"), "failed": outcomes.count("failed")}
+
+
+def placed(cfg: CurateConfig, config: str | None) -> CurateConfig:
+    """`cfg` with the executor settings of the YAML `config` (where tasks run is never in dataset.json)."""
+    if config is None:
+        return cfg
+    run = load_config(config).run
+    return with_overrides(cfg, {"run": {"executor": run.executor, "ray": run.ray.model_dump()}})
