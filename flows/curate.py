@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.catalog import CatalogEntry, read_catalog
-from pipeline.config import CurateConfig, load_config
+from pipeline.config import CurateConfig, load_config, with_overrides
 from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
 from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
 from pipeline.download import DownloadResult, download_video
@@ -30,18 +29,12 @@ from pipeline.errors import VideoError
 from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
+from flows.runners import Submit, download_slot, task_submitter, torch_devices
 from flows.train import start_training
 from pipeline.report import audit_tables
 
 DEMO_CATALOG = "demo"
 MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
-_download_slots: dict[int, threading.Semaphore] = {}
-_slots_lock = threading.Lock()
-
-
-def _slots(n: int) -> threading.Semaphore:
-    with _slots_lock:
-        return _download_slots.setdefault(n, threading.Semaphore(n))
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -59,7 +52,7 @@ def _retry_transient(task, task_run, state) -> bool:
 def download_task(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> DownloadResult:
     logger = get_run_logger()
     reporter = _ThrottledProgress(lambda pct, msg: logger.info("%s download %3d%% %s", entry.video_id, pct, msg))
-    with _slots(cfg.download.parallel):
+    with download_slot(cfg):
         result = download_video(entry, root.videos_dir(entry.dataset), cfg.download, progress=reporter)
     logger.info("%s: %s %s", entry.video_id, "already downloaded" if result.cached else "downloaded", result.path.name)
     return result
@@ -139,14 +132,16 @@ def check_clip_model(cfg: CurateConfig) -> None:
 
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
 def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int | None = None,
-           config: str | None = None, train: dict[str, Any] | None = None) -> dict[str, Any]:
+           config: str | None = None, train: dict[str, Any] | None = None,
+           ray_address: str | None = None) -> dict[str, Any]:
     """Curate every video of `catalog` (a CSV path, or "demo" for the embedded demo) into `data_root`.
 
     `train` set (a dict, {} for defaults; see flows.train.start_training): once the manifests are
-    published, start the training deployment on them.
+    published, start the training deployment on them. `ray_address` set ("auto", "host:port", "ray://..."):
+    the video tasks run on that Ray cluster, whatever `run.executor` says.
     """
     logger = get_run_logger()
-    cfg = load_config(config or (DEMO_CONFIG if catalog == DEMO_CATALOG else None))
+    cfg = with_ray_address(load_config(config or (DEMO_CONFIG if catalog == DEMO_CATALOG else None)), ray_address)
     root = DataRoot(data_root)
     with _catalog_file(catalog, root) as catalog_path:
         entries, problems = read_catalog(catalog_path)
@@ -156,7 +151,8 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
         logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.name,
                     cfg.run.workers)
         check_clip_model(cfg)
-        briefs = _run_bounded(entries, root, cfg)
+        with task_submitter(cfg) as submit:
+            briefs = _run_bounded(submit, entries, root, cfg)
     description = publish_task(root, cfg, [_problem_row(p, catalog_path) for p in problems])
     _summary_artifact(briefs, description)
     audit_artifacts(root)
@@ -167,12 +163,22 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
     return result
 
 
-def _run_bounded(entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig) -> list[dict[str, Any]]:
+def with_ray_address(cfg: CurateConfig, ray_address: str | None) -> CurateConfig:
+    """`cfg`, switched to the Ray cluster at `ray_address` when one is given (a flow parameter)."""
+    if ray_address is None:
+        return cfg
+    return with_overrides(cfg, {"run": {"executor": "ray", "ray": {"address": ray_address}}})
+
+
+def _run_bounded(submit: Submit, entries: list[CatalogEntry], root: DataRoot,
+                 cfg: CurateConfig) -> list[dict[str, Any]]:
     """Keep at most `run.workers` videos in flight; results come back in catalog order."""
     progress_id = create_progress_artifact(progress=0.0, key="curate-progress", description="videos finished")
-    return bounded_map(lambda entry: curate_video.submit(entry, root, cfg), entries, cfg.run.workers,
-                       lambda done: update_progress_artifact(progress_id,
-                                                             progress=100.0 * done / max(1, len(entries))))
+    return bounded_map(
+        lambda entry: submit(curate_video, {"entry": entry, "root": root, "cfg": cfg},
+                             torch_devices(cfg, entry.layout)),
+        entries, cfg.run.workers,
+        lambda done: update_progress_artifact(progress_id, progress=100.0 * done / max(1, len(entries))))
 
 
 def bounded_map(submit: Callable[[Any], Any], items: list[Any], workers: int,

@@ -97,9 +97,24 @@ class WriteConfig(_Section):
     compression: Literal["none", "snappy", "zstd"] = "none"  # JPEG bytes do not compress further
 
 
+class RayConfig(_Section):
+    """The existing Ray cluster that runs the per-video tasks when `run.executor` is "ray"."""
+
+    # "auto": the cluster this machine joined (`ray start --address=...`, or RAY_ADDRESS); "host:6379": a head
+    # node's GCS address; "ray://host:10001": Ray Client. A missing cluster is an error: none is started here.
+    address: str = "auto"
+    # Ray's GPU share for a task whose torch stages (RAFT flow, TorchScript sky, CLIP) run on CUDA; below 1 packs
+    # several such tasks onto one GPU.
+    gpus_per_task: float = Field(1.0, gt=0, le=1)
+
+
 class RunConfig(_Section):
-    workers: int = Field(2, ge=1)  # videos processed at once
+    workers: int = Field(2, ge=1)  # videos processed at once (on Ray too: raise it to use a bigger cluster)
     retry_failed: bool = True  # rerun videos whose earlier attempt failed transiently (timeouts, 5xx)
+    # Where tasks run: "local" is the flow's bounded thread pool; "ray" the cluster of `ray`. Neither changes
+    # a byte of the output, so neither is recorded in dataset.json (see CurateConfig.recorded).
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
 
 
 class FlowConfig(_Section):
@@ -242,8 +257,12 @@ class CurateConfig(_Section):
         relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write", "stereo"})
         return _hash(relevant)
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings dataset.json keeps: all but where the tasks ran (a dedup rerun must not need the cluster)."""
+        return self.model_dump(mode="json", exclude={"run": {"executor", "ray"}})
+
     def full_hash(self) -> str:
-        return _hash(self.model_dump())
+        return _hash(self.recorded())
 
 
 class ConfigError(ValueError):

@@ -203,7 +203,7 @@ def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"depthcurate {_version()}",
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.recorded(),
         "config_hash": cfg.full_hash(),
         "processing_hash": cfg.processing_hash(),
         "counts": {

@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic videos encoded on the fly, a loopback HTTP server, one demo flow run."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -211,3 +212,66 @@ def postgres():
         pytest.skip("PostgreSQL is not installed and there is no apt-get to install it (scripts/setup_postgres.sh)")
     with postgres_server(install_postgres()) as running:
         yield running
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """GCS address of a Ray head on loopback (2 CPUs, no GPU, a 200 MB object store) for the session.
+
+    Started as `ray start --head --block` in a session of its own and stopped by signalling that process group
+    (never `ray stop`, which would stop every Ray on the machine). Its workers import this checkout.
+    """
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    # Ray swaps a loopback --node-ip-address for the machine's routable address unless told that this is a
+    # single-machine cluster; the driver (this process) must agree on the address to find its raylet.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must stay under 107 bytes
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+               "--object-store-memory", str(200 * 2**20), "--include-dashboard", "false", "--temp-dir", str(temp_dir)]
+    for option in ("--ray-client-server-port", "--dashboard-port", "--dashboard-agent-listen-port"):
+        command += [option, str(_free_port())]  # Ray's fixed defaults would collide with another Ray here
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    log = (temp_dir / "head.log").open("wb")
+    head = subprocess.Popen(command, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for_ray(head, temp_dir / "head.log")
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block tears its processes down on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of its group is left
+        log.close()
+        mp.undo()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_ray(head, log_path: Path) -> None:
+    """Return once the head says it is up (`ray start` prints that after the GCS and raylet are)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log_path.read_text(errors="replace"):
+        if head.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray head did not start ({head.poll()}):\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.5)

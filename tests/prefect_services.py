@@ -223,9 +223,13 @@ def run_flow_runs(env: dict, cwd: Path, run_ids: list[str], timeout: float = 420
     return log
 
 
-def run_deployment(env: dict, cwd: Path, name: str, *params: str) -> None:
-    """Run deployment `name` with a process worker that takes one run and exits; fail unless it completes."""
-    run_flow_runs(env, cwd, [create_flow_run(env, name, *params)])
+def run_deployment(env: dict, cwd: Path, name: str, *params: str) -> str:
+    """Run deployment `name` with a process worker that takes one run and exits; fail unless it completes.
+
+    Returns the flow run's id."""
+    run_id = create_flow_run(env, name, *params)
+    run_flow_runs(env, cwd, [run_id])
+    return run_id
 
 
 # ---------------------------------------------------------------- a load of small videos

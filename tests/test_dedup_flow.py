@@ -117,3 +117,15 @@ def test_dedup_embeds_a_dataset_curated_without_clip(prefect_harness, http_root,
     assert (root.embeddings("clip", "walk_mp4")).is_file()
     manifest = pq.read_table(root.manifest("clip"))
     assert manifest.num_rows > 0 and manifest.column("tag_natural").null_count == 0
+
+
+def test_dedup_takes_where_to_run_from_its_config(tmp_path):
+    from flows.dedup import placed
+    from pipeline.config import CurateConfig
+
+    config = tmp_path / "ray.yaml"
+    config.write_text("run: {executor: ray, ray: {address: 'ray://head:10001', gpus_per_task: 0.5}, workers: 9}\n")
+    cfg = placed(CurateConfig(), str(config))
+    assert (cfg.run.executor, cfg.run.ray.address, cfg.run.ray.gpus_per_task) == ("ray", "ray://head:10001", 0.5)
+    assert cfg.run.workers == 2  # the dataset's own settings stay; only where tasks run comes from `config`
+    assert placed(cfg, None) is cfg

@@ -70,3 +70,14 @@ def test_curate_hands_off_to_the_train_deployment(server, demo_deployed, tmp_pat
     wide = {**server, "COLUMNS": "400"}  # rich truncates table cells to the terminal width
     artifacts = _prefect(wide, "artifact", "ls").stdout
     assert "curate-training" in artifacts and "train-checkpoint" in artifacts and "train-metrics" in artifacts
+
+
+def test_a_deployment_runs_on_the_ray_cluster_its_worker_joined(server, demo_deployed, ray_cluster, tmp_path):
+    # RAY_ADDRESS is what `ray start --address=...` leaves a cluster node with; "auto" finds the cluster by it.
+    env = {**server, "RAY_ADDRESS": ray_cluster, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    run_id = _run_deployment(env, tmp_path, "curate/demo", f"data_root={tmp_path / 'data'}", "limit=2",
+                             "ray_address=auto")
+    description = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert description["counts"]["videos"] == {"ok": 2}
+    logs = _prefect(server, "flow-run", "logs", run_id).stdout
+    assert "tasks run on the Ray cluster at auto (2 CPUs, 0 GPUs)" in logs
