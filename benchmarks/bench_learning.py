@@ -1,6 +1,7 @@
 """Does the bundled trainer learn depth? Short CPU runs on rendered scenes with exact depth. Prints JSON.
 
-    python benchmarks/bench_learning.py [--steps 300] [--stereo-steps 200] [--scenes 4] [--quick] [--workdir DIR]
+    python benchmarks/bench_learning.py [--steps 1000] [--stereo-steps 200] [--scenes 4] [--only PART] [--quick]
+                                        [--workdir DIR]
 
 A curated dataset is built without Prefect (ingest + publish, as tests/conftest.py's `train_root`) from
 synthetic canyon videos: `--scenes` mono scenes of which the last `--val-scenes` are held out whole (split
@@ -10,15 +11,17 @@ held-out scenes, AbsRel and friends after least-squares scale-and-shift alignmen
 (b) a constant prediction: lsq alignment of a constant is degenerate and maps it to each image's mean
     true disparity (an oracle constant); median scaling of a constant is reported too; and, as a stronger
     content-free reference, the mean true disparity map of the training split (a layout prior);
-(c) `trainer.train.fit` for `--steps` steps on the video (self-supervised) task, support mode "category";
+(c) `trainer.train.fit` for `--steps` steps on the video (self-supervised) task, support mode "category",
+    views compared at each scale's resolution (`--photometric-resolution scale`);
 (d) SSI training on stereo only (rendered sbs_full videos through the stereo branch), evaluated on held-out
     stereo frames (disparity metrics against the pipeline's flow disparity) against the untrained network,
     and, for reference, on the held-out mono scenes' rendered depth;
-(e) (c) again with `data.support.mode: motion` (same steps, same seed).
+(e) (c) again with `data.support.mode: motion` (same steps, same seed);
+(f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default).
 For each video run, `pose` compares the pose net's translation direction with the rendered camera motion on
 held-out batches (cosine; 1 = right direction): depth cannot be learned from views the pose net misplaces.
-Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). Defaults aim at
-about 4 minutes on 2 idle cores; no pretrained encoder is used (nothing is downloaded).
+Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). Defaults take
+about 15 minutes on 2 idle cores (`--only` runs parts separately); no pretrained encoder is used.
 """
 from __future__ import annotations
 
@@ -232,7 +235,7 @@ def pick(metrics: dict[str, dict[str, float]], source: str, keys=("abs_rel", "rm
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="optimiser steps of each video training run")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps of each video training run")
     parser.add_argument("--stereo-steps", type=int, default=200, help="optimiser steps of the stereo run")
     parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
     parser.add_argument("--val-scenes", type=int, default=1)
@@ -254,18 +257,19 @@ def main() -> None:
     parser.add_argument("--loss-scales", type=int, default=4)
     parser.add_argument("--no-automask", dest="automask", action="store_false",
                         help="turn off Monodepth2's identity automask (loss.automask)")
-    parser.add_argument("--photometric-resolution", choices=("full", "scale"), default="full",
+    parser.add_argument("--photometric-resolution", choices=("full", "scale"), default="scale",
                         help="loss.photometric_resolution: compare views at full size or at each scale's size")
     parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("video", "stereo", "motion"), action="append",
-                        help="run only these parts (repeatable; default: all)")
+    parser.add_argument("--only", choices=("video", "stereo", "motion", "full"), action="append",
+                        help="run only these parts (repeatable; default: all): video (support mode category), "
+                             "motion (support mode motion), full (category at full photometric resolution), stereo")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, short scenes")
     parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.stereo_steps, args.seconds, args.val_seconds, args.stereo_seconds = 20, 20, 8.0, 5.0, 5.0
-    parts = set(args.only or ("video", "stereo", "motion"))
+    parts = set(args.only or ("video", "stereo", "motion", "full"))
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -294,7 +298,7 @@ def main() -> None:
                       "videos": dataset["videos"], "build_s": round(build_s, 1)},
         }
         video_cfg = train_config(args, work / "run_video")
-        if parts & {"video", "motion"}:
+        if parts & {"video", "motion", "full"}:
             initial = untrained(video_cfg)
             base = evaluate(initial, video_cfg, data_root, ["synth"])
             const = evaluate(None, video_cfg, data_root, ["synth"],
@@ -309,20 +313,23 @@ def main() -> None:
                             "constant_lsq": pick(const, "synth/video"),
                             "constant_median": pick(const_median, "synth/video"),
                             "train_mean_disparity_map": pick(layout, "synth/video")}
-        for mode in ("category", "motion"):
-            if (mode == "category" and "video" not in parts) or (mode == "motion" and "motion" not in parts):
+        # name: (part, support mode, photometric resolution)
+        video_runs = {"category": ("video", "category", args.photometric_resolution),
+                      "motion": ("motion", "motion", args.photometric_resolution),
+                      "category_full_resolution": ("full", "category", "full")}
+        for name, (part, mode, resolution) in video_runs.items():
+            if part not in parts or (name == "category_full_resolution" and args.photometric_resolution == "full"):
                 continue
-            cfg = train_config(args, work / f"run_video_{mode}", data={"support": {"mode": mode}})
+            cfg = train_config(args, work / f"run_video_{name}", data={"support": {"mode": mode}},
+                               loss={"photometric_resolution": resolution})
             model, info = run_fit(cfg, manifests(data_root, "synth"))
             trained = evaluate(model, cfg, data_root, ["synth"])
-            out["video"][f"trained_{mode}"] = {**pick(trained, "synth/video"), "train": info,
-                                               "pose": pose_check(model, cfg, data_root)}
-        for mode in ("category", "motion"):
-            if f"trained_{mode}" in out.get("video", {}):
-                v = out["video"]
-                trained_abs_rel = v[f"trained_{mode}"]["abs_rel"]
-                v[f"{mode}_abs_rel_vs_untrained"] = round(trained_abs_rel / v["untrained"]["abs_rel"], 3)
-                v[f"{mode}_abs_rel_vs_constant_lsq"] = round(trained_abs_rel / v["constant_lsq"]["abs_rel"], 3)
+            v = out["video"]
+            v[f"trained_{name}"] = {**pick(trained, "synth/video"), "train": info,
+                                    "pose": pose_check(model, cfg, data_root)}
+            v[f"{name}_abs_rel_vs_untrained"] = round(trained["synth/video"]["abs_rel"] / v["untrained"]["abs_rel"], 3)
+            v[f"{name}_abs_rel_vs_constant_lsq"] = round(trained["synth/video"]["abs_rel"]
+                                                         / v["constant_lsq"]["abs_rel"], 3)
         if "stereo" in parts:
             cfg = train_config(args, work / "run_stereo", optim={"max_steps": args.stereo_steps,
                                                                  "warmup_steps": min(20, args.stereo_steps // 10)})
