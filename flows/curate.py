@@ -27,7 +27,7 @@ from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
 from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
 from pipeline.download import DownloadResult, download_video
 from pipeline.errors import VideoError
-from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
+from pipeline.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
 from flows.train import start_training
@@ -72,10 +72,13 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     logger = get_run_logger()
     record = load_record(root, entry)
     if is_finished(record, cfg):
-        logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
-        if cfg.clip.enabled and record["status"] == "ok":
-            embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
-        return _brief(record, skipped=True)
+        damaged = damaged_outputs(root, record, cfg) if record["status"] == "ok" else []
+        if not damaged:
+            logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
+            if cfg.clip.enabled and record["status"] == "ok":
+                embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
+            return _brief(record, skipped=True)
+        logger.warning("%s: finished earlier, but %s: rebuilding it", entry.video_id, "; ".join(damaged))
     downloader = download_task.with_options(
         retries=cfg.download.attempts - 1,
         retry_delay_seconds=exponential_backoff(backoff_factor=cfg.download.backoff_s) if cfg.download.backoff_s else 0,

@@ -100,6 +100,10 @@ class WriteConfig(_Section):
 class RunConfig(_Section):
     workers: int = Field(2, ge=1)  # videos processed at once
     retry_failed: bool = True  # rerun videos whose earlier attempt failed transiently (timeouts, 5xx)
+    # How a rerun checks a finished video's shards and frame parts against its record before skipping it:
+    # "sha256" re-reads them (disk speed, once per rerun) and catches any changed byte; "size" is one stat
+    # per file and catches only truncated or missing files. A damaged video is rebuilt either way.
+    resume_check: Literal["size", "sha256"] = "sha256"
 
 
 class FlowConfig(_Section):

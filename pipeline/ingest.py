@@ -17,7 +17,7 @@ from pipeline.previews import colorize_disparity, contact_sheet, mask_image, wri
 from pipeline.probe import VideoInfo, probe_video
 from pipeline.sampling import SampleCounts, plan_sampling, sample_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
-from pipeline.storage import remove_stale_temps, write_bytes_atomic
+from pipeline.storage import remove_stale_temps, sha256_file, write_bytes_atomic
 
 ProgressFn = Callable[[float, str], None]
 
@@ -37,6 +37,26 @@ def is_finished(record: dict[str, Any] | None, cfg: CurateConfig) -> bool:
     if record["status"] == "ok":
         return True
     return not (cfg.run.retry_failed and record.get("retryable", True))
+
+
+def damaged_outputs(root: DataRoot, record: dict[str, Any], cfg: CurateConfig) -> list[str]:
+    """Shards and frame parts of a finished video that no longer match its record (empty when all do).
+
+    Only this video's files are looked at, by size, and by sha256 when run.resume_check says so.
+    """
+    problems = []
+    for part in record.get("shards", []) + record.get("frame_parts", []):
+        path = root.root / part["path"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{part['path']} is missing")
+            continue
+        if size != part["bytes"]:
+            problems.append(f"{part['path']} has {size} bytes, its record says {part['bytes']}")
+        elif cfg.run.resume_check == "sha256" and sha256_file(path) != part["sha256"]:
+            problems.append(f"{part['path']} changed since it was written (sha256 mismatch)")
+    return problems
 
 
 def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,

@@ -140,3 +140,27 @@ def clip_settings(tmp_path_factory) -> dict:
     checkpoint = save_random_checkpoint("tiny-clip-test", directory / "tiny.pt", architecture=architecture)
     return {"enabled": True, "model": "tiny-clip-test", "architecture": str(architecture),
             "checkpoint": str(checkpoint), "batch_size": 16}
+
+
+@pytest.fixture
+def small_flow(prefect_harness, small_config, tmp_path):
+    """Run the curate flow in-process on catalog entries with the small test settings (plus overrides).
+
+    Returns run(entries, overrides=None, root=...) -> (data root, flow result); the same root by default,
+    so a second call is a rerun.
+    """
+    import yaml
+
+    from flows.curate import curate
+    from pipeline.catalog import write_catalog
+    from pipeline.config import with_overrides
+
+    def run(entries: list[CatalogEntry], overrides: dict | None = None, root: Path | None = None):
+        root = root or tmp_path / "root"
+        cfg = with_overrides(small_config, overrides or {})
+        config = tmp_path / "small.yaml"
+        config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        catalog = write_catalog(entries, tmp_path / "catalog.csv")
+        return root, curate(catalog=str(catalog), data_root=str(root), config=str(config))
+
+    return run

@@ -6,6 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.catalog import CatalogEntry
 from pipeline.errors import VideoError
 from pipeline.layout import DataRoot
 from pipeline.verify import verify_dataset
@@ -126,3 +127,25 @@ def test_stereo_videos_yield_checked_disparity(demo_run, videos):
 def test_mono_declared_stereo_is_rejected(videos):
     row = videos["mono_as_stereo"]
     assert row.status == "not_stereo" and "sbs_full" in row.error
+
+
+def test_a_damaged_shard_found_at_resume_is_rebuilt(small_flow, http_root):
+    """verify names the changed shard; the rerun redoes that video only (size + sha256 of its own files)."""
+    entries = [CatalogEntry(video_id=vid, url=f"{http_root}/{name}", dataset="test", category="natural")
+               for vid, name in (("walk", "walk.mp4"), ("other", "walk.mkv"), ("cut", "cut.mp4"))]
+    path, _ = small_flow(entries)
+    root = DataRoot(path)
+    shard = root.shard_dir("test", "walk") / "part-00000.parquet"
+    original = shard.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    shard.write_bytes(bytes(flipped))
+    root.video_frames_dir("test", "other").joinpath("frames-00000.parquet").unlink()
+    untouched = {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()}
+    (problem,) = verify_dataset(root)
+    assert "shards/test/walk/part-00000.parquet" in problem
+    _, result = small_flow(entries)
+    assert {v["video_id"]: v["skipped"] for v in result["videos"]} == {"walk": False, "other": False, "cut": True}
+    assert shard.read_bytes() == original  # deterministic: rebuilt byte for byte
+    assert {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()} == untouched
+    assert verify_dataset(root) == []

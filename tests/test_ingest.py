@@ -6,7 +6,7 @@ import json
 import pyarrow.parquet as pq
 
 from pipeline.errors import VideoError
-from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
+from pipeline.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.storage import sha256_file
 
@@ -62,3 +62,21 @@ def test_too_short_for_catalog_trims(video_dir, entry, small_config, tmp_path):
     trimmed = dataclasses.replace(entry, trim_start_s=4.0, trim_end_s=3.0)
     record = ingest_video(trimmed, video_dir / "walk.mp4", DataRoot(tmp_path), small_config)
     assert record["status"] == "too_short" and "6.0s" in record["error"]
+
+
+def test_damaged_outputs_names_changed_truncated_and_missing_files(video_dir, entry, small_config, tmp_path):
+    root = DataRoot(tmp_path)
+    record = ingest_video(entry, video_dir / "walk.mp4", root, small_config)
+    assert damaged_outputs(root, record, small_config) == []
+    shard = tmp_path / record["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    (problem,) = damaged_outputs(root, record, small_config)
+    assert record["shards"][0]["path"] in problem and "sha256" in problem
+    size_only = small_config.model_copy(update={"run": small_config.run.model_copy(update={"resume_check": "size"})})
+    assert damaged_outputs(root, record, size_only) == []  # a stat cannot see a flipped byte ...
+    shard.write_bytes(bytes(data[:-10]))
+    assert "bytes" in damaged_outputs(root, record, size_only)[0]  # ... but sees a truncated file
+    (tmp_path / record["frame_parts"][0]["path"]).unlink()
+    assert any("missing" in p for p in damaged_outputs(root, record, size_only))
