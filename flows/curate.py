@@ -26,7 +26,7 @@ from pipeline.config import CurateConfig, load_config
 from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
 from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
 from pipeline.download import DownloadResult, download_video
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, redact_secrets
 from pipeline.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
@@ -91,7 +91,7 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     except VideoError as exc:
         record = write_failure(entry, root, cfg, exc)
     except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
-        logger.error("%s: unexpected error\n%s", entry.video_id, traceback.format_exc())
+        logger.error("%s: unexpected error\n%s", entry.video_id, redact_secrets(traceback.format_exc()))
         record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
     preview = root.preview(entry.dataset, entry.video_id)
     if record["status"] == "ok" and preview.is_file():

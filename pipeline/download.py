@@ -12,7 +12,8 @@ from yt_dlp.utils import DownloadError, parse_bytes
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, redact_secrets
+from pipeline.storage import write_bytes_atomic
 
 ProgressFn = Callable[[float, str], None]
 
@@ -42,7 +43,8 @@ class DownloadArchive:
             return None
         for line in self.path.read_text().splitlines():
             parts = line.split("\t")
-            if len(parts) == 2 and parts[0] == video_id:
+            # A plain file name only: an edited archive must not point outside the videos directory.
+            if len(parts) == 2 and parts[0] == video_id and parts[1] == Path(parts[1]).name:
                 candidate = self.path.parent / parts[1]
                 if candidate.is_file():
                     return candidate
@@ -86,8 +88,11 @@ def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadCon
     path = _downloaded_path(info, ydl)
     if path is None or not path.is_file():
         raise VideoError("download_failed", f"yt-dlp reported success but no file for {entry.url}")
+    info_path = _info_path(path)
+    if info_path is not None:
+        _redact_info_json(info_path)
     archive.add(entry.video_id, path.name)
-    return DownloadResult(path, _info_path(path), cached=False)
+    return DownloadResult(path, info_path, cached=False)
 
 
 def _options(entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str],
@@ -128,8 +133,16 @@ def _info_path(video: Path) -> Path | None:
     return info if info.is_file() else None
 
 
+def _redact_info_json(path: Path) -> None:
+    """yt-dlp copies the URL, credentials and tokens included, into the .info.json: keep them out of the data."""
+    text = path.read_text(encoding="utf-8")
+    clean = redact_secrets(text)
+    if clean != text:
+        write_bytes_atomic(path, clean.encode("utf-8"))
+
+
 def _classify(message: str) -> VideoError:
-    text = message.replace("ERROR: ", "").strip()
+    text = redact_secrets(message.replace("ERROR: ", "").strip())
     lower = text.lower()
     if "unsupported url" in lower:
         return VideoError("not_a_video", text)

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import CurateConfig
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, redact_secrets
 from pipeline.layout import DataRoot
 from pipeline.parquet_writer import PartFile, PartWriter
 from pipeline.previews import colorize_disparity, contact_sheet, mask_image, write_preview_jpeg
@@ -103,7 +103,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
     root.preview(entry.dataset, entry.video_id).unlink(missing_ok=True)
     root.embeddings(entry.dataset, entry.video_id).unlink(missing_ok=True)
     record = _base_record(entry, cfg, error.reason, info=info)
-    record["error"] = error.message
+    record["error"] = redact_secrets(error.message)
     record["retryable"] = error.transient
     _write_record(root, entry, record)
     return record
@@ -111,7 +111,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
 
 def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: VideoInfo | None) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": entry.url,
+        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": redact_secrets(entry.url),
         "category": entry.category, "subcategory": entry.subcategory, "layout": entry.layout,
         "catalog_line": entry.line, "detected_layout": None, "status": status, "error": None, "warning": None,
         "processing_hash": cfg.processing_hash(), "frames_decoded": 0, "frames_kept": 0, "clips": 0,

@@ -149,3 +149,32 @@ def test_a_damaged_shard_found_at_resume_is_rebuilt(small_flow, http_root):
     assert shard.read_bytes() == original  # deterministic: rebuilt byte for byte
     assert {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()} == untouched
     assert verify_dataset(root) == []
+
+
+def test_credentials_never_reach_the_data_logs_or_artifacts(small_flow, http_root, tmp_path, caplog):
+    """A password and a token in catalog URLs, and a cookies file: none of them is written anywhere."""
+    from prefect.artifacts import Artifact
+
+    secrets = ("PASSWORDSECRET", "TOKENSECRET", "COOKIESECRET")
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tsession\tCOOKIESECRET\n")
+    with_password = http_root.replace("http://", "http://alice:PASSWORDSECRET@")
+    entries = [CatalogEntry(video_id="walk", url=f"{with_password}/walk.mp4?token=TOKENSECRET", dataset="test",
+                            category="natural"),
+               CatalogEntry(video_id="gone", url=f"{with_password}/gone.mp4?token=TOKENSECRET", dataset="test",
+                            category="natural")]
+    bad_url = "ftp://alice:PASSWORDSECRET@127.0.0.1/x.mp4?token=TOKENSECRET"  # refused by the catalog, quoted
+    with caplog.at_level("DEBUG"):
+        path, result = small_flow(entries, {"download": {"cookies_file": str(cookies)}},
+                                  extra_rows=f",bad,{bad_url},test,natural,,,,,,,,,,,\n")
+    assert [v["status"] for v in result["videos"]] == ["ok", "download_failed"]
+    root = DataRoot(path)
+    table = pq.read_table(root.videos_table).to_pylist()
+    assert {r["video_id"]: r["status"] for r in table} == {"walk": "ok", "gone": "download_failed",
+                                                           "bad": "catalog_error"}
+    assert "***@127.0.0.1" in next(r["url"] for r in table if r["video_id"] == "walk")  # still says where
+    leaks = [p for p in path.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+    assert leaks == []  # records, stats tables, manifest, dataset.json, .info.json
+    summary = Artifact.get("curate-summary")
+    assert "gone" in summary.data and not any(s in summary.data + str(summary.description) for s in secrets)
+    assert "walk" in caplog.text and not any(s in caplog.text for s in secrets)

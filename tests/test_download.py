@@ -274,6 +274,9 @@ def test_archive_lookup_and_add(tmp_path):
     assert archive.lookup("a") == tmp_path / "v" / "a.mp4"
     assert archive.lookup("ab") == tmp_path / "v" / "ab.mkv"  # ids match whole, not by prefix
     assert archive.lookup("b") is None
+    archive.add("d", "../outside.mp4")  # a tampered archive line
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    assert archive.lookup("d") is None
     # a re-download under another extension appends a line; the one still on disk wins
     archive.add("c", "c.mp4")
     archive.add("c", "c.webm")
