@@ -1,7 +1,9 @@
 """Turn one downloaded video into its shards, its frame stats and its video record, resumably."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +69,21 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
     for directory in (shard_dir, frames_dir):
         remove_stale_temps(directory)
     try:
+        return _ingest(entry, video_path, root, cfg, progress)
+    except OSError as exc:
+        if not _out_of_space(exc):
+            raise
+        # Transient: the temporary part is gone, and a rerun once there is space redoes the video.
+        return write_failure(entry, root, cfg, VideoError("disk_full", f"writing {entry.dataset}/{entry.video_id}: "
+                                                          f"{exc}", transient=True))
+
+
+def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
+            progress: ProgressFn | None) -> dict[str, Any]:
+    shard_dir = root.shard_dir(entry.dataset, entry.video_id)
+    frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
+    info = None
+    try:
         info = probe_video(video_path)
         plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")  # fail fast, before any writer opens
         shards = PartWriter(shard_dir, SHARD_SCHEMA, row_group_bytes=cfg.write.row_group_bytes,
@@ -81,7 +98,7 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
             frames.abort()
             raise
     except VideoError as exc:
-        return write_failure(entry, root, cfg, exc, info=locals().get("info"))
+        return write_failure(entry, root, cfg, exc, info=info)
     _remove_unlisted(shard_dir, shard_parts)
     _remove_unlisted(frames_dir, frame_parts)
     record = _base_record(entry, cfg, "ok", info=info)
@@ -107,6 +124,12 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
     record["retryable"] = error.transient
     _write_record(root, entry, record)
     return record
+
+
+def _out_of_space(exc: OSError) -> bool:
+    """A full disk, a quota, or a file-size limit; pyarrow's errors carry the errno only in their text."""
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return exc.errno in codes or any(os.strerror(code) in str(exc) for code in codes)
 
 
 def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: VideoInfo | None) -> dict[str, Any]:
