@@ -18,8 +18,18 @@ from pipeline.storage import write_bytes_atomic
 ProgressFn = Callable[[float, str], None]
 
 # Substrings of yt-dlp errors worth another attempt; everything else is final (404, private, removed...).
+# A refused connection is a server that is down, and YouTube's bot check asks for cookies or a slower pace:
+# both may pass, so a later run tries again.
 _TRANSIENT = ("timed out", "timeout", "temporary failure", "http error 5", "http error 429",
-              "connection reset", "remote end closed", "incompleteread", "too many requests")
+              "connection reset", "remote end closed", "incompleteread", "too many requests",
+              "connection refused", "not a bot", "try again later")
+# What YouTube (through yt-dlp) says about a video nobody may download: private, removed, gone with its
+# account, blocked for this country, age-gated, members only.
+_UNAVAILABLE = ("private video", "video is private", "video unavailable", "removed by the uploader",
+                "no longer available", "account associated with this video has been terminated",
+                "has been removed for violating", "not available from your location",
+                "not made this video available in your country", "confirm your age", "members-only",
+                "available to this channel's members")
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,8 @@ def _classify(message: str) -> VideoError:
     lower = text.lower()
     if "unsupported url" in lower:
         return VideoError("not_a_video", text)
+    if any(key in lower for key in _UNAVAILABLE):
+        return VideoError("video_unavailable", text)
     return VideoError("download_failed", text, transient=any(key in lower for key in _TRANSIENT))
 
 

@@ -178,3 +178,29 @@ def test_credentials_never_reach_the_data_logs_or_artifacts(small_flow, http_roo
     summary = Artifact.get("curate-summary")
     assert "gone" in summary.data and not any(s in summary.data + str(summary.description) for s in secrets)
     assert "walk" in caplog.text and not any(s in caplog.text for s in secrets)
+
+
+def test_refused_and_stalled_downloads_are_named_and_the_rest_is_written(small_flow, http_root, video_dir, tmp_path):
+    import socket
+    import subprocess
+
+    odd = tmp_path / "odd.mp4"  # 121x67, a file:// URL; other footage than walk.mp4, so dedup keeps both
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(video_dir / "walk.mkv"), "-vf",
+                    "scale=121:67", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(odd)], check=True)
+    with socket.socket() as silent, socket.socket() as gone:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections queue up and are never answered
+        gone.bind(("127.0.0.1", 0))
+        refused_port = gone.getsockname()[1]
+        gone.close()
+        entries = [CatalogEntry(video_id=vid, url=url, dataset="test", category="natural") for vid, url in (
+            ("walk", f"{http_root}/walk.mp4"), ("refused", f"http://127.0.0.1:{refused_port}/v.mp4"),
+            ("stalled", f"http://127.0.0.1:{silent.getsockname()[1]}/v.mp4"), ("odd", odd.as_uri()))]
+        path, result = small_flow(entries, {"download": {"socket_timeout_s": 0.3}})
+    assert {v["video_id"]: v["status"] for v in result["videos"]} == {
+        "walk": "ok", "refused": "download_failed", "stalled": "download_failed", "odd": "ok"}
+    table = {r["video_id"]: r for r in pq.read_table(DataRoot(path).videos_table).to_pylist()}
+    assert "refused" in table["refused"]["error"].lower() and "timed out" in table["stalled"]["error"].lower()
+    assert (table["odd"]["width"], table["odd"]["height"]) == (121, 67)
+    manifest = pq.read_table(DataRoot(path).manifest("test"), columns=["video_id"])["video_id"].to_pylist()
+    assert set(manifest) == {"walk", "odd"} and verify_dataset(DataRoot(path)) == []
