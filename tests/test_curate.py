@@ -75,16 +75,29 @@ def test_summary_artifact_is_published(demo_run):
     assert {r["video_id"] for r in rows} >= {"canyon_cut", "missing", "tiny"}
 
 
-def test_rerun_downloads_nothing_and_changes_no_byte(demo_run):
+def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
+    import hashlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from flows.curate import curate
 
     def snapshot():
-        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in demo_run.rglob("*")
+        return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in demo_run.rglob("*")
                 if p.is_file() and "demo_sources" not in p.parts}
 
     before = snapshot()
-    result = curate(catalog="demo", data_root=str(demo_run))
+    state = curate(catalog="demo", data_root=str(demo_run), return_state=True)
+    result = state.result()
+    # Skipped: the task returned before its download task and before ingest (probe, ffmpeg decode) ran.
     assert all(v["skipped"] for v in result["videos"])
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            state.state_details.flow_run_id])))
+    names = sorted(r.name for r in runs)
+    assert names and not [n for n in names if n.startswith(("download-", "embed-"))]
+    assert len([n for n in names if n.startswith("curate-")]) == len(result["videos"])
     assert snapshot() == before
 
 
