@@ -173,6 +173,7 @@ def run_to_completion(command: list[str], env: dict[str, str], root: Path, log: 
                     timeline.setdefault(stage, time.monotonic() - start)
             time.sleep(0.02 if watch else 0.1)
     finally:
+        _reap(proc)
         handle.close()
     return Run(proc.returncode, time.monotonic() - start, log.read_text(), timeline)
 
@@ -194,8 +195,16 @@ def kill_after(command: list[str], env: dict[str, str], root: Path, log: Path, n
             time.sleep(0.005)
         proc.wait()
     finally:
+        _reap(proc)
         handle.close()
     return time.monotonic() - start
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Leave no run behind when the benchmark itself is interrupted."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def observed_stages(root: Path, n_videos: int) -> list[str]:

@@ -158,6 +158,8 @@ def _classify(message: str) -> VideoError:
         return VideoError("not_a_video", text)
     if any(key in lower for key in _UNAVAILABLE):
         return VideoError("video_unavailable", text)
+    if "no space left on device" in lower or "file too large" in lower:
+        return VideoError("disk_full", text, transient=True)  # same reason as a full disk while writing shards
     return VideoError("download_failed", text, transient=any(key in lower for key in _TRANSIENT))
 
 

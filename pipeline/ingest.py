@@ -63,11 +63,7 @@ def damaged_outputs(root: DataRoot, record: dict[str, Any], cfg: CurateConfig) -
 
 def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
                  progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Probe, sample and write one video; bad input ends as a failure record instead of an exception."""
-    shard_dir = root.shard_dir(entry.dataset, entry.video_id)
-    frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
-    for directory in (shard_dir, frames_dir):
-        remove_stale_temps(directory)
+    """Probe, sample and write one video; bad input (and a full disk) ends as a failure record, not an exception."""
     try:
         return _ingest(entry, video_path, root, cfg, progress)
     except OSError as exc:
@@ -82,6 +78,8 @@ def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: Cu
             progress: ProgressFn | None) -> dict[str, Any]:
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
+    for directory in (shard_dir, frames_dir):
+        remove_stale_temps(directory)
     info = None
     try:
         info = probe_video(video_path)

@@ -374,6 +374,7 @@ def test_archive_add_is_safe_between_threads(tmp_path):
     ("ERROR: [Errno 104] Connection reset by peer", "download_failed", True),
     ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "video_unavailable", False),
     ("ERROR: [Errno 111] Connection refused", "download_failed", True),
+    ("ERROR: unable to write data: [Errno 28] No space left on device", "disk_full", True),
 ])
 def test_classify(message, reason, transient):
     err = _classify(message)
