@@ -21,7 +21,7 @@ Points are stratified over the uninterrupted run's timeline: most uniformly betw
 download and the last video record (downloads, decoding, shard writes overlap there, two workers), the rest
 after the last record (publish: stats tables, manifests, dataset.json). The stage a kill actually hit is read
 from the files it left (`.part` download, hidden shard temporary, downloaded but unrecorded video, all records
-but no dataset.json), so jitter between runs cannot mislabel a point.
+but no dataset.json, or none of these: between steps), so jitter between runs cannot mislabel a point.
 
 By default a Prefect server is started on 127.0.0.1 for all runs (a killed run stays "Running" there,
 harmlessly); --ephemeral uses Prefect's per-process ephemeral mode instead (8-10 s more per run).
@@ -227,8 +227,10 @@ def observed_stages(root: Path, n_videos: int) -> list[str]:
             stages.append("publish")
         else:
             stages.append("after_publish")
-    if not stages and not records:
-        stages.append("startup")
+    if not stages:
+        # Before anything is written, or between steps: yt-dlp looking at a URL before its .part exists,
+        # a record written and the next download not begun.
+        stages.append("startup" if not records and not downloaded else "between_steps")
     return stages
 
 

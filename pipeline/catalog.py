@@ -379,7 +379,7 @@ def import_slowtv(urls_path: str | Path, categories_path: str | Path,
     first_line: dict[str, int] = {}
     for seq, ((url_line, url), (cat_line, label)) in enumerate(zip(urls, categories)):
         if not is_valid_url(url):
-            raise CatalogError(f"{urls_path}: line {url_line}: {url!r} is not a URL")
+            raise CatalogError(f"{urls_path}: line {url_line}: {redact_secrets(url)!r} is not a URL")
         try:
             category, subcategory = parse_category(label)
         except ValueError as exc:

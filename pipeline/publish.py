@@ -19,7 +19,7 @@ from pipeline.layout import DataRoot
 from pipeline.schema import (CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
                              MANIFEST_SCHEMA, PUBLISH_DROP_REASONS, SAMPLE_COLUMNS, SCHEMA_VERSION,
                              VIDEO_STATS_SCHEMA)
-from pipeline.storage import write_bytes_atomic
+from pipeline.storage import remove_stale_temps, write_bytes_atomic
 
 
 def load_records(root: DataRoot) -> list[dict[str, Any]]:
@@ -51,6 +51,9 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
+    for path in [*outputs, root.dataset_json]:
+        # A publish killed mid-write left its temporary; unchanged bytes are not rewritten, so clear it here.
+        remove_stale_temps(path.parent, path.name)
     # The manifests go last: a reader who finds one can rely on everything it points to.
     for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
         write_bytes_atomic(path, outputs[path])
