@@ -13,7 +13,7 @@ from yt_dlp.utils import DownloadError, parse_bytes
 from pipeline.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
 from pipeline.errors import VideoError, redact_secrets
-from pipeline.storage import write_bytes_atomic
+from pipeline.storage import remove_stale_temps, write_bytes_atomic
 
 ProgressFn = Callable[[float, str], None]
 
@@ -100,6 +100,7 @@ def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadCon
         raise VideoError("download_failed", f"yt-dlp reported success but no file for {entry.url}")
     info_path = _info_path(path)
     if info_path is not None:
+        remove_stale_temps(info_path.parent, info_path.name)  # from a run killed while redacting it
         _redact_info_json(info_path)
     archive.add(entry.video_id, path.name)
     return DownloadResult(path, info_path, cached=False)

@@ -78,8 +78,7 @@ def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: Cu
             progress: ProgressFn | None) -> dict[str, Any]:
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
-    for directory in (shard_dir, frames_dir):
-        remove_stale_temps(directory)
+    _remove_stale_temps(root, entry)
     info = None
     try:
         info = probe_video(video_path)
@@ -112,6 +111,7 @@ def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: Cu
 def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError,
                   info: VideoInfo | None = None) -> dict[str, Any]:
     """Record a failed video and remove any output an earlier successful run left for it."""
+    _remove_stale_temps(root, entry)
     for directory in (root.shard_dir(entry.dataset, entry.video_id),
                       root.video_frames_dir(entry.dataset, entry.video_id)):
         shutil.rmtree(directory, ignore_errors=True)
@@ -122,6 +122,15 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
     record["retryable"] = error.transient
     _write_record(root, entry, record)
     return record
+
+
+def _remove_stale_temps(root: DataRoot, entry: CatalogEntry) -> None:
+    """Temporaries a killed run left for this video: its part directories, and its record and preview by name."""
+    for directory in (root.shard_dir(entry.dataset, entry.video_id),
+                      root.video_frames_dir(entry.dataset, entry.video_id)):
+        remove_stale_temps(directory)
+    for path in (root.video_record(entry.dataset, entry.video_id), root.preview(entry.dataset, entry.video_id)):
+        remove_stale_temps(path.parent, path.name)  # directories shared with other videos' writers
 
 
 def _out_of_space(exc: OSError) -> bool:

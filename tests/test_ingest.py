@@ -150,3 +150,19 @@ def test_odd_frame_sizes(video_dir, small_config, tmp_path, size, layout, max_he
     if expected:
         rows = pq.read_table(tmp_path / "root" / record["shards"][0]["path"], columns=["width", "height"]).to_pylist()
         assert rows and all((r["width"], r["height"]) == expected for r in rows)
+
+
+def test_temporaries_of_a_killed_video_are_cleared_and_other_videos_are_spared(video_dir, entry, small_config,
+                                                                               tmp_path):
+    from pipeline.storage import temp_path_for
+
+    root = DataRoot(tmp_path)
+    record, preview = root.video_record("test", "walk"), root.preview("test", "walk")
+    ours = [temp_path_for(record), temp_path_for(preview),
+            temp_path_for(root.shard_dir("test", "walk") / "part-00000.parquet")]
+    other = temp_path_for(root.video_record("test", "other"))  # another video's writer, maybe live
+    for tmp in [*ours, other]:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"left by a kill")
+    assert ingest_video(entry, video_dir / "walk.mp4", root, small_config)["status"] == "ok"
+    assert not [tmp for tmp in ours if tmp.exists()] and other.exists()
