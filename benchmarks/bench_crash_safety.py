@@ -17,9 +17,10 @@ result compared with the uninterrupted run:
   keep their modification time, a completed download keeps its time and is not fetched again
   (`archive.tsv` lists each id once); `depthcurate verify` passes.
 
-Points are stratified over the uninterrupted run's timeline: most uniformly between the start of the first
-download and the last video record (downloads, decoding, shard writes overlap there, two workers), the rest
-after the last record (publish: stats tables, manifests, dataset.json). The stage a kill actually hit is read
+Points are stratified over the uninterrupted run's timeline: 3/4 at a uniform delay after the first download
+shows (up to the time the last video record took in the uninterrupted run: downloads, decoding, shard writes
+overlap there, two workers), the rest at a delay after the last record (publish: stats tables, manifests,
+dataset.json). Delays count from those events, not from the process start, whose length varies. The stage a kill actually hit is read
 from the files it left (`.part` download, hidden shard temporary, downloaded but unrecorded video, all records
 but no dataset.json, or none of these: between steps), so jitter between runs cannot mislabel a point.
 
@@ -180,14 +181,19 @@ def run_to_completion(command: list[str], env: dict[str, str], root: Path, log: 
 
 def kill_after(command: list[str], env: dict[str, str], root: Path, log: Path, n_videos: int,
                trigger: str, delay_s: float) -> float:
-    """Start the command and SIGKILL its process group `delay_s` after `trigger` ("start" or "all_records")."""
+    """Start the command and SIGKILL its process group `delay_s` after `trigger` first shows in the files.
+
+    "work": the first download or decode (so the start-up time of Python and Prefect, which varies from run to
+    run, does not move the point); "all_records": every video finished, publish under way.
+    """
     start = time.monotonic()
     proc, handle = _start(command, env, log)
+    wanted = {"work": {"download", "decode", "shard_write"}, "all_records": {"all_records"}}[trigger]
     try:
-        armed = start if trigger == "start" else None
+        armed = None
         while proc.poll() is None:
             now = time.monotonic()
-            if armed is None and "all_records" in observed_stages(root, n_videos):
+            if armed is None and wanted & set(observed_stages(root, n_videos)):
                 armed = now
             if armed is not None and now - armed >= delay_s:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -321,9 +327,9 @@ def plan_points(n: int, timeline: dict[str, float], rng: random.Random) -> list[
     last = timeline.get("all_records", first + 1.0)
     publish_s = max(0.05, timeline.get("after_publish", last + 0.5) - last)
     n_publish = max(1, n // 4)
-    points = [("start", rng.uniform(first, last)) for _ in range(n - n_publish)]
+    points = [("work", rng.uniform(0.0, last - first)) for _ in range(n - n_publish)]
     points += [("all_records", rng.uniform(0.0, publish_s * 1.2)) for _ in range(n_publish)]
-    return sorted(points, key=lambda p: (p[0] != "start", p[1]))
+    return sorted(points, key=lambda p: (p[0] != "work", p[1]))
 
 
 def main() -> None:
