@@ -25,8 +25,8 @@ from pipeline.config import CurateConfig, load_config, with_overrides
 from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
 from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
 from pipeline.download import DownloadResult, download_video
-from pipeline.errors import VideoError
-from pipeline.ingest import ingest_video, is_finished, load_record, write_failure
+from pipeline.errors import VideoError, redact_secrets
+from pipeline.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 from pipeline.layout import DataRoot
 from pipeline.publish import publish
 from flows.runners import Submit, download_slot, task_submitter, torch_devices
@@ -65,10 +65,13 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     logger = get_run_logger()
     record = load_record(root, entry)
     if is_finished(record, cfg):
-        logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
-        if cfg.clip.enabled and record["status"] == "ok":
-            embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
-        return _brief(record, skipped=True)
+        damaged = damaged_outputs(root, record, cfg) if record["status"] == "ok" else []
+        if not damaged:
+            logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
+            if cfg.clip.enabled and record["status"] == "ok":
+                embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
+            return _brief(record, skipped=True)
+        logger.warning("%s: finished earlier, but %s: rebuilding it", entry.video_id, "; ".join(damaged))
     downloader = download_task.with_options(
         retries=cfg.download.attempts - 1,
         retry_delay_seconds=exponential_backoff(backoff_factor=cfg.download.backoff_s) if cfg.download.backoff_s else 0,
@@ -81,7 +84,7 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     except VideoError as exc:
         record = write_failure(entry, root, cfg, exc)
     except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
-        logger.error("%s: unexpected error\n%s", entry.video_id, traceback.format_exc())
+        logger.error("%s: unexpected error\n%s", entry.video_id, redact_secrets(traceback.format_exc()))
         record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
     preview = root.preview(entry.dataset, entry.video_id)
     if record["status"] == "ok" and root.exists(preview):

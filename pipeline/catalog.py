@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import parse_qs, urlparse
 
+from pipeline.errors import redact_secrets
 from pipeline.storage import write_bytes_atomic
 
 LAYOUTS: tuple[str, ...] = ("mono", "sbs_full", "sbs_half", "tab_full", "tab_half", "auto")
@@ -56,6 +57,14 @@ class CatalogEntry:
     notes: str | None = None
     # Where the row came from, for messages only; two entries with the same data are equal.
     line: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        # These three become path components (videos/<dataset>/<video_id>.*, shards/...): whoever builds an
+        # entry, from a catalog or in code, cannot make one that escapes the data root.
+        for name, pattern in (("video_id", VIDEO_ID_RE), ("dataset", DATASET_RE), ("category", CATEGORY_RE)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                raise ValueError(f"{name} {value!r} must match {pattern.pattern}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +194,7 @@ def _entry_from_cells(cells: dict[str, str], line: int) -> CatalogEntry:
     url, dataset, category = cells["url"], cells["dataset"], cells["category"]
     if not is_valid_url(url):
         raise _RowError("bad_url",
-                        f"line {line}: url {url!r} is not an http(s)/file URL or an absolute path")
+                        f"line {line}: url {redact_secrets(url)!r} is not an http(s)/file URL or an absolute path")
     if not DATASET_RE.fullmatch(dataset):
         raise _RowError("bad_dataset", f"line {line}: dataset {dataset!r} must match {DATASET_RE.pattern}")
     if not CATEGORY_RE.fullmatch(category):
@@ -370,7 +379,7 @@ def import_slowtv(urls_path: str | Path, categories_path: str | Path,
     first_line: dict[str, int] = {}
     for seq, ((url_line, url), (cat_line, label)) in enumerate(zip(urls, categories)):
         if not is_valid_url(url):
-            raise CatalogError(f"{urls_path}: line {url_line}: {url!r} is not a URL")
+            raise CatalogError(f"{urls_path}: line {url_line}: {redact_secrets(url)!r} is not a URL")
         try:
             category, subcategory = parse_category(label)
         except ValueError as exc:

@@ -115,6 +115,10 @@ class RunConfig(_Section):
     # a byte of the output, so neither is recorded in dataset.json (see CurateConfig.recorded).
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = RayConfig()
+    # How a rerun checks a finished video's shards and frame parts against its record before skipping it:
+    # "sha256" re-reads them (disk speed, once per rerun) and catches any changed byte; "size" is one stat
+    # per file and catches only truncated or missing files. A damaged video is rebuilt either way.
+    resume_check: Literal["size", "sha256"] = "sha256"
 
 
 class FlowConfig(_Section):

@@ -12,13 +12,24 @@ from yt_dlp.utils import DownloadError, parse_bytes
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, redact_secrets
+from pipeline.storage import remove_stale_temps, write_bytes_atomic
 
 ProgressFn = Callable[[float, str], None]
 
 # Substrings of yt-dlp errors worth another attempt; everything else is final (404, private, removed...).
+# A refused connection is a server that is down, and YouTube's bot check asks for cookies or a slower pace:
+# both may pass, so a later run tries again.
 _TRANSIENT = ("timed out", "timeout", "temporary failure", "http error 5", "http error 429",
-              "connection reset", "remote end closed", "incompleteread", "too many requests")
+              "connection reset", "remote end closed", "incompleteread", "too many requests",
+              "connection refused", "not a bot", "try again later")
+# What YouTube (through yt-dlp) says about a video nobody may download: private, removed, gone with its
+# account, blocked for this country, age-gated, members only.
+_UNAVAILABLE = ("private video", "video is private", "video unavailable", "removed by the uploader",
+                "no longer available", "account associated with this video has been terminated",
+                "has been removed for violating", "not available from your location",
+                "not made this video available in your country", "confirm your age", "members-only",
+                "available to this channel's members")
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,8 @@ class DownloadArchive:
             return None
         for line in self.path.read_text().splitlines():
             parts = line.split("\t")
-            if len(parts) == 2 and parts[0] == video_id:
+            # A plain file name only: an edited archive must not point outside the videos directory.
+            if len(parts) == 2 and parts[0] == video_id and parts[1] == Path(parts[1]).name:
                 candidate = self.path.parent / parts[1]
                 if candidate.is_file():
                     return candidate
@@ -86,8 +98,12 @@ def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadCon
     path = _downloaded_path(info, ydl)
     if path is None or not path.is_file():
         raise VideoError("download_failed", f"yt-dlp reported success but no file for {entry.url}")
+    info_path = _info_path(path)
+    if info_path is not None:
+        remove_stale_temps(info_path.parent, info_path.name)  # from a run killed while redacting it
+        _redact_info_json(info_path)
     archive.add(entry.video_id, path.name)
-    return DownloadResult(path, _info_path(path), cached=False)
+    return DownloadResult(path, info_path, cached=False)
 
 
 def _options(entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str],
@@ -128,11 +144,23 @@ def _info_path(video: Path) -> Path | None:
     return info if info.is_file() else None
 
 
+def _redact_info_json(path: Path) -> None:
+    """yt-dlp copies the URL, credentials and tokens included, into the .info.json: keep them out of the data."""
+    text = path.read_text(encoding="utf-8")
+    clean = redact_secrets(text)
+    if clean != text:
+        write_bytes_atomic(path, clean.encode("utf-8"))
+
+
 def _classify(message: str) -> VideoError:
-    text = message.replace("ERROR: ", "").strip()
+    text = redact_secrets(message.replace("ERROR: ", "").strip())
     lower = text.lower()
     if "unsupported url" in lower:
         return VideoError("not_a_video", text)
+    if any(key in lower for key in _UNAVAILABLE):
+        return VideoError("video_unavailable", text)
+    if "no space left on device" in lower or "file too large" in lower:
+        return VideoError("disk_full", text, transient=True)  # same reason as a full disk while writing shards
     return VideoError("download_failed", text, transient=any(key in lower for key in _TRANSIENT))
 
 

@@ -22,3 +22,16 @@ def ffmpeg_message(stderr: bytes | str | None, lines: int = 3) -> str:
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
     kept = re.sub(r" @ 0x[0-9a-f]+", "", text).strip().splitlines()
     return " | ".join(kept[-lines:])
+
+
+# user:password@ (or a bare token@) after a scheme, user:password@host without one (yt-dlp's
+# webpage_url_domain), and the values of query parameters whose names say they are secret.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@|(?<![\w/@])[^\s/@:'\"]+:[^\s/@'\"]+@(?=[\w.\[-])")
+_SECRET_QUERY = re.compile(r"(?i)([?&;][\w.-]*(?:token|key|sig|signature|password|passwd|pass|secret|credential|"
+                           r"auth)[\w.-]*=)[^&#\s'\"]*")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with credentials in URLs (user:password@, token query parameters) replaced by ***."""
+    text = _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", text)
+    return _SECRET_QUERY.sub(r"\1***", text)

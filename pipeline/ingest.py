@@ -1,7 +1,9 @@
 """Turn one downloaded video into its shards, its frame stats and its video record, resumably."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import CurateConfig
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, redact_secrets
 from pipeline.layout import DataRoot
 from pipeline.parquet_writer import PartFile, PartWriter
 from pipeline.previews import colorize_disparity, contact_sheet, mask_image, write_preview_jpeg
@@ -37,13 +39,45 @@ def is_finished(record: dict[str, Any] | None, cfg: CurateConfig) -> bool:
     return not (cfg.run.retry_failed and record.get("retryable", True))
 
 
+def damaged_outputs(root: DataRoot, record: dict[str, Any], cfg: CurateConfig) -> list[str]:
+    """Shards and frame parts of a finished video that no longer match its record (empty when all do).
+
+    Only this video's files are looked at, by size, and by sha256 when run.resume_check says so.
+    """
+    problems = []
+    for part in record.get("shards", []) + record.get("frame_parts", []):
+        path = root.root / part["path"]
+        try:
+            size = root.size(path)
+        except FileNotFoundError:
+            problems.append(f"{part['path']} is missing")
+            continue
+        if size != part["bytes"]:
+            problems.append(f"{part['path']} has {size} bytes, its record says {part['bytes']}")
+        elif cfg.run.resume_check == "sha256" and root.sha256(path) != part["sha256"]:
+            problems.append(f"{part['path']} changed since it was written (sha256 mismatch)")
+    return problems
+
+
 def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
                  progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Probe, sample and write one video; bad input ends as a failure record instead of an exception."""
+    """Probe, sample and write one video; bad input (and a full disk) ends as a failure record, not an exception."""
+    try:
+        return _ingest(entry, video_path, root, cfg, progress)
+    except OSError as exc:
+        if not _out_of_space(exc):
+            raise
+        # Transient: the temporary part is gone, and a rerun once there is space redoes the video.
+        return write_failure(entry, root, cfg, VideoError("disk_full", f"writing {entry.dataset}/{entry.video_id}: "
+                                                          f"{exc}", transient=True))
+
+
+def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
+            progress: ProgressFn | None) -> dict[str, Any]:
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
-    for directory in (shard_dir, frames_dir):
-        root.remove_stale_temps(directory)
+    _remove_stale_temps(root, entry)
+    info = None
     try:
         info = probe_video(video_path)
         plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")  # fail fast, before any writer opens
@@ -59,7 +93,7 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
             frames.abort()
             raise
     except VideoError as exc:
-        return write_failure(entry, root, cfg, exc, info=locals().get("info"))
+        return write_failure(entry, root, cfg, exc, info=info)
     root.upload(*(p.path for p in shard_parts + frame_parts))  # object-store root: publish the parts
     _remove_unlisted(root, shard_dir, shard_parts)
     _remove_unlisted(root, frames_dir, frame_parts)
@@ -78,21 +112,37 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
 def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError,
                   info: VideoInfo | None = None) -> dict[str, Any]:
     """Record a failed video and remove any output an earlier successful run left for it."""
+    _remove_stale_temps(root, entry)
     for directory in (root.shard_dir(entry.dataset, entry.video_id),
                       root.video_frames_dir(entry.dataset, entry.video_id)):
         root.remove_dir(directory)
     root.remove(root.preview(entry.dataset, entry.video_id))
     root.remove(root.embeddings(entry.dataset, entry.video_id))
     record = _base_record(entry, cfg, error.reason, info=info)
-    record["error"] = error.message
+    record["error"] = redact_secrets(error.message)
     record["retryable"] = error.transient
     _write_record(root, entry, record)
     return record
 
 
+def _remove_stale_temps(root: DataRoot, entry: CatalogEntry) -> None:
+    """Temporaries a killed run left for this video: its part directories, and its record and preview by name."""
+    for directory in (root.shard_dir(entry.dataset, entry.video_id),
+                      root.video_frames_dir(entry.dataset, entry.video_id)):
+        root.remove_stale_temps(directory)
+    for path in (root.video_record(entry.dataset, entry.video_id), root.preview(entry.dataset, entry.video_id)):
+        root.remove_stale_temps(path.parent, path.name)  # directories shared with other videos' writers
+
+
+def _out_of_space(exc: OSError) -> bool:
+    """A full disk, a quota, or a file-size limit; pyarrow's errors carry the errno only in their text."""
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return exc.errno in codes or any(os.strerror(code) in str(exc) for code in codes)
+
+
 def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: VideoInfo | None) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": entry.url,
+        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": redact_secrets(entry.url),
         "category": entry.category, "subcategory": entry.subcategory, "layout": entry.layout,
         "catalog_line": entry.line, "detected_layout": None, "status": status, "error": None, "warning": None,
         "processing_hash": cfg.processing_hash(), "frames_decoded": 0, "frames_kept": 0, "clips": 0,

@@ -67,10 +67,14 @@ class PartWriter:
         return self.parts
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except OSError:
+            pass  # on a full disk the footer cannot be written either; the file goes anyway
+        finally:
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
         self._writer, self._tmp, self._rows, self._buffered_bytes = None, None, [], 0
         self._part_rows, self._part_bytes = 0, 0  # the discarded rows no longer count
 

@@ -50,6 +50,9 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
+    for path in [*outputs, root.dataset_json]:
+        # A publish killed mid-write left its temporary; unchanged bytes are not rewritten, so clear it here.
+        root.remove_stale_temps(path.parent, path.name)
     # The manifests go last: a reader who finds one can rely on everything it points to.
     for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
         root.write_bytes(path, outputs[path])

@@ -275,3 +275,31 @@ def _wait_for_ray(head, log_path: Path) -> None:
         if head.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"ray head did not start ({head.poll()}):\n{log_path.read_text(errors='replace')}")
         time.sleep(0.5)
+
+
+@pytest.fixture
+def small_flow(prefect_harness, small_config, tmp_path):
+    """Run the curate flow in-process on catalog entries with the small test settings (plus overrides).
+
+    Returns run(entries, overrides=None, root=..., extra_rows="") -> (data root, flow result); the same root
+    by default, so a second call is a rerun. `extra_rows` are raw CSV lines appended to the catalog (rows that
+    write_catalog would refuse).
+    """
+    import yaml
+
+    from flows.curate import curate
+    from pipeline.catalog import write_catalog
+    from pipeline.config import with_overrides
+
+    def run(entries: list[CatalogEntry], overrides: dict | None = None, root: Path | None = None,
+            extra_rows: str = ""):
+        root = root or tmp_path / "root"
+        cfg = with_overrides(small_config, overrides or {})
+        config = tmp_path / "small.yaml"
+        config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        catalog = write_catalog(entries, tmp_path / "catalog.csv")
+        with open(catalog, "a", encoding="utf-8") as fh:
+            fh.write(extra_rows)
+        return root, curate(catalog=str(catalog), data_root=str(root), config=str(config))
+
+    return run

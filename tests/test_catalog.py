@@ -87,6 +87,10 @@ BAD_ROWS = [
     ("bad_url", row(url="file:relative.mp4"), "v1"),
     ("unknown_layout", row(layout="stereo"), "v1"),
     ("bad_video_id", row(video_id="a/b"), None),
+    ("bad_video_id", row(video_id=".."), None),
+    ("bad_video_id", row(video_id="../etc"), None),
+    ("bad_video_id", row(video_id="a\\b"), None),
+    ("bad_dataset", row(dataset="../x"), "v1"),
     ("bad_video_id", row(video_id="x" * 65), None),
     ("missing_field", row(url=""), "v1"),
     ("missing_field", row(video_id=""), None),
@@ -245,8 +249,8 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
 def test_write_refuses_invalid_entries_and_keeps_old_file(tmp_path):
     path = write_catalog(full_entries(), tmp_path / "out.csv")
     before = path.read_text(encoding="utf-8")
-    bad = CatalogEntry(video_id="a/b", url="/x.mp4", dataset="demo", category="natural")
-    with pytest.raises(CatalogError, match="a/b"):
+    bad = CatalogEntry(video_id="ab", url="relative.mp4", dataset="demo", category="natural")
+    with pytest.raises(CatalogError, match="relative.mp4"):
         write_catalog([bad], path)
     dup = full_entries()[1]
     with pytest.raises(CatalogError, match="duplicate"):
@@ -327,3 +331,23 @@ def test_import_slowtv_rejects_repeated_video(tmp_path):
     urls, cats = slowtv_files(tmp_path, [SLOWTV_FIRST[0], SLOWTV_FIRST[0]])
     with pytest.raises(CatalogError, match="line 1"):
         import_slowtv(urls, cats)
+
+
+@pytest.mark.parametrize("field, value", [("video_id", "../x"), ("video_id", "a/b"), ("video_id", ".."),
+                                          ("dataset", "../up"), ("dataset", "a/b"), ("category", "x/../y")])
+def test_an_entry_that_would_leave_the_data_root_cannot_be_built(field, value):
+    """Not from a catalog row, and not in code either: these names become path components."""
+    fields = dict(video_id="v", url="https://example.com/v.mp4", dataset="demo", category="natural")
+    with pytest.raises(ValueError, match=field):
+        CatalogEntry(**{**fields, field: value})
+
+
+def test_titles_are_kept_as_text_and_never_become_paths(tmp_path):
+    def titled(video_id: str, title: str) -> str:
+        cells = dict(video_id=video_id, url="https://example.com/v.mp4", dataset="demo", category="natural",
+                     title=title)
+        return ",".join(cells.get(name, "") for name in CATALOG_COLUMNS)
+
+    path = write_lines(tmp_path / "c.csv", [HEADER, titled("v1", "../../etc/passwd"), titled("v2", "a/b")])
+    entries, problems = read_catalog(path)
+    assert problems == [] and [e.title for e in entries] == ["../../etc/passwd", "a/b"]

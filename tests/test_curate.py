@@ -6,6 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.catalog import CatalogEntry
 from pipeline.errors import VideoError
 from pipeline.layout import DataRoot
 from pipeline.verify import verify_dataset
@@ -65,25 +66,45 @@ def test_dataset_json_records_config_and_counts(demo_run, demo_config):
     assert manifest.column("fx").null_count == 0  # the demo catalog carries the renderer's intrinsics
 
 
+def _summary_artifacts() -> list:
+    """Every curate-summary artifact of the session's server, newest first (other tests' flows add theirs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-summary"])),
+                                     sort=ArtifactSort.CREATED_DESC)
+
+
 def test_summary_artifact_is_published(demo_run):
-    from prefect.artifacts import Artifact
-
-    artifact = Artifact.get("curate-summary")
-    assert artifact is not None
-    rows = json.loads(artifact.data)
-    assert {r["video_id"] for r in rows} >= {"canyon_cut", "missing", "tiny"}
+    ids = [{r["video_id"] for r in json.loads(artifact.data)} for artifact in _summary_artifacts()]
+    assert any(found >= {"canyon_cut", "missing", "tiny"} for found in ids)
 
 
-def test_rerun_downloads_nothing_and_changes_no_byte(demo_run):
+def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
+    import hashlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from flows.curate import curate
 
     def snapshot():
-        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in demo_run.rglob("*")
+        return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in demo_run.rglob("*")
                 if p.is_file() and "demo_sources" not in p.parts}
 
     before = snapshot()
-    result = curate(catalog="demo", data_root=str(demo_run))
+    state = curate(catalog="demo", data_root=str(demo_run), return_state=True)
+    result = state.result()
+    # Skipped: the task returned before its download task and before ingest (probe, ffmpeg decode) ran.
     assert all(v["skipped"] for v in result["videos"])
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            state.state_details.flow_run_id])))
+    names = sorted(r.name for r in runs)
+    assert names and not [n for n in names if n.startswith(("download-", "embed-"))]
+    assert len([n for n in names if n.startswith("curate-")]) == len(result["videos"])
     assert snapshot() == before
 
 
@@ -126,3 +147,78 @@ def test_stereo_videos_yield_checked_disparity(demo_run, videos):
 def test_mono_declared_stereo_is_rejected(videos):
     row = videos["mono_as_stereo"]
     assert row.status == "not_stereo" and "sbs_full" in row.error
+
+
+def test_a_damaged_shard_found_at_resume_is_rebuilt(small_flow, http_root):
+    """verify names the changed shard; the rerun redoes that video only (size + sha256 of its own files)."""
+    entries = [CatalogEntry(video_id=vid, url=f"{http_root}/{name}", dataset="test", category="natural")
+               for vid, name in (("walk", "walk.mp4"), ("other", "walk.mkv"), ("cut", "cut.mp4"))]
+    path, _ = small_flow(entries)
+    root = DataRoot(path)
+    shard = root.shard_dir("test", "walk") / "part-00000.parquet"
+    original = shard.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    shard.write_bytes(bytes(flipped))
+    root.video_frames_dir("test", "other").joinpath("frames-00000.parquet").unlink()
+    untouched = {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()}
+    (problem,) = verify_dataset(root)
+    assert "shards/test/walk/part-00000.parquet" in problem
+    _, result = small_flow(entries)
+    assert {v["video_id"]: v["skipped"] for v in result["videos"]} == {"walk": False, "other": False, "cut": True}
+    assert shard.read_bytes() == original  # deterministic: rebuilt byte for byte
+    assert {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()} == untouched
+    assert verify_dataset(root) == []
+
+
+def test_credentials_never_reach_the_data_logs_or_artifacts(small_flow, http_root, tmp_path, caplog):
+    """A password and a token in catalog URLs, and a cookies file: none of them is written anywhere."""
+    secrets = ("PASSWORDSECRET", "TOKENSECRET", "COOKIESECRET")
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tsession\tCOOKIESECRET\n")
+    with_password = http_root.replace("http://", "http://alice:PASSWORDSECRET@")
+    entries = [CatalogEntry(video_id="walk", url=f"{with_password}/walk.mp4?token=TOKENSECRET", dataset="test",
+                            category="natural"),
+               CatalogEntry(video_id="gone", url=f"{with_password}/gone.mp4?token=TOKENSECRET", dataset="test",
+                            category="natural")]
+    bad_url = "ftp://alice:PASSWORDSECRET@127.0.0.1/x.mp4?token=TOKENSECRET"  # refused by the catalog, quoted
+    with caplog.at_level("DEBUG"):
+        path, result = small_flow(entries, {"download": {"cookies_file": str(cookies)}},
+                                  extra_rows=f",bad,{bad_url},test,natural,,,,,,,,,,,\n")
+    assert [v["status"] for v in result["videos"]] == ["ok", "download_failed"]
+    root = DataRoot(path)
+    table = pq.read_table(root.videos_table).to_pylist()
+    assert {r["video_id"]: r["status"] for r in table} == {"walk": "ok", "gone": "download_failed",
+                                                           "bad": "catalog_error"}
+    assert "***@127.0.0.1" in next(r["url"] for r in table if r["video_id"] == "walk")  # still says where
+    leaks = [p for p in path.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+    assert leaks == []  # records, stats tables, manifest, dataset.json, .info.json
+    summary = _summary_artifacts()[0]  # this run's
+    assert "gone" in summary.data and not any(s in summary.data + str(summary.description) for s in secrets)
+    assert "walk" in caplog.text and not any(s in caplog.text for s in secrets)
+
+
+def test_refused_and_stalled_downloads_are_named_and_the_rest_is_written(small_flow, http_root, video_dir, tmp_path):
+    import socket
+    import subprocess
+
+    odd = tmp_path / "odd.mp4"  # 121x67, a file:// URL; other footage than walk.mp4, so dedup keeps both
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(video_dir / "walk.mkv"), "-vf",
+                    "scale=121:67", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(odd)], check=True)
+    with socket.socket() as silent, socket.socket() as gone:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections queue up and are never answered
+        gone.bind(("127.0.0.1", 0))
+        refused_port = gone.getsockname()[1]
+        gone.close()
+        entries = [CatalogEntry(video_id=vid, url=url, dataset="test", category="natural") for vid, url in (
+            ("walk", f"{http_root}/walk.mp4"), ("refused", f"http://127.0.0.1:{refused_port}/v.mp4"),
+            ("stalled", f"http://127.0.0.1:{silent.getsockname()[1]}/v.mp4"), ("odd", odd.as_uri()))]
+        path, result = small_flow(entries, {"download": {"socket_timeout_s": 0.3}})
+    assert {v["video_id"]: v["status"] for v in result["videos"]} == {
+        "walk": "ok", "refused": "download_failed", "stalled": "download_failed", "odd": "ok"}
+    table = {r["video_id"]: r for r in pq.read_table(DataRoot(path).videos_table).to_pylist()}
+    assert "refused" in table["refused"]["error"].lower() and "timed out" in table["stalled"]["error"].lower()
+    assert (table["odd"]["width"], table["odd"]["height"]) == (121, 67)
+    manifest = pq.read_table(DataRoot(path).manifest("test"), columns=["video_id"])["video_id"].to_pylist()
+    assert set(manifest) == {"walk", "odd"} and verify_dataset(DataRoot(path)) == []

@@ -204,6 +204,75 @@ def test_read_timeout_is_transient(tmp_path):
     assert "timed out" in caught.value.message.lower()
 
 
+def test_connection_refused_is_transient(tmp_path):
+    with socket.socket() as closed:  # a port nobody listens on once this socket is gone
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(VideoError) as caught:
+        download_video(_entry("refused", f"http://127.0.0.1:{port}/v.mp4"), tmp_path, CFG)
+    assert caught.value.reason == "download_failed" and caught.value.transient is True
+    assert "refused" in caught.value.message.lower()
+    assert DownloadArchive(tmp_path / "archive.tsv").lookup("refused") is None
+
+
+def test_a_server_that_stalls_mid_transfer_times_out(video_dir, tmp_path):
+    """Headers and the first bytes arrive, then nothing: the socket timeout (config) ends it, retryable."""
+    data = (video_dir / "walk.mp4").read_bytes()
+    release = threading.Event()
+
+    def respond(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "video/mp4")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command == "GET":
+            h.wfile.write(data[:4096])
+            h.wfile.flush()
+            release.wait(30)  # stall with the connection open
+
+    try:
+        with _server(respond) as (url, log):
+            with pytest.raises(VideoError) as caught:
+                download_video(_entry("stall", f"{url}/stall.mp4"), tmp_path, DownloadConfig(socket_timeout_s=0.3))
+    finally:
+        release.set()
+    assert caught.value.reason == "download_failed" and caught.value.transient is True
+    assert "timed out" in caught.value.message.lower()
+    assert not (tmp_path / "stall.mp4").exists() and DownloadArchive(tmp_path / "archive.tsv").lookup("stall") is None
+
+
+class _Quiet:
+    def debug(self, msg: str) -> None:
+        pass
+
+    warning = info = error = debug
+
+
+@pytest.mark.parametrize("reason, expected, transient", [
+    ("Private video. Sign in if you've been granted access to this video", "video_unavailable", False),
+    ("Video unavailable. This video has been removed by the uploader", "video_unavailable", False),
+    ("Video unavailable. This video is no longer available because the YouTube account associated with this "
+     "video has been terminated.", "video_unavailable", False),
+    ("This video has been removed for violating YouTube's Terms of Service", "video_unavailable", False),
+    ("Video unavailable. This video is not available", "video_unavailable", False),
+    ("Sign in to confirm your age. This video may be inappropriate for some users.", "video_unavailable", False),
+    ("Join this channel to get access to members-only content like this video, and other exclusive perks.",
+     "video_unavailable", False),
+    ("Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser or --cookies for the authentication.",
+     "download_failed", True),
+])
+def test_youtube_refusals_as_yt_dlp_reports_them(reason, expected, transient):
+    """The error yt-dlp raises when its YouTube extractor gives up: its own exception classes and formatting."""
+    from yt_dlp.utils import DownloadError, ExtractorError
+
+    with yt_dlp.YoutubeDL({"quiet": True, "logger": _Quiet()}) as ydl:
+        with pytest.raises(DownloadError) as raised:
+            ydl.report_error(str(ExtractorError(reason, expected=True, video_id="oSmUI3m2kLk", ie="youtube")))
+    err = _classify(str(raised.value))
+    assert (err.reason, err.transient) == (expected, transient)
+    assert err.message.startswith("[youtube] oSmUI3m2kLk: ")
+
+
 # ------------------------------------------------------------------ options reach yt-dlp
 
 def _serve_video(data: bytes):
@@ -274,6 +343,9 @@ def test_archive_lookup_and_add(tmp_path):
     assert archive.lookup("a") == tmp_path / "v" / "a.mp4"
     assert archive.lookup("ab") == tmp_path / "v" / "ab.mkv"  # ids match whole, not by prefix
     assert archive.lookup("b") is None
+    archive.add("d", "../outside.mp4")  # a tampered archive line
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    assert archive.lookup("d") is None
     # a re-download under another extension appends a line; the one still on disk wins
     archive.add("c", "c.mp4")
     archive.add("c", "c.webm")
@@ -300,7 +372,9 @@ def test_archive_add_is_safe_between_threads(tmp_path):
     ("ERROR: HTTP Error 429: Too Many Requests", "download_failed", True),
     ("ERROR: Read timed out. (read timeout=30)", "download_failed", True),
     ("ERROR: [Errno 104] Connection reset by peer", "download_failed", True),
-    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "download_failed", False),
+    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "video_unavailable", False),
+    ("ERROR: [Errno 111] Connection refused", "download_failed", True),
+    ("ERROR: unable to write data: [Errno 28] No space left on device", "disk_full", True),
 ])
 def test_classify(message, reason, transient):
     err = _classify(message)

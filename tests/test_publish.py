@@ -79,6 +79,17 @@ def test_republishing_changes_no_byte(published, small_config):
     assert json.loads(root.dataset_json.read_text()) == description
 
 
+def test_republishing_clears_what_a_killed_publish_left(published, small_config):
+    from pipeline.storage import temp_path_for
+
+    root, description = published
+    left = [temp_path_for(path) for path in (root.frames_table, root.manifest("test"), root.dataset_json)]
+    for tmp in left:
+        tmp.write_bytes(b"half a table")  # as a publish killed mid-write leaves it
+    assert publish(root, small_config, previous_catalog_problems(root)) == description
+    assert not [tmp for tmp in left if tmp.exists()]
+
+
 def test_cross_video_dedup_can_be_switched_off(published, small_config):
     root, _ = published
     cfg = small_config.model_copy(update={"dedup": small_config.dedup.model_copy(update={"across_videos": False})})
