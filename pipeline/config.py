@@ -244,6 +244,28 @@ class ClipConfig(_Section):
         return self
 
 
+class IntrinsicsConfig(_Section):
+    """Per-video camera intrinsics from COLMAP (pycolmap), as SlowTV estimated them.
+
+    Runs on a finished video's shards, so it sits outside the processing hash: switching it on or changing it
+    never re-decodes a video; an estimate is redone only when these settings or the video's shards change.
+    Catalog intrinsics always win over an estimate.
+    """
+
+    enabled: bool = False
+    frames: int = Field(200, ge=3)  # consecutive kept frames of one clip (SlowTV: 200)
+    min_frames: int = Field(10, ge=3)  # a video whose longest clip is shorter is not tried
+    attempts: int = Field(3, ge=1)  # mapping retried with seed, seed + 1, ... until one succeeds
+    seed: int = 0
+    min_registered: float = Field(0.5, gt=0, le=1)  # fraction of the frames the model must register
+    # COLMAP's default (16 degrees) suits photo collections; consecutive frames of a forward-moving video rarely
+    # reach it, and the initial pair is then never found (measured on the synthetic canyon: 2 of 30 frames).
+    init_min_tri_angle_deg: float = Field(4.0, gt=0)
+    overlap: int = Field(10, ge=1)  # sequential matching: each frame against this many following ones
+    max_image_size: int = Field(1024, ge=64)  # SIFT runs on frames downscaled to this longer side
+    threads: int = Field(1, ge=-1)  # COLMAP threads per video (-1: all cores); run.workers videos run at once
+
+
 class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     sample: SampleConfig = SampleConfig()
@@ -255,9 +277,10 @@ class CurateConfig(_Section):
     stereo: StereoConfig = StereoConfig()
     run: RunConfig = RunConfig()
     clip: ClipConfig = ClipConfig()
+    intrinsics: IntrinsicsConfig = IntrinsicsConfig()
 
     def processing_hash(self) -> str:
-        """Hash of the settings that change a video's output (not download, run or corpus-level clip settings)."""
+        """Hash of the settings that change a video's shards (not download, run, clip or intrinsics settings)."""
         relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write", "stereo"})
         return _hash(relevant)
 

@@ -67,6 +67,10 @@ class DataRoot:
         """CLIP embeddings of a video's shard rows, keyed by sample_id (kept apart so shards stay immutable)."""
         return self.root / "embeddings" / dataset / f"{video_id}.parquet"
 
+    def camera(self, dataset: str, video_id: str) -> Path:
+        """A video's estimated intrinsics, or why there are none (pipeline/intrinsics.py)."""
+        return self.root / "stats" / "cameras" / dataset / f"{video_id}.json"
+
     def preview(self, dataset: str, video_id: str) -> Path:
         return self.root / "previews" / dataset / f"{video_id}.jpg"
 
@@ -80,6 +84,10 @@ class DataRoot:
     @property
     def frames_table(self) -> Path:
         return self.root / "stats" / "frames.parquet"
+
+    @property
+    def cameras_table(self) -> Path:
+        return self.root / "stats" / "cameras.parquet"
 
     @property
     def categories_table(self) -> Path:

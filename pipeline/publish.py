@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pipeline.config import CurateConfig
 from pipeline.dedup import find_many
 from pipeline.layout import DataRoot
-from pipeline.schema import (CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
+from pipeline.schema import (CAMERA_SCHEMA, CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
                              MANIFEST_SCHEMA, PUBLISH_DROP_REASONS, SAMPLE_COLUMNS, SCHEMA_VERSION,
                              VIDEO_STATS_SCHEMA)
 
@@ -44,10 +44,16 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
         root.categories_table: _parquet_bytes(_categories_table(records)),
     }
+    cameras = _cameras(root, records, cfg)
+    if cfg.intrinsics.enabled:
+        outputs[root.cameras_table] = _parquet_bytes(
+            pa.Table.from_pylist([{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()],
+                                 schema=CAMERA_SCHEMA))
     kept = _kept_by_video(frames)
     manifests = {}
     for dataset in sorted({r["dataset"] for r in records}):
-        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept)
+        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept,
+                          cameras)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
     for path in [*outputs, root.dataset_json]:
@@ -56,7 +62,7 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
     # The manifests go last: a reader who finds one can rely on everything it points to.
     for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
         root.write_bytes(path, outputs[path])
-    description = _description(root, cfg, records, frames, outputs, manifests, clip_info)
+    description = _description(root, cfg, records, frames, outputs, manifests, clip_info, cameras)
     root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
     return description
 
@@ -164,8 +170,40 @@ def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
             for a, b in zip(starts, ends)}
 
 
-def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[str, str], pa.Table]) -> pa.Table:
-    """Kept rows of the records' shards, no pixels, with where they are and their CLIP scores."""
+def _cameras(root: DataRoot, records: list[dict[str, Any]], cfg: CurateConfig) -> dict[tuple[str, str], dict]:
+    """Current intrinsics estimates (or failures) of the ok videos, when the stage is on; stale ones are left out."""
+    if not cfg.intrinsics.enabled:
+        return {}
+    from pipeline.intrinsics import load_camera  # pycolmap itself is imported only to estimate
+
+    found = {}
+    for record in records:
+        if record["status"] == "ok":
+            camera = load_camera(root, record, cfg.intrinsics)
+            if camera is not None:
+                found[(record["dataset"], record["video_id"])] = camera
+    return found
+
+
+def _with_intrinsics(table: pa.Table, camera: dict[str, Any] | None) -> pa.Table:
+    """Mark where a video's fx fy cx cy come from; fill them (and k1) from its estimate when the catalog gave none."""
+    n = table.num_rows
+    if n and table["fx"].null_count < n:
+        source, k1 = "catalog", None
+    elif camera is not None and camera["status"] == "ok":
+        source, k1 = "colmap", camera["k1"]
+        for name in ("fx", "fy", "cx", "cy"):
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     pa.array([camera[name]] * n, pa.float32()))
+    else:
+        source, k1 = None, None
+    table = table.append_column("k1", pa.array([k1] * n, pa.float32()))
+    return table.append_column("intrinsics_source", pa.array([source] * n, pa.string()))
+
+
+def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[str, str], pa.Table],
+              cameras: dict[tuple[str, str], dict]) -> pa.Table:
+    """Kept rows of the records' shards, no pixels, with where they are, their CLIP scores and intrinsics."""
     tables = []
     empty = pa.table({"sample_id": pa.array([], pa.string()),
                       **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS}})
@@ -181,7 +219,7 @@ def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[st
             scores = video_kept.take(position.drop_null())
             for name in CLIP_SCORE_COLUMNS:
                 table = table.append_column(name, scores[name])
-            tables.append(table)
+            tables.append(_with_intrinsics(table, cameras.get((record["dataset"], record["video_id"]))))
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
@@ -201,7 +239,8 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]], frames: pa.Table,
-                 outputs: dict, manifests: dict[str, int], clip_info: dict[str, Any] | None) -> dict[str, Any]:
+                 outputs: dict, manifests: dict[str, int], clip_info: dict[str, Any] | None,
+                 cameras: dict[tuple[str, str], dict]) -> dict[str, Any]:
     reasons = collections.Counter(r for r in frames["drop_reason"].to_pylist() if r)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -215,6 +254,8 @@ def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]
             "frames_kept": int(pc.sum(frames["kept"]).as_py() or 0),
             "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
             "samples": manifests,
+            **({"cameras": dict(sorted(collections.Counter(c["status"] for c in cameras.values()).items()))}
+               if cfg.intrinsics.enabled else {}),
         },
         "shards": [part for r in records if r["status"] == "ok" for part in r["shards"]],
         "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2"  # 1.1 added the stereo columns (null on mono rows); 1.2 the CLIP columns and tables
+# 1.1 added the stereo columns (null on mono rows); 1.2 the CLIP columns and tables; 1.3 the manifest's k1 and
+# intrinsics_source, and stats/cameras.parquet
+SCHEMA_VERSION = "1.3"
 SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 
 # Why a decoded frame was not kept; stats tables count each one under its own name.
@@ -93,6 +95,8 @@ MANIFEST_SCHEMA = _with_version(_SAMPLE_FIELDS + [
     pa.field("shard", pa.string(), nullable=False),  # relative to the data root
     pa.field("row", pa.int64(), nullable=False),  # row number inside the shard
     *_CLIP_SCORES,  # null unless clip.enabled
+    pa.field("k1", pa.float32()),  # SIMPLE_RADIAL radial term of an estimated camera; null otherwise
+    pa.field("intrinsics_source", pa.string()),  # "catalog", "colmap" (estimated), or null (unknown: learn them)
 ])
 
 FRAME_STATS_SCHEMA = _with_version([
@@ -156,6 +160,26 @@ CATEGORY_STATS_SCHEMA = _with_version([
     pa.field("frames_decoded", pa.int64(), nullable=False),
     pa.field("frames_kept", pa.int64(), nullable=False),
     *[pa.field(f"dropped_{reason}", pa.int64(), nullable=False) for reason in DROP_REASONS],
+])
+
+# stats/cameras.parquet: one row per ok video with an intrinsics estimate or a named failure (intrinsics.enabled).
+CAMERA_SCHEMA = _with_version([
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # ok, or intrinsics_too_few_frames / intrinsics_failed
+    pa.field("error", pa.string()),
+    pa.field("model", pa.string(), nullable=False),  # SIMPLE_RADIAL
+    pa.field("fx", pa.float64()), pa.field("fy", pa.float64()),  # normalised by width / height
+    pa.field("cx", pa.float64()), pa.field("cy", pa.float64()),
+    pa.field("k1", pa.float64()),  # radial distortion, in normalised image coordinates (x / f)
+    pa.field("width", pa.int32()),  # of the frames COLMAP saw
+    pa.field("height", pa.int32()),
+    pa.field("clip_id", pa.int32()),
+    pa.field("frames", pa.int32(), nullable=False),  # given to COLMAP
+    pa.field("registered", pa.int32(), nullable=False),  # in the model
+    pa.field("reprojection_error_px", pa.float64()),
+    pa.field("attempts", pa.int32(), nullable=False),
+    pa.field("seed", pa.int64()),  # of the attempt that succeeded
 ])
 
 EMBEDDING_MODEL_KEY = b"depthcurate.clip_model_hash"  # which model made the embeddings
