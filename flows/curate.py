@@ -1,6 +1,7 @@
 """The `curate` Prefect flow: one task per video, bounded concurrency, then a corpus-level publish.
 
-With `clip.enabled`, each video task also embeds the video's shard rows (a nested `embed-<video_id>` task) and
+With `intrinsics.enabled`, each video task also estimates the video's camera intrinsics with COLMAP (a nested
+`intrinsics-<video_id>` task, so `run.workers` bounds it too). With `clip.enabled`, each video task also embeds the video's shard rows (a nested `embed-<video_id>` task) and
 publish runs the corpus-level CLIP pass (tags, junk, SemDeDup) over the embeddings.
 """
 from __future__ import annotations
@@ -68,8 +69,7 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
         damaged = damaged_outputs(root, record, cfg) if record["status"] == "ok" else []
         if not damaged:
             logger.info("%s: finished earlier (%s), skipped", entry.video_id, record["status"])
-            if cfg.clip.enabled and record["status"] == "ok":
-                embed_task(record, root, cfg)  # CLIP switched on (or another model) since: from the shards
+            _corpus_side_tables(record, root, cfg)  # switched on (or changed) since: from the shards
             return _brief(record, skipped=True)
         logger.warning("%s: finished earlier, but %s: rebuilding it", entry.video_id, "; ".join(damaged))
     downloader = download_task.with_options(
@@ -93,9 +93,42 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
     level = logger.info if record["status"] == "ok" else logger.warning
     level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
           f", kept {record['frames_kept']}/{record['frames_decoded']} frames")
-    if cfg.clip.enabled and record["status"] == "ok":
-        embed_task(record, root, cfg)
+    _corpus_side_tables(record, root, cfg)
     return _brief(record, skipped=False)
+
+
+def _corpus_side_tables(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> None:
+    """The per-video files computed from a finished video's shards: camera intrinsics, CLIP embeddings."""
+    if record["status"] != "ok":
+        return
+    if cfg.intrinsics.enabled:
+        intrinsics_task(record, root, cfg)
+    if cfg.clip.enabled:
+        embed_task(record, root, cfg)
+
+
+@task(name="intrinsics", cache_policy=NO_CACHE, task_run_name="intrinsics-{record[video_id]}",
+      cache_result_in_memory=False)
+def intrinsics_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
+    """COLMAP intrinsics of a finished video unless current; returns its status (ok or a named reason)."""
+    from pipeline.intrinsics import estimate_video
+
+    logger = get_run_logger()
+    try:
+        camera, computed = estimate_video(root, record, cfg.intrinsics)
+    except Exception:  # noqa: BLE001 - an unreadable shard must not sink the run; the video keeps null intrinsics
+        logger.error("%s: intrinsics failed\n%s", record["video_id"], traceback.format_exc())
+        return "error"
+    if not computed:
+        logger.info("%s: intrinsics current (%s), skipped", record["video_id"], camera["status"])
+    elif camera["status"] == "ok":
+        logger.info("%s: intrinsics fx=%.4f fy=%.4f cx=%.4f cy=%.4f k1=%.4f (%d/%d frames registered)",
+                    record["video_id"], camera["fx"], camera["fy"], camera["cx"], camera["cy"], camera["k1"],
+                    camera["registered"], camera["frames"])
+    else:
+        logger.warning("%s: %s (%s); the trainer learns its intrinsics", record["video_id"], camera["status"],
+                       camera["error"])
+    return camera["status"]
 
 
 @task(name="embed", cache_policy=NO_CACHE, task_run_name="embed-{record[video_id]}", cache_result_in_memory=False)

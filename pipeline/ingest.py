@@ -118,6 +118,7 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
         root.remove_dir(directory)
     root.remove(root.preview(entry.dataset, entry.video_id))
     root.remove(root.embeddings(entry.dataset, entry.video_id))
+    root.remove(root.camera(entry.dataset, entry.video_id))
     record = _base_record(entry, cfg, error.reason, info=info)
     record["error"] = redact_secrets(error.message)
     record["retryable"] = error.transient

@@ -222,3 +222,24 @@ def test_refused_and_stalled_downloads_are_named_and_the_rest_is_written(small_f
     assert (table["odd"]["width"], table["odd"]["height"]) == (121, 67)
     manifest = pq.read_table(DataRoot(path).manifest("test"), columns=["video_id"])["video_id"].to_pylist()
     assert set(manifest) == {"walk", "odd"} and verify_dataset(DataRoot(path)) == []
+
+
+def test_intrinsics_run_per_video_in_the_flow_and_a_rerun_skips_them(small_flow, http_root):
+    """intrinsics.enabled: a camera file per ok video, the cameras table and counts; a rerun keeps the files."""
+    from pipeline.intrinsics import REASONS
+
+    entries = [CatalogEntry(video_id="walk", url=f"{http_root}/walk.mp4", dataset="test", category="natural")]
+    overrides = {"intrinsics": {"enabled": True, "frames": 20, "attempts": 1}}
+    path, result = small_flow(entries, overrides)
+    root = DataRoot(path)
+    camera_file = root.camera("test", "walk")
+    camera = json.loads(camera_file.read_bytes())
+    assert camera["status"] in ("ok", *REASONS)  # this small, slow clip may or may not register: named either way
+    (row,) = pq.read_table(root.cameras_table).to_pylist()
+    assert (row["video_id"], row["status"], row["fx"]) == ("walk", camera["status"], camera["fx"])
+    assert result["counts"]["cameras"] == {camera["status"]: 1}
+    sources = set(pq.read_table(root.manifest("test"))["intrinsics_source"].to_pylist())
+    assert sources == ({"colmap"} if camera["status"] == "ok" else {None})
+    before = camera_file.stat().st_mtime_ns
+    _, again = small_flow(entries, overrides)
+    assert again["videos"][0]["skipped"] and camera_file.stat().st_mtime_ns == before
