@@ -137,6 +137,11 @@ class GroundTruth:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"ground-truth directory {self.directory} does not exist")
+        self.videos = sorted(p.stem for p in self.directory.glob("*.npz"))
+        if not self.videos:
+            raise ValueError(f"ground-truth directory {self.directory} holds no <video_id>.npz files")
         self._cache: dict[str, dict[str, np.ndarray] | None] = {}
 
     def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
