@@ -192,8 +192,8 @@ class BatchBuilder:
         samples = [self._sample(index, (height, width), aspect, rng, kind,
                                 None if supports is None else (supports[0][j], supports[1][j]))
                    for j, index in enumerate(batch.targets)]
-        out: dict[str, Any] = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
-                               for key in samples[0]}
+        out: dict[str, Any] = {key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)(
+            [s[key] for s in samples])) for key in samples[0]}
         out["kind"] = kind
         out["source"] = self.plan.source_names()[batch.source]
         out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
@@ -206,7 +206,7 @@ class BatchBuilder:
         geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
         jitter = augment.ColourJitter.draw(rng, self.cfg.augment) if self.train else augment.ColourJitter()
         rgb, row = self._decode(index, stereo=kind == "stereo")
-        sample = {"image": _chw(jitter(augment.apply(rgb, geometry)))}
+        sample = {"image": jitter(augment.apply(rgb, geometry))}  # HxWx3: made CxHxW once, when stacked
         k_norm = self._k_norm[index]
         if np.all(np.isfinite(k_norm)):
             k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
@@ -214,7 +214,7 @@ class BatchBuilder:
         else:
             sample["intrinsics"] = np.full(4, np.nan, np.float32)
         if support_rows is not None:
-            sample["supports"] = np.stack([_chw(jitter(augment.apply(self._decode(r, stereo=False)[0], geometry)))
+            sample["supports"] = np.stack([jitter(augment.apply(self._decode(r, stereo=False)[0], geometry))
                                            for r in support_rows])
         if self.ground_truth is not None:
             depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
@@ -278,8 +278,16 @@ class GroundTruth:
         return depth
 
 
-def _chw(rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+_FRAMES = ("image", "supports")  # sample keys holding HxWx3 frames
+
+
+def _stack_chw(frames: list[np.ndarray]) -> np.ndarray:
+    """[..., H, W, 3] arrays into one [N, ..., 3, H, W] array, copied once (not transposed, then stacked)."""
+    first = frames[0]
+    out = np.empty((len(frames), *first.shape[:-3], 3, *first.shape[-3:-1]), first.dtype)
+    for target, frame in zip(out, frames):
+        target[...] = np.moveaxis(frame, -1, -3)
+    return out
 
 
 class ShardStream(IterableDataset):
