@@ -60,7 +60,7 @@ class DataConfig(_Section):
     row_group_cache: int = Field(4, ge=1)  # shard row groups each loader worker keeps in memory
     # Decoded frames each loader worker keeps for a later planned use (a target is another target's
     # support a few batches on); 0 decodes every time. Costs up to this much memory per worker.
-    decode_cache_mb: float = Field(64.0, ge=0)
+    decode_cache_mb: float = Field(32.0, ge=0)
     split: str = "train"
     val_split: str = "val"
     seed: int = 0
