@@ -10,13 +10,17 @@ JPEG per frame at <folder>/<video_id>/<frame_index:06d>.jpg, with the very JPEG 
 (b) folder: a map-style torch Dataset fed shuffled target indices a batch at a time, which reads the target
     and its two support files by path and builds the batch with the same `BatchBuilder` code (the same
     `decode_rgb`, supports rule, augmentation and collation): only where the bytes come from differs.
+The shard loader's own advantages count: it knows its planned batches, so it decodes a frame that is a target
+now and a support later once (data.decode_cache_mb) and drops row groups after their last use.
 Both run in one process, alternating rounds (shard, folder, shard, folder, ...); each round starts a fresh
 loader, skips --warmup batches and times --batches (row-group reads of the shard loader fall inside the
 timed window, as they do in training). Medians over rounds and the ratio shard/folder are reported, with
 the seconds per batch each can sustain, next to one training step of a small model on this CPU for context.
-`in_process` builds the same planned batches in the main process, without a DataLoader: the per-batch cost
-once row groups are cached, the shard builder's first pass (which reads them), and one row-group read.
-The page cache is warm for both (the files were just written): a cold cache is not simulated.
+On a shared machine wall-clock rates move with the neighbours' load, so the CPU seconds the loader's
+processes (workers and main) spend per batch are reported too (from /proc), and the workers' peak RSS.
+`in_process` builds the same planned batches in the main process, without a DataLoader, as the stream does
+(the shard builder told the plan, so row-group reads and decoded-frame reuse are included), and one
+row-group read. The page cache is warm for both (the files were just written): a cold cache is not simulated.
 """
 from __future__ import annotations
 
@@ -148,14 +152,30 @@ def folder_loader(plan: SamplePlan, cfg: TrainConfig, paths: np.ndarray) -> Data
                       pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None)
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, float]:
-    """Seconds to the first batch, then the rate over `batches` batches after `warmup` (>= 1) skipped."""
+    """Seconds to the first batch, then the rate over `batches` batches after `warmup` (>= 1) skipped, the
+    CPU seconds per batch of the workers and the main process in that window, and the workers' peak RSS."""
     start = time.perf_counter()
     iterator = iter(loader)
     next(iterator)
     first = time.perf_counter() - start
     for _ in range(warmup - 1):
         next(iterator)
+    pids = [w.pid for w in getattr(iterator, "_workers", [])]  # DataLoader internals: a benchmark may peek
+    cpu_from = sum(_proc_cpu_s(pid) for pid in pids) + time.process_time()
     timed_from = time.perf_counter()
     samples = 0
     for _ in range(batches):
@@ -163,25 +183,28 @@ def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, floa
         assert batch["kind"] == "video" and batch["supports"].shape[1] == 2
         samples += batch["image"].shape[0]
     elapsed = time.perf_counter() - timed_from
+    cpu = sum(_proc_cpu_s(pid) for pid in pids) + time.process_time() - cpu_from
+    peak = max((_proc_peak_rss_mb(pid) for pid in pids), default=float("nan"))
     del iterator  # shuts the workers down
-    return {"first_batch_s": first, "samples_per_s": samples / elapsed, "batches_per_s": batches / elapsed}
+    return {"first_batch_s": first, "samples_per_s": samples / elapsed, "batches_per_s": batches / elapsed,
+            "cpu_s_per_batch": cpu / batches, "worker_peak_rss_mb": peak}
 
 
 def in_process(plan: SamplePlan, cfg: TrainConfig, paths: np.ndarray, batches: int) -> dict[str, Any]:
-    """Per-batch build cost without a DataLoader (shard row groups already cached), and one row-group read."""
+    """Per-batch build cost without a DataLoader, as the stream builds them, and one row-group read."""
     planned = plan.epoch(0, 1)[0][:batches]
     shard, folder = BatchBuilder(plan, cfg.data), FileBatchBuilder(plan, cfg.data, paths)
-    start = time.perf_counter()
-    for batch in planned:  # first pass: also reads the row groups it touches
-        shard(batch)
-    first_pass = time.perf_counter() - start
-    times: dict[str, list[float]] = {"shard": [], "folder": []}
-    for _ in range(2):
+    times: dict[str, list[float]] = {"shard": [], "folder": [], "shard_cpu": [], "folder_cpu": []}
+    for _ in range(3):
         for name, builder in (("shard", shard), ("folder", folder)):
-            start = time.perf_counter()
+            if builder is shard:
+                shard.plan_ahead(planned)  # as ShardStream does; the pass re-reads the row groups it needs
+            start, cpu = time.perf_counter(), time.process_time()
             for batch in planned:
                 builder(batch)
             times[name].append((time.perf_counter() - start) / len(planned))
+            times[f"{name}_cpu"].append((time.process_time() - cpu) / len(planned))
+    frames = shard.frames
     group_reads = []
     for path in sorted(set(plan.frame["root"] + "/" + plan.frame["shard"]))[:4]:
         start = time.perf_counter()
@@ -189,7 +212,9 @@ def in_process(plan: SamplePlan, cfg: TrainConfig, paths: np.ndarray, batches: i
         group_reads.append(time.perf_counter() - start)
     return {"batches": len(planned), "shard_s_per_batch": round(min(times["shard"]), 4),
             "folder_s_per_batch": round(min(times["folder"]), 4),
-            "shard_first_pass_s_per_batch": round(first_pass / len(planned), 4),
+            "shard_cpu_s_per_batch": round(min(times["shard_cpu"]), 4),
+            "folder_cpu_s_per_batch": round(min(times["folder_cpu"]), 4),
+            "shard_decoded_frame_reuse": round(frames.hits / max(1, frames.hits + frames.misses), 3),
             "row_group_read_s": round(statistics.median(group_reads), 3)}
 
 
@@ -223,6 +248,7 @@ def main() -> None:
     parser.add_argument("--train-size", default="192x320", help="training HxW (data.height x data.width)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both")
+    parser.add_argument("--decode-cache-mb", type=float, help="data.decode_cache_mb (default: the config's)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each loader, alternating")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per round")
     parser.add_argument("--warmup", type=int, default=5, help="batches skipped per round before timing")
@@ -250,8 +276,10 @@ def main() -> None:
             manifest, dataset = build_dataset(work, args.videos, args.seconds, width, height)
             cache.write_text(json.dumps({"key": key, "manifest": str(manifest), "dataset": dataset}))
         build_s = time.perf_counter() - t0
-        cfg = load_train_config(overrides={"data": {"height": train_h, "width": train_w,
-                                                    "batch_size": args.batch_size, "num_workers": args.workers}})
+        data = {"height": train_h, "width": train_w, "batch_size": args.batch_size, "num_workers": args.workers}
+        if args.decode_cache_mb is not None:
+            data["decode_cache_mb"] = args.decode_cache_mb
+        cfg = load_train_config(overrides={"data": data})
         plan = SamplePlan(load_manifests([str(manifest)], "train", cfg.data.filters), cfg.data)
         paths, folder = export_folder(plan, work / "folder")
         rounds: dict[str, list[dict[str, float]]] = {"shard": [], "folder": []}
@@ -267,15 +295,21 @@ def main() -> None:
             result[name] = {"samples_per_s": round(sps, 1), "rounds_samples_per_s": [round(r["samples_per_s"], 1)
                                                                                      for r in runs],
                             "s_per_batch": round(1.0 / bps, 4),
-                            "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 3)}
+                            "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 3),
+                            "cpu_s_per_batch": round(statistics.median(r["cpu_s_per_batch"] for r in runs), 4),
+                            "worker_peak_rss_mb": round(max(r["worker_peak_rss_mb"] for r in runs), 1)}
         single = in_process(plan, cfg, paths, args.in_process_batches) if args.in_process_batches else None
         out = {
             "setup": {"videos": args.videos, "frame_size": f"{width}x{height}", "train_size": f"{train_h}x{train_w}",
                       "batch_size": args.batch_size, "workers": args.workers, "supports": 2,
+                      "decode_cache_mb": cfg.data.decode_cache_mb,
                       "rounds": args.rounds, "batches_per_round": args.batches, "warmup_batches": args.warmup,
                       **dataset, **folder, "cpu_count": os.cpu_count(), "build_s": round(build_s, 1)},
             "shard": result["shard"], "folder": result["folder"],
             "ratio_shard_to_folder": round(result["shard"]["samples_per_s"] / result["folder"]["samples_per_s"], 3),
+            # CPU per batch, folder over shard: > 1 means the shard loader needs less CPU for the same batches.
+            "cpu_ratio_folder_to_shard": round(result["folder"]["cpu_s_per_batch"]
+                                               / result["shard"]["cpu_s_per_batch"], 3),
             "note": "page cache warm for both loaders (files just written); a cold cache / network storage is "
                     "not simulated. Each loaded sample decodes 3 JPEGs (target + 2 supports).",
         }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer.config import load_train_config
-from trainer.data import BatchBuilder, ShardStream, make_loader
+from trainer.data import BatchBuilder, DecodedFrames, ShardStream, make_loader, next_uses
 from trainer.manifest import ManifestError, load_manifests
 from trainer.plan import SamplePlan
 
@@ -80,3 +80,40 @@ def test_eval_mode_keeps_the_reference_shape_and_no_jitter(train_root):
     again = builder(stream.plan.epoch(0, 1)[0][0])
     assert torch.equal(batch["image"], again["image"])
     assert np.isfinite(batch["intrinsics"].numpy()).all()
+
+
+def test_planned_decoding_reuses_frames_and_changes_no_pixel(train_root):
+    stream = stream_for(train_root, num_workers=0)
+    batches = stream.plan.epoch(0, 1)[0]
+    plain = BatchBuilder(stream.plan, stream.cfg)
+    planned = BatchBuilder(stream.plan, stream.cfg)
+    planned.plan_ahead(batches)
+    for batch in batches:
+        a, b = plain(batch), planned(batch)
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert torch.equal(value, b[key]) if isinstance(value, torch.Tensor) else value == b[key]
+    assert planned.frames.hits > 0  # targets and supports overlap: some frames were decoded once for two uses
+    assert planned.frames.position == sum(len(planned.decodes(b)[0]) for b in batches)  # it kept to the plan
+    assert not planned.reader._groups  # every row group was dropped after its last planned read
+
+
+def test_decoded_frames_keep_what_is_wanted_soonest():
+    rows = np.array([1, 2, 3, 1, 2, 1])
+    assert next_uses(rows).tolist() == [3, 4, -1, 5, -1, -1]
+    frame = {r: np.full(8, r, np.uint8) for r in (1, 2, 3)}
+
+    def replay(frames: DecodedFrames, order) -> list[bool]:
+        hits = []
+        for row in order:
+            got = frames.get(row)
+            hits.append(got is not None)
+            assert got is None or got is frame[row]
+            frames.done(row, frame[row])
+        return hits
+
+    assert replay(DecodedFrames(rows, 16), rows) == [False, False, False, True, True, True]
+    # Room for one frame: row 2 (wanted at 4) gives way to row 1 (wanted at 3), as Belady's rule says.
+    assert replay(DecodedFrames(rows, 8), rows) == [False, False, False, True, False, True]
+    # A caller off the plan still gets correct frames (keyed by row) but no more caching.
+    assert replay(DecodedFrames(rows, 16), [1, 3, 1, 2]) == [False, False, False, False]

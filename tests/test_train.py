@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,9 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint, load_model
+from trainer.cli import main
 from trainer.config import load_train_config
+from trainer.evaluate import METRIC_NAMES
 from trainer.train import fit, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +53,14 @@ def log_rows(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_fit_logs_checkpoints_and_evaluates(train_root, tmp_path):
-    overrides = {**TINY, "run": {**TINY["run"], "out_dir": str(tmp_path / "run"), "tensorboard": True}}
+def manifest_args(root: Path) -> list[str]:
+    return sum((["--manifest", m] for m in manifests(root)), [])
+
+
+def test_fit_logs_checkpoints_and_evaluates(train_root, tmp_path, capsys):
+    overrides = {**TINY, "run": {**TINY["run"], "out_dir": str(tmp_path / "run"), "tensorboard": True,
+                                 "eval_every": 2},
+                 "eval": {"ground_truth": "ground_truth"}}  # relative: from the manifests' data root
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "log.jsonl").write_text('{"step": 7, "loss": 1.0}\n')  # an earlier run's: a fresh fit starts over
     result = fit(manifests(train_root), load_train_config(overrides=overrides))
@@ -68,6 +78,41 @@ def test_fit_logs_checkpoints_and_evaluates(train_root, tmp_path):
     model, cfg = load_model(result["checkpoint"])
     assert cfg.model.encoder == "test_convnext"
     assert model.predict_disparity(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+
+    # Held-out video frames are scored against the rendered depth, beside the stereo disparity, every
+    # eval_every steps and at the end; metrics.json says which reference each source was scored on.
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["step"] == 4 and summary["ground_truth"] == str(train_root / "ground_truth")
+    assert summary["evaluated_against"] == {"mono/video": "rendered_depth", "stereo/stereo": "stereo_disparity"}
+    depth = summary["metrics"]["mono/video"]
+    assert set(depth) == set(METRIC_NAMES) and all(math.isfinite(v) for v in depth.values())
+    assert 0 < depth["abs_rel"] and 0 <= depth["a1"] <= 1
+    assert [r["step"] for r in rows if "eval/mono/video/abs_rel" in r] == [2, 4]
+    # `trainer evaluate` is the same pass: on the same batches it finds the same numbers, and it takes the
+    # ground truth from the checkpoint's config when --ground-truth is not given.
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", result["checkpoint"], *manifest_args(train_root), "--max-batches",
+                 str(TINY["run"]["eval_batches"]), "--device", "cpu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mono/video"] == pytest.approx(depth, rel=1e-5)
+    assert printed["stereo/stereo"] == pytest.approx(summary["metrics"]["stereo/stereo"], rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["missing", "no_npz", "other_videos"])
+def test_a_bad_ground_truth_directory_fails_before_training(train_root, tmp_path, capsys, case):
+    truth = tmp_path / "truth"
+    if case != "missing":
+        truth.mkdir()
+    if case == "other_videos":
+        shutil.copy(train_root / "ground_truth" / "walk.npz", truth / "elsewhere.npz")
+    out_dir = tmp_path / "run"
+    code = main(["fit", *manifest_args(train_root), "--out-dir", str(out_dir), *set_args(TINY),
+                 "--set", f"eval.ground_truth={truth}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and str(truth) in error
+    assert {"missing": "does not exist", "no_npz": "no <video_id>.npz files",
+            "other_videos": "no <video_id>.npz for any of the videos"}[case] in error
+    assert not (out_dir / "log.jsonl").exists() and not (out_dir / "checkpoints").exists()
 
 
 def test_lr_warms_up_then_decays():

@@ -1,6 +1,7 @@
 """`python -m trainer`: clear errors before any training starts, and evaluate's table."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,12 @@ def test_the_readme_demo_path_trains_and_evaluates(demo_run, tmp_path):
                str(REPO / "trainer" / "configs" / "demo.yaml"), "--out-dir", str(out_dir), "--resume",
                *sum((["--set", s] for s in tiny), [])]
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    # demo.yaml's eval.ground_truth (relative to the data root) reaches both fit's evaluation and evaluate's.
+    summary = json.loads((out_dir / "metrics.json").read_text())
+    assert summary["evaluated_against"]["demo/video"] == "rendered_depth"
+    assert summary["ground_truth"] == str((demo_run / "demo_sources" / "ground_truth").resolve())
     result = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--checkpoint",
-                             str(out_dir / "checkpoints" / "last.pt"), "--manifest", manifest, "--ground-truth",
-                             str(demo_run / "demo_sources" / "ground_truth")],
+                             str(out_dir / "checkpoints" / "last.pt"), "--manifest", manifest],
                             capture_output=True, text=True, cwd=REPO, check=True)
     header, row = result.stdout.strip().splitlines()[:2]
     assert header.split()[:3] == ["source", "abs_rel", "sq_rel"] and row.startswith("demo/video")

@@ -109,13 +109,22 @@ class ColourJitter:
         """Apply to float32 RGB in [0, 1], HxWx3."""
         if self == ColourJitter():
             return rgb
-        out = rgb * self.brightness
-        grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
-        out = (out - grey.mean()) * self.contrast + grey.mean()
-        grey = (out @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-        out = (out - grey) * self.saturation + grey
+        # One new array, then in-place steps: the same float32 operations in the same order as
+        # out = (out - mean) * contrast + mean etc., without an allocation per step (a loader hot spot).
+        out = (rgb * self.brightness).astype(np.float32, copy=False)
+        mean = (out @ _LUMA).mean()
+        out -= mean
+        out *= self.contrast
+        out += mean
+        grey = (out @ _LUMA)[..., None]
+        out -= grey
+        out *= self.saturation
+        out += grey
         if self.hue:
-            hsv = cv2.cvtColor(np.clip(out, 0, 1).astype(np.float32), cv2.COLOR_RGB2HSV)
+            hsv = cv2.cvtColor(np.clip(out, 0, 1, out=out), cv2.COLOR_RGB2HSV)
             hsv[..., 0] = (hsv[..., 0] + 360.0 * self.hue) % 360.0
             out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-        return np.clip(out, 0.0, 1.0).astype(np.float32)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--manifest", action="append", required=True)
     evaluate.add_argument("--split", default=None, help="default: the config's data.val_split")
-    evaluate.add_argument("--ground-truth", help="directory of <video_id>.npz rendered depth (synthetic data)")
+    evaluate.add_argument("--ground-truth", help="directory of <video_id>.npz rendered depth (synthetic data); "
+                          "default: the checkpoint's eval.ground_truth")
     evaluate.add_argument("--max-batches", type=int)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
@@ -95,15 +97,16 @@ def _fit(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.torch_compat import resolve_device
     from trainer.checkpoint import load_model
-    from trainer.data import GroundTruth
-    from trainer.evaluate import evaluate_model, format_metrics
+    from trainer.evaluate import evaluate_model, format_metrics, open_ground_truth
     from trainer.manifest import load_manifests
     from trainer.plan import SamplePlan
 
     device = resolve_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
     frame = load_manifests(args.manifest, args.split or cfg.data.val_split, cfg.data.filters)
-    truth = GroundTruth(args.ground_truth) if args.ground_truth else None
+    # A path given here is the user's (from the working directory); the config's is from the data root.
+    truth = open_ground_truth(Path(args.ground_truth).resolve() if args.ground_truth else cfg.eval.ground_truth,
+                              args.manifest, frame)
     metrics = evaluate_model(model, SamplePlan(frame, cfg.data), cfg, device, truth, args.max_batches)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0

@@ -58,6 +58,9 @@ class DataConfig(_Section):
     num_workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(256, ge=1)
     row_group_cache: int = Field(4, ge=1)  # shard row groups each loader worker keeps in memory
+    # Decoded frames each loader worker keeps for a later planned use (a target is another target's
+    # support a few batches on); 0 decodes every time. Costs up to this much memory per worker.
+    decode_cache_mb: float = Field(32.0, ge=0)
     split: str = "train"
     val_split: str = "val"
     seed: int = 0
@@ -128,6 +131,10 @@ class EvalConfig(_Section):
     alignment: Literal["lsq_disparity", "median", "none"] = "lsq_disparity"
     min_depth: float = Field(1e-3, gt=0)
     max_depth: float = Field(80.0, gt=0)
+    # A directory of <video_id>.npz rendered depth (pipeline.synthetic.save_ground_truth): fit's evaluations
+    # then also score held-out video frames against it. A relative path is taken from the data root of the
+    # first manifest (<root>/manifest/<dataset>.parquet), where the shards' paths start too.
+    ground_truth: str | None = None
 
 
 class TrainConfig(_Section):

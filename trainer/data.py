@@ -6,6 +6,11 @@ workers never repeat a sample within an epoch and all ranks take the same number
 endless (epoch after epoch); `start_batch` skips what a resumed run has already consumed, without
 reading those pixels. Files are opened lazily inside each worker, never in the parent, so forked
 workers share no file handles.
+
+Because the plan is known ahead, a worker also knows every frame it will decode and when: a frame that is
+a target now and a support a few batches later (or the other way round) is decoded once and kept until
+that use (`DecodedFrames`, within data.decode_cache_mb), and a row group is dropped after its last use.
+A folder-of-files loader drawing from a global shuffle has no such locality to exploit.
 """
 from __future__ import annotations
 
@@ -37,6 +42,10 @@ class ShardReader:
         self.cache_size = cache_size
         self._groups: OrderedDict[tuple[str, int, bool], pa.Table] = OrderedDict()
 
+    def release(self, path: str, group: int, stereo: bool) -> None:
+        """Forget a row group no planned read needs any more (frees its memory before the LRU would)."""
+        self._groups.pop((path, group, stereo), None)
+
     def row(self, path: str, group: int, offset: int, stereo: bool) -> dict[str, Any]:
         key = (path, group, stereo)
         table = self._groups.get(key)
@@ -58,12 +67,80 @@ class ShardReader:
         return {name: table.column(name)[offset].as_py() for name in table.column_names}
 
 
-def decode_rgb(jpeg: bytes) -> np.ndarray:
-    """JPEG bytes to float32 RGB in [0, 1]."""
+def decode_rgb8(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes to uint8 RGB."""
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("undecodable JPEG in shard")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def to_float(rgb8: np.ndarray) -> np.ndarray:
+    """uint8 RGB to float32 in [0, 1] (one allocation: the division is in place)."""
+    rgb = rgb8.astype(np.float32)
+    rgb /= 255.0
+    return rgb
+
+
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes to float32 RGB in [0, 1]."""
+    return to_float(decode_rgb8(jpeg))
+
+
+class DecodedFrames:
+    """Decoded frames kept for their next planned decode, within a byte budget.
+
+    `rows` lists, in order, the row of every decode a worker's planned batches will ask for. A frame is
+    kept only while a later decode wants it; when the budget is exceeded the frame wanted furthest ahead
+    goes (Belady's rule, exact here because the plan is known). Frames are keyed by row, so a caller that
+    strays from the plan still gets the right pixels; it only stops the caching."""
+
+    def __init__(self, rows: np.ndarray, budget_bytes: int):
+        self.rows = np.asarray(rows, np.int64)
+        self.next_use = next_uses(self.rows)
+        self.budget = budget_bytes
+        self.position = 0  # index into `rows` of the next decode
+        self._frames: dict[int, tuple[int, np.ndarray]] = {}  # row -> (position of its next use, frame)
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, row: int) -> np.ndarray | None:
+        entry = self._frames.pop(row, None)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._bytes -= entry[1].nbytes
+        return entry[1]
+
+    def done(self, row: int, frame: np.ndarray) -> int:
+        """Record the decode of `row` at the current position; keep `frame` if a later one wants it.
+
+        Returns the position just consumed (-1 once off the plan)."""
+        position = self.position
+        if position >= len(self.rows) or self.rows[position] != row:
+            self.rows = self.rows[:0]  # off the plan: stop caching rather than guess
+            self._frames.clear()
+            self._bytes = 0
+            return -1
+        self.position += 1
+        wanted = int(self.next_use[position])
+        if wanted >= 0 and frame.nbytes <= self.budget:
+            self._frames[row] = (wanted, frame)
+            self._bytes += frame.nbytes
+            while self._bytes > self.budget:
+                furthest = max(self._frames, key=lambda r: self._frames[r][0])
+                self._bytes -= self._frames.pop(furthest)[1].nbytes
+        return position
+
+
+def next_uses(rows: np.ndarray) -> np.ndarray:
+    """For each position, the next position holding the same row; -1 where there is none."""
+    order = np.lexsort((np.arange(len(rows)), rows))  # by row, then by position
+    nxt = np.full(len(rows), -1, np.int64)
+    same = rows[order[1:]] == rows[order[:-1]]
+    nxt[order[:-1][same]] = order[1:][same]
+    return nxt
 
 
 class BatchBuilder:
@@ -74,6 +151,8 @@ class BatchBuilder:
         self.plan, self.cfg, self.train = plan, cfg, train
         self.with_supports, self.ground_truth = with_supports, ground_truth
         self.reader = ShardReader(cfg.row_group_cache)
+        self.frames: DecodedFrames | None = None  # set by plan_ahead
+        self._release_at: dict[int, tuple[str, int, bool]] = {}
         frame = plan.frame
         self._paths = (frame["root"] + "/" + frame["shard"]).to_numpy()
         self._k_norm = frame[["fx", "fy", "cx", "cy"]].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -82,7 +161,9 @@ class BatchBuilder:
         self._videos = frame["video_id"].to_numpy()
         self._times = frame["timestamp_s"].to_numpy()
 
-    def __call__(self, batch: Batch) -> dict[str, Any]:
+    def _draw(self, batch: Batch) -> tuple[np.random.Generator, str, int, int, float,
+                                           tuple[np.ndarray, np.ndarray] | None]:
+        """The batch's RNG, kind, shape and support rows: the draws that decide which frames it decodes."""
         rng = np.random.default_rng(batch.seed)
         kind = self.plan.sources[batch.source][1]
         height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width,
@@ -90,11 +171,34 @@ class BatchBuilder:
         supports = None
         if kind == "video" and self.with_supports:
             supports = self.plan.supports(batch.targets, float(rng.random()))
+        return rng, kind, height, width, aspect, supports
+
+    def decodes(self, batch: Batch) -> tuple[np.ndarray, bool]:
+        """The rows `self(batch)` decodes, in that order, and whether they are read as stereo rows."""
+        _, kind, _, _, _, supports = self._draw(batch)
+        if supports is None:
+            return np.asarray(batch.targets, np.int64), kind == "stereo"
+        return np.stack([batch.targets, supports[0], supports[1]], axis=1).reshape(-1), False
+
+    def plan_ahead(self, batches: list[Batch]) -> None:
+        """Tell the builder the batches it will be called with, in order: decoded frames are then reused
+        and row groups dropped after their last use. Outputs stay exactly what they are without it."""
+        reads = [self.decodes(b) for b in batches]
+        rows = np.concatenate([r for r, _ in reads]) if reads else np.zeros(0, np.int64)
+        stereo = np.concatenate([np.full(len(r), s) for r, s in reads]) if reads else np.zeros(0, bool)
+        self.frames = DecodedFrames(rows, int(self.cfg.decode_cache_mb * 2**20))
+        # A row group is released after the last planned decode that may read it.
+        keys = zip(self._paths[rows].tolist(), self.plan.row_group[rows].tolist(), stereo.tolist())
+        last = {key: position for position, key in enumerate(keys)}  # later positions overwrite
+        self._release_at = {position: key for key, position in last.items()}
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        rng, kind, height, width, aspect, supports = self._draw(batch)
         samples = [self._sample(index, (height, width), aspect, rng, kind,
                                 None if supports is None else (supports[0][j], supports[1][j]))
                    for j, index in enumerate(batch.targets)]
-        out: dict[str, Any] = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
-                               for key in samples[0]}
+        out: dict[str, Any] = {key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)(
+            [s[key] for s in samples])) for key in samples[0]}
         out["kind"] = kind
         out["source"] = self.plan.source_names()[batch.source]
         out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
@@ -106,8 +210,8 @@ class BatchBuilder:
         flip = self.train and rng.random() < self.cfg.augment.flip_prob
         geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
         jitter = augment.ColourJitter.draw(rng, self.cfg.augment) if self.train else augment.ColourJitter()
-        row = self._row(index, stereo=kind == "stereo")
-        sample = {"image": _chw(jitter(augment.apply(decode_rgb(row["image"]), geometry)))}
+        rgb, row = self._decode(index, stereo=kind == "stereo")
+        sample = {"image": jitter(augment.apply(rgb, geometry))}  # HxWx3: made CxHxW once, when stacked
         k_norm = self._k_norm[index]
         if np.all(np.isfinite(k_norm)):
             k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
@@ -115,9 +219,8 @@ class BatchBuilder:
         else:
             sample["intrinsics"] = np.full(4, np.nan, np.float32)
         if support_rows is not None:
-            sample["supports"] = np.stack([
-                _chw(jitter(augment.apply(decode_rgb(self._row(r, stereo=False)["image"]), geometry)))
-                for r in support_rows])
+            sample["supports"] = np.stack([jitter(augment.apply(self._decode(r, stereo=False)[0], geometry))
+                                           for r in support_rows])
         if self.ground_truth is not None:
             depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
             sample["gt_depth"] = (augment.apply(depth, geometry, nearest=True)[None] if depth is not None
@@ -132,6 +235,21 @@ class BatchBuilder:
             sample["sky"] = augment.apply(sky_mask.astype(np.uint8), geometry, nearest=True)[None].astype(bool)
         return sample
 
+    def _decode(self, index: int, stereo: bool) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """Float RGB of a row, and the row itself when it had to be read (always for stereo rows)."""
+        frames = self.frames
+        rgb8 = frames.get(index) if frames is not None and not stereo else None
+        row = None
+        if rgb8 is None:
+            row = self._row(index, stereo)
+            rgb8 = decode_rgb8(row["image"])
+        if frames is not None:
+            position = frames.done(index, rgb8)
+            key = self._release_at.pop(position, None)
+            if key is not None:
+                self.reader.release(*key)
+        return to_float(rgb8), row
+
     def _row(self, index: int, stereo: bool) -> dict[str, Any]:
         return self.reader.row(self._paths[index], int(self.plan.row_group[index]),
                                int(self.plan.row_in_group[index]), stereo)
@@ -142,6 +260,11 @@ class GroundTruth:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"ground-truth directory {self.directory} does not exist")
+        self.videos = sorted(p.stem for p in self.directory.glob("*.npz"))
+        if not self.videos:
+            raise ValueError(f"ground-truth directory {self.directory} holds no <video_id>.npz files")
         self._cache: dict[str, dict[str, np.ndarray] | None] = {}
 
     def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
@@ -160,8 +283,16 @@ class GroundTruth:
         return depth
 
 
-def _chw(rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+_FRAMES = ("image", "supports")  # sample keys holding HxWx3 frames
+
+
+def _stack_chw(frames: list[np.ndarray]) -> np.ndarray:
+    """[..., H, W, 3] arrays into one [N, ..., 3, H, W] array, copied once (not transposed, then stacked)."""
+    first = frames[0]
+    out = np.empty((len(frames), *first.shape[:-3], 3, *first.shape[-3:-1]), first.dtype)
+    for target, frame in zip(out, frames):
+        target[...] = np.moveaxis(frame, -1, -3)
+    return out
 
 
 class ShardStream(IterableDataset):
@@ -192,7 +323,9 @@ class ShardStream(IterableDataset):
         epoch, offset = self._locate(first_step, global_workers)
         first = offset // self.loader_workers
         while True:
-            for batch in self.plan.epoch(epoch, global_workers)[global_worker][first:]:
+            batches = self.plan.epoch(epoch, global_workers)[global_worker][first:]
+            builder.plan_ahead(batches)
+            for batch in batches:
                 yield builder(batch)
             epoch, first = epoch + 1, 0
 

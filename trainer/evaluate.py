@@ -5,27 +5,63 @@ before the metrics: least squares in disparity space by default (MiDaS), median 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
 from trainer.config import TrainConfig
 from trainer.data import BatchBuilder, GroundTruth
+from trainer.manifest import data_root_of
 from trainer.metrics import MetricAccumulator, depth_metrics, disparity_metrics
 from trainer.plan import Batch, SamplePlan
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "log_rmse", "a1", "a2", "a3")
+# What a source's metrics are measured against, by the source's kind ("<dataset>/<kind>").
+REFERENCES = {"stereo": "stereo_disparity", "video": "rendered_depth"}
+
+
+def open_ground_truth(directory: str | Path | None, manifests: list[str], frame: pd.DataFrame | None = None
+                      ) -> GroundTruth | None:
+    """The rendered depth to evaluate video frames against (relative: from the first manifest's data root).
+
+    With `frame` (the rows to evaluate), a directory that covers none of its videos is an error: it would
+    silently score nothing."""
+    if directory is None:
+        return None
+    path = Path(directory)
+    if not path.is_absolute():
+        path = data_root_of(manifests[0]) / path
+    truth = GroundTruth(path)
+    if frame is not None:
+        videos = sorted(set(frame.loc[frame["kind"] == "video", "video_id"].astype(str)))
+        if videos and not set(videos) & set(truth.videos):
+            raise ValueError(f"ground-truth directory {path} has no <video_id>.npz for any of the videos "
+                             f"evaluated on ({', '.join(videos[:5])}{', ...' if len(videos) > 5 else ''}); "
+                             f"it holds {', '.join(truth.videos[:5])}{', ...' if len(truth.videos) > 5 else ''}")
+    return truth
+
+
+def references(metrics: dict[str, Any]) -> dict[str, str]:
+    """Per source of `evaluate_model`'s result: the ground truth its metrics were measured against."""
+    return {source: REFERENCES[source.rsplit("/", 1)[-1]] for source, values in metrics.items()
+            if isinstance(values, dict)}
 
 
 def evaluation_batches(plan: SamplePlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None,
                        max_batches: int | None = None) -> Iterator[dict[str, Any]]:
-    """Every row of every source in manifest order, at the reference size, without augmentation."""
+    """Every row that can be scored, source by source in manifest order, at the reference size, unaugmented.
+
+    Video frames are scored only against rendered depth, so those of videos without any are left out: a
+    capped pass (fit's run.eval_batches) is not spent decoding frames that cannot be scored."""
     builder = BatchBuilder(plan, cfg.data, train=False, with_supports=False, ground_truth=ground_truth)
     size = cfg.data.batch_size
+    covered = plan.frame["video_id"].astype(str).isin(ground_truth.videos if ground_truth else []).to_numpy()
     for source in range(len(plan.sources)):
-        rows = np.flatnonzero(plan.source_of == source)
+        rows = np.flatnonzero((plan.source_of == source) & (covered | (plan.sources[source][1] != "video")))
         for count, start in enumerate(range(0, len(rows), size)):
             if max_batches is not None and count >= max_batches:
                 break

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -22,9 +23,9 @@ from pipeline.storage import write_bytes_atomic
 from pipeline.torch_compat import resolve_device
 from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import ShardStream, make_loader
-from trainer.evaluate import evaluate_model
-from trainer.manifest import check_shards, load_manifests
+from trainer.data import GroundTruth, ShardStream, make_loader
+from trainer.evaluate import evaluate_model, open_ground_truth, references
+from trainer.manifest import ManifestError, check_shards, load_manifests
 from trainer.objective import DepthTraining
 from trainer.plan import SamplePlan
 
@@ -41,6 +42,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     frame = load_manifests(manifests, cfg.data.split, cfg.data.filters)
     check_shards(frame)
     plan = SamplePlan(frame, cfg.data)
+    val, truth = _evaluation_data(manifests, cfg)  # before any training: a bad ground truth fails at once
 
     model = DepthTraining(cfg.model, cfg.loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -102,16 +104,18 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                              "kind": kinds[0]})
         last = step == cfg.optim.max_steps
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
-            metrics = _evaluate(core, manifests, cfg, device, rank, log, step)
+            metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
             model.train()
         if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
             save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
                             batches=batches, cfg=cfg, metrics=metrics)
-    metrics = _evaluate(core, manifests, cfg, device, rank, log, step)
+    metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
     if rank == 0:
         save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
                         batches=batches, cfg=cfg, metrics=metrics)
-        (out_dir / "metrics.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
+        summary = {"step": step, "metrics": metrics, "evaluated_against": references(metrics),
+                   "ground_truth": str(truth.directory) if truth is not None else None}
+        write_bytes_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
     log.close()
     if world_size > 1:
         dist.barrier()
@@ -126,16 +130,25 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return factor * cfg.optim.decay_gamma ** sum(step >= s for s in cfg.optim.decay_steps)
 
 
-def _evaluate(model: DepthTraining, manifests: list[str], cfg: TrainConfig, device: torch.device, rank: int,
-              log: "RunLog", step: int) -> dict[str, Any]:
+def _evaluation_data(manifests: list[str], cfg: TrainConfig) -> tuple[pd.DataFrame | str, GroundTruth | None]:
+    """The held-out rows (or why there are none) and the checked `eval.ground_truth`, on every rank alike."""
+    try:
+        val: pd.DataFrame | str = load_manifests(manifests, cfg.data.val_split, cfg.data.filters)
+    except ManifestError as exc:
+        val = str(exc)
+    truth = open_ground_truth(cfg.eval.ground_truth, manifests, val if isinstance(val, pd.DataFrame) else None)
+    return val, truth
+
+
+def _evaluate(model: DepthTraining, val: pd.DataFrame | str, truth: GroundTruth | None, cfg: TrainConfig,
+              device: torch.device, rank: int, log: "RunLog", step: int) -> dict[str, Any]:
+    """`trainer evaluate`'s metrics on at most run.eval_batches batches per source (rank 0 only)."""
     metrics: dict[str, Any] = {}
     if rank == 0:  # a bounded pass on one rank; the others wait at the barrier
-        try:
-            frame = load_manifests(manifests, cfg.data.val_split, cfg.data.filters)
-        except ValueError as exc:
-            metrics = {"skipped": str(exc)}
+        if isinstance(val, str):
+            metrics = {"skipped": val}
         else:
-            metrics = evaluate_model(model, SamplePlan(frame, cfg.data), cfg, device,
+            metrics = evaluate_model(model, SamplePlan(val, cfg.data), cfg, device, truth,
                                      max_batches=cfg.run.eval_batches)
             log.write(step, {f"eval/{source}/{name}": value for source, values in metrics.items()
                              for name, value in values.items()})
