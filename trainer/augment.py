@@ -1,5 +1,9 @@
 """Training augmentation: SlowTV's aspect-ratio crops, flips and colour jitter, with intrinsics kept exact.
 
+Optionally a depth-cue-preserving zoom: a batch is resized by a random factor (zoom in: a smaller crop
+at a random place; zoom out: the whole crop at a smaller batch shape) and reports the zoom it got, by
+which the objective divides the predicted translation.
+
 Intrinsics are in pixels with pixel (u, v) at integer u, v (the renderer's and OpenCV's convention). A
 crop shifts the principal point, a resize maps pixel centres ((c + 0.5) * s - 0.5), a flip mirrors it.
 """
@@ -42,6 +46,37 @@ def centre_crop_box(src_height: int, src_width: int, aspect: float) -> tuple[int
         return (src_width - w) // 2, 0, w, src_height
     h = max(1, min(src_height, int(round(src_width / aspect))))
     return 0, (src_height - h) // 2, src_width, h
+
+
+def draw_zoom(rng: np.random.Generator, cfg: AugmentConfig, train: bool = True) -> float:
+    """One batch's resize factor; 1.0 without drawing anything when the option is off."""
+    if not train or cfg.resize_prob == 0 or rng.random() >= cfg.resize_prob:
+        return 1.0
+    return float(rng.uniform(*cfg.resize_range))
+
+
+def zoomed_size(size: tuple[int, int], zoom: float) -> tuple[int, int]:
+    """Batch (height, width) for a zoom: zooming out shrinks the batch (sides multiples of 32)."""
+    if zoom >= 1:
+        return size
+    return tuple(max(32, int(round(side * zoom / 32)) * 32) for side in size)  # type: ignore[return-value]
+
+
+def zoom_box(rng: np.random.Generator, src_height: int, src_width: int, aspect: float,
+             zoom: float) -> tuple[int, int, int, int]:
+    """Crop box for a zoom: zooming in takes a 1/zoom-sized box at a random place in the centre crop."""
+    x0, y0, w, h = centre_crop_box(src_height, src_width, aspect)
+    if zoom <= 1:
+        return x0, y0, w, h
+    cw, ch = max(1, int(round(w / zoom))), max(1, int(round(h / zoom)))
+    return (x0 + int(rng.integers(0, w - cw + 1)), y0 + int(rng.integers(0, h - ch + 1)), cw, ch)
+
+
+def zoom_factor(geometry: Geometry, reference: Geometry) -> float:
+    """How many times larger the scene appears in geometry than in reference (geometric mean of x, y)."""
+    zx = (geometry.size[1] / geometry.box[2]) / (reference.size[1] / reference.box[2])
+    zy = (geometry.size[0] / geometry.box[3]) / (reference.size[0] / reference.box[3])
+    return math.sqrt(zx * zy)
 
 
 def apply(image: np.ndarray, geometry: Geometry, nearest: bool = False) -> np.ndarray:

@@ -49,6 +49,18 @@ class AugmentConfig(_Section):
     saturation: float = Field(0.2, ge=0)
     hue: float = Field(0.05, ge=0, le=0.5)
     jitter_prob: float = Field(0.5, ge=0, le=1)
+    # Depth-cue-preserving resize: with this probability a batch is zoomed by a factor drawn from
+    # resize_range (then cropped back to its shape); the batch carries the factor and the objective
+    # divides the predicted translation by it, so the network's disparity scales with the zoom. 0: off.
+    resize_prob: float = Field(0.0, ge=0, le=1)
+    resize_range: tuple[float, float] = (0.5, 1.5)
+
+    @model_validator(mode="after")
+    def _resize_range(self) -> "AugmentConfig":
+        low, high = self.resize_range
+        if not 0 < low <= high:
+            raise ValueError(f"data.augment.resize_range must be 0 < low <= high, got {self.resize_range}")
+        return self
 
 
 class DataConfig(_Section):
@@ -87,6 +99,37 @@ class ModelConfig(_Section):
     intrinsics: Literal["given", "learned"] = "given"
     min_depth: float = Field(0.1, gt=0)
     max_depth: float = Field(100.0, gt=0)
+    # sigmoid: Monodepth2's sigmoid disparity. aquanet: adaptive quantisation over aquanet_levels levels
+    # (AQUANet); both give (d - 1/max_depth) / (1/min_depth - 1/max_depth) in [0, 1].
+    disparity_head: Literal["sigmoid", "aquanet"] = "sigmoid"
+    aquanet_levels: int = Field(33, ge=2)
+    # SPIMO: a learned encoding of the pixel position (u, v) in the depth decoder.
+    positional_encoding: bool = False
+
+
+class ExplainabilityConfig(_Section):
+    """SfMLearner's explainability mask: weights each support's photometric error, regularised towards 1."""
+
+    enabled: bool = False
+    weight: float = Field(0.2, ge=0)  # of the cross-entropy towards 1 (SfMLearner's lambda_e)
+
+
+class SpimoConfig(_Section):
+    """SPIMO second stage: pixels whose depth moves with the positional offsets are not trained on."""
+
+    enabled: bool = False
+    first_stage_checkpoint: str | None = None  # a run trained with model.positional_encoding: true
+    gamma: float = Field(0.03, gt=0)  # normalised depth variance above which a pixel is excluded
+    offsets_u: tuple[float, ...] = (0.0, 0.5, -0.5, 0.0)
+    offsets_v: tuple[float, ...] = (0.0, 0.0, 0.0, -0.25)
+
+    @model_validator(mode="after")
+    def _offsets(self) -> "SpimoConfig":
+        if len(self.offsets_u) != len(self.offsets_v) or len(self.offsets_u) < 2:
+            raise ValueError("loss.spimo.offsets_u and offsets_v need the same length, at least 2")
+        if self.enabled and not self.first_stage_checkpoint:
+            raise ValueError("loss.spimo.enabled needs loss.spimo.first_stage_checkpoint")
+        return self
 
 
 class LossConfig(_Section):
@@ -102,6 +145,8 @@ class LossConfig(_Section):
     ssi_alignment: Literal["median", "lsq"] = "median"
     video_weight: float = Field(1.0, ge=0)
     stereo_weight: float = Field(1.0, ge=0)
+    explainability: ExplainabilityConfig = ExplainabilityConfig()
+    spimo: SpimoConfig = SpimoConfig()
 
 
 class OptimConfig(_Section):

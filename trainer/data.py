@@ -194,8 +194,9 @@ class BatchBuilder:
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         rng, kind, height, width, aspect, supports = self._draw(batch)
+        zoom = augment.draw_zoom(rng, self.cfg.augment, self.train)  # after _draw: the rows decoded stay
         samples = [self._sample(index, (height, width), aspect, rng, kind,
-                                None if supports is None else (supports[0][j], supports[1][j]))
+                                None if supports is None else (supports[0][j], supports[1][j]), zoom)
                    for j, index in enumerate(batch.targets)]
         out: dict[str, Any] = {key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)(
             [s[key] for s in samples])) for key in samples[0]}
@@ -205,10 +206,18 @@ class BatchBuilder:
         return out
 
     def _sample(self, index: int, size: tuple[int, int], aspect: float, rng: np.random.Generator, kind: str,
-                support_rows: tuple[int, int] | None) -> dict[str, np.ndarray]:
+                support_rows: tuple[int, int] | None, zoom: float = 1.0) -> dict[str, np.ndarray]:
         src_h, src_w = (int(v) for v in self._sizes[index])
         flip = self.train and rng.random() < self.cfg.augment.flip_prob
         geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
+        resize = None
+        if self.train and self.cfg.augment.resize_prob > 0:
+            reference = geometry
+            zoomed = augment.zoomed_size(size, zoom)
+            box = augment.zoom_box(rng, src_h, src_w, zoomed[1] / zoomed[0] if zoom < 1 else aspect, zoom)
+            geometry = augment.Geometry(box, zoomed, bool(flip))
+            resize = np.float32(augment.zoom_factor(geometry, reference))
+            size = zoomed
         jitter = augment.ColourJitter.draw(rng, self.cfg.augment) if self.train else augment.ColourJitter()
         rgb, row = self._decode(index, stereo=kind == "stereo")
         sample = {"image": jitter(augment.apply(rgb, geometry))}  # HxWx3: made CxHxW once, when stacked
@@ -218,6 +227,8 @@ class BatchBuilder:
             sample["intrinsics"] = augment.normalised_intrinsics(k, *size)
         else:
             sample["intrinsics"] = np.full(4, np.nan, np.float32)
+        if resize is not None:
+            sample["resize_factor"] = resize
         if support_rows is not None:
             sample["supports"] = np.stack([jitter(augment.apply(self._decode(r, stereo=False)[0], geometry))
                                            for r in support_rows])

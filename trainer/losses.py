@@ -46,6 +46,8 @@ def reprojection_loss(
     sources: list[Tensor],
     valid: list[Tensor] | None = None,
     automask: bool = True,
+    weights: list[Tensor] | None = None,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-pixel minimum photometric error over supports, automasked: (loss, mask_used).
 
@@ -56,8 +58,12 @@ def reprojection_loss(
     (Monodepth2): their error is a constant, but dividing by the used pixels alone would reward a pose
     that hands the hard pixels to the identity, which on textured scenes makes a wrong motion score
     better than none.
+    weights: per-support [B,1,H,W] factors on the warped errors (SfMLearner's explainability mask).
+    keep: [B,1,H,W] bool; pixels outside it are left out of the loss altogether (SPIMO's moving mask).
     """
     errors = torch.cat([photometric_error(w, target) for w in warped], 1)
+    if weights is not None:
+        errors = errors * torch.cat(weights, 1).to(errors.dtype)
     if valid is not None:
         errors = torch.where(torch.cat(valid, 1), errors, torch.full_like(errors, float("inf")))
     n_identity = 0
@@ -68,10 +74,28 @@ def reprojection_loss(
         n_identity = identity.shape[1]
     best, index = errors.min(1, keepdim=True)
     finite = torch.isfinite(best)
+    if keep is not None:
+        finite = finite & keep
     mask = (index >= n_identity) & finite
     # where, not multiply: best is inf where no support was valid, and inf * 0 is NaN.
     total = torch.where(finite, best, torch.zeros_like(best)).sum()
     return total / finite.sum().clamp(min=1), mask
+
+
+def explainability_regulariser(masks: list[Tensor]) -> Tensor:
+    """SfMLearner's cross-entropy of each explainability mask towards 1: mean of -log(mask)."""
+    return torch.stack([-torch.log(m.float().clamp(min=_EPS)).mean() for m in masks]).mean()
+
+
+def positional_variance(depths: Tensor) -> Tensor:
+    """SPIMO's normalised depth variance over N predictions [N,B,1,H,W]: sum (D_i - mean)^2 / (mean^2 (N - 1))."""
+    mean = depths.mean(0)
+    return ((depths - mean) ** 2).sum(0) / (mean**2 * (depths.shape[0] - 1)).clamp(min=_EPS)
+
+
+def moving_mask(depths: Tensor, gamma: float = 0.03) -> Tensor:
+    """[B,1,H,W] bool: pixels whose depth changes with the positional offset (likely moving) (SPIMO)."""
+    return positional_variance(depths) > gamma
 
 
 def smoothness_loss(disp: Tensor, image: Tensor) -> Tensor:

@@ -148,40 +148,115 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 # ---------------------------------------------------------------- depth
 
 
-class DepthNet(nn.Module):
-    """Image [B,3,H,W] in [0,1] -> sigmoid disparities at strides 1, 2, 4, ... (index 0 = full res)."""
+def aquanet_levels(beta: Tensor, n_levels: int, min_disp: float, max_disp: float) -> Tensor:
+    """AQUANet's adaptive disparity levels [B,N,H,W] for per-pixel beta [B,1,H,W] > 0.
 
-    def __init__(self, encoder: str = "convnext_tiny", checkpoint: str | None = None, scales: int = 4):
+    d_n = d_max * exp(ln(d_max / d_min) * (t_n^beta - 1)) with t_n = n / (N - 1), n = 0..N-1, so the
+    first level is d_min and the last d_max whatever beta is (the paper writes n / N; this indexing
+    puts both ends of the range on a level). beta = 1 spaces the levels uniformly in log disparity;
+    beta > 1 packs them towards d_min (far), beta < 1 towards d_max (near).
+    """
+    t = torch.arange(n_levels, dtype=beta.dtype, device=beta.device).view(1, -1, 1, 1) / (n_levels - 1)
+    # t = 0 is taken out of the power: d/dbeta 0^beta = 0 * log(0) is NaN.
+    powered = torch.where(t > 0, t.clamp(min=1e-12) ** beta, torch.zeros_like(t * beta))
+    return max_disp * torch.exp(math.log(max_disp / min_disp) * (powered - 1))
+
+
+class AquaNetHead(nn.Module):
+    """Adaptive disparity quantisation (AQUANet): a logit volume over N levels and a per-pixel beta.
+
+    Returns the same normalised quantity as the sigmoid head, (d - d_min) / (d_max - d_min) in [0, 1]
+    with d_min, d_max = 1 / max_depth, 1 / min_depth, so disp_to_depth maps both heads alike.
+    """
+
+    _BETA_OFFSET = math.log(math.e - 1)  # softplus(offset) = 1: log-uniform levels at initialisation
+
+    def __init__(self, channels: int, n_levels: int, min_depth: float, max_depth: float):
+        super().__init__()
+        if n_levels < 2:
+            raise ValueError(f"AQUANet needs at least 2 levels, got {n_levels}")
+        self.n_levels = n_levels
+        self.min_disp, self.max_disp = 1.0 / max_depth, 1.0 / min_depth
+        self.conv = nn.Conv2d(channels, n_levels + 1, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(x).float()  # exp/log of levels in bf16 would blur neighbouring levels together
+        logits, raw_beta = out[:, :-1], out[:, -1:]
+        beta = F.softplus(raw_beta + self._BETA_OFFSET)
+        levels = aquanet_levels(beta, self.n_levels, self.min_disp, self.max_disp)
+        disp = (torch.softmax(logits, 1) * levels).sum(1, keepdim=True)
+        return ((disp - self.min_disp) / (self.max_disp - self.min_disp)).clamp(0, 1)
+
+
+def normalised_grid(height: int, width: int, like: Tensor, offset: tuple[float, float] = (0.0, 0.0)) -> Tensor:
+    """[1,2,H,W] pixel-centre (u, v) in [-1, 1] (centre (0, 0), top-left corner (-1, -1)), plus offset."""
+    v, u = torch.meshgrid(
+        (torch.arange(height, dtype=like.dtype, device=like.device) + 0.5) / height * 2 - 1 + offset[1],
+        (torch.arange(width, dtype=like.dtype, device=like.device) + 0.5) / width * 2 - 1 + offset[0],
+        indexing="ij",
+    )
+    return torch.stack([u, v], 0).unsqueeze(0)
+
+
+class DepthNet(nn.Module):
+    """Image [B,3,H,W] in [0,1] -> disparities in [0,1] at strides 1, 2, 4, ... (index 0 = full res).
+
+    head: "sigmoid" (Monodepth2) or "aquanet" (adaptive quantisation, see AquaNetHead).
+    positional_encoding: a learned encoding of the normalised pixel position (u, v) is added to every
+    decoder level (SPIMO); forward's `offset` shifts that position to probe how much depth relies on it.
+    """
+
+    def __init__(self, encoder: str = "convnext_tiny", checkpoint: str | None = None, scales: int = 4,
+                 head: str = "sigmoid", levels: int = 33, min_depth: float = 0.1, max_depth: float = 100.0,
+                 positional_encoding: bool = False):
         super().__init__()
         self.encoder = build_encoder(encoder, checkpoint)
         self.normalize = _Normalize(self.encoder)
         channels = self.encoder.feature_info.channels()
         reductions = self.encoder.feature_info.reduction()
         self.stride = reductions[-1]
-        levels = int(math.log2(self.stride))
-        if 2**levels != self.stride or any(2 ** int(math.log2(r)) != r for r in reductions):
+        levels_ = int(math.log2(self.stride))
+        if 2**levels_ != self.stride or any(2 ** int(math.log2(r)) != r for r in reductions):
             raise ValueError(f"encoder {encoder!r} has feature strides {reductions}; DepthNet needs powers of 2")
-        if not 1 <= scales <= levels:
-            raise ValueError(f"scales must be in 1..{levels} for encoder {encoder!r}, got {scales}")
+        if not 1 <= scales <= levels_:
+            raise ValueError(f"scales must be in 1..{levels_} for encoder {encoder!r}, got {scales}")
         self.scales = scales
         # Skip connection per output stride 2^i: the encoder's feature at that stride, if it has one
         # (convnext starts at stride 4, resnet at 2; the finer decoder levels then go without).
         self.skip_index = {int(math.log2(r)): i for i, r in enumerate(reductions)}
-        dec = [DECODER_CHANNELS[min(i, len(DECODER_CHANNELS) - 1)] for i in range(levels)]
+        dec = [DECODER_CHANNELS[min(i, len(DECODER_CHANNELS) - 1)] for i in range(levels_)]
         self.upconv0, self.upconv1 = nn.ModuleDict(), nn.ModuleDict()
         c_in = channels[-1]
-        for i in range(levels - 1, -1, -1):
+        for i in range(levels_ - 1, -1, -1):
             skip = channels[self.skip_index[i]] if i in self.skip_index else 0
             self.upconv0[str(i)] = _conv_block(c_in, dec[i])
             self.upconv1[str(i)] = _conv_block(dec[i] + skip, dec[i])
             c_in = dec[i]
-        self.levels = levels
-        self.dispconv = nn.ModuleDict({
-            str(i): nn.Conv2d(dec[i], 1, 3, padding=1, padding_mode="reflect") for i in range(scales)
-        })
+        self.levels = levels_
+        if head == "sigmoid":
+            self.dispconv = nn.ModuleDict({
+                str(i): nn.Conv2d(dec[i], 1, 3, padding=1, padding_mode="reflect") for i in range(scales)
+            })
+        elif head == "aquanet":
+            self.dispconv = nn.ModuleDict({
+                str(i): AquaNetHead(dec[i], levels, min_depth, max_depth) for i in range(scales)
+            })
+        else:
+            raise ValueError(f"unknown disparity head {head!r}; expected 'sigmoid' or 'aquanet'")
+        self.head = head
+        self.position = None
+        if positional_encoding:
+            # A per-level MLP (1x1 convs) of (u, v): a "neural" encoding the decoder can lean on.
+            self.position = nn.ModuleDict({
+                str(i): nn.Sequential(nn.Conv2d(2, 32, 1), nn.ELU(inplace=True), nn.Conv2d(32, dec[i], 1))
+                for i in range(levels_)
+            })
 
-    def forward(self, image: Tensor) -> list[Tensor]:
-        """List of `scales` disparities in (0, 1), [B,1,H/2^s,W/2^s] for s = 0, 1, ..."""
+    def forward(self, image: Tensor, offset: tuple[float, float] = (0.0, 0.0)) -> list[Tensor]:
+        """List of `scales` disparities in [0, 1], [B,1,H/2^s,W/2^s] for s = 0, 1, ...
+
+        offset: (du, dv) added to the normalised positions fed to the positional encoding (if any).
+        """
         h, w = image.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"DepthNet input height and width must be multiples of {self.stride}, got {h}x{w}")
@@ -193,8 +268,11 @@ class DepthNet(nn.Module):
             if i in self.skip_index:
                 x = torch.cat([x, features[self.skip_index[i]]], 1)
             x = self.upconv1[str(i)](x)
+            if self.position is not None:
+                x = x + self.position[str(i)](normalised_grid(*x.shape[-2:], x, offset))
             if i < self.scales:
-                out[i] = torch.sigmoid(self.dispconv[str(i)](x))
+                head = self.dispconv[str(i)](x)
+                out[i] = torch.sigmoid(head) if self.head == "sigmoid" else head
         return [out[i] for i in range(self.scales)]
 
 
@@ -204,7 +282,8 @@ class DepthNet(nn.Module):
 class PoseNet(nn.Module):
     """Image pair -> (target-to-source [B,4,4], normalised intrinsics [B,4] or None)."""
 
-    def __init__(self, encoder: str = "resnet18", checkpoint: str | None = None, learn_intrinsics: bool = True):
+    def __init__(self, encoder: str = "resnet18", checkpoint: str | None = None, learn_intrinsics: bool = True,
+                 explainability: bool = False):
         super().__init__()
         # A 3-channel checkpoint's stem is repeated and halved for the 6-channel pair (Monodepth2).
         self.encoder = build_encoder(encoder, checkpoint, in_chans=6)
@@ -223,19 +302,49 @@ class PoseNet(nn.Module):
             # 0.5 for the principal point; the head moves away from there as training needs.
             nn.init.zeros_(self.intrinsics.weight)
             nn.init.zeros_(self.intrinsics.bias)
+        self.explain = ExplainabilityDecoder(self.encoder.feature_info.channels()) if explainability else None
 
-    def forward(self, target: Tensor, source: Tensor, source_first: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, target: Tensor, source: Tensor, source_first: bool = False, explain: bool = False
+                ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
         """Transform mapping target-camera points to the source camera, and (fx/W, fy/H, cx/W, cy/H).
 
         source_first=True feeds the pair as (source, target) and inverts the predicted motion, so the
         network always sees frames in temporal order when the source precedes the target (Monodepth2).
+        explain=True (needs explainability=True) adds SfMLearner's explainability mask [B,1,H,W] in (0, 1).
         """
         first, second = (source, target) if source_first else (target, source)
         pair = torch.cat([self.normalize(first), self.normalize(second)], 1)
-        x = self.squeeze(self.encoder(pair)[-1])
+        features = self.encoder(pair)
+        x = self.squeeze(features[-1])
         motion = POSE_SCALE * self.pose(x).mean((2, 3))
         transform = pose_vec_to_matrix(motion[:, :3], motion[:, 3:], invert=source_first)
-        if self.intrinsics is None:
-            return transform, None
-        raw = self.intrinsics(x.mean((2, 3)))
-        return transform, torch.cat([F.softplus(raw[:, :2]), torch.sigmoid(raw[:, 2:])], 1)
+        k_norm = None
+        if self.intrinsics is not None:
+            raw = self.intrinsics(x.mean((2, 3)))
+            k_norm = torch.cat([F.softplus(raw[:, :2]), torch.sigmoid(raw[:, 2:])], 1)
+        if not explain:
+            return transform, k_norm
+        if self.explain is None:
+            raise ValueError("PoseNet was built without explainability=True")
+        return transform, k_norm, self.explain(features, target.shape[-2:])
+
+
+class ExplainabilityDecoder(nn.Module):
+    """SfMLearner's explainability mask from the pose encoder's feature pyramid: [B,1,H,W] in (0, 1).
+
+    A light FPN-style decoder (1x1 projection per level, upsampled and summed, one 3x3 conv): the mask
+    needs coarse regions (moving objects, occluders), not fine detail.
+    """
+
+    _INIT_BIAS = 2.0  # sigmoid(2) = 0.88: start by explaining nearly everything
+
+    def __init__(self, channels: list[int], width: int = 16):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.out = nn.Sequential(nn.ELU(), nn.Conv2d(width, 1, 3, padding=1, padding_mode="reflect"))
+        nn.init.constant_(self.out[1].bias, self._INIT_BIAS)
+
+    def forward(self, features: list[Tensor], size: tuple[int, int]) -> Tensor:
+        total = sum(F.interpolate(lat(f), size=tuple(size), mode="bilinear", align_corners=False)
+                    for lat, f in zip(self.lateral, features))
+        return torch.sigmoid(self.out(total))

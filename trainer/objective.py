@@ -2,6 +2,10 @@
 
 Video batches: self-supervised view synthesis (Monodepth2 / SlowTV). Stereo batches: the MiDaS
 scale-and-shift-invariant loss on flow disparity. The loss follows what the batch carries.
+
+Options from the literature, each off by default (config): AQUANet's disparity head and SPIMO's
+positional encoding (model), SfMLearner's explainability mask and SPIMO's moving-object exclusion
+(loss), and the depth-cue-preserving resize (data.augment; batches then carry "resize_factor").
 """
 from __future__ import annotations
 
@@ -13,7 +17,14 @@ from torch import Tensor, nn
 
 from trainer.config import LossConfig, ModelConfig
 from trainer.geometry import intrinsics_matrix, warp
-from trainer.losses import disp_to_depth, reprojection_loss, smoothness_loss, ssi_loss
+from trainer.losses import (
+    disp_to_depth,
+    explainability_regulariser,
+    moving_mask,
+    reprojection_loss,
+    smoothness_loss,
+    ssi_loss,
+)
 from trainer.models import DepthNet, PoseNet
 
 
@@ -22,10 +33,72 @@ class DepthTraining(nn.Module):
         super().__init__()
         self.model_cfg, self.loss_cfg = model, loss
         # Encoder checkpoints only matter for a fresh run; a saved run carries all the weights.
-        self.depth = DepthNet(model.encoder, model.encoder_checkpoint if load_encoders else None,
-                              scales=loss.scales)
+        self.depth = self._depth_net(model, model.encoder_checkpoint if load_encoders else None,
+                                     loss.scales, model.positional_encoding)
         self.pose = PoseNet(model.pose_encoder, model.pose_checkpoint if load_encoders else None,
-                            learn_intrinsics=True)
+                            learn_intrinsics=True, explainability=loss.explainability.enabled)
+        self.spimo_teacher = None
+        if loss.spimo.enabled:
+            # The first stage's depth net, frozen. A saved second-stage run carries its weights, so the
+            # first-stage file is only read for a fresh run.
+            self.spimo_teacher = self._depth_net(model, None, 1, positional_encoding=True)
+            if load_encoders:
+                self._load_teacher(loss.spimo.first_stage_checkpoint)
+            self.spimo_teacher.requires_grad_(False)
+
+    @staticmethod
+    def _depth_net(model: ModelConfig, checkpoint: str | None, scales: int, positional_encoding: bool) -> DepthNet:
+        return DepthNet(model.encoder, checkpoint, scales=scales, head=model.disparity_head,
+                        levels=model.aquanet_levels, min_depth=model.min_depth, max_depth=model.max_depth,
+                        positional_encoding=positional_encoding)
+
+    def _load_teacher(self, path: str) -> None:
+        """The depth weights of a first-stage run (same model section, positional_encoding: true)."""
+        from trainer.checkpoint import load_checkpoint  # trainer.checkpoint imports this module
+
+        state = load_checkpoint(path)["model"]
+        depth = {k[len("depth."):]: v for k, v in state.items() if k.startswith("depth.")}
+        own = self.spimo_teacher.state_dict()
+        depth = {k: v for k, v in depth.items() if k in own or not k.startswith("dispconv.")}  # coarser heads
+        try:
+            self.spimo_teacher.load_state_dict(depth)
+        except RuntimeError as err:
+            raise ValueError(f"SPIMO first stage {path} does not fit this model section with "
+                             f"positional_encoding: true: {err}") from err
+
+    @torch.no_grad()
+    def spimo_keep(self, image: Tensor) -> Tensor:
+        """[B,1,H,W] bool: pixels whose first-stage depth holds still under the positional offsets."""
+        cfg = self.loss_cfg.spimo
+        self.spimo_teacher.eval()  # frozen: batch-norm statistics stay the first stage's
+        depths = torch.stack([
+            disp_to_depth(self.spimo_teacher(image, offset=(du, dv))[0].float(),
+                          self.model_cfg.min_depth, self.model_cfg.max_depth)[1]
+            for du, dv in zip(cfg.offsets_u, cfg.offsets_v)])
+        return ~moving_mask(depths, cfg.gamma)
+
+    def support_motion(self, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor, list[Tensor] | None]:
+        """Per support: target-to-source transforms (translation divided by the batch's resize factor,
+        once), the mean learned intrinsics, and explainability masks when enabled."""
+        image, supports = batch["image"], batch["supports"]
+        explain = self.loss_cfg.explainability.enabled
+        transforms, learned, masks = [], [], []
+        factor = batch.get("resize_factor")
+        for s in range(supports.shape[1]):
+            # Frames go to the pose net in time order (Monodepth2): supports[:, 0] is t-k, before the target.
+            out = self.pose(image, supports[:, s], source_first=s == 0, explain=explain)
+            transform = out[0]
+            if factor is not None:
+                # Zooming by f makes the scene look f times nearer; the depth net is to predict that, so
+                # the camera must have moved f times less for the same image motion (depth-cue preserving).
+                scale = torch.ones_like(transform[:, :, :1]).repeat(1, 1, 4)
+                scale[:, :3, 3] = 1.0 / factor.to(transform.dtype).view(-1, 1)
+                transform = transform * scale
+            transforms.append(transform)
+            learned.append(out[1])
+            if explain:
+                masks.append(out[2])
+        return transforms, torch.stack(learned).mean(0), masks if explain else None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if batch["kind"] == "stereo":
@@ -35,19 +108,15 @@ class DepthTraining(nn.Module):
     def video_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image, supports = batch["image"], batch["supports"]
         _, _, height, width = image.shape
-        transforms, learned = [], []
-        for s in range(supports.shape[1]):
-            # Frames go to the pose net in time order (Monodepth2): supports[:, 0] is t-k, before the target.
-            transform, k_norm = self.pose(image, supports[:, s], source_first=s == 0)
-            transforms.append(transform)
-            learned.append(k_norm)
-        k_norm = torch.stack(learned).mean(0)
+        transforms, k_norm, explain_masks = self.support_motion(batch)
+        keep = self.spimo_keep(image) if self.spimo_teacher is not None else None
         given = batch["intrinsics"].to(k_norm.dtype)
         if self.model_cfg.intrinsics == "given":
             known = torch.isfinite(given).all(dim=1, keepdim=True)
             k_norm = torch.where(known, torch.nan_to_num(given), k_norm)
         total = image.new_zeros(())
         reprojection = image.new_zeros(())
+        regulariser = image.new_zeros(())
         outputs = self.depth(image)
         for scale, disp in enumerate(outputs):
             small = F.interpolate(image, size=disp.shape[-2:], mode="area")
@@ -60,13 +129,29 @@ class DepthTraining(nn.Module):
             _, depth = disp_to_depth(disp_at.float(), self.model_cfg.min_depth, self.model_cfg.max_depth)
             k = intrinsics_matrix(k_norm.float(), *depth.shape[-2:])
             warped, valid = zip(*(warp(src, depth, t.float(), k) for src, t in zip(sources, transforms)))
-            rep, _ = reprojection_loss(target, list(warped), sources, list(valid), automask=self.loss_cfg.automask)
+            weights = keep_at = None
+            size = tuple(target.shape[-2:])
+            if explain_masks is not None:
+                weights = [m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="area")
+                           for m in explain_masks]
+            if keep is not None:
+                keep_at = keep if tuple(keep.shape[-2:]) == size else \
+                    F.interpolate(keep.float(), size=size, mode="nearest") > 0.5
+            rep, _ = reprojection_loss(target, list(warped), sources, list(valid), automask=self.loss_cfg.automask,
+                                       weights=weights, keep=keep_at)
             smooth = smoothness_loss(disp.float(), small) / (2 ** scale)
             total = total + rep + self.loss_cfg.smoothness * smooth
             reprojection = reprojection + rep.detach()
+            if weights is not None:
+                regulariser = regulariser + explainability_regulariser(weights)
+        total = total + self.loss_cfg.explainability.weight * regulariser
         loss = self.loss_cfg.video_weight * total / len(outputs)
-        return {"loss": loss, "photometric": reprojection / len(outputs),
-                "focal": k_norm[:, 0].mean().detach()}
+        out = {"loss": loss, "photometric": reprojection / len(outputs), "focal": k_norm[:, 0].mean().detach()}
+        if explain_masks is not None:
+            out["explainability"] = torch.stack([m.detach().float().mean() for m in explain_masks]).mean()
+        if keep is not None:
+            out["moving_fraction"] = 1.0 - keep.float().mean()
+        return out
 
     def stereo_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image = batch["image"]
@@ -80,5 +165,5 @@ class DepthTraining(nn.Module):
 
     @torch.no_grad()
     def predict_disparity(self, image: Tensor) -> Tensor:
-        """Full-resolution sigmoid disparity (relative inverse depth) for images in [0, 1]."""
+        """Full-resolution normalised disparity (relative inverse depth) for images in [0, 1]."""
         return self.depth(image)[0]
