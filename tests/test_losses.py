@@ -271,3 +271,74 @@ def test_ssi_loss_accepts_half_precision_and_computes_in_float32():
     half = ssi_loss(pred.half(), target.half(), mask)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, ssi_loss(pred, target, mask), rtol=1e-2, atol=1e-3)
+
+
+# ---------------------------------------------------------------- explainability and moving-object masks
+
+
+def test_explainability_mask_drops_where_a_patch_cannot_be_explained():
+    """A free per-pixel mask trained on the weighted error plus its regulariser: low on the bad patch."""
+    from trainer.losses import explainability_regulariser
+
+    target = _rand(1, 3, H, W)
+    warped = target.clone()
+    warped[..., 8:20, 10:30] = _rand(1, 3, 12, 20, seed=5)  # a moving object: no warp explains it
+    logits = torch.full((1, 1, H, W), 2.0, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        mask = torch.sigmoid(logits)
+        loss, _ = reprojection_loss(target, [warped], [target], weights=[mask], automask=False)
+        loss = loss + 0.05 * explainability_regulariser([mask])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    mask = torch.sigmoid(logits).detach()
+    inside = torch.zeros_like(mask, dtype=torch.bool)
+    inside[..., 8:20, 10:30] = True
+    # The optimum per pixel is min(1, lambda / error): near 1 where the warp is exact, low on the patch.
+    assert mask[~inside].mean() > 0.95
+    assert mask[inside].mean() < 0.5
+    assert mask[inside].mean() < 0.5 * mask[~inside].mean()
+
+
+def test_explainability_regulariser_is_cross_entropy_towards_one():
+    from trainer.losses import explainability_regulariser
+
+    ones = torch.ones(1, 1, 4, 4)
+    assert explainability_regulariser([ones]) == 0
+    half = torch.full((1, 1, 4, 4), 0.5)
+    torch.testing.assert_close(explainability_regulariser([ones, half]), torch.tensor(0.5 * 0.6931472))
+
+
+def test_reprojection_keep_mask_leaves_pixels_out_of_the_loss():
+    target = _rand(1, 3, H, W)
+    warped = target.clone()
+    warped[..., :, : W // 2] = _rand(1, 3, H, W // 2, seed=3)  # the left half is wrong
+    keep = torch.ones(1, 1, H, W, dtype=torch.bool)
+    keep[..., :, : W // 2 + 2] = False  # (SSIM windows reach a pixel across the boundary)
+    full, _ = reprojection_loss(target, [warped], [target], automask=False)
+    kept, used = reprojection_loss(target, [warped], [target], automask=False, keep=keep)
+    assert full > 0.05 and kept < 1e-3
+    assert not used[~keep].any() and used[keep].all()
+    same, _ = reprojection_loss(target, [warped], [target], automask=False, keep=torch.ones_like(keep))
+    torch.testing.assert_close(same, full)
+
+
+def test_spimo_moving_mask_flags_depth_that_follows_the_positional_offset():
+    from trainer.losses import moving_mask, positional_variance
+
+    base = 2.0 + _rand(1, 1, H, W)
+    depths = base.expand(4, 1, 1, H, W).clone()
+    depths += 1e-3 * _rand(4, 1, 1, H, W, seed=2)  # static: the depth ignores the offset
+    # A moving object: its depth follows the position it is told it is at (30% either way).
+    depths[:, ..., 4:12, 6:18] *= torch.tensor([1.0, 1.3, 0.7, 1.0]).view(4, 1, 1, 1, 1)
+    # A borderline patch at 10%: (0.1^2 * 2) / 3 = 0.0067, under gamma = 0.03.
+    depths[:, ..., 20:28, 30:40] *= torch.tensor([1.0, 1.1, 0.9, 1.0]).view(4, 1, 1, 1, 1)
+    variance = positional_variance(depths)
+    torch.testing.assert_close(variance[..., 8, 10], torch.tensor([[0.06]]), rtol=0.05, atol=0)
+    torch.testing.assert_close(variance[..., 24, 35], torch.tensor([[0.02 / 3]]), rtol=0.05, atol=0)
+    mask = moving_mask(depths, gamma=0.03)
+    expected = torch.zeros(1, 1, H, W, dtype=torch.bool)
+    expected[..., 4:12, 6:18] = True
+    assert torch.equal(mask, expected)
+    assert torch.equal(moving_mask(10 * depths, gamma=0.03), mask)  # depth units do not matter

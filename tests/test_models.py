@@ -172,3 +172,99 @@ def test_posenet_source_first_inverts_the_motion_of_the_swapped_pair():
         _assert_rigid(swapped)
         assert forward[:, :3, 3].abs().max() > 1e-3
         torch.testing.assert_close(swapped @ forward, torch.eye(4)[None], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- options from the literature
+
+
+def test_aquanet_levels_are_monotone_and_span_the_disparity_range():
+    from trainer.models import aquanet_levels
+
+    min_disp, max_disp = 1 / 100.0, 1 / 0.1
+    beta = torch.tensor([0.1, 0.5, 1.0, 2.0, 8.0]).view(1, 5, 1).expand(2, 5, 3).unsqueeze(1)  # [2,1,5,3]
+    levels = aquanet_levels(beta, 33, min_disp, max_disp)
+    assert levels.shape == (2, 33, 5, 3)
+    assert (levels[:, 1:] >= levels[:, :-1]).all()
+    # Strictly increasing; float32 rounds the extreme betas' crowded end levels together, float64 does not.
+    assert (levels[:, 1:, 1:4] > levels[:, :-1, 1:4]).all()
+    exact = aquanet_levels(beta.double(), 33, min_disp, max_disp)
+    assert (exact[:, 1:] > exact[:, :-1]).all()
+    assert (levels >= min_disp * (1 - 1e-6)).all() and (levels <= max_disp * (1 + 1e-6)).all()
+    torch.testing.assert_close(levels[:, 0], torch.full_like(levels[:, 0], min_disp))
+    torch.testing.assert_close(levels[:, -1], torch.full_like(levels[:, -1], max_disp))
+    # beta = 1: uniform in log disparity; beta > 1 puts more levels at small disparity (far).
+    log_levels = levels[0, :, 2, 0].log()
+    torch.testing.assert_close(log_levels.diff(), torch.full((32,), log_levels.diff().mean().item()))
+    assert levels[0, 16, 3, 0] < levels[0, 16, 2, 0] < levels[0, 16, 1, 0]
+
+
+def test_aquanet_levels_have_finite_beta_gradients_including_the_first_level():
+    from trainer.models import aquanet_levels
+
+    beta = torch.full((1, 1, 2, 2), 1.5, requires_grad=True)
+    aquanet_levels(beta, 33, 0.01, 10.0).sum().backward()
+    assert torch.isfinite(beta.grad).all() and beta.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "test_resnet"])
+def test_depthnet_aquanet_head_at_every_scale(name):
+    from trainer.losses import disp_to_depth
+
+    torch.manual_seed(0)
+    net = DepthNet(encoder=name, head="aquanet", levels=33, min_depth=0.1, max_depth=100.0)
+    disps = net(_image())
+    assert [tuple(d.shape) for d in disps] == [(2, 1, H >> s, W >> s) for s in range(4)]
+    for d in disps:
+        assert d.dtype == torch.float32 and ((d >= 0) & (d <= 1)).all()
+        scaled, depth = disp_to_depth(d, 0.1, 100.0)
+        assert ((scaled >= 0.01 - 1e-6) & (scaled <= 10.0 + 1e-6)).all()
+        assert ((depth >= 0.1 - 1e-6) & (depth <= 100.0 + 1e-3)).all()
+    sum(d.mean() for d in disps).backward()
+    for scale, head in net.dispconv.items():
+        grad = head.conv.weight.grad
+        assert torch.isfinite(grad).all(), scale
+        assert grad[:-1].abs().sum() > 0 and grad[-1].abs().sum() > 0, scale  # the logits and beta both learn
+    with pytest.raises(ValueError, match="disparity head"):
+        DepthNet(encoder=name, head="softmax")
+
+
+def test_positional_encoding_offsets_change_depth_and_zero_offset_is_the_plain_forward():
+    torch.manual_seed(0)
+    net = DepthNet(encoder="test_convnext", scales=2, positional_encoding=True).eval()
+    image = _image(1)
+    with torch.no_grad():
+        plain = net(image)[0]
+        torch.testing.assert_close(net(image, offset=(0.0, 0.0))[0], plain)
+        shifted = net(image, offset=(0.5, 0.0))[0]
+    assert (shifted - plain).abs().max() > 1e-4
+    net.train()
+    net(image, offset=(-0.5, -0.25))[0].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.position.parameters())
+    assert DepthNet(encoder="test_convnext", scales=2).position is None
+
+
+def test_normalised_grid_puts_the_centre_at_zero_and_the_corner_at_minus_one():
+    from trainer.models import normalised_grid
+
+    grid = normalised_grid(4, 6, torch.zeros(1))
+    assert grid.shape == (1, 2, 4, 6)
+    assert grid[0, 0].mean().abs() < 1e-6 and grid[0, 1].mean().abs() < 1e-6
+    # Pixel centres: the first sits half a pixel in from the corner (-1, -1).
+    torch.testing.assert_close(grid[0, :, 0, 0], torch.tensor([-1 + 1 / 6, -1 + 1 / 4]))
+    torch.testing.assert_close(normalised_grid(4, 6, torch.zeros(1), (0.5, -0.25)) - grid,
+                               torch.tensor([0.5, -0.25]).view(1, 2, 1, 1).expand(1, 2, 4, 6))
+
+
+def test_posenet_explainability_mask_has_the_image_shape_and_learns():
+    torch.manual_seed(0)
+    net = PoseNet(encoder="test_resnet", explainability=True)
+    target, source = _image(seed=1), _image(seed=2)
+    transform, k_norm, mask = net(target, source, explain=True)
+    assert transform.shape == (2, 4, 4) and k_norm.shape == (2, 4)
+    assert mask.shape == (2, 1, H, W) and ((mask > 0) & (mask < 1)).all()
+    assert mask.mean() > 0.8  # starts by explaining nearly everything
+    mask.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.explain.parameters())
+    assert len(net(target, source)) == 2
+    with pytest.raises(ValueError, match="explainability"):
+        PoseNet(encoder="test_resnet")(target, source, explain=True)
