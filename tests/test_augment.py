@@ -82,3 +82,35 @@ def test_colour_jitter_is_shared_and_bounded():
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     assert not np.allclose(out, image) and np.array_equal(out, jitter(image))
     assert augment.ColourJitter()(image) is image
+
+
+def test_zoom_is_off_by_default_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert augment.draw_zoom(rng, AugmentConfig()) == 1.0
+    assert rng.bit_generator.state == state  # the default run's random stream is untouched
+    zooms = [augment.draw_zoom(rng, AugmentConfig(resize_prob=1.0)) for _ in range(200)]
+    assert min(zooms) >= 0.5 and max(zooms) <= 1.5 and min(zooms) < 0.7 and max(zooms) > 1.3
+    assert augment.draw_zoom(rng, AugmentConfig(resize_prob=1.0), train=False) == 1.0
+    with pytest.raises(ValueError, match="resize_range"):
+        AugmentConfig(resize_range=(1.5, 0.5))
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.8, 1.0, 1.25, 1.5])
+def test_zoom_geometry_reports_the_zoom_it_applied(zoom):
+    rng = np.random.default_rng(1)
+    size, aspect = (192, 320), 320 / 192
+    reference = augment.Geometry(augment.centre_crop_box(480, 640, aspect), size, False)
+    zoomed = augment.zoomed_size(size, zoom)
+    box = augment.zoom_box(rng, 480, 640, zoomed[1] / zoomed[0] if zoom < 1 else aspect, zoom)
+    geometry = augment.Geometry(box, zoomed, False)
+    x0, y0, w, h = box
+    assert 0 <= x0 and x0 + w <= 640 and 0 <= y0 and y0 + h <= 480
+    assert zoomed[0] % 32 == 0 and zoomed[1] % 32 == 0
+    # Sides are rounded to multiples of 32 (zoom out) or whole pixels (zoom in): the factor is the one applied.
+    factor = augment.zoom_factor(geometry, reference)
+    assert factor == pytest.approx(zoom, rel=0.1)
+    # The pixel focal length grows by the factor: what makes the scene look 1/factor as far.
+    k = augment.pixel_intrinsics(np.array([0.8, 1.1, 0.5, 0.5]), 480, 640)
+    ref_k, new_k = augment.transform_intrinsics(k, reference), augment.transform_intrinsics(k, geometry)
+    assert np.sqrt(new_k[0, 0] * new_k[1, 1] / (ref_k[0, 0] * ref_k[1, 1])) == pytest.approx(factor, rel=1e-9)

@@ -117,3 +117,22 @@ def test_decoded_frames_keep_what_is_wanted_soonest():
     assert replay(DecodedFrames(rows, 8), rows) == [False, False, False, True, False, True]
     # A caller off the plan still gets correct frames (keyed by row) but no more caching.
     assert replay(DecodedFrames(rows, 16), [1, 3, 1, 2]) == [False, False, False, False]
+
+
+def test_zoomed_batches_carry_their_resize_factor(train_root):
+    plain = stream_for(train_root, num_workers=0)
+    assert all("resize_factor" not in b for b in itertools.islice(iter(plain), 4))
+    stream = stream_for(train_root, num_workers=0, augment={"resize_prob": 1.0, "aspect_prob": 0.0})
+    factors, shapes = [], set()
+    for batch in itertools.islice(iter(stream), 12):
+        factor = batch["resize_factor"]
+        assert factor.shape == (2,) and factor.dtype == torch.float32
+        assert ((factor > 0.4) & (factor < 1.6)).all()
+        factors += factor.tolist()
+        shapes.add(tuple(batch["image"].shape[2:]))
+        if batch["kind"] == "video":
+            assert batch["supports"].shape[3:] == batch["image"].shape[2:]
+    assert min(factors) < 0.9 and max(factors) > 1.1
+    assert (64, 96) in shapes and len(shapes) > 1  # zooming out shrinks the batch, zooming in crops
+    evaluation = BatchBuilder(stream.plan, stream.cfg, train=False)(stream.plan.epoch(0, 1)[0][0])
+    assert "resize_factor" not in evaluation
