@@ -342,3 +342,26 @@ def test_spimo_moving_mask_flags_depth_that_follows_the_positional_offset():
     expected[..., 4:12, 6:18] = True
     assert torch.equal(mask, expected)
     assert torch.equal(moving_mask(10 * depths, gamma=0.03), mask)  # depth units do not matter
+
+
+def test_spimo_boost_compares_masked_pixels_after_scaling_on_the_trusted_ones():
+    from trainer.losses import masked_log_disparity_loss
+
+    target = _disparity(2)
+    moving = torch.zeros(2, 1, H, W, dtype=torch.bool)
+    moving[..., 4:12, 6:18] = True
+    pred = (3.0 * target).requires_grad_()  # another run's scale, same shape of depth
+    zero = masked_log_disparity_loss(pred, target, moving, ~moving)
+    assert zero.abs() < 1e-5
+    wrong = (3.0 * target).clone()
+    wrong[moving] *= 2.0  # the moving object put twice as near
+    torch.testing.assert_close(masked_log_disparity_loss(wrong, target, moving, ~moving),
+                               torch.tensor(0.6931472), rtol=1e-4, atol=0)
+    outside = wrong.clone()
+    outside[..., 30:, :] *= 1.01  # a few static pixels off: the median scale, and so the loss, stay
+    torch.testing.assert_close(masked_log_disparity_loss(outside, target, moving, ~moving),
+                               masked_log_disparity_loss(wrong, target, moving, ~moving))
+    loss = masked_log_disparity_loss(pred * 1.5, target, moving, ~moving)
+    loss.backward()
+    assert pred.grad[~moving].abs().max() == 0 and pred.grad[moving].abs().sum() > 0
+    assert masked_log_disparity_loss(pred, target, torch.zeros_like(moving), ~moving) == 0

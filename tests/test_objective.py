@@ -103,7 +103,8 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
                            step=1, batches=1, cfg=first_cfg)
     with pytest.raises(ValueError, match="first_stage_checkpoint"):
         _cfg(loss={"spimo": {"enabled": True}})
-    second_cfg = _cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path), "gamma": 0.03}})
+    second_cfg = _cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path), "gamma": 0.03,
+                                      "boost_weight": 0.1}})
     second = _model(second_cfg)
     teacher = second.spimo_teacher
     for key, value in teacher.state_dict().items():
@@ -115,6 +116,9 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
     assert keep.shape == (1, 1, H, W) and keep.dtype == torch.bool
     out = second(batch)
     assert torch.isfinite(out["loss"]) and 0 <= out["moving_fraction"] <= 1
+    assert torch.isfinite(out["spimo_boost"])
+    boosted = second.spimo_boost_target(batch["image"])  # 3/4, 1, 5/4 of 64x64 at stride 32: 64, 64, 96
+    assert boosted.shape == (1, 1, H, W) and ((boosted >= 0) & (boosted <= 1)).all()
     out["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     # A saved second-stage run carries the teacher: loading it needs no first-stage file.

@@ -122,6 +122,10 @@ class SpimoConfig(_Section):
     gamma: float = Field(0.03, gt=0)  # normalised depth variance above which a pixel is excluded
     offsets_u: tuple[float, ...] = (0.0, 0.5, -0.5, 0.0)
     offsets_v: tuple[float, ...] = (0.0, 0.0, 0.0, -0.25)
+    # Boosting: the excluded pixels are instead pulled towards the first stage's depth, its estimates at
+    # boost_scales of the input size averaged (SPIMO: 3/4, 1, 5/4 at weight 0.1). 0: off.
+    boost_weight: float = Field(0.0, ge=0)
+    boost_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
 
     @model_validator(mode="after")
     def _offsets(self) -> "SpimoConfig":

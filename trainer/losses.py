@@ -98,6 +98,19 @@ def moving_mask(depths: Tensor, gamma: float = 0.03) -> Tensor:
     return positional_variance(depths) > gamma
 
 
+def masked_log_disparity_loss(pred: Tensor, target: Tensor, mask: Tensor, reference: Tensor) -> Tensor:
+    """Mean |log pred - log(s * target)| over mask, s the per-image median ratio pred/target over reference.
+
+    SPIMO's boosting: two self-supervised runs agree on depth only up to scale, so the target is scaled
+    to pred on the pixels both trust (reference) before the masked pixels are compared. Zero without any.
+    """
+    pred, target = pred.float().clamp(min=_EPS), target.float().clamp(min=_EPS)
+    ratio = torch.where(reference, (pred / target).detach(), torch.full_like(pred, float("nan")))
+    scale = torch.nanmedian(_flat(ratio), dim=1).values.nan_to_num(1.0).view(-1, 1, 1, 1)
+    error = (pred.log() - (scale * target).log()).abs()
+    return torch.where(mask, error, torch.zeros_like(error)).sum() / mask.sum().clamp(min=1)
+
+
 def smoothness_loss(disp: Tensor, image: Tensor) -> Tensor:
     """Edge-aware first-order smoothness of mean-normalised disparity (Monodepth2); scale-invariant."""
     norm = disp / (disp.mean((2, 3), keepdim=True) + 1e-7)

@@ -20,6 +20,7 @@ from trainer.geometry import intrinsics_matrix, warp
 from trainer.losses import (
     disp_to_depth,
     explainability_regulariser,
+    masked_log_disparity_loss,
     moving_mask,
     reprojection_loss,
     smoothness_loss,
@@ -76,6 +77,22 @@ class DepthTraining(nn.Module):
                           self.model_cfg.min_depth, self.model_cfg.max_depth)[1]
             for du, dv in zip(cfg.offsets_u, cfg.offsets_v)])
         return ~moving_mask(depths, cfg.gamma)
+
+    @torch.no_grad()
+    def spimo_boost_target(self, image: Tensor) -> Tensor:
+        """The first stage's normalised disparity [B,1,H,W], averaged over its estimates at boost_scales."""
+        height, width = image.shape[-2:]
+        stride = self.spimo_teacher.stride
+        self.spimo_teacher.eval()
+        estimates = []
+        for factor in self.loss_cfg.spimo.boost_scales:
+            size = (max(stride, round(height * factor / stride) * stride),
+                    max(stride, round(width * factor / stride) * stride))
+            resized = image if size == (height, width) else F.interpolate(
+                image, size=size, mode="bilinear", align_corners=False)
+            disp = self.spimo_teacher(resized)[0].float()
+            estimates.append(F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False))
+        return torch.stack(estimates).mean(0)
 
     def support_motion(self, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor, list[Tensor] | None]:
         """Per support: target-to-source transforms (translation divided by the batch's resize factor,
@@ -146,11 +163,20 @@ class DepthTraining(nn.Module):
                 regulariser = regulariser + explainability_regulariser(weights)
         total = total + self.loss_cfg.explainability.weight * regulariser
         loss = self.loss_cfg.video_weight * total / len(outputs)
+        boost = None
+        if keep is not None and self.loss_cfg.spimo.boost_weight > 0:
+            full = F.interpolate(outputs[0], size=(height, width), mode="bilinear", align_corners=False)
+            lo, hi = self.model_cfg.min_depth, self.model_cfg.max_depth
+            boost = masked_log_disparity_loss(disp_to_depth(full.float(), lo, hi)[0],
+                                              disp_to_depth(self.spimo_boost_target(image), lo, hi)[0], ~keep, keep)
+            loss = loss + self.loss_cfg.video_weight * self.loss_cfg.spimo.boost_weight * boost
         out = {"loss": loss, "photometric": reprojection / len(outputs), "focal": k_norm[:, 0].mean().detach()}
         if explain_masks is not None:
             out["explainability"] = torch.stack([m.detach().float().mean() for m in explain_masks]).mean()
         if keep is not None:
             out["moving_fraction"] = 1.0 - keep.float().mean()
+        if boost is not None:
+            out["spimo_boost"] = boost.detach()
         return out
 
     def stereo_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
