@@ -122,7 +122,9 @@ def test_decoded_frames_keep_what_is_wanted_soonest():
 def test_zoomed_batches_carry_their_resize_factor(train_root):
     plain = stream_for(train_root, num_workers=0)
     assert all("resize_factor" not in b for b in itertools.islice(iter(plain), 4))
-    stream = stream_for(train_root, num_workers=0, augment={"resize_prob": 1.0, "aspect_prob": 0.0})
+    # 128x192: zooming out to half still leaves sides of at least 64 (zoomed_size's floor).
+    stream = stream_for(train_root, num_workers=0, height=128, width=192,
+                        augment={"resize_prob": 1.0, "aspect_prob": 0.0})
     factors, shapes = [], set()
     for batch in itertools.islice(iter(stream), 12):
         factor = batch["resize_factor"]
@@ -133,6 +135,6 @@ def test_zoomed_batches_carry_their_resize_factor(train_root):
         if batch["kind"] == "video":
             assert batch["supports"].shape[3:] == batch["image"].shape[2:]
     assert min(factors) < 0.9 and max(factors) > 1.1
-    assert (64, 96) in shapes and len(shapes) > 1  # zooming out shrinks the batch, zooming in crops
+    assert (128, 192) in shapes and len(shapes) > 1  # zooming out shrinks the batch, zooming in crops
     evaluation = BatchBuilder(stream.plan, stream.cfg, train=False)(stream.plan.epoch(0, 1)[0][0])
     assert "resize_factor" not in evaluation

@@ -161,3 +161,31 @@ def test_two_process_ddp_on_gloo(train_root, tmp_path):
     state = load_checkpoint(out_dir / "checkpoints" / "last.pt")
     assert state["step"] == 3 and state["batches"] == 3  # per rank
     assert json.loads(result.stdout[result.stdout.index("{"):])["step"] == 3
+
+
+@pytest.mark.slow
+def test_fit_with_the_literature_options_then_a_spimo_second_stage(train_root, tmp_path):
+    """Config to data to objective: AQUANet, explainability, zoom and positional encoding, then SPIMO."""
+    def overrides(out: str, steps: int, model: dict, loss: dict, augment: dict) -> dict:
+        return {**TINY, "data": {**TINY["data"], "num_workers": 0, "augment": augment},
+                "model": {**TINY["model"], **model}, "loss": {"scales": 2, **loss},
+                "optim": {**TINY["optim"], "max_steps": steps},
+                "run": {**TINY["run"], "out_dir": str(tmp_path / out), "eval_batches": 1}}
+
+    first = fit(manifests(train_root), load_train_config(overrides=overrides(
+        "first", 2, {"disparity_head": "aquanet", "positional_encoding": True},
+        {"explainability": {"enabled": True}}, {"resize_prob": 1.0})))
+    rows = [r for r in log_rows(tmp_path / "first") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    video = [r for r in rows if r["kind"] == "video"]
+    assert video and all(0 < r["explainability"] < 1 for r in video)
+    assert all(r["loss"] == r["loss"] for r in rows)
+    second = fit(manifests(train_root), load_train_config(overrides=overrides(
+        "second", 2, {"disparity_head": "aquanet"},
+        {"spimo": {"enabled": True, "first_stage_checkpoint": first["checkpoint"], "boost_weight": 0.1}}, {})))
+    rows = [r for r in log_rows(tmp_path / "second") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    video = [r for r in rows if r["kind"] == "video"]
+    assert video and all(0 <= r["moving_fraction"] <= 1 and r["spimo_boost"] >= 0 for r in video)
+    model, cfg = load_model(second["checkpoint"])
+    assert cfg.loss.spimo.enabled and model.spimo_teacher is not None

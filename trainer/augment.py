@@ -56,10 +56,14 @@ def draw_zoom(rng: np.random.Generator, cfg: AugmentConfig, train: bool = True) 
 
 
 def zoomed_size(size: tuple[int, int], zoom: float) -> tuple[int, int]:
-    """Batch (height, width) for a zoom: zooming out shrinks the batch (sides multiples of 32)."""
+    """Batch (height, width) for a zoom: zooming out shrinks the batch (sides multiples of 32).
+
+    No side drops below 64 (or its unzoomed length): a stride-32 encoder's deepest level then keeps 2
+    pixels, which its reflection padding needs. zoom_factor reports the zoom this rounding leaves.
+    """
     if zoom >= 1:
         return size
-    return tuple(max(32, int(round(side * zoom / 32)) * 32) for side in size)  # type: ignore[return-value]
+    return tuple(min(side, max(64, int(round(side * zoom / 32)) * 32)) for side in size)  # type: ignore[return-value]
 
 
 def zoom_box(rng: np.random.Generator, src_height: int, src_width: int, aspect: float,
