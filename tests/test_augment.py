@@ -63,6 +63,14 @@ def test_batch_shapes_keep_the_pixel_count_and_multiples_of_32():
     assert augment.batch_shape(rng, cfg, 192, 320, train=False) == (192, 320, 320 / 192)
 
 
+def test_batch_shapes_never_go_below_the_encoders_minimum_side():
+    # At 64x96 the widest ratios would round the height to 32, which a stride-32 encoder cannot pad.
+    cfg = AugmentConfig(aspect_prob=1.0)
+    rng = np.random.default_rng(0)
+    shapes = {augment.batch_shape(rng, cfg, 64, 96)[:2] for _ in range(200)}
+    assert min(min(shape) for shape in shapes) == augment.MIN_SIDE
+
+
 def test_centre_crop_box_has_the_aspect():
     assert augment.centre_crop_box(100, 200, 1.0) == (50, 0, 100, 100)
     assert augment.centre_crop_box(100, 200, 4.0) == (0, 25, 200, 50)

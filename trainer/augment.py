@@ -27,15 +27,20 @@ class Geometry:
     flip: bool
 
 
+# No augmented side goes below this: a stride-32 encoder's deepest level then keeps 2 pixels, which its
+# reflection padding needs (a 32-px side crashes it).
+MIN_SIDE = 64
+
+
 def batch_shape(rng: np.random.Generator, cfg: AugmentConfig, height: int, width: int,
                 train: bool = True) -> tuple[int, int, float]:
-    """(height, width, aspect) of one batch: about height*width pixels, sides multiples of 32."""
+    """(height, width, aspect) of one batch: about height*width pixels, sides multiples of 32, at least MIN_SIDE."""
     aspect = width / height
     if train and cfg.aspect_ratios and rng.random() < cfg.aspect_prob:
         aspect = float(cfg.aspect_ratios[int(rng.integers(len(cfg.aspect_ratios)))])
     pixels = height * width
-    out_h = max(32, int(round(math.sqrt(pixels / aspect) / 32)) * 32)
-    out_w = max(32, int(round(out_h * aspect / 32)) * 32)
+    out_h = max(MIN_SIDE, int(round(math.sqrt(pixels / aspect) / 32)) * 32)
+    out_w = max(MIN_SIDE, int(round(out_h * aspect / 32)) * 32)
     return out_h, out_w, out_w / out_h
 
 
@@ -58,12 +63,11 @@ def draw_zoom(rng: np.random.Generator, cfg: AugmentConfig, train: bool = True) 
 def zoomed_size(size: tuple[int, int], zoom: float) -> tuple[int, int]:
     """Batch (height, width) for a zoom: zooming out shrinks the batch (sides multiples of 32).
 
-    No side drops below 64 (or its unzoomed length): a stride-32 encoder's deepest level then keeps 2
-    pixels, which its reflection padding needs. zoom_factor reports the zoom this rounding leaves.
+    No side drops below MIN_SIDE (or its unzoomed length). zoom_factor reports the zoom this rounding leaves.
     """
     if zoom >= 1:
         return size
-    return tuple(min(side, max(64, int(round(side * zoom / 32)) * 32)) for side in size)  # type: ignore[return-value]
+    return tuple(min(side, max(MIN_SIDE, int(round(side * zoom / 32)) * 32)) for side in size)  # type: ignore[return-value]
 
 
 def zoom_box(rng: np.random.Generator, src_height: int, src_width: int, aspect: float,
