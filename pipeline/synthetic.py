@@ -339,7 +339,8 @@ def _intersect_objects(k, local, width: int, rows: slice, depth, surf, index, ra
         obj_origin = tuple(float(v) for v in view[:3, 3])
         roi = (slice(r0 - rows.start, r1 - rows.start), box_cols)
         before = depth[roi].copy()
-        _intersect_box(box, obj_rays, obj_origin, depth, surf, roi)
+        with np.errstate(divide="ignore", invalid="ignore"):  # axis-parallel rays, as in _intersect
+            _intersect_box(box, obj_rays, obj_origin, depth, surf, roi)
         hit = np.zeros(depth.shape, bool)
         hit[roi] = depth[roi] < before
         index[hit] = i
