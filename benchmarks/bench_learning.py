@@ -49,8 +49,8 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.ingest import ingest_video  # noqa: E402
 from pipeline.layout import DataRoot  # noqa: E402
 from pipeline.publish import publish  # noqa: E402
-from pipeline.synthetic import (SceneSpec, normalized_intrinsics, render_stereo_video, render_video,  # noqa: E402
-                                save_ground_truth)
+from pipeline.synthetic import (MovingObject, SceneSpec, normalized_intrinsics, render_stereo_video,  # noqa: E402
+                                render_video, save_ground_truth)
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
@@ -63,9 +63,30 @@ from trainer.train import fit  # noqa: E402
 RENDER_W, RENDER_H, FPS = 320, 192, 10.0
 
 
+def moving_objects(seconds: float, speed_mps: float, seed: int) -> tuple[MovingObject, ...]:
+    """Boxes that cross the canyon just ahead of the camera, boxes coming towards it, and one riding with it."""
+    rng = np.random.default_rng(seed)
+    objects = []
+    z = 10.0
+    while z < speed_mps * seconds + 10.0:
+        speed = float(rng.uniform(0.8, 1.5)) * (1 if rng.random() < 0.5 else -1)
+        t_cross = max(z - 7.0, 0.0) / speed_mps  # at x = 0 when the camera is about 7 m before it
+        objects.append(MovingObject(size=(1.0, 1.0, 1.0), centre=(-speed * t_cross, 0.5, z), velocity=(speed, 0, 0)))
+        z += float(rng.uniform(8.0, 14.0))
+    for z in np.arange(25.0, speed_mps * seconds + 40.0, 30.0):
+        objects.append(MovingObject(size=(0.8, 1.4, 0.8), centre=(float(rng.choice([-1.8, 1.8])), 0.7, float(z)),
+                                    velocity=(0.0, 0.0, -1.5)))
+    # Fixed in the camera frame, low on the right: photometrically it never moves (plain training: infinite depth).
+    objects.append(MovingObject(size=(0.7, 0.5, 0.5), centre=(0.9, 0.9, 3.5), attached=True))
+    return tuple(objects)
+
+
 def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, val_seconds: float,
-                  stereo_scenes: int, stereo_seconds: float, max_height: int, speed_mps: float) -> dict[str, Any]:
-    """Render, ingest and publish the mono ("synth") and stereo ("synth3d") datasets under root_dir/data."""
+                  stereo_scenes: int, stereo_seconds: float, max_height: int, speed_mps: float,
+                  objects: bool = False) -> dict[str, Any]:
+    """Render, ingest and publish the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
+
+    objects: the mono scenes get `moving_objects` and their ground truth the moving-object masks."""
     sources = root_dir / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     root = DataRoot(root_dir / "data")
@@ -81,8 +102,10 @@ def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, 
     n_train = scenes - val_scenes
     for i in range(scenes):
         split = "train" if i < n_train else "val"
+        duration = seconds if split == "train" else val_seconds
         spec = SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=100 + i, speed_mps=speed_mps,
-                         duration_s=seconds if split == "train" else val_seconds)
+                         duration_s=duration,
+                         objects=moving_objects(duration, speed_mps, 100 + i) if objects else ())
         videos.append((f"scene{i}", spec, split, "mono"))
     for i in range(stereo_scenes):
         split = "train" if i < max(1, stereo_scenes - 1) else "val"

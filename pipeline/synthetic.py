@@ -56,6 +56,21 @@ _TILE_TABLE = _surface_table(np.array([0, 1, 2, 4, 4, 3, 3, 3, 3, 3, 3]))
 
 
 @dataclass(frozen=True)
+class MovingObject:
+    """A textured box moving independently of the scene: at constant world velocity, or rigidly with the camera.
+
+    `centre` is the box centre at t = 0 in world coordinates, or, when `attached`, in the camera frame
+    (OpenCV axes; fixed there, so the box keeps its image position while the camera moves). The texture
+    is fixed to the box, so its appearance moves with it.
+    """
+
+    size: tuple[float, float, float] = (1.0, 1.0, 1.0)  # extent along x, y, z of its frame, metres
+    centre: tuple[float, float, float] = (0.0, 0.5, 10.0)
+    velocity: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world m/s; unused when attached
+    attached: bool = False
+
+
+@dataclass(frozen=True)
 class SceneSpec:
     """What to render: image size, timing, seed and camera motion."""
 
@@ -69,6 +84,7 @@ class SceneSpec:
     hfov_deg: float = 70.0
     baseline_m: float = 0.0  # >0: also render a right view shifted by baseline along camera x
     sky: bool = True  # textureless sky band above the horizon
+    objects: tuple[MovingObject, ...] = ()  # independently moving boxes; none by default
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,8 @@ class RenderedFrame:
     pose: np.ndarray  # 4x4 float64 camera-to-world
     right_image: np.ndarray | None = None  # when baseline_m > 0
     right_depth: np.ndarray | None = None
+    # HxW uint8 when spec.objects: 0 on the scene, i + 1 where spec.objects[i] is seen (left view).
+    object_index: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -142,12 +160,29 @@ def render_frames(spec: SceneSpec) -> Iterator[RenderedFrame]:
     k = intrinsics(spec)
     for i in range(num_frames(spec)):
         pose = camera_pose(spec, i / spec.fps)
-        image, depth, sky = _render_view(scene, k, pose, spec.width, spec.height)
+        objects = _placed_objects(spec.objects, pose, i / spec.fps)
+        image, depth, sky, index = _render_view(scene, k, pose, spec.width, spec.height, objects)
         right_image = right_depth = None
         if spec.baseline_m > 0:
             right_pose = right_camera_pose(pose, spec.baseline_m)
-            right_image, right_depth, _ = _render_view(scene, k, right_pose, spec.width, spec.height)
-        yield RenderedFrame(image, depth, sky, pose, right_image, right_depth)
+            right_image, right_depth, _, _ = _render_view(scene, k, right_pose, spec.width, spec.height, objects)
+        yield RenderedFrame(image, depth, sky, pose, right_image, right_depth, index if spec.objects else None)
+
+
+def _placed_objects(objects: tuple[MovingObject, ...], pose: np.ndarray, t_s: float
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(box in its own frame as min xyz, max xyz; its frame-to-world 4x4) of each object at time t_s."""
+    placed = []
+    for obj in objects:
+        half = np.asarray(obj.size, np.float64) / 2.0
+        centre = np.asarray(obj.centre, np.float64)
+        if obj.attached:  # the box is fixed in the camera frame
+            to_world = pose
+        else:  # a translating frame: texture coordinates follow the box
+            to_world = np.eye(4)
+            to_world[:3, 3] = np.asarray(obj.velocity, np.float64) * t_s
+        placed.append((np.concatenate([centre - half, centre + half]), to_world))
+    return placed
 
 
 # ---------------------------------------------------------------- scene and textures
@@ -255,22 +290,64 @@ def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_heig
 # ---------------------------------------------------------------- ray casting
 
 
-def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, height: int):
-    """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool)."""
+def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, height: int,
+                 objects: list[tuple[np.ndarray, np.ndarray]] = ()):
+    """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool, object index uint8).
+
+    objects are `_placed_objects`' boxes; the index is 0 on the scene and i + 1 on objects[i].
+    """
     image = np.empty((height, width, 3), np.uint8)
     depth = np.empty((height, width), np.float32)
     surf = np.empty((height, width), np.uint8)
+    index = np.zeros((height, width), np.uint8)
     # Python floats: NumPy 2 would promote float32 arrays to float64 against np.float64 scalars.
     origin = tuple(float(v) for v in pose[:3, 3])
     boxes = [(box, roi) for box in scene.boxes if (roi := _box_roi(box, k, pose, width, height)) is not None]
+    # Each object is ray cast in its own frame: the view's pose relative to it gives rays and screen area.
+    local = []
+    for i, (box, to_world) in enumerate(objects):
+        view = np.linalg.solve(to_world, pose)
+        if (roi := _box_roi(box, k, view, width, height)) is not None:
+            local.append((i + 1, box, view, roi))
     # Row bands keep temporaries small: full-frame ones cost more in page faults than in arithmetic.
     band = max(1, _BAND_PIXELS // width)
     for r0 in range(0, height, band):
         rows = slice(r0, min(r0 + band, height))
         rays = _world_rays(k, pose[:3, :3], width, rows)
         depth[rows], surf[rows] = _intersect(scene, rays, origin, boxes, rows)
-        image[rows] = _shade(scene, rays, origin, depth[rows], surf[rows], float(k[0, 0]))
-    return image, depth, surf == _SKY
+        shade_rays, shade_origin = rays, origin
+        if local:
+            shade_rays, shade_origin = _intersect_objects(k, local, width, rows, depth[rows], surf[rows],
+                                                          index[rows], rays, origin)
+        image[rows] = _shade(scene, shade_rays, shade_origin, depth[rows], surf[rows], float(k[0, 0]))
+    return image, depth, surf == _SKY, index
+
+
+def _intersect_objects(k, local, width: int, rows: slice, depth, surf, index, rays, origin):
+    """Ray cast moving objects into depth, surf and index (in place); return per-pixel shading rays and origin.
+
+    A pixel on an object is shaded in the object's frame, so its texture moves with it; rays keep
+    camera-z 1 in every frame (a rotation), so the ray parameter stays the depth.
+    """
+    shade_rays = [r.copy() for r in rays]
+    shade_origin = [np.full(depth.shape, v, np.float32) for v in origin]
+    for i, box, view, (box_rows, box_cols) in local:
+        r0, r1 = max(box_rows.start, rows.start), min(box_rows.stop, rows.stop)
+        if r0 >= r1:
+            continue
+        obj_rays = _world_rays(k, view[:3, :3], width, rows)
+        obj_origin = tuple(float(v) for v in view[:3, 3])
+        roi = (slice(r0 - rows.start, r1 - rows.start), box_cols)
+        before = depth[roi].copy()
+        with np.errstate(divide="ignore", invalid="ignore"):  # axis-parallel rays, as in _intersect
+            _intersect_box(box, obj_rays, obj_origin, depth, surf, roi)
+        hit = np.zeros(depth.shape, bool)
+        hit[roi] = depth[roi] < before
+        index[hit] = i
+        for axis in range(3):
+            shade_rays[axis][hit] = obj_rays[axis][hit]
+            shade_origin[axis][hit] = obj_origin[axis]
+    return tuple(shade_rays), tuple(shade_origin)
 
 
 def _world_rays(k: np.ndarray, rot: np.ndarray, width: int, rows: slice) -> tuple[np.ndarray, ...]:
@@ -497,15 +574,21 @@ def render_video(spec: SceneSpec, path: str | Path, codec: str = "h264", cut_to:
 
 
 def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
-    """Write depth (float16), poses, K and sky masks of every frame to an .npz, atomically."""
+    """Write depth (float16), poses, K and sky masks of every frame to an .npz, atomically.
+
+    With spec.objects it also holds `moving` (pixels on any moving object) and `moving_attached` (on one
+    attached to the camera), bool [T, H, W].
+    """
     path = Path(path)
-    depth, right_depth, sky, poses = [], [], [], []
+    depth, right_depth, sky, poses, index = [], [], [], [], []
     for frame in render_frames(spec):  # keep only ground truth; images would dominate memory
         depth.append(_to_float16(frame.depth))
         sky.append(frame.sky_mask)
         poses.append(frame.pose)
         if frame.right_depth is not None:
             right_depth.append(_to_float16(frame.right_depth))
+        if frame.object_index is not None:
+            index.append(frame.object_index)
     n = len(poses)
     arrays = {
         "depth": np.stack(depth) if n else np.zeros((0, spec.height, spec.width), np.float16),
@@ -517,6 +600,11 @@ def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
     }
     if right_depth:
         arrays["right_depth"] = np.stack(right_depth)
+    if spec.objects:
+        index_stack = np.stack(index) if n else np.zeros((0, spec.height, spec.width), np.uint8)
+        attached = [i + 1 for i, obj in enumerate(spec.objects) if obj.attached]
+        arrays["moving"] = index_stack > 0
+        arrays["moving_attached"] = np.isin(index_stack, attached)
     with atomic_path(path) as tmp, open(tmp, "xb") as fh:  # a file object: savez appends no ".npz"
         np.savez_compressed(fh, **arrays)
     return path

@@ -128,3 +128,20 @@ def test_accumulator_weights_by_images_and_skips_nan():
     assert out["a1"] == pytest.approx((2.7 + 0.5) / 4)
     acc.reset()
     assert acc.compute() == {}
+
+
+def test_score_mask_restricts_the_average_but_not_the_alignment():
+    gt = torch.tensor([[[[1.0, 2.0], [4.0, 8.0]]]])
+    pred = gt.clone()
+    pred[..., 1, 1] = 16.0  # one wrong pixel
+    region = torch.tensor([[[[False, False], [False, True]]]])
+    whole = depth_metrics(pred, gt, torch.ones_like(region), alignment="median")
+    scored = depth_metrics(pred, gt, torch.ones_like(region), alignment="median", score_mask=region)
+    # Median over the whole image: pred/gt medians are 3 and 3, so no rescale; only the wrong pixel scores.
+    assert whole["abs_rel"] == pytest.approx(1.0 / 4)
+    assert scored["abs_rel"] == pytest.approx(1.0) and scored["a1"] == 0.0
+    # Aligning on the region alone would have hidden the error.
+    assert depth_metrics(pred, gt, region, alignment="median")["abs_rel"] < 1e-9
+    # An image with nothing in the region is left out, as one without valid pixels.
+    empty = depth_metrics(pred, gt, torch.ones_like(region), score_mask=torch.zeros_like(region))
+    assert math.isnan(empty["abs_rel"])

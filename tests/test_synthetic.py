@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.synthetic import (
+    MovingObject,
     SceneSpec,
     encode_video,
     intrinsics,
@@ -325,6 +326,7 @@ def test_save_ground_truth_round_trips(frames, tmp_path):
         np.testing.assert_allclose(gt["K"], intrinsics(SMALL))
         np.testing.assert_array_equal(gt["sky"], np.stack([f.sky_mask for f in frames]))
         np.testing.assert_array_equal(gt["poses"], np.stack([f.pose for f in frames]))
+        assert "moving" not in gt and "moving_attached" not in gt  # no objects: the npz is as before
         depth = gt["depth"].astype(np.float32)
         # Grazing hits near the vanishing point can exceed float16's range and saturate.
         expected = np.minimum(np.stack([f.depth for f in frames]), np.finfo(np.float16).max)
@@ -465,3 +467,91 @@ def test_encode_stereo_video_rejects_an_unknown_layout(stereo_pairs, tmp_path):
     with pytest.raises(ValueError, match="unknown stereo layout"):
         encode_stereo_video(stereo_pairs, tmp_path / "s.mp4", STEREO.fps, "mono")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- independently moving objects
+
+ACROSS = MovingObject(size=(1.0, 1.0, 1.0), centre=(2.0, 0.5, 8.0), velocity=(-2.0, 0.0, 0.0))
+ONCOMING = MovingObject(size=(0.8, 1.2, 0.8), centre=(-1.5, 0.6, 14.0), velocity=(0.0, 0.0, -1.0))
+WITH_CAMERA = MovingObject(size=(0.8, 0.6, 0.5), centre=(0.6, 0.6, 3.0), attached=True)
+MOVING = SceneSpec(width=160, height=96, fps=10.0, duration_s=1.0, seed=0,
+                   objects=(ACROSS, ONCOMING, WITH_CAMERA))
+
+
+@pytest.fixture(scope="module")
+def moving_frames():
+    plain = SceneSpec(**{**MOVING.__dict__, "objects": ()})
+    return list(render_frames(MOVING)), list(render_frames(plain))
+
+
+def _object_frame(obj: MovingObject, pose: np.ndarray, t_s: float) -> np.ndarray:
+    """The object's frame-to-world 4x4 at t_s."""
+    if obj.attached:
+        return pose
+    to_world = np.eye(4)
+    to_world[:3, 3] = np.asarray(obj.velocity) * t_s
+    return to_world
+
+
+def test_objects_only_change_the_pixels_their_mask_covers(moving_frames):
+    frames, plain = moving_frames
+    for frame, base in zip(frames, plain):
+        assert frame.object_index.shape == frame.depth.shape and frame.object_index.dtype == np.uint8
+        scene = frame.object_index == 0
+        np.testing.assert_array_equal(frame.image[scene], base.image[scene])
+        np.testing.assert_array_equal(frame.depth[scene], base.depth[scene])
+        assert (frame.depth[~scene] < base.depth[~scene]).all()  # an object occludes what lies behind it
+        assert not frame.sky_mask[~scene].any()
+        assert set(np.unique(frame.object_index)) == {0, 1, 2, 3}  # all three in view in every frame
+    assert all(f.object_index is None for f in plain)
+
+
+def test_object_pixels_back_project_onto_the_moving_box(moving_frames):
+    frames, _ = moving_frames
+    k = intrinsics(MOVING)
+    for i, frame in enumerate(frames):
+        for number, obj in enumerate(MOVING.objects, start=1):
+            mask = frame.object_index == number
+            world = _back_project(frame.depth, k, frame.pose, mask)
+            to_world = _object_frame(obj, frame.pose, i / MOVING.fps)
+            local = np.linalg.inv(to_world)[:3, :3] @ world + np.linalg.inv(to_world)[:3, 3:4]
+            extent = np.abs(local - np.asarray(obj.centre)[:, None]) / (np.asarray(obj.size)[:, None] / 2)
+            # On the surface: the largest normalised coordinate is 1 (up to float32 rounding).
+            np.testing.assert_allclose(extent.max(axis=0), 1.0, atol=2e-3)
+
+
+def test_objects_move_where_their_velocity_takes_them(moving_frames):
+    frames, _ = moving_frames
+    k = intrinsics(MOVING)
+    for i, frame in enumerate(frames):
+        centre = np.asarray(ACROSS.centre) + np.asarray(ACROSS.velocity) * i / MOVING.fps
+        near_face = centre - np.array([0.0, 0.0, ACROSS.size[2] / 2])  # the camera looks down +z
+        (u, v), z = _project(near_face[:, None], k, frame.pose)
+        u, v = int(round(u[0])), int(round(v[0]))
+        assert frame.object_index[v, u] == 1
+        assert frame.depth[v, u] == pytest.approx(z[0], rel=0.02)
+
+
+def test_the_object_attached_to_the_camera_stays_put_in_the_image(moving_frames):
+    frames, _ = moving_frames
+    first = frames[0].object_index == 3
+    assert first.sum() > 100
+    for frame in frames[1:]:
+        np.testing.assert_array_equal(frame.object_index == 3, first)
+        np.testing.assert_array_equal(frame.depth[first], frames[0].depth[first])
+        # Its texture is fixed to it, so it looks the same in every frame: photometrically it has no motion.
+        np.testing.assert_array_equal(frame.image[first], frames[0].image[first])
+    # The world objects do move across the image.
+    assert not np.array_equal(frames[0].object_index == 1, frames[-1].object_index == 1)
+
+
+def test_save_ground_truth_holds_the_moving_masks(moving_frames, tmp_path):
+    frames, _ = moving_frames
+    with np.load(save_ground_truth(MOVING, tmp_path / "gt.npz")) as gt:
+        index = np.stack([f.object_index for f in frames])
+        assert gt["moving"].dtype == bool and gt["moving"].shape == (10, 96, 160)
+        np.testing.assert_array_equal(gt["moving"], index > 0)
+        np.testing.assert_array_equal(gt["moving_attached"], index == 3)
+        surface = index > 0
+        np.testing.assert_allclose(gt["depth"].astype(np.float32)[surface],
+                                   np.stack([f.depth for f in frames])[surface], rtol=1e-3)

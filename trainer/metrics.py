@@ -61,12 +61,19 @@ def depth_metrics_per_image(
     min_depth: float = 1e-3,
     max_depth: float = 80.0,
     alignment: str = "lsq_disparity",
+    score_mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """DEPTH_KEYS -> [B] float64 per-image values (NaN for images without valid pixels)."""
+    """DEPTH_KEYS -> [B] float64 per-image values (NaN for images without valid pixels).
+
+    score_mask: the alignment is still fitted on every valid pixel, but errors are averaged only over
+    valid pixels inside it (a region such as moving objects, judged as the whole image is aligned).
+    """
     pred, gt = _flat64(pred_depth), _flat64(gt_depth)
     valid = _flat64(mask).bool() & torch.isfinite(gt) & (gt > min_depth) & (gt < max_depth)
     gt = torch.where(valid, gt, torch.ones_like(gt))  # keeps the arithmetic below finite off the mask
     pred = _align_depth(pred, gt, valid, alignment, min_depth, max_depth)
+    if score_mask is not None:
+        valid = valid & _flat64(score_mask).bool()
     err = gt - pred
     ratio = torch.maximum(gt / pred, pred / gt)
     return {
@@ -91,14 +98,17 @@ def depth_metrics(
     min_depth: float = 1e-3,
     max_depth: float = 80.0,
     alignment: str = "lsq_disparity",
+    score_mask: Tensor | None = None,
 ) -> dict[str, float]:
     """abs_rel, sq_rel, rmse, log_rmse, a1-a3 of [B,1,H,W] depths, per image then averaged over images.
 
     Valid pixels: mask & finite gt & min_depth < gt < max_depth. alignment: "lsq_disparity" fits
     scale and shift of 1/pred to 1/gt by least squares (MiDaS), "median" scales pred by
     median(gt)/median(pred), "none" uses pred as is; the aligned pred is clipped to [min_depth, max_depth].
+    score_mask restricts the averaging, not the alignment (see depth_metrics_per_image).
     """
-    return _mean_over_images(depth_metrics_per_image(pred_depth, gt_depth, mask, min_depth, max_depth, alignment))
+    return _mean_over_images(depth_metrics_per_image(pred_depth, gt_depth, mask, min_depth, max_depth, alignment,
+                                                     score_mask))
 
 
 def disparity_metrics(pred_disp: Tensor, gt_disp: Tensor, mask: Tensor, min_abs_gt: float = 1e-3) -> dict[str, float]:

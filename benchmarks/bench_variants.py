@@ -1,0 +1,208 @@
+"""Do the trainer's variants help on independently moving objects? Same short CPU budget each. Prints JSON.
+
+    python benchmarks/bench_variants.py [--steps 500] [--only NAME] [--quick] [--workdir DIR] [--out FILE]
+
+The dataset is bench_learning's (its `build_dataset`, mono scenes only) with `objects`: boxes crossing the
+canyon, boxes coming towards the camera and one box fixed in the camera frame (`moving_objects`), which
+plain photometric training can explain with infinite depth. The last `--val-scenes` scenes are held out.
+Each variant trains from scratch with the same seed, steps and loader, views compared at each scale's
+resolution (`loss.photometric_resolution: scale`):
+
+  baseline        the default video loss (SlowTV: automask + per-pixel minimum reprojection)
+  explainability  loss.explainability.enabled (SfMLearner's mask)
+  aquanet         model.disparity_head: aquanet
+  zoom            data.augment.resize_prob 0.5 (depth-cue-preserving resize)
+  positional      model.positional_encoding (SPIMO's first stage; reported as a variant too)
+  spimo           loss.spimo from the `positional` checkpoint (so it costs twice the steps in all)
+
+On held-out frames: AbsRel, RMSE, a1 after least-squares scale and shift in disparity fitted on the whole
+image, averaged over all pixels (`overall`), over moving-object pixels (`moving`), over those of the
+world-moving boxes (`moving_world`) and of the box riding with the camera (`with_camera`); plus the pose
+net's translation direction (bench_learning's `pose_check`), and each variant's AbsRel over the baseline's.
+A ratio below 1 is only a finding if it is clear of run-to-run noise: one seed, short runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_learning import (FPS, RENDER_H, RENDER_W, build_dataset, manifests, pick, pose_check,  # noqa: E402
+                            run_fit, train_config, untrained)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.storage import write_bytes_atomic  # noqa: E402
+from trainer.train import LAST  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import GroundTruth  # noqa: E402
+from trainer.evaluate import evaluation_batches  # noqa: E402
+from trainer.manifest import load_manifests  # noqa: E402
+from trainer.metrics import depth_metrics_per_image  # noqa: E402
+from trainer.plan import SamplePlan  # noqa: E402
+
+VARIANTS = ("baseline", "explainability", "aquanet", "zoom", "positional", "spimo")
+REGIONS = ("overall", "moving", "moving_world", "with_camera")
+_SCENE, _WORLD, _ATTACHED = 0.0, 1.0, 2.0
+
+
+class ObjectCodes(GroundTruth):
+    """The moving-object masks served as a 'depth' (0 scene, 1 world-moving, 2 with the camera).
+
+    Going through GroundTruth's interface, the batch builder crops and resizes them exactly as the depth."""
+
+    def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
+        if video_id not in self._cache:
+            path = self.directory / f"{video_id}.npz"
+            self._cache[video_id] = dict(np.load(path)) if path.is_file() else None
+        truth = self._cache[video_id]
+        if truth is None or not len(truth["timestamps"]):
+            return None
+        index = int(np.argmin(np.abs(truth["timestamps"] - timestamp_s)))
+        codes = np.full(truth["depth"].shape[1:], _SCENE, np.float32)
+        if "moving" in truth:
+            codes[truth["moving"][index]] = _WORLD
+            codes[truth["moving_attached"][index]] = _ATTACHED
+        if codes.shape != size:
+            codes = cv2.resize(codes, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        return codes
+
+
+@torch.no_grad()
+def evaluate_regions(model: torch.nn.Module, cfg: TrainConfig, data_root: Path) -> dict[str, Any]:
+    """Held-out depth metrics over the whole image and over each moving-object region, plus pixel shares."""
+    frame = load_manifests(manifests(data_root, "synth"), "val", cfg.data.filters)
+    plan = SamplePlan(frame, cfg.data)
+    directory = data_root / "ground_truth"
+    model.eval()
+    per_image: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in REGIONS}
+    pixels = dict.fromkeys(REGIONS, 0)
+    for batch, codes in zip(evaluation_batches(plan, cfg, GroundTruth(directory)),
+                            evaluation_batches(plan, cfg, ObjectCodes(directory))):
+        assert batch["sample_id"] == codes["sample_id"]
+        gt, code = batch["gt_depth"], codes["gt_depth"]
+        pred = 1.0 / model.predict_disparity(batch["image"]).float().clamp_min(1e-6)
+        regions = {"overall": None, "moving": code > _SCENE, "moving_world": code == _WORLD,
+                   "with_camera": code == _ATTACHED}
+        for region, mask in regions.items():
+            per_image[region].append(depth_metrics_per_image(pred, gt, torch.isfinite(gt), cfg.eval.min_depth,
+                                                             cfg.eval.max_depth, cfg.eval.alignment, mask))
+            pixels[region] += int(torch.isfinite(gt).sum() if mask is None else (mask & torch.isfinite(gt)).sum())
+    out: dict[str, Any] = {}
+    for region, rows in per_image.items():
+        values = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        out[region] = {k: round(float(v.nanmean()), 4) for k, v in values.items() if k in ("abs_rel", "rmse", "a1")}
+    out["pixel_share"] = {r: round(pixels[r] / max(pixels["overall"], 1), 4) for r in REGIONS[1:]}
+    return out
+
+
+def variant_overrides(name: str, args: argparse.Namespace, first_stage: str | None) -> dict[str, Any]:
+    """Config sections (merged over bench_learning's train_config) that make the variant."""
+    if name == "explainability":
+        return {"loss": {"explainability": {"enabled": True}}}
+    if name == "aquanet":
+        return {"model": {"disparity_head": "aquanet"}}
+    if name == "zoom":
+        return {"data": {"augment": {"aspect_prob": args.aspect_prob, "resize_prob": args.resize_prob}}}
+    if name == "positional":
+        return {"model": {"positional_encoding": True}}
+    if name == "spimo":
+        return {"loss": {"spimo": {"enabled": True, "first_stage_checkpoint": first_stage}}}
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=500, help="optimiser steps of every variant's run")
+    parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
+    parser.add_argument("--val-scenes", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each training scene")
+    parser.add_argument("--val-seconds", type=float, default=10.0, help="length of each held-out scene")
+    parser.add_argument("--speed", type=float, default=2.0, help="camera speed, m/s")
+    parser.add_argument("--max-height", type=int, default=96, help="pipeline sample.max_height")
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--encoder", default="test_convnext")
+    parser.add_argument("--pose-encoder", default="test_resnet")
+    parser.add_argument("--intrinsics", choices=("given", "learned"), default="given")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--smoothness", type=float, default=1e-3)
+    parser.add_argument("--loss-scales", type=int, default=4)
+    parser.add_argument("--resize-prob", type=float, default=0.5, help="data.augment.resize_prob of `zoom`")
+    parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, short scenes")
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (e.g. benchmarks/results/variants.json)")
+    args = parser.parse_args()
+    # The baseline's figures are the reference; SlowTV's loss with the scale-wise photometric comparison.
+    args.automask, args.photometric_resolution = True, "scale"
+    if args.quick:
+        args.steps, args.seconds, args.val_seconds = 10, 6.0, 4.0
+    names = [n for n in VARIANTS if n in set(args.only or VARIANTS) | {"baseline"}]
+    if "spimo" in names and "positional" not in names:
+        names.insert(names.index("spimo"), "positional")  # its first stage
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        key = ["objects", args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.max_height, args.speed]
+        cache = work / "dataset.json"
+        t0 = time.perf_counter()
+        if cache.is_file() and json.loads(cache.read_text())["key"] == key:
+            dataset = json.loads(cache.read_text())["dataset"]
+        else:
+            dataset = build_dataset(work, args.scenes, args.val_scenes, args.seconds, args.val_seconds, 0, 0.0,
+                                    args.max_height, args.speed, objects=True)
+            cache.write_text(json.dumps({"key": key, "dataset": dataset}))
+        data_root = Path(dataset["root"])
+        out: dict[str, Any] = {
+            "setup": {"render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps", "sample_max_height": args.max_height,
+                      "train_size": f"{args.height}x{args.width}", "batch_size": args.batch_size,
+                      "encoder": args.encoder, "pose_encoder": args.pose_encoder, "lr": args.lr,
+                      "steps_per_variant": args.steps, "photometric_resolution": "scale",
+                      "resize_prob_of_zoom": args.resize_prob, "seed": args.seed, "eval_alignment": "lsq_disparity",
+                      "videos": dataset["videos"], "build_s": round(time.perf_counter() - t0, 1),
+                      "threads": torch.get_num_threads()},
+        }
+        cfg = train_config(args, work / "untrained")
+        out["untrained"] = evaluate_regions(untrained(cfg), cfg, data_root)
+        variants: dict[str, Any] = {}
+        checkpoints: dict[str, str] = {}
+        for name in names:
+            cfg = train_config(args, work / f"run_{name}", **variant_overrides(name, args, checkpoints.get("positional")))
+            model, info = run_fit(cfg, manifests(data_root, "synth"))
+            checkpoints[name] = str(Path(cfg.run.out_dir) / "checkpoints" / LAST)
+            variants[name] = {**evaluate_regions(model, cfg, data_root), "pose": pose_check(model, cfg, data_root),
+                              "train": {k: info[k] for k in ("steps", "wall_s", "median_step_s", "loss_first",
+                                                               "loss_last")}}
+            print(json.dumps({name: {r: variants[name][r] for r in REGIONS}}), file=sys.stderr, flush=True)
+        out["variants"] = variants
+        base = variants["baseline"]
+        out["abs_rel_vs_baseline"] = {
+            name: {r: (round(v[r]["abs_rel"] / base[r]["abs_rel"], 3) if base[r]["abs_rel"] == base[r]["abs_rel"]
+                       else None) for r in REGIONS}
+            for name, v in variants.items() if name != "baseline"}
+        out["wall_s"] = round(time.perf_counter() - started, 1)
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.out:
+            write_bytes_atomic(args.out, (text + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()
