@@ -256,16 +256,12 @@ def pick(metrics: dict[str, dict[str, float]], source: str, keys=("abs_rel", "rm
     return {k: round(values[k], 4) for k in keys if k in values}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps of each video training run")
-    parser.add_argument("--stereo-steps", type=int, default=200, help="optimiser steps of the stereo run")
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset and training arguments this benchmark shares with bench_variants.py."""
     parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
     parser.add_argument("--val-scenes", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each training scene")
     parser.add_argument("--val-seconds", type=float, default=15.0, help="length of each held-out scene")
-    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
-    parser.add_argument("--stereo-seconds", type=float, default=15.0)
     parser.add_argument("--speed", type=float, default=2.0, help="camera speed of the mono scenes, m/s")
     parser.add_argument("--max-height", type=int, default=96, help="pipeline sample.max_height")
     parser.add_argument("--height", type=int, default=96)
@@ -278,12 +274,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--smoothness", type=float, default=1e-3)
     parser.add_argument("--loss-scales", type=int, default=4)
+    parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps of each video training run")
+    parser.add_argument("--stereo-steps", type=int, default=200, help="optimiser steps of the stereo run")
+    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
+    parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    add_training_arguments(parser)
     parser.add_argument("--no-automask", dest="automask", action="store_false",
                         help="turn off Monodepth2's identity automask (loss.automask)")
     parser.add_argument("--photometric-resolution", choices=("full", "scale"), default="scale",
                         help="loss.photometric_resolution: compare views at full size or at each scale's size")
-    parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("video", "stereo", "motion", "full"), action="append",
                         help="run only these parts (repeatable; default: all): video (support mode category), "
                              "motion (support mode motion), full (category at full photometric resolution), stereo")

@@ -35,17 +35,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_learning import (FPS, RENDER_H, RENDER_W, build_dataset, manifests, pick, pose_check,  # noqa: E402
-                            run_fit, train_config, untrained)
+from bench_learning import (FPS, RENDER_H, RENDER_W, add_training_arguments, build_dataset, manifests, pick,  # noqa: E402
+                            pose_check, run_fit, train_config, untrained)
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.storage import write_bytes_atomic  # noqa: E402
 from trainer.train import LAST  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import GroundTruth  # noqa: E402
+from trainer.data import GroundTruth, resize_nearest  # noqa: E402
 from trainer.evaluate import evaluation_batches  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
 from trainer.metrics import depth_metrics_per_image  # noqa: E402
@@ -62,20 +61,15 @@ class ObjectCodes(GroundTruth):
     Going through GroundTruth's interface, the batch builder crops and resizes them exactly as the depth."""
 
     def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
-        if video_id not in self._cache:
-            path = self.directory / f"{video_id}.npz"
-            self._cache[video_id] = dict(np.load(path)) if path.is_file() else None
-        truth = self._cache[video_id]
-        if truth is None or not len(truth["timestamps"]):
+        found = self.frame(video_id, timestamp_s)
+        if found is None:
             return None
-        index = int(np.argmin(np.abs(truth["timestamps"] - timestamp_s)))
+        truth, index = found
         codes = np.full(truth["depth"].shape[1:], _SCENE, np.float32)
         if "moving" in truth:
             codes[truth["moving"][index]] = _WORLD
             codes[truth["moving_attached"][index]] = _ATTACHED
-        if codes.shape != size:
-            codes = cv2.resize(codes, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        return codes
+        return resize_nearest(codes, size)
 
 
 @torch.no_grad()
@@ -124,25 +118,9 @@ def variant_overrides(name: str, args: argparse.Namespace, first_stage: str | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps of every variant's run")
-    parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
-    parser.add_argument("--val-scenes", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each training scene")
-    parser.add_argument("--val-seconds", type=float, default=10.0, help="length of each held-out scene")
-    parser.add_argument("--speed", type=float, default=2.0, help="camera speed, m/s")
-    parser.add_argument("--max-height", type=int, default=96, help="pipeline sample.max_height")
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--encoder", default="test_convnext")
-    parser.add_argument("--pose-encoder", default="test_resnet")
-    parser.add_argument("--intrinsics", choices=("given", "learned"), default="given")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--smoothness", type=float, default=1e-3)
-    parser.add_argument("--loss-scales", type=int, default=4)
+    add_training_arguments(parser)
+    parser.set_defaults(seconds=20.0, val_seconds=10.0, height=64, width=96)
     parser.add_argument("--resize-prob", type=float, default=0.5, help="data.augment.resize_prob of `zoom`")
-    parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, short scenes")
     parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")

@@ -278,20 +278,30 @@ class GroundTruth:
             raise ValueError(f"ground-truth directory {self.directory} holds no <video_id>.npz files")
         self._cache: dict[str, dict[str, np.ndarray] | None] = {}
 
-    def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
-        """Float32 depth (inf where unknown) of the frame nearest `timestamp_s`, resized to `size`."""
+    def frame(self, video_id: str, timestamp_s: float) -> tuple[dict[str, np.ndarray], int] | None:
+        """A video's arrays and the index of its frame nearest `timestamp_s` (None without ground truth)."""
         if video_id not in self._cache:
             path = self.directory / f"{video_id}.npz"
             self._cache[video_id] = dict(np.load(path)) if path.is_file() else None
         truth = self._cache[video_id]
         if truth is None or not len(truth["timestamps"]):
             return None
-        index = int(np.argmin(np.abs(truth["timestamps"] - timestamp_s)))
+        return truth, int(np.argmin(np.abs(truth["timestamps"] - timestamp_s)))
+
+    def depth(self, video_id: str, timestamp_s: float, size: tuple[int, int]) -> np.ndarray | None:
+        """Float32 depth (inf where unknown) of the frame nearest `timestamp_s`, resized to `size`."""
+        found = self.frame(video_id, timestamp_s)
+        if found is None:
+            return None
+        truth, index = found
         depth = truth["depth"][index].astype(np.float32)
         depth[~np.isfinite(depth)] = np.inf
-        if depth.shape != size:  # the pipeline may have scaled the video down
-            depth = cv2.resize(depth, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        return depth
+        return resize_nearest(depth, size)
+
+
+def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` at (height, width) `size`, nearest neighbour (the pipeline may have scaled the video down)."""
+    return image if image.shape == size else cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 _FRAMES = ("image", "supports")  # sample keys holding HxWx3 frames
