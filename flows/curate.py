@@ -1,8 +1,9 @@
 """The `curate` Prefect flow: one task per video, bounded concurrency, then a corpus-level publish.
 
 With `intrinsics.enabled`, each video task also estimates the video's camera intrinsics with COLMAP (a nested
-`intrinsics-<video_id>` task, so `run.workers` bounds it too). With `clip.enabled`, each video task also embeds the video's shard rows (a nested `embed-<video_id>` task) and
-publish runs the corpus-level CLIP pass (tags, junk, SemDeDup) over the embeddings.
+`intrinsics-<video_id>` task, so `run.workers` bounds it too). With `clip.enabled`, each video task also embeds
+the video's shard rows (a nested `embed-<video_id>` task) and publish runs the corpus-level CLIP pass (tags,
+junk, SemDeDup) over the embeddings.
 """
 from __future__ import annotations
 

@@ -94,13 +94,17 @@ def test_aquanet_head_trains_through_the_video_and_stereo_losses():
     assert disparity.shape == (2, 1, H, W) and ((disparity >= 0) & (disparity <= 1)).all()
 
 
+def _save(path, model, cfg):
+    """A checkpoint of `model` as fit writes one (step 1)."""
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=1, batches=1, cfg=cfg)
+
+
 def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels(tmp_path):
     first_cfg = _cfg(model={"positional_encoding": True})
     first = _model(first_cfg)
-    optimizer = torch.optim.AdamW(first.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    path = save_checkpoint(tmp_path / "first.pt", model=first, optimizer=optimizer, scheduler=scheduler,
-                           step=1, batches=1, cfg=first_cfg)
+    path = _save(tmp_path / "first.pt", first, first_cfg)
     with pytest.raises(ValueError, match="first_stage_checkpoint"):
         _cfg(loss={"spimo": {"enabled": True}})
     second_cfg = _cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path), "gamma": 0.03,
@@ -122,8 +126,7 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
     out["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     # A saved second-stage run carries the teacher: loading it needs no first-stage file.
-    saved = save_checkpoint(tmp_path / "second.pt", model=second, optimizer=torch.optim.AdamW(second.parameters()),
-                            scheduler=scheduler, step=1, batches=1, cfg=second_cfg)
+    saved = _save(tmp_path / "second.pt", second, second_cfg)
     path.unlink()
     loaded, _ = load_model(saved)
     for key, value in loaded.spimo_teacher.state_dict().items():
@@ -133,9 +136,6 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
 def test_spimo_rejects_a_first_stage_without_positional_encoding(tmp_path):
     first_cfg = _cfg()
     first = _model(first_cfg)
-    optimizer = torch.optim.AdamW(first.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    path = save_checkpoint(tmp_path / "first.pt", model=first, optimizer=optimizer, scheduler=scheduler,
-                           step=1, batches=1, cfg=first_cfg)
+    path = _save(tmp_path / "first.pt", first, first_cfg)
     with pytest.raises(ValueError, match="positional_encoding"):
         _model(_cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path)}}))
