@@ -1,10 +1,10 @@
-"""CLIP embedding throughput (frames/s) of pipeline/clip.py on this machine's CPU (and GPU when there is one).
+"""CLIP embedding throughput (frames/s) of pipeline/clip/model.py on this machine's CPU (and GPU when there is one).
 
     python benchmarks/bench_clip_embed.py [--frames 256] [--vit-frames 64] [--batch-size 64]
 
 Inputs are what the embed stage reads from shards: 1280x720 JPEGs (q95) of the synthetic renderer. Models are
 randomly initialised and loaded from a local checkpoint, the route a real one takes (speed does not depend on
-the weights): the tiny test architecture (pipeline.clip.TINY_ARCHITECTURE, 64x64 input) and ViT-B-32 (224x224).
+the weights): the tiny test architecture (pipeline.clip.model.TINY_ARCHITECTURE, 64x64 input) and ViT-B-32 (224x224).
 Reported per model: end to end (JPEG decode + preprocessing threads + model, `ClipModel.embed_jpegs`), the
 model alone on preprocessed batches, and decode + preprocessing alone (one thread), each the best of --repeats.
 """
@@ -21,9 +21,9 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.clip import TINY_ARCHITECTURE, ClipModel, save_random_checkpoint  # noqa: E402
+from pipeline.clip.model import TINY_ARCHITECTURE, ClipModel, save_random_checkpoint  # noqa: E402
 from pipeline.config import ClipConfig  # noqa: E402
-from pipeline.synthetic import SceneSpec, render_frames  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, render_frames  # noqa: E402
 
 
 def jpegs(n: int) -> list[bytes]:

@@ -51,12 +51,12 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.catalog import CatalogEntry, write_catalog  # noqa: E402
-from pipeline.demo import serve_directory  # noqa: E402
-from pipeline.layout import DataRoot  # noqa: E402
-from pipeline.storage import TMP_MARK  # noqa: E402
-from pipeline.synthetic import SceneSpec, render_video  # noqa: E402
-from pipeline.verify import verify_dataset  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry, write_catalog  # noqa: E402
+from pipeline.synthetic.demo import serve_directory  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.io.storage import TMP_MARK  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
+from pipeline.corpus.verify import verify_dataset  # noqa: E402
 
 DATASET = "crash"
 CONFIG = """\

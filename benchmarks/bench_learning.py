@@ -44,12 +44,12 @@ ensure_torchvision()  # before anything imports timm / torchvision on a CPU torc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.catalog import CatalogEntry  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.ingest import ingest_video  # noqa: E402
-from pipeline.layout import DataRoot  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.synthetic import (MovingObject, SceneSpec, normalized_intrinsics, render_stereo_video,  # noqa: E402
+from pipeline.video.ingest import ingest_video  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.synthetic.renderer import (MovingObject, SceneSpec, normalized_intrinsics, render_stereo_video,  # noqa: E402
                                 render_video, save_ground_truth)
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
@@ -57,7 +57,7 @@ from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
 from trainer.evaluate import evaluate_model, evaluation_batches  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
 from trainer.objective import DepthTraining  # noqa: E402
-from trainer.plan import Batch, SamplePlan  # noqa: E402
+from trainer.plan import Batch, EpochPlan  # noqa: E402
 from trainer.train import fit  # noqa: E402
 
 RENDER_W, RENDER_H, FPS = 320, 192, 10.0
@@ -161,7 +161,7 @@ def evaluate(model: torch.nn.Module | None, cfg: TrainConfig, data_root: Path, d
     if alignment is not None:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"alignment": alignment})})
     frame = load_manifests(manifests(data_root, *datasets), "val", cfg.data.filters)
-    plan = SamplePlan(frame, cfg.data)
+    plan = EpochPlan(frame, cfg.data)
     model = model if model is not None else _Dummy()
     return evaluate_model(model, plan, cfg, "cpu", ground_truth=GroundTruth(data_root / "ground_truth"),
                           predict=predict)
@@ -197,7 +197,7 @@ def mean_disparity_prior(cfg: TrainConfig, data_root: Path) -> torch.Tensor:
     """Mean true disparity map over the train split at the evaluation size: a content-free layout prior."""
     frame = load_manifests(manifests(data_root, "synth"), "train", cfg.data.filters)
     total, count = None, 0
-    for batch in evaluation_batches(SamplePlan(frame, cfg.data), cfg, GroundTruth(data_root / "ground_truth")):
+    for batch in evaluation_batches(EpochPlan(frame, cfg.data), cfg, GroundTruth(data_root / "ground_truth")):
         depth = batch["gt_depth"]
         disparity = torch.where(torch.isfinite(depth), 1.0 / depth, torch.zeros_like(depth)).sum(0)
         total, count = (disparity if total is None else total + disparity), count + depth.shape[0]
@@ -211,7 +211,7 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
     records each call's target-to-source transform, compared with inv(pose_source) @ pose_target.
     """
     frame = load_manifests(manifests(data_root, "synth"), "val", cfg.data.filters)
-    plan = SamplePlan(frame, cfg.data)
+    plan = EpochPlan(frame, cfg.data)
     builder = BatchBuilder(plan, cfg.data, train=False, with_supports=True)
     rows = np.flatnonzero(plan.eligible)
     calls: list[torch.Tensor] = []
@@ -238,7 +238,7 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
             "translation_cos_to_truth_t_plus_k": round(float(np.mean(cosines[1])), 3)}
 
 
-def _relative_poses(plan: SamplePlan, cache: dict[str, np.ndarray], data_root: Path, targets: np.ndarray,
+def _relative_poses(plan: EpochPlan, cache: dict[str, np.ndarray], data_root: Path, targets: np.ndarray,
                     sources: np.ndarray) -> np.ndarray:
     """Rendered target-to-source transforms inv(pose_source) @ pose_target for rows of plan.frame."""
     def pose(row: int) -> np.ndarray:

@@ -47,16 +47,16 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from pipeline.catalog import CatalogEntry  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.ingest import ingest_video  # noqa: E402
-from pipeline.layout import DataRoot  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.synthetic import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
+from pipeline.video.ingest import ingest_video  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, ShardReader, ShardStream, make_loader  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
-from trainer.plan import Batch, SamplePlan  # noqa: E402
+from trainer.plan import Batch, EpochPlan  # noqa: E402
 
 FPS = 10.0
 
@@ -89,7 +89,7 @@ def build_dataset(work: Path, videos: int, seconds: float, width: int, height: i
     return manifest, {"frames": kept, "shards": len(shards), "row_groups": groups, "shard_mb": round(size / 2**20, 1)}
 
 
-def export_folder(plan: SamplePlan, folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def export_folder(plan: EpochPlan, folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Write each manifest row's JPEG bytes to folder/<video_id>/<frame_index:06d>.jpg; path per plan row."""
     frame = plan.frame
     paths = np.empty(len(frame), object)
@@ -110,7 +110,7 @@ def export_folder(plan: SamplePlan, folder: Path) -> tuple[np.ndarray, dict[str,
 class FileBatchBuilder(BatchBuilder):
     """BatchBuilder whose rows come from one JPEG file per frame instead of shard row groups."""
 
-    def __init__(self, plan: SamplePlan, cfg, paths: np.ndarray):
+    def __init__(self, plan: EpochPlan, cfg, paths: np.ndarray):
         super().__init__(plan, cfg, train=True)
         self.files = paths
 
@@ -122,7 +122,7 @@ class FileBatchBuilder(BatchBuilder):
 class FolderDataset(Dataset):
     """Map-style: item = a list of target rows; reads target and supports by path, as SlowTV's loader."""
 
-    def __init__(self, plan: SamplePlan, cfg, paths: np.ndarray):
+    def __init__(self, plan: EpochPlan, cfg, paths: np.ndarray):
         self.builder = FileBatchBuilder(plan, cfg, paths)
         self.seed = cfg.seed
 
@@ -143,7 +143,7 @@ class ShuffledBatches(Sampler):
                 yield order[start:start + self.batch_size]
 
 
-def folder_loader(plan: SamplePlan, cfg: TrainConfig, paths: np.ndarray) -> DataLoader:
+def folder_loader(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray) -> DataLoader:
     data = cfg.data
     rows = np.flatnonzero(plan.eligible)
     workers = data.num_workers
@@ -190,7 +190,7 @@ def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, floa
             "cpu_s_per_batch": cpu / batches, "worker_peak_rss_mb": peak}
 
 
-def in_process(plan: SamplePlan, cfg: TrainConfig, paths: np.ndarray, batches: int) -> dict[str, Any]:
+def in_process(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray, batches: int) -> dict[str, Any]:
     """Per-batch build cost without a DataLoader, as the stream builds them, and one row-group read."""
     planned = plan.epoch(0, 1)[0][:batches]
     shard, folder = BatchBuilder(plan, cfg.data), FileBatchBuilder(plan, cfg.data, paths)
@@ -280,7 +280,7 @@ def main() -> None:
         if args.decode_cache_mb is not None:
             data["decode_cache_mb"] = args.decode_cache_mb
         cfg = load_train_config(overrides={"data": data})
-        plan = SamplePlan(load_manifests([str(manifest)], "train", cfg.data.filters), cfg.data)
+        plan = EpochPlan(load_manifests([str(manifest)], "train", cfg.data.filters), cfg.data)
         paths, folder = export_folder(plan, work / "folder")
         rounds: dict[str, list[dict[str, float]]] = {"shard": [], "folder": []}
         for _ in range(args.rounds):

@@ -35,16 +35,16 @@ ensure_torchvision()
 
 import requests  # noqa: E402
 
-from pipeline.catalog import CatalogEntry  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.ingest import ingest_video  # noqa: E402
-from pipeline.layout import DataRoot  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.synthetic import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
+from pipeline.video.ingest import ingest_video  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
 from trainer.config import load_train_config  # noqa: E402
 from trainer.data import ShardStream, make_loader  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
-from trainer.plan import SamplePlan  # noqa: E402
+from trainer.plan import EpochPlan  # noqa: E402
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -74,7 +74,7 @@ def curate(root: DataRoot, videos: list[tuple[CatalogEntry, Path]], cfg) -> floa
 
 def loader_rate(manifest: str, batches: int) -> float:
     cfg = load_train_config(overrides={"data": {"batch_size": 8, "height": 192, "width": 320, "num_workers": 2}})
-    stream = ShardStream(SamplePlan(load_manifests([manifest], "train", cfg.data.filters), cfg.data), cfg.data)
+    stream = ShardStream(EpochPlan(load_manifests([manifest], "train", cfg.data.filters), cfg.data), cfg.data)
     it = iter(make_loader(stream))
     for _ in range(2):
         next(it)

@@ -3,7 +3,7 @@
     python benchmarks/bench_prefect_postgres.py [--videos 200] [--second 20] [--workers 4] [--out FILE]
 
 For each backend, in the same run: a fresh `prefect server start` on 127.0.0.1 (SQLite in its PREFECT_HOME, or a
-throw-away PostgreSQL from tests/prefect_services.py), every deployment of prefect.yaml registered, then two
+throw-away PostgreSQL from flows/local_services.py), every deployment of prefect.yaml registered, then two
 `curate/slowtv` flow runs scheduled together and taken by one process worker: one mapping `--videos` 1-second
 videos (loopback HTTP, yt-dlp, ffmpeg, Parquet; `run.workers` in flight) and a concurrent second run of
 `--second` videos into another data root. Reported per backend: wall time from worker start to both runs
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from pipeline.demo import serve_directory  # noqa: E402
-from prefect_services import (build_load_sources, create_flow_run, database_trouble, deploy_all,  # noqa: E402
+from pipeline.synthetic.demo import serve_directory  # noqa: E402
+from flows.local_services import (build_load_sources, create_flow_run, database_trouble, deploy_all,  # noqa: E402
                               install_postgres, postgres_server, prefect_server, run_flow_runs, write_load_catalog,
                               write_load_config)
 

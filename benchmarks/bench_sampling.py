@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.synthetic import SceneSpec, render_video  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
 
 _CHILD = """
 import json, resource, sys, time
-from pipeline.catalog import CatalogEntry
+from pipeline.sources.catalog import CatalogEntry
 from pipeline.config import load_config
-from pipeline.ingest import ingest_video
-from pipeline.layout import DataRoot
+from pipeline.video.ingest import ingest_video
+from pipeline.io.data_root import DataRoot
 cfg = load_config(overrides={"sample": {"fps": 10, "max_height": 720, "decimate": None,
                                         "trim": {"head_s": 0, "tail_s": 0}}, "split": {"gap_frames": 0}})
 entry = CatalogEntry(video_id="bench", url="file:///bench", dataset="bench", category="natural")

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.semdedup import greedy_dedup, semdedup, unit_rows  # noqa: E402
+from pipeline.clip.semdedup import greedy_dedup, semdedup, unit_rows  # noqa: E402
 
 DIM = 512
 SCENES = 2000

@@ -24,15 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.codecs import encode_jpeg  # noqa: E402
+from pipeline.media.codecs import encode_jpeg  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.disparity import pixel_checks, summarize  # noqa: E402
-from pipeline.flow import make_flow_backend, stereo_flows  # noqa: E402
-from pipeline.parquet_writer import PartWriter  # noqa: E402
+from pipeline.stereo.disparity import pixel_checks, summarize  # noqa: E402
+from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows  # noqa: E402
+from pipeline.io.parquet_writer import PartWriter  # noqa: E402
 from pipeline.schema import SHARD_SCHEMA  # noqa: E402
-from pipeline.sky import make_sky_detector  # noqa: E402
-from pipeline.stereo import StereoProcessor  # noqa: E402
-from pipeline.synthetic import SceneSpec, render_stereo_frames  # noqa: E402
+from pipeline.stereo.sky import make_sky_detector  # noqa: E402
+from pipeline.stereo.processor import StereoProcessor  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames  # noqa: E402
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

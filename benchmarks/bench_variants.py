@@ -41,14 +41,14 @@ from bench_learning import (FPS, RENDER_H, RENDER_W, add_training_arguments, bui
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.storage import write_bytes_atomic  # noqa: E402
+from pipeline.io.storage import write_bytes_atomic  # noqa: E402
 from trainer.train import LAST  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import GroundTruth, resize_nearest  # noqa: E402
 from trainer.evaluate import evaluation_batches  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
 from trainer.metrics import depth_metrics_per_image  # noqa: E402
-from trainer.plan import SamplePlan  # noqa: E402
+from trainer.plan import EpochPlan  # noqa: E402
 
 VARIANTS = ("baseline", "explainability", "aquanet", "zoom", "positional", "spimo")
 REGIONS = ("overall", "moving", "moving_world", "with_camera")
@@ -76,7 +76,7 @@ class ObjectCodes(GroundTruth):
 def evaluate_regions(model: torch.nn.Module, cfg: TrainConfig, data_root: Path) -> dict[str, Any]:
     """Held-out depth metrics over the whole image and over each moving-object region, plus pixel shares."""
     frame = load_manifests(manifests(data_root, "synth"), "val", cfg.data.filters)
-    plan = SamplePlan(frame, cfg.data)
+    plan = EpochPlan(frame, cfg.data)
     directory = data_root / "ground_truth"
     model.eval()
     per_image: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in REGIONS}

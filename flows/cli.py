@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.catalog import CatalogError, import_slowtv, write_catalog
-from pipeline.layout import DataRoot
-from pipeline.report import format_summary, summarize
-from pipeline.verify import verify_dataset
+from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
+from pipeline.io.data_root import DataRoot
+from pipeline.corpus.report import format_summary, summarize
+from pipeline.corpus.verify import verify_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +84,7 @@ def _run_flow(catalog: str, data_root: str, config: str | None, limit: int | Non
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from pipeline.clip_curation import dedup_config
+    from pipeline.clip.curation import dedup_config
 
     root = DataRoot(args.data_root)
     try:

@@ -22,18 +22,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pipeline.catalog import CatalogEntry, read_catalog
+from pipeline.sources.catalog import CatalogEntry, read_catalog
 from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.demo import CONFIG_PATH as DEMO_CONFIG
-from pipeline.demo import build_demo_sources, serve_directory, write_demo_catalog
-from pipeline.download import DownloadResult, download_video
+from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
+from pipeline.synthetic.demo import build_demo_sources, serve_directory, write_demo_catalog
+from pipeline.sources.download import DownloadResult, download_video
 from pipeline.errors import VideoError, redact_secrets
-from pipeline.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
-from pipeline.layout import DataRoot
-from pipeline.publish import publish
+from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
+from pipeline.io.data_root import DataRoot
+from pipeline.corpus.publish import publish
 from flows.runners import Submit, download_slot, task_submitter, torch_devices
 from flows.train import start_training
-from pipeline.report import audit_tables
+from pipeline.corpus.report import audit_tables
 
 DEMO_CATALOG = "demo"
 MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
@@ -112,7 +112,7 @@ def _corpus_side_tables(record: dict[str, Any], root: DataRoot, cfg: CurateConfi
       cache_result_in_memory=False)
 def intrinsics_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
     """COLMAP intrinsics of a finished video unless current; returns its status (ok or a named reason)."""
-    from pipeline.intrinsics import estimate_video
+    from pipeline.corpus.intrinsics import estimate_video
 
     logger = get_run_logger()
     try:
@@ -135,8 +135,8 @@ def intrinsics_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -
 @task(name="embed", cache_policy=NO_CACHE, task_run_name="embed-{record[video_id]}", cache_result_in_memory=False)
 def embed_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
     """CLIP-embed a finished video's shard rows unless current; a failure is logged, and publish reports the gap."""
-    from pipeline.clip import get_model  # torch only when CLIP curation is on
-    from pipeline.embeddings import embed_video
+    from pipeline.clip.model import get_model  # torch only when CLIP curation is on
+    from pipeline.clip.embeddings import embed_video
 
     logger = get_run_logger()
     try:
@@ -161,7 +161,7 @@ def publish_task(root: DataRoot, cfg: CurateConfig, problems: list[dict[str, Any
 def check_clip_model(cfg: CurateConfig) -> None:
     """Load the CLIP model now when curation needs it: a bad checkpoint fails the run before any download."""
     if cfg.clip.enabled:
-        from pipeline.clip import get_model
+        from pipeline.clip.model import get_model
 
         model = get_model(cfg.clip)
         get_run_logger().info("CLIP curation with %s (%s) on %s", model.name, model.model_hash, model.device)

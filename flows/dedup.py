@@ -13,10 +13,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.curate import (MAX_WORKERS, audit_artifacts, bounded_map, check_clip_model, embed_task, publish_task,
                           with_ray_address)
 from flows.runners import task_submitter, torch_devices
-from pipeline.clip_curation import dedup_config
+from pipeline.clip.curation import dedup_config
 from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.layout import DataRoot
-from pipeline.publish import load_records, previous_catalog_problems
+from pipeline.io.data_root import DataRoot
+from pipeline.corpus.publish import load_records, previous_catalog_problems
 
 
 @flow(name="dedup", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)

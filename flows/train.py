@@ -14,7 +14,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_UI_URL
 
-from pipeline.layout import DataRoot
+from pipeline.io.data_root import DataRoot
 from trainer.manifest import data_root_of
 
 DEFAULT_DEPLOYMENT = "train/default"

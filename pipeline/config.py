@@ -69,7 +69,7 @@ class ShotConfig(_Section):
     min_frames: int = Field(3, ge=1)  # shortest shot, at the sampled fps
 
 
-class FilterConfig(_Section):
+class QualityConfig(_Section):
     dark_max_brightness: float = 16.0  # mean luma (0-255) below this is `dark`
     blank_max_std: float = 6.0  # luma std below this is `blank` (a flat card)
     blur_min_sharpness: float = 40.0  # variance of the Laplacian at the analysis width
@@ -121,7 +121,7 @@ class RunConfig(_Section):
     resume_check: Literal["size", "sha256"] = "sha256"
 
 
-class FlowConfig(_Section):
+class OpticalFlowConfig(_Section):
     backend: Literal["dis", "raft"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
     raft_checkpoint: str | None = None  # local state-dict file; never downloaded at run time
@@ -149,7 +149,7 @@ class StereoConfig(_Section):
     letterbox: bool = True  # detect black bars and crop them
     crop: tuple[int, int] | None = (1880, 800)  # centre crop per view (width, height); None = no crop
     output_size: tuple[int, int] | None = (940, 400)  # resize per view; None = keep; disparity scales too
-    flow: FlowConfig = FlowConfig()
+    flow: OpticalFlowConfig = OpticalFlowConfig()
     sky: SkyConfig = SkyConfig()
     lr_max_px: float = Field(2.0, gt=0)  # left-right consistency; Stereo4D uses 1 px
     vertical_max_px: float = Field(2.0, gt=0)  # |v| of the L->R flow; Stereo4D uses 1 px
@@ -270,7 +270,7 @@ class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     sample: SampleConfig = SampleConfig()
     shots: ShotConfig = ShotConfig()
-    filters: FilterConfig = FilterConfig()
+    filters: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
     write: WriteConfig = WriteConfig()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres) when missing.
 # Only the PostgreSQL tests, the PostgreSQL benchmark and a self-hosted Prefect server need them, so plain
-# `scripts/setup.sh` does not call this; tests/prefect_services.py does, on first use.
+# `scripts/setup.sh` does not call this; flows/local_services.py does, on first use.
 set -euo pipefail
 
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then

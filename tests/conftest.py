@@ -11,12 +11,12 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.catalog import CatalogEntry  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import CurateConfig, load_config  # noqa: E402
-from pipeline.demo import CONFIG_PATH, build_demo_sources, serve_directory  # noqa: E402
-from pipeline.synthetic import SceneSpec, render_video  # noqa: E402
+from pipeline.synthetic.demo import CONFIG_PATH, build_demo_sources, serve_directory  # noqa: E402
+from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +91,11 @@ def train_root(tmp_path_factory) -> Path:
     """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video.
 
     Rendered depth of `walk` is saved under <root>/ground_truth for the evaluation tests."""
-    from pipeline.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
-    from pipeline.ingest import ingest_video
-    from pipeline.layout import DataRoot
-    from pipeline.publish import publish
-    from pipeline.synthetic import normalized_intrinsics, render_stereo_video, save_ground_truth
+    from pipeline.synthetic.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
+    from pipeline.video.ingest import ingest_video
+    from pipeline.io.data_root import DataRoot
+    from pipeline.corpus.publish import publish
+    from pipeline.synthetic.renderer import normalized_intrinsics, render_stereo_video, save_ground_truth
 
     sources = tmp_path_factory.mktemp("train_sources")
     root = DataRoot(tmp_path_factory.mktemp("train_root"))
@@ -133,7 +133,7 @@ def clip_settings(tmp_path_factory) -> dict:
     """`clip` config section for a tiny random open_clip model, loaded from a local checkpoint like a real one."""
     import json
 
-    from pipeline.clip import TINY_ARCHITECTURE, save_random_checkpoint
+    from pipeline.clip.model import TINY_ARCHITECTURE, save_random_checkpoint
 
     directory = tmp_path_factory.mktemp("clip")
     architecture = directory / "tiny-clip-test.json"
@@ -206,7 +206,7 @@ def s3_bucket(s3_env) -> str:
 @pytest.fixture(scope="session")
 def postgres():
     """A throw-away PostgreSQL on 127.0.0.1 for the session, installed by scripts/setup_postgres.sh when missing."""
-    from prefect_services import install_postgres, postgres_bin_dir, postgres_server
+    from flows.local_services import install_postgres, postgres_bin_dir, postgres_server
 
     if postgres_bin_dir() is None and shutil.which("apt-get") is None:
         pytest.skip("PostgreSQL is not installed and there is no apt-get to install it (scripts/setup_postgres.sh)")
@@ -288,7 +288,7 @@ def small_flow(prefect_harness, small_config, tmp_path):
     import yaml
 
     from flows.curate import curate
-    from pipeline.catalog import write_catalog
+    from pipeline.sources.catalog import write_catalog
     from pipeline.config import with_overrides
 
     def run(entries: list[CatalogEntry], overrides: dict | None = None, root: Path | None = None,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.storage import atomic_path
+from pipeline.io.storage import atomic_path
 from trainer.config import TrainConfig
 from trainer.objective import DepthTraining
 

@@ -99,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from trainer.checkpoint import load_model
     from trainer.evaluate import evaluate_model, format_metrics, open_ground_truth
     from trainer.manifest import load_manifests
-    from trainer.plan import SamplePlan
+    from trainer.plan import EpochPlan
 
     device = resolve_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
@@ -107,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # A path given here is the user's (from the working directory); the config's is from the data root.
     truth = open_ground_truth(Path(args.ground_truth).resolve() if args.ground_truth else cfg.eval.ground_truth,
                               args.manifest, frame)
-    metrics = evaluate_model(model, SamplePlan(frame, cfg.data), cfg, device, truth, args.max_batches)
+    metrics = evaluate_model(model, EpochPlan(frame, cfg.data), cfg, device, truth, args.max_batches)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0
 

@@ -180,7 +180,7 @@ class EvalConfig(_Section):
     alignment: Literal["lsq_disparity", "median", "none"] = "lsq_disparity"
     min_depth: float = Field(1e-3, gt=0)
     max_depth: float = Field(80.0, gt=0)
-    # A directory of <video_id>.npz rendered depth (pipeline.synthetic.save_ground_truth): fit's evaluations
+    # A directory of <video_id>.npz rendered depth (pipeline.synthetic.renderer.save_ground_truth): fit's evaluations
     # then also score held-out video frames against it. A relative path is taken from the data root of the
     # first manifest (<root>/manifest/<dataset>.parquet), where the shards' paths start too.
     ground_truth: str | None = None

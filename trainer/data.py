@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline import objectstore
-from pipeline.disparity import decode_disparity_png, decode_mask_png
+from pipeline.io import objectstore
+from pipeline.media.codecs import decode_disparity_png, decode_mask_png
 from trainer import augment
 from trainer.config import DataConfig
 from trainer.manifest import ManifestError
-from trainer.plan import Batch, SamplePlan
+from trainer.plan import Batch, EpochPlan
 
 _STEREO_COLUMNS = ["image", "disparity", "valid_mask", "sky_mask", "disp_scale", "disp_offset"]
 
@@ -146,7 +146,7 @@ def next_uses(rows: np.ndarray) -> np.ndarray:
 class BatchBuilder:
     """Reads, decodes and augments the rows of a planned batch into tensors."""
 
-    def __init__(self, plan: SamplePlan, cfg: DataConfig, train: bool = True, with_supports: bool = True,
+    def __init__(self, plan: EpochPlan, cfg: DataConfig, train: bool = True, with_supports: bool = True,
                  ground_truth: "GroundTruth | None" = None):
         self.plan, self.cfg, self.train = plan, cfg, train
         self.with_supports, self.ground_truth = with_supports, ground_truth
@@ -267,7 +267,7 @@ class BatchBuilder:
 
 
 class GroundTruth:
-    """Rendered depth saved by `pipeline.synthetic.save_ground_truth` as <dir>/<video_id>.npz."""
+    """Rendered depth saved by `pipeline.synthetic.renderer.save_ground_truth` as <dir>/<video_id>.npz."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -319,7 +319,7 @@ def _stack_chw(frames: list[np.ndarray]) -> np.ndarray:
 class ShardStream(IterableDataset):
     """Endless training batches for one rank; see the module docstring."""
 
-    def __init__(self, plan: SamplePlan, cfg: DataConfig, rank: int = 0, world_size: int = 1,
+    def __init__(self, plan: EpochPlan, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  start_batch: int = 0):
         super().__init__()
         self.plan, self.cfg = plan, cfg

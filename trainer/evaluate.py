@@ -17,7 +17,7 @@ from trainer.config import TrainConfig
 from trainer.data import BatchBuilder, GroundTruth
 from trainer.manifest import data_root_of
 from trainer.metrics import MetricAccumulator, depth_metrics, disparity_metrics
-from trainer.plan import Batch, SamplePlan
+from trainer.plan import Batch, EpochPlan
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "log_rmse", "a1", "a2", "a3")
 # What a source's metrics are measured against, by the source's kind ("<dataset>/<kind>").
@@ -51,7 +51,7 @@ def references(metrics: dict[str, Any]) -> dict[str, str]:
             if isinstance(values, dict)}
 
 
-def evaluation_batches(plan: SamplePlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None,
+def evaluation_batches(plan: EpochPlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None,
                        max_batches: int | None = None) -> Iterator[dict[str, Any]]:
     """Every row that can be scored, source by source in manifest order, at the reference size, unaugmented.
 
@@ -69,7 +69,7 @@ def evaluation_batches(plan: SamplePlan, cfg: TrainConfig, ground_truth: GroundT
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, plan: SamplePlan, cfg: TrainConfig, device: torch.device | str,
+def evaluate_model(model: torch.nn.Module, plan: EpochPlan, cfg: TrainConfig, device: torch.device | str,
                    ground_truth: GroundTruth | None = None, max_batches: int | None = None,
                    predict: Callable[[Tensor], Tensor] | None = None) -> dict[str, dict[str, float]]:
     """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists."""

@@ -1,6 +1,6 @@
 """Pinhole camera geometry for view synthesis: intrinsics, poses, back-projection, projection, warping.
 
-Conventions (shared with pipeline/synthetic.py):
+Conventions (shared with pipeline/synthetic/renderer.py):
 - Camera frame is OpenCV: x right, y down, z forward. Poses are 4x4 and act on column vectors.
 - K maps a camera point to integer pixel indices: the centre of pixel (u, v) sits at (u, v), not at
   (u + 0.5, v + 0.5); normalised intrinsics are (fx/W, fy/H, cx/W, cy/H), so cx_pix = cx_norm * W.

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline import objectstore
+from pipeline.io import objectstore
 from pipeline.schema import SchemaVersionError, check_version
 from trainer.config import FilterConfig
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline import objectstore
+from pipeline.io import objectstore
 from trainer.config import DataConfig, SupportConfig
 
 KINDS = ("video", "stereo")
@@ -25,14 +25,14 @@ KINDS = ("video", "stereo")
 
 @dataclass(frozen=True)
 class Batch:
-    """One planned batch: rows of `SamplePlan.frame` (targets), the source it draws from, its seed."""
+    """One planned batch: rows of `EpochPlan.frame` (targets), the source it draws from, its seed."""
 
     source: int
-    targets: np.ndarray  # int64 row indices into SamplePlan.frame
+    targets: np.ndarray  # int64 row indices into EpochPlan.frame
     seed: tuple[int, ...]
 
 
-class SamplePlan:
+class EpochPlan:
     """The manifest rows a training run may use, with per-row support ranges and read units."""
 
     def __init__(self, frame: pd.DataFrame, cfg: DataConfig):

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.codecs import encode_jpeg
-from pipeline.decode import FrameReader
-from pipeline.probe import probe_video
-from pipeline.storage import write_bytes_atomic
+from pipeline.media.codecs import encode_jpeg
+from pipeline.media.decode import FrameReader
+from pipeline.media.probe import probe_video
+from pipeline.io.storage import write_bytes_atomic
 from trainer.checkpoint import load_model
 from trainer.losses import disp_to_depth
 

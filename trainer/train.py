@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.storage import write_bytes_atomic
+from pipeline.io.storage import write_bytes_atomic
 from pipeline.torch_compat import resolve_device
 from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import TrainConfig
@@ -27,7 +27,7 @@ from trainer.data import GroundTruth, ShardStream, make_loader
 from trainer.evaluate import evaluate_model, open_ground_truth, references
 from trainer.manifest import ManifestError, check_shards, load_manifests
 from trainer.objective import DepthTraining
-from trainer.plan import SamplePlan
+from trainer.plan import EpochPlan
 
 LAST = "last.pt"
 
@@ -41,7 +41,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
 
     frame = load_manifests(manifests, cfg.data.split, cfg.data.filters)
     check_shards(frame)
-    plan = SamplePlan(frame, cfg.data)
+    plan = EpochPlan(frame, cfg.data)
     val, truth = _evaluation_data(manifests, cfg)  # before any training: a bad ground truth fails at once
 
     model = DepthTraining(cfg.model, cfg.loss).to(device)
@@ -148,7 +148,7 @@ def _evaluate(model: DepthTraining, val: pd.DataFrame | str, truth: GroundTruth 
         if isinstance(val, str):
             metrics = {"skipped": val}
         else:
-            metrics = evaluate_model(model, SamplePlan(val, cfg.data), cfg, device, truth,
+            metrics = evaluate_model(model, EpochPlan(val, cfg.data), cfg, device, truth,
                                      max_batches=cfg.run.eval_batches)
             log.write(step, {f"eval/{source}/{name}": value for source, values in metrics.items()
                              for name, value in values.items()})

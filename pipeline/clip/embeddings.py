@@ -1,0 +1,116 @@
+"""Per-video CLIP embedding files: computed from the shards' JPEGs, resumable, read back for the corpus pass."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.clip.model import ClipModel
+from pipeline.io.data_root import DataRoot
+from pipeline.schema import EMBEDDING_MODEL_KEY, EMBEDDING_SOURCE_KEY, embedding_schema
+from pipeline.io.storage import atomic_path
+
+_ROW_GROUP_ROWS = 8192  # ~8 MB of 512-d float16 vectors per row group
+_READ_ROWS = 256  # shard rows read at a time: a few hundred JPEGs (720p q95: ~50 MB)
+
+
+def source_digest(record: dict[str, Any]) -> str:
+    """Fingerprint of a video's shards: embeddings of other shard bytes are stale."""
+    return hashlib.sha256("\n".join(part["sha256"] for part in record["shards"]).encode()).hexdigest()[:16]
+
+
+def is_current(root: DataRoot, record: dict[str, Any], model_hash: str) -> bool:
+    """True when the video's embedding file exists and was made by this model from these shards."""
+    path = root.embeddings(record["dataset"], record["video_id"])
+    try:
+        with root.open(path) as source:
+            metadata = pq.read_schema(source).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return (metadata.get(EMBEDDING_MODEL_KEY, b"").decode() == model_hash
+            and metadata.get(EMBEDDING_SOURCE_KEY, b"").decode() == source_digest(record))
+
+
+def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> bool:
+    """Embed every shard row of a finished video into its embedding file; False when it was already current."""
+    if record["status"] != "ok":
+        raise ValueError(f"{record['dataset']}/{record['video_id']} has status {record['status']}: nothing to embed")
+    if is_current(root, record, model.model_hash):
+        return False
+    path = root.embeddings(record["dataset"], record["video_id"])
+    root.remove_stale_temps(path.parent, path.name)  # the directory is shared with other videos' writers
+    schema = embedding_schema(model.dim).with_metadata({
+        **embedding_schema(model.dim).metadata,
+        EMBEDDING_MODEL_KEY: model.model_hash.encode(), EMBEDDING_SOURCE_KEY: source_digest(record).encode()})
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            pending: list[pa.Table] = []
+            for part in record["shards"]:
+                with root.open(root.root / part["path"]) as source:  # streamed: a part may be a gigabyte
+                    shard = pq.ParquetFile(source)
+                    # A few hundred JPEGs at a time: a long video costs time, not RAM.
+                    for batch in shard.iter_batches(batch_size=max(_READ_ROWS, model.batch_size),
+                                                    columns=["sample_id", "image"]):
+                        vectors = model.embed_jpegs(batch.column("image").to_pylist())
+                        pending.append(pa.table({"sample_id": batch.column("sample_id"),
+                                                 "embedding": _vector_array(vectors)}, schema=schema))
+                        if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                            writer.write_table(pa.concat_tables(pending))
+                            pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
+    root.upload(path)  # object-store root: publish it (on disk it is in place already)
+    return True
+
+
+@dataclass
+class CorpusEmbeddings:
+    sample_ids: pa.Array  # string, one per row of `vectors`
+    vectors: np.ndarray  # N x dim float16, unit rows
+    files: list[dict[str, Any]]  # path, rows, sha256 of each file read (dataset.json lists them)
+    missing: list[str]  # "<dataset>/<video_id>" of ok videos without current embeddings
+
+
+def load_embeddings(root: DataRoot, records: list[dict[str, Any]], model_hash: str, dim: int) -> CorpusEmbeddings:
+    """Current embeddings of the ok videos, in record order, into one preallocated float16 matrix."""
+    current, missing = [], []
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        if is_current(root, record, model_hash):
+            current.append(root.embeddings(record["dataset"], record["video_id"]))
+        else:
+            missing.append(f"{record['dataset']}/{record['video_id']}")
+    total = sum(_num_rows(root, p) for p in current)
+    vectors = np.empty((total, dim), np.float16)
+    ids, files, row = [], [], 0
+    for path in current:
+        with root.open_parquet(path) as source:
+            table = pq.read_table(source)
+        n = table.num_rows
+        vectors[row:row + n] = _vectors(table["embedding"], dim)
+        ids.append(table["sample_id"].combine_chunks())
+        files.append({"path": root.relative(path), "rows": n, "bytes": root.size(path),
+                      "sha256": root.sha256(path)})
+        row += n
+    sample_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    return CorpusEmbeddings(sample_ids, vectors, files, missing)
+
+
+def _num_rows(root: DataRoot, path: Path) -> int:
+    with root.open(path) as source:
+        return pq.ParquetFile(source).metadata.num_rows
+
+
+def _vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float16()), vectors.shape[1])
+
+
+def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, dim)

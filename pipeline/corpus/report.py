@@ -1,0 +1,61 @@
+"""Human-readable summaries of a dataset: what was kept, what was dropped and why, what failed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io.data_root import DataRoot
+from pipeline.schema import DROP_REASONS
+from pipeline.corpus.verify import read_description
+
+
+def summarize(root: DataRoot) -> dict[str, Any]:
+    description = read_description(root)
+    videos = _read(root, root.videos_table, columns=["dataset", "video_id", "status", "error",
+                                                   "frames_decoded", "frames_kept"]).to_pylist()
+    counts = dict(description["counts"])
+    counts["videos"] = {"ok": sum(v["status"] == "ok" for v in videos),
+                        "failed": sum(v["status"] != "ok" for v in videos),
+                        **{f"status:{k}": n for k, n in description["counts"]["videos"].items()}}
+    return {"data_root": root.name, "counts": counts, "videos": videos}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    counts = summary["counts"]
+    lines = [
+        f"dataset: {summary['data_root']}",
+        f"videos: {counts['videos']['ok']} ok, {counts['videos']['failed']} failed",
+        f"frames: {counts['frames_decoded']} decoded, {counts['frames_kept']} kept",
+        "samples per dataset: " + (", ".join(f"{k}={v}" for k, v in counts["samples"].items()) or "none"),
+        "drops by reason:",
+        *[f"  {reason:<24}{n:>10}" for reason, n in counts["dropped"].items() if n],
+    ]
+    failures = [v for v in summary["videos"] if v["status"] != "ok"]
+    if failures:
+        lines.append("failed videos:")
+        lines += [f"  {v['dataset'] or '-'}/{v['video_id'] or '-'}: {v['status']}: {v['error']}" for v in failures]
+    return "\n".join(lines)
+
+
+def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """How many frames each rule dropped, per video and per (dataset, category), from the stats tables.
+
+    Only the reasons that dropped something anywhere get a column, so the tables stay readable.
+    """
+    videos = [v for v in _read(root, root.videos_table).to_pylist() if v["status"] != "catalog_error"]
+    categories = _read(root, root.categories_table).to_pylist()
+    reasons = [f"dropped_{r}" for r in DROP_REASONS if any(v[f"dropped_{r}"] for v in videos)]
+    keys = ("frames_decoded", "frames_kept", *reasons)
+    video_rows = [{"dataset": v["dataset"], "video_id": v["video_id"], "category": v["category"],
+                   "status": v["status"], **{k: v[k] or 0 for k in keys}} for v in videos]
+    category_rows = [{"dataset": c["dataset"], "category": c["category"], "videos": c["videos"],
+                      "videos_ok": c["videos_ok"], **{k: c[k] for k in keys}} for c in categories]
+    return video_rows, category_rows
+
+
+def _read(root: DataRoot, path: Path, columns: list[str] | None = None) -> pa.Table:
+    with root.open_parquet(path, columns) as source:
+        return pq.read_table(source, columns=columns)

@@ -1,0 +1,60 @@
+"""Check a published dataset against its dataset.json: shard checksums, schemas, counts."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from pipeline.io.data_root import DataRoot
+from pipeline.schema import (CATEGORY_STATS_SCHEMA, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA,
+                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version, check_version_string,
+                             embedding_schema)
+
+
+def read_description(root: DataRoot) -> dict:
+    """dataset.json, after checking its schema version is one this code reads."""
+    if not root.exists(root.dataset_json):
+        raise FileNotFoundError(f"no dataset.json under {root.name}: not a depthcurate dataset, or never published")
+    description = json.loads(root.read_bytes(root.dataset_json))
+    check_version_string(str(description.get("schema_version", "none")), "dataset.json")
+    return description
+
+
+def verify_dataset(root: DataRoot) -> list[str]:
+    """Problems found, one readable line each; empty when everything matches."""
+    description = read_description(root)
+    problems: list[str] = []
+    for shard in description["shards"]:
+        problems += _check_file(root, shard["path"], shard["sha256"], SHARD_SCHEMA, shard["rows"])
+    expected = {"manifest": MANIFEST_SCHEMA, "stats/videos.parquet": VIDEO_STATS_SCHEMA,
+                "stats/frames.parquet": FRAME_STATS_SCHEMA, "stats/categories.parquet": CATEGORY_STATS_SCHEMA}
+    for path, digest in description["tables"].items():
+        schema = next(s for prefix, s in expected.items() if path.startswith(prefix))
+        problems += _check_file(root, path, digest, schema, None)
+    clip = description.get("clip") or {}
+    for file in clip.get("embeddings", []):
+        problems += _check_file(root, file["path"], file["sha256"], embedding_schema(clip["embedding_dim"]),
+                                file["rows"])
+    return problems
+
+
+def _check_file(root: DataRoot, relative: str, digest: str, schema, rows: int | None) -> list[str]:
+    path = root.root / relative
+    if not root.exists(path):
+        return [f"{relative}: missing"]
+    if root.sha256(path) != digest:
+        return [f"{relative}: sha256 mismatch (file changed or corrupted since publishing)"]
+    try:
+        with root.open(path) as source:
+            parquet = pq.ParquetFile(source)
+            found, metadata = parquet.schema_arrow, parquet.metadata
+        check_version(found, relative)
+    except SchemaVersionError as exc:
+        return [str(exc)]
+    except Exception as exc:  # noqa: BLE001 - any unreadable footer is a problem to report
+        return [f"{relative}: unreadable Parquet ({exc})"]
+    if not found.remove_metadata().equals(schema.remove_metadata()):
+        return [f"{relative}: schema differs from the documented one"]
+    if rows is not None and metadata.num_rows != rows:
+        return [f"{relative}: {metadata.num_rows} rows, dataset.json says {rows}"]
+    return []

@@ -1,0 +1,69 @@
+"""Image codecs: JPEG for frames, 16-bit PNG for disparity, 1-bit PNG for masks (shards, previews, trainer)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_PNG_MAX = 65535  # 16-bit disparity codes
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of a BGR (or grey) uint8 image; ValueError when OpenCV cannot encode it."""
+    try:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    except cv2.error:  # OpenCV raises for some shapes and returns False for others
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} {image.shape} image as JPEG")
+    return data.tobytes()
+
+
+def encode_disparity_png(disparity: np.ndarray, valid: np.ndarray | None = None) -> tuple[bytes, float, float]:
+    """16-bit PNG of disparity spread over [min, max] of the valid pixels; returns (png, scale, offset).
+
+    Decode with d = png_value * scale + offset; the error is at most scale / 2 = range / 131070.
+    Pixels outside the valid range (invalid ones) are clipped to it; non-finite ones store 0.
+    """
+    d = np.asarray(disparity, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"disparity must be HxW, got {d.shape}")
+    use = np.isfinite(d) if valid is None else (np.asarray(valid, bool) & np.isfinite(d))
+    if use.any():
+        offset, top = float(d[use].min()), float(d[use].max())
+    else:
+        offset, top = 0.0, 0.0
+    # A flat frame still needs a positive scale so decoding stays a plain multiply-add.
+    scale = (top - offset) / _PNG_MAX if top > offset else 1.0
+    with np.errstate(invalid="ignore"):
+        codes = np.rint((np.nan_to_num(d, nan=offset, posinf=top, neginf=offset) - offset) / scale)
+    ok, png = cv2.imencode(".png", np.clip(codes, 0, _PNG_MAX).astype(np.uint16))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the disparity PNG")
+    return png.tobytes(), scale, offset
+
+
+def decode_disparity_png(data: bytes, scale: float, offset: float) -> np.ndarray:
+    """HxW float32 disparity from encode_disparity_png's bytes, scale and offset."""
+    codes = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if codes is None or codes.dtype != np.uint16 or codes.ndim != 2:
+        raise ValueError("not a single-channel 16-bit PNG")
+    return (codes.astype(np.float64) * scale + offset).astype(np.float32)
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """1-bit PNG of a boolean mask."""
+    m = np.asarray(mask, bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be HxW, got {m.shape}")
+    ok, png = cv2.imencode(".png", m.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_BILEVEL, 1])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the mask PNG")
+    return png.tobytes()
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """HxW bool mask from encode_mask_png's bytes (any 8-bit grey PNG: nonzero = True)."""
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if pixels is None:
+        raise ValueError("not a PNG mask")
+    return pixels > 0

@@ -1,0 +1,278 @@
+"""The per-video sampling stage: decode at the target fps, cut into clips, filter, dedup, split, JPEG-encode."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.media.codecs import encode_jpeg
+from pipeline.config import CurateConfig
+from pipeline.media.decode import FrameReader, output_size
+from pipeline.video.phash import HashIndex, phash
+from pipeline.errors import VideoError
+from pipeline.io.parquet_writer import PartWriter
+from pipeline.media.probe import VideoInfo
+from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
+from pipeline.schema import STEREO_QUALITY_COLUMNS
+from pipeline.video.shots import CutDetector
+from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.stereo.packing import split_views
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    start_s: float
+    end_s: float
+    size: tuple[int, int]  # decoded frame (width, height)
+    fps: float
+    decimate: tuple[int, int] | None  # keep N frames of every M, or None
+    boundary_s: float  # train before, val after
+    gap_s: float  # frames within this of the boundary are dropped, on both sides
+
+    @property
+    def frame_s(self) -> float:
+        return 1.0 / self.fps
+
+
+@dataclass
+class SampleCounts:
+    decoded: int = 0
+    kept: int = 0
+    clips: int = 0
+    layout: str = "mono"
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+    warning: str | None = None
+    previews: list[tuple] = field(default_factory=list)  # a few kept frames for the contact sheet
+
+
+def sample_id(dataset: str, video_id: str, frame_index: int) -> str:
+    return f"{dataset}/{video_id}/{frame_index:08d}"
+
+
+def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, stereo: bool = False) -> SamplingPlan:
+    """Trims, fps, decimation, frame size and split boundary for one video; raises VideoError(too_short).
+
+    Stereo videos are sampled MiDaS-style: `stereo.clip_frames` frames over `stereo.clip_span_s`, then a jump of
+    `stereo.jump_s`; they are decoded at full size because the view geometry crops and resizes each view.
+    """
+    if stereo:
+        fps = cfg.stereo.clip_frames / cfg.stereo.clip_span_s
+        decimate = (cfg.stereo.clip_frames, max(cfg.stereo.clip_frames,
+                                                round((cfg.stereo.clip_span_s + cfg.stereo.jump_s) * fps)))
+    else:
+        fps = cfg.sample.fps
+        decimate = (cfg.sample.decimate.keep, cfg.sample.decimate.every) if cfg.sample.decimate else None
+    trim = cfg.sample.trim
+    explicit = entry.trim_start_s is not None or entry.trim_end_s is not None
+    # Catalog trims are honoured exactly; the config default shrinks for short videos.
+    head = entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * info.duration_s)
+    tail = entry.trim_end_s if entry.trim_end_s is not None else min(trim.tail_s, trim.max_fraction * info.duration_s)
+    # Snap the start onto the sampling grid so frame_index == round(timestamp_s * fps) names one picture.
+    start, end = math.ceil(head * fps - 1e-6) / fps, info.duration_s - tail
+    if end - start < 1.0 / fps:
+        source = "catalog" if explicit else "config"
+        raise VideoError("too_short", f"video lasts {info.duration_s:.1f}s, shorter than its {source} trims "
+                                      f"({head:.1f}s head + {tail:.1f}s tail)")
+    width, height = info.display_size
+    return SamplingPlan(
+        start_s=start, end_s=end, fps=fps, decimate=decimate,
+        size=(width, height) if stereo else output_size(width, height, cfg.sample.max_height),
+        boundary_s=start + cfg.split.train_fraction * (end - start),
+        gap_s=cfg.split.gap_frames / fps,
+    )
+
+
+class _ClipTracker:
+    """Numbers clips: a new one starts at a scene cut, a new decimation window, or the split boundary."""
+
+    def __init__(self, plan: SamplingPlan):
+        self.decimate = plan.decimate
+        self.first_index = int(round(plan.start_s * plan.fps))
+        self.clip_id = -1
+        self._window = None
+        self._split = None
+
+    def update(self, index: int, split: str, cut: bool) -> tuple[int, bool]:
+        """(clip_id, inside the keep window) for the frame at `index`."""
+        window, inside = 0, True
+        if self.decimate:
+            keep, every = self.decimate
+            window, position = divmod(index - self.first_index, every)
+            inside = position < keep
+        if cut or window != self._window or split != self._split or self.clip_id < 0:
+            self.clip_id += 1
+        self._window, self._split = window, split
+        return self.clip_id, inside
+
+
+class _RowSink:
+    """Writes frame-stats rows in decode order; stereo candidates wait here until their batch is processed."""
+
+    def __init__(self, entry: CatalogEntry, shards: PartWriter, frames: PartWriter, counts: SampleCounts,
+                 processor: StereoProcessor | None, batch_size: int, jpeg_quality: int, max_previews: int = 6):
+        self.entry, self.shards, self.frames, self.counts = entry, shards, frames, counts
+        self.processor, self.batch_size, self.jpeg_quality = processor, batch_size, jpeg_quality
+        self.max_previews = max_previews
+        self._queue: list[list] = []  # [row, image, right view or None, outcome]
+        self._waiting = 0
+
+    def drop(self, row: dict[str, Any], reason: str) -> None:
+        row["drop_reason"] = reason
+        self._queue.append([row, None, None, None])
+        self._drain()
+
+    def keep(self, row: dict[str, Any], image: np.ndarray, right: np.ndarray | None = None) -> None:
+        """Keep a mono frame now, or queue a stereo pair for the checks (which may still reject it)."""
+        self._queue.append([row, image, right, None if right is not None else StereoOutcome(None)])
+        if right is not None:
+            self._waiting += 1
+            if self._waiting >= self.batch_size:
+                self.flush()
+        self._drain()
+
+    def flush(self) -> None:
+        waiting = [item for item in self._queue if item[3] is None and item[2] is not None]
+        if waiting:
+            outcomes = self.processor.process([i[1] for i in waiting], [i[2] for i in waiting])
+            for item, outcome in zip(waiting, outcomes):
+                item[3] = outcome
+            self._waiting = 0
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue and (self._queue[0][3] is not None or self._queue[0][1] is None):
+            row, image, _, outcome = self._queue.pop(0)
+            if outcome is not None:
+                row.update({k: v for k, v in outcome.columns.items() if k in STEREO_QUALITY_COLUMNS})
+                if outcome.reason is not None:
+                    row["drop_reason"] = outcome.reason
+                else:
+                    self._write_kept(row, image, outcome)
+            if row.get("drop_reason"):
+                self.counts.dropped[row["drop_reason"]] += 1
+            self.frames.add(row)
+
+    def _write_kept(self, row: dict[str, Any], image: np.ndarray, outcome: StereoOutcome) -> None:
+        row["kept"] = True
+        self.counts.kept += 1
+        shard_row = _shard_row(row, self.entry, image, self.jpeg_quality)
+        shard_row.update(outcome.columns)
+        if self.processor is not None:
+            shard_row["layout"] = self.counts.layout
+        self.shards.add(shard_row)
+        if len(self.counts.previews) < self.max_previews and (
+                not self.counts.previews or self.counts.previews[-1][0] != row["clip_id"]):
+            self.counts.previews.append((row["clip_id"], image.copy(), outcome.preview))
+
+
+def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, cfg: CurateConfig,
+                 shards: PartWriter, frames: PartWriter, *, progress: ProgressFn | None = None) -> SampleCounts:
+    """Stream the video once; every decoded frame becomes a stats row, every kept one also a shard row."""
+    counts = SampleCounts()
+    setup = None
+    if entry.layout != "mono":
+        probe_plan = plan_sampling(info, entry, cfg, stereo=True)
+        setup = resolve_stereo_setup(video_path, entry, probe_plan.start_s, probe_plan.end_s, probe_plan.size,
+                                     cfg.stereo)
+    plan = plan_sampling(info, entry, cfg, stereo=setup is not None)
+    counts.layout = setup.layout if setup else "mono"
+    processor = StereoProcessor(cfg.stereo, cfg.sample.jpeg_quality) if setup else None
+    sink = _RowSink(entry, shards, frames, counts, processor, cfg.stereo.flow.batch_size, cfg.sample.jpeg_quality)
+    if setup is not None:
+        view_size = split_views(np.zeros((plan.size[1], plan.size[0], 3), np.uint8), setup.layout)[0].shape[1::-1]
+        entry = dataclasses.replace(entry, **dict(zip(("fx", "fy", "cx", "cy"),
+                                                       crop_intrinsics(entry, view_size, setup.geometry))))
+        sink.entry = entry
+    reader = FrameReader(video_path, fps=plan.fps, start_s=plan.start_s, end_s=plan.end_s, size=plan.size)
+    clips = _ClipTracker(plan)
+    cuts = CutDetector(cfg.shots)
+    motion_meter = MotionMeter()
+    seen = HashIndex()
+    previous_kept: tuple[int, np.ndarray] | None = None  # (clip_id, analysis gray), mono only
+    expected = max(1, int((plan.end_s - plan.start_s) * plan.fps))
+    for frame in reader:
+        counts.decoded += 1
+        image, right = setup.views(frame.image) if setup else (frame.image, None)
+        small = analysis_view(image, cfg.filters.analysis_width)
+        split = "train" if frame.timestamp_s < plan.boundary_s else "val"
+        cut = cuts.update(small)
+        clip_id, inside = clips.update(frame.index, split, cut)
+        sid = sample_id(entry.dataset, entry.video_id, frame.index)
+        row: dict[str, Any] = {"dataset": entry.dataset, "video_id": entry.video_id, "frame_index": frame.index,
+                               "timestamp_s": round(frame.timestamp_s, 6), "clip_id": clip_id, "split": split,
+                               "sample_id": sid, "kept": False}
+        reason = _position_drop(inside, frame.timestamp_s, plan)
+        if reason is None and setup is not None and cut:
+            reason = "at_cut"
+        if reason is None:
+            reason = _content_drop(row, small, clip_id, previous_kept if setup is None else None, motion_meter,
+                                   seen if setup is None else None, cfg)
+        gray = row.pop("_gray", None)
+        if reason is not None:
+            sink.drop(row, reason)
+        else:
+            if setup is None:
+                previous_kept = (clip_id, gray)
+                seen.add(row["phash"], sid, frame.timestamp_s)
+            sink.keep(row, image, right)
+        if progress and counts.decoded % 200 == 0:
+            progress(min(1.0, counts.decoded / expected), f"{counts.decoded}/{expected} frames")
+    sink.flush()
+    counts.clips = clips.clip_id + 1
+    counts.warning = reader.warning
+    return counts
+
+
+def _position_drop(inside: bool, timestamp_s: float, plan: SamplingPlan) -> str | None:
+    if not inside:
+        return "decimated"
+    # `gap_frames` frames on each side: [boundary - gap, boundary + gap), half a frame of slack for rounding.
+    offset = timestamp_s - plan.boundary_s + plan.frame_s / 2
+    if plan.gap_s > 0 and -plan.gap_s <= offset < plan.gap_s:
+        return "split_gap"
+    return None
+
+
+def _content_drop(row: dict[str, Any], small: np.ndarray, clip_id: int,
+                  previous_kept: tuple[int, np.ndarray] | None, motion_meter: MotionMeter,
+                  seen: HashIndex | None, cfg: CurateConfig) -> str | None:
+    """Measure the frame into `row` and return the first rule it fails, if any (static and dedup: mono only)."""
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    quality = measure_quality(gray)
+    row.update(brightness=quality.brightness, contrast=quality.contrast, sharpness=quality.sharpness, _gray=gray)
+    if (reason := quality_drop_reason(quality, cfg.filters)) is not None:
+        return reason
+    if previous_kept is not None and previous_kept[0] == clip_id:
+        row["motion"] = motion_meter(previous_kept[1], gray)
+        if row["motion"] < cfg.filters.static_max_motion:
+            return "static"
+    row["phash"] = phash(gray)
+    if seen is None:
+        return None
+    duplicate = seen.find(row["phash"], cfg.dedup.max_hamming, time_s=row["timestamp_s"],
+                          min_separation_s=cfg.dedup.min_separation_s)
+    if duplicate is not None:
+        row["duplicate_of"] = duplicate
+        return "duplicate"
+    return None
+
+
+def _shard_row(row: dict[str, Any], entry: CatalogEntry, image: np.ndarray, quality: int) -> dict[str, Any]:
+    height, width = image.shape[:2]
+    return {
+        "sample_id": row["sample_id"], "dataset": entry.dataset, "video_id": entry.video_id,
+        "category": entry.category, "subcategory": entry.subcategory, "clip_id": row["clip_id"],
+        "frame_index": row["frame_index"], "timestamp_s": row["timestamp_s"], "split": row["split"],
+        "width": width, "height": height, "fx": entry.fx, "fy": entry.fy, "cx": entry.cx, "cy": entry.cy,
+        "brightness": row["brightness"], "sharpness": row["sharpness"], "motion": row.get("motion"),
+        "phash": row["phash"], "image": encode_jpeg(image, quality),
+    }

@@ -1,0 +1,168 @@
+"""The depthcurate command line: help, catalog import, stats, verify, and curate in a real subprocess."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from pipeline.sources.catalog import CatalogEntry, read_catalog, write_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+DEPTHCURATE = str(Path(sys.executable).with_name("depthcurate"))
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["curate"], ["catalog", "import-slowtv"], ["stats"], ["verify"]])
+def test_help_is_available_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: depthcurate" in capsys.readouterr().out
+
+
+def test_import_slowtv_reproduces_the_shipped_catalog(tmp_path, capsys):
+    shipped, _ = read_catalog(REPO / "manifests" / "sources" / "slowtv.csv")
+    (tmp_path / "urls.txt").write_text("".join(f"{e.url}\n" for e in shipped))
+    (tmp_path / "categories.txt").write_text("".join(
+        f"{e.category.title()}{'-' + e.subcategory.title() if e.subcategory else ''}\n" for e in shipped))
+    out = tmp_path / "slowtv.csv"
+    code = main(["catalog", "import-slowtv", "--urls", str(tmp_path / "urls.txt"),
+                 "--categories", str(tmp_path / "categories.txt"), "-o", str(out)])
+    assert code == 0 and "wrote 40 entries" in capsys.readouterr().out
+    assert out.read_bytes() == (REPO / "manifests" / "sources" / "slowtv.csv").read_bytes()
+
+
+def test_import_slowtv_rejects_mismatched_files(tmp_path, capsys):
+    (tmp_path / "urls.txt").write_text("https://www.youtube.com/watch?v=oSmUI3m2kLk\n")
+    (tmp_path / "categories.txt").write_text("Natural\nDriving\n")
+    code = main(["catalog", "import-slowtv", "--urls", str(tmp_path / "urls.txt"),
+                 "--categories", str(tmp_path / "categories.txt"), "-o", str(tmp_path / "x.csv")])
+    assert code == 1 and "categories.txt" in capsys.readouterr().err
+
+
+def test_stats_and_verify_on_the_demo_dataset(demo_run, capsys):
+    assert main(["stats", "--data-root", str(demo_run)]) == 0
+    out = capsys.readouterr().out
+    assert "videos: 6 ok, 9 failed" in out and "duplicate_cross_video" in out and "demo/missing" in out
+    assert main(["stats", "--data-root", str(demo_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["videos"]["ok"] == 6
+    assert main(["verify", "--data-root", str(demo_run)]) == 0
+
+
+def test_verify_names_a_corrupted_shard(demo_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_run, copy, ignore=shutil.ignore_patterns("demo_sources", "videos"))
+    shard = copy / "shards" / "demo" / "tripod" / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100] + b"\0" * 100)
+    assert main(["verify", "--data-root", str(copy)]) == 1
+    assert "shards/demo/tripod/part-00000.parquet" in capsys.readouterr().out
+
+
+def test_stats_on_a_non_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["stats", "--data-root", str(tmp_path)]) == 1
+    assert "no dataset.json" in capsys.readouterr().err
+
+
+def _catalog(path: Path, base_url: str, n: int) -> Path:
+    entries = [CatalogEntry(video_id=f"walk{i}", url=f"{base_url}/walk.mp4", dataset="cli", category="natural")
+               for i in range(n)]
+    entries.append(CatalogEntry(video_id="gone", url=f"{base_url}/gone.mp4", dataset="cli", category="natural"))
+    return write_catalog(entries, path)
+
+
+def _curate(catalog: Path, root: Path, config: Path, api_url: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url  # the session's test server: no ephemeral server start per run
+    # A session of its own, so a SIGKILL of the group takes the flow and its ffmpeg children, like a crash.
+    return subprocess.Popen([DEPTHCURATE, "curate", "--catalog", str(catalog), "--data-root", str(root),
+                             "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+@pytest.fixture
+def cli_config(tmp_path) -> Path:
+    path = tmp_path / "config.yaml"
+    # Small row groups and parts: a video is written as several row groups, so a kill can land mid-shard.
+    path.write_text("sample: {fps: 10, max_height: 96, trim: {head_s: 0.5, tail_s: 0.5}, decimate: null}\n"
+                    "split: {gap_frames: 2}\nrun: {workers: 1}\ndownload: {attempts: 1}\n"
+                    "write: {row_group_bytes: 65536, part_bytes: 1048576}\n")
+    return path
+
+
+@pytest.fixture
+def api_url(prefect_harness) -> str:
+    import prefect.settings
+
+    return prefect.settings.PREFECT_API_URL.value()
+
+
+def _records(root: Path) -> list[Path]:
+    return sorted((root / "stats" / "videos" / "cli").glob("*.json"))
+
+
+def _shard_temporary(root: Path) -> bool:
+    return any("tmp-" in p.name for p in (root / "shards").rglob(".*"))
+
+
+def _kill_when(proc: subprocess.Popen, condition) -> None:
+    """SIGKILL the run's process group once `condition()` holds (or when it ends by itself first)."""
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not condition():
+        time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def _published(root: Path) -> dict[str, bytes]:
+    """Every file's bytes except yt-dlp's .info.json (it stamps the extraction time); archive lines as a set."""
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+             if p.is_file() and not p.name.endswith(".info.json")}
+    for key in [k for k in files if k.endswith("archive.tsv")]:
+        lines = files[key].decode().splitlines()
+        assert len(lines) == len(set(lines)), f"a download was done twice: {lines}"
+        files[key] = "\n".join(sorted(lines)).encode()
+    return files
+
+
+@pytest.mark.slow
+def test_killed_at_three_points_then_rerun_matches_an_uninterrupted_run(http_root, tmp_path, cli_config, api_url):
+    """kill -9 mid shard write, between videos and during publish; the rerun redoes only what was unfinished.
+
+    The 20-point version with downloads interrupted too is benchmarks/bench_crash_safety.py.
+    """
+    catalog = _catalog(tmp_path / "catalog.csv", http_root, 4)
+    uninterrupted = _curate(catalog, tmp_path / "clean", cli_config, api_url)
+    out, _ = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, out
+    assert "videos: 4 ok, 1 failed" in out
+
+    crashed = tmp_path / "crashed"
+    for condition in (lambda: _shard_temporary(crashed),  # mid shard write of the first video
+                      lambda: len(_records(crashed)) >= 3,  # between videos
+                      lambda: len(_records(crashed)) == 5):  # every video done: publish is running or next
+        finished = {p: p.stat().st_mtime_ns for p in _records(crashed)}
+        _kill_when(_curate(catalog, crashed, cli_config, api_url), condition)
+        assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished video was redone"
+        for visible in crashed.rglob("*.parquet"):
+            pq.read_metadata(visible)  # whatever a reader can see is a whole file
+    finished = {p: p.stat().st_mtime_ns for p in crashed.rglob("*") if p.is_file() and
+                (p in _records(crashed) or p.match("shards/*/*/*.parquet"))}
+    rerun = _curate(catalog, crashed, cli_config, api_url)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished video was redone"
+    assert _published(crashed) == _published(tmp_path / "clean")
+    assert not [p for p in crashed.rglob(".*") if p.is_file() and "tmp-" in p.name]
+    assert main(["verify", "--data-root", str(crashed)]) == 0

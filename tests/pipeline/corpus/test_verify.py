@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.video.ingest import ingest_video
+from pipeline.io.data_root import DataRoot
+from pipeline.corpus.publish import publish
+from pipeline.schema import SchemaVersionError
+from pipeline.corpus.verify import read_description, verify_dataset
+
+
+@pytest.fixture
+def root(video_dir, entry, small_config, tmp_path):
+    root = DataRoot(tmp_path)
+    ingest_video(entry, video_dir / "walk.mp4", root, small_config)
+    publish(root, small_config)
+    return root
+
+
+def test_a_fresh_dataset_verifies(root):
+    assert verify_dataset(root) == []
+
+
+def test_a_changed_shard_is_named(root):
+    shard = root.root / read_description(root)["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (problem,) = verify_dataset(root)
+    assert "shards/test/walk/part-00000.parquet" in problem and "sha256" in problem
+
+
+def test_a_missing_table_is_named(root):
+    root.frames_table.unlink()
+    assert verify_dataset(root) == ["stats/frames.parquet: missing"]
+
+
+def test_unknown_schema_version_is_a_clear_error(root):
+    description = json.loads(root.dataset_json.read_text())
+    description["schema_version"] = "9.0"
+    root.dataset_json.write_text(json.dumps(description))
+    with pytest.raises(SchemaVersionError, match="9.0"):
+        verify_dataset(root)
+
+
+def test_a_shard_with_a_foreign_schema_is_named(root):
+    description = json.loads(root.dataset_json.read_text())
+    shard = root.root / description["shards"][0]["path"]
+    pq.write_table(pa.table({"x": [1]}), shard)
+    from pipeline.io.storage import sha256_file
+    description["shards"][0]["sha256"] = sha256_file(shard)
+    root.dataset_json.write_text(json.dumps(description))
+    (problem,) = verify_dataset(root)
+    assert "schema version none" in problem

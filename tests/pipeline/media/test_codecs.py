@@ -1,0 +1,64 @@
+"""Tests for the image codecs: JPEG frames, 16-bit disparity PNG, 1-bit mask PNG."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.media.codecs import (decode_disparity_png, decode_mask_png, encode_disparity_png, encode_jpeg,
+                                   encode_mask_png)
+
+
+def test_jpeg_round_trip_and_quality():
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    high, low = encode_jpeg(image, 95), encode_jpeg(image, 30)
+    decoded = cv2.imdecode(np.frombuffer(high, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == image.shape and len(low) < len(high)
+
+
+def test_unencodable_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="JPEG"):
+        encode_jpeg(np.zeros((4, 4, 7), np.uint8))
+
+
+def test_disparity_png_round_trip():
+    rng = np.random.default_rng(0)
+    d = (rng.normal(0, 12, (72, 96)) + np.linspace(-30, 40, 96)[None, :]).astype(np.float32)
+    png, scale, offset = encode_disparity_png(d)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    codes = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert codes.dtype == np.uint16 and codes.min() == 0 and codes.max() == 65535
+    np.testing.assert_allclose(codes * scale + offset, d, atol=scale)  # the documented decode formula
+    assert offset == pytest.approx(d.min()) and scale == pytest.approx((d.max() - d.min()) / 65535)
+    decoded = decode_disparity_png(png, scale, offset)
+    assert decoded.dtype == np.float32 and decoded.shape == d.shape
+    assert np.abs(decoded - d).max() <= scale / 2 + 1e-5
+    assert np.abs(decoded - d).max() < (d.max() - d.min()) / 1000
+
+
+def test_disparity_png_uses_valid_range_and_survives_flat_frames():
+    d = np.linspace(0, 10, 50, dtype=np.float32).reshape(5, 10)
+    valid = d >= 2
+    d_with_outlier = d.copy()
+    d_with_outlier[0, 0] = -1000.0  # invalid: must not stretch the scale
+    png, scale, offset = encode_disparity_png(d_with_outlier, valid)
+    low, high = float(d[valid].min()), float(d[valid].max())
+    assert offset == pytest.approx(low) and scale == pytest.approx((high - low) / 65535)
+    decoded = decode_disparity_png(png, scale, offset)
+    assert np.abs(decoded - d)[valid].max() <= scale
+    flat_png, flat_scale, flat_offset = encode_disparity_png(np.full((4, 4), 3.5, np.float32))
+    assert flat_scale > 0
+    np.testing.assert_array_equal(decode_disparity_png(flat_png, flat_scale, flat_offset), 3.5)
+    with pytest.raises(ValueError, match="16-bit"):
+        decode_disparity_png(encode_mask_png(valid), scale, offset)
+
+
+def test_mask_png_round_trip():
+    rng = np.random.default_rng(1)
+    mask = rng.random((37, 53)) > 0.6
+    data = encode_mask_png(mask)
+    np.testing.assert_array_equal(decode_mask_png(data), mask)
+    assert data[24] == 1  # IHDR bit depth
+    smooth = np.zeros((400, 940), bool)
+    smooth[:120] = True
+    assert len(encode_mask_png(smooth)) < 2000  # 1-bit: a sky mask costs next to nothing

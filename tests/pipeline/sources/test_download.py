@@ -1,0 +1,382 @@
+"""Tests for pipeline.sources.download against loopback HTTP servers (no network)."""
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import yt_dlp
+
+import pipeline.sources.download as download
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.config import DownloadConfig
+from pipeline.sources.download import DownloadArchive, DownloadResult, _classify, download_video
+from pipeline.synthetic.demo import serve_directory, serve_handler
+from pipeline.errors import VideoError
+
+CFG = DownloadConfig()
+
+
+def _entry(video_id: str, url: str) -> CatalogEntry:
+    return CatalogEntry(video_id=video_id, url=url, dataset="test", category="natural")
+
+
+@contextlib.contextmanager
+def _server(respond: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[tuple[str, list[dict]]]:
+    """A loopback server whose GET/HEAD answers come from `respond`; yields (base URL, request log)."""
+    log: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            log.append({"method": self.command, "path": self.path, "cookie": self.headers.get("Cookie")})
+            try:
+                respond(self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        do_HEAD = do_GET
+
+        def log_message(self, format, *args) -> None:  # noqa: A002
+            pass
+
+    with serve_handler(Handler) as url:
+        yield url, log
+
+
+def _send(handler, status: int, body: bytes = b"", content_type: str = "video/mp4") -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command == "GET":
+        handler.wfile.write(body)
+
+
+def _video_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".mp4", ".mkv", ".part"))
+
+
+# ------------------------------------------------------------------ successful downloads
+
+def test_downloads_into_videos_dir_named_by_catalog_id(http_root, video_dir, tmp_path):
+    entry = _entry("walk_01", f"{http_root}/walk.mp4")
+    result = download_video(entry, tmp_path / "videos", CFG)
+    assert isinstance(result, DownloadResult)
+    assert result.cached is False
+    assert result.path == tmp_path / "videos" / "walk_01.mp4"
+    assert result.path.read_bytes() == (video_dir / "walk.mp4").read_bytes()
+    assert result.info_path == tmp_path / "videos" / "walk_01.info.json"
+    info = json.loads(result.info_path.read_text())
+    assert info["webpage_url"] == entry.url
+    assert (tmp_path / "videos" / "archive.tsv").read_text() == "walk_01\twalk_01.mp4\n"
+    assert _video_files(tmp_path / "videos") == ["walk_01.mp4"]  # no .part left over
+
+
+def test_container_extension_follows_the_source(http_root, video_dir, tmp_path):
+    result = download_video(_entry("other", f"{http_root}/walk.mkv"), tmp_path, CFG)
+    assert result.path == tmp_path / "other.mkv"
+    assert result.path.read_bytes() == (video_dir / "walk.mkv").read_bytes()
+
+
+def test_second_call_is_cached_even_when_the_source_is_gone(video_dir, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(video_dir / "walk.mp4", served / "walk.mp4")
+    videos = tmp_path / "videos"
+    with serve_directory(served) as url:
+        entry = _entry("walk", f"{url}/walk.mp4")
+        first = download_video(entry, videos, CFG)
+        (served / "walk.mp4").unlink()
+        calls: list[tuple[float, str]] = []
+        second = download_video(entry, videos, CFG, progress=lambda f, m: calls.append((f, m)))
+        assert second == DownloadResult(first.path, first.info_path, cached=True)
+        assert calls == []  # nothing fetched
+        assert second.path.read_bytes() == (video_dir / "walk.mp4").read_bytes()
+
+        # The archive only counts files still on disk: once deleted, the video is fetched again (and is gone now).
+        first.path.unlink()
+        with pytest.raises(VideoError) as caught:
+            download_video(entry, videos, CFG)
+        assert caught.value.reason == "download_failed" and "404" in caught.value.message
+
+
+def test_same_file_name_under_different_urls_downloads_both(video_dir, tmp_path):
+    """yt-dlp's own archive keys direct links by file name ("clip"); ours keys them by catalog id."""
+    served = tmp_path / "served"
+    (served / "a").mkdir(parents=True)
+    (served / "b").mkdir()
+    shutil.copy(video_dir / "walk.mp4", served / "a" / "clip.mp4")
+    shutil.copy(video_dir / "cut.mp4", served / "b" / "clip.mp4")
+    videos = tmp_path / "videos"
+    with serve_directory(served) as url:
+        a = download_video(_entry("clip_a", f"{url}/a/clip.mp4"), videos, CFG)
+        b = download_video(_entry("clip_b", f"{url}/b/clip.mp4"), videos, CFG)
+    assert (a.cached, b.cached) == (False, False)
+    assert (a.path.name, b.path.name) == ("clip_a.mp4", "clip_b.mp4")
+    assert a.path.read_bytes() == (video_dir / "walk.mp4").read_bytes()
+    assert b.path.read_bytes() == (video_dir / "cut.mp4").read_bytes()
+    assert DownloadArchive(videos / "archive.tsv").lookup("clip_a") == a.path
+    assert DownloadArchive(videos / "archive.tsv").lookup("clip_b") == b.path
+
+
+def test_progress_ends_at_one(http_root, tmp_path):
+    calls: list[tuple[float, str]] = []
+    download_video(_entry("walk", f"{http_root}/walk.mp4"), tmp_path, CFG,
+                   progress=lambda fraction, message: calls.append((fraction, message)))
+    assert calls, "progress was never reported"
+    assert calls[-1][0] == 1.0
+    assert all(0.0 <= f <= 1.0 and isinstance(m, str) and m for f, m in calls)
+    assert [f for f, _ in calls] == sorted(f for f, _ in calls)
+
+
+# ------------------------------------------------------------------ failures
+
+def test_http_404_is_a_final_download_failure(http_root, tmp_path):
+    with pytest.raises(VideoError) as caught:
+        download_video(_entry("missing", f"{http_root}/missing.mp4"), tmp_path, CFG)
+    err = caught.value
+    assert err.reason == "download_failed"
+    assert err.transient is False
+    assert "404" in err.message
+    assert not err.message.startswith("ERROR")
+    assert _video_files(tmp_path) == []
+    assert DownloadArchive(tmp_path / "archive.tsv").lookup("missing") is None
+
+
+def test_html_page_is_not_a_video(tmp_path):
+    page = b"<html><head><title>hello</title></head><body><p>no video here</p></body></html>"
+    with _server(lambda h: _send(h, 200, page, "text/html")) as (url, _):
+        with pytest.raises(VideoError) as caught:
+            download_video(_entry("page", f"{url}/page.html"), tmp_path, CFG)
+    assert caught.value.reason == "not_a_video"
+    assert caught.value.transient is False
+    assert _video_files(tmp_path) == []
+
+
+def test_http_503_is_transient(tmp_path):
+    with _server(lambda h: _send(h, 503, b"")) as (url, log):
+        with pytest.raises(VideoError) as caught:
+            download_video(_entry("busy", f"{url}/busy.mp4"), tmp_path, CFG)
+    assert caught.value.reason == "download_failed"
+    assert caught.value.transient is True
+    assert "503" in caught.value.message
+    assert log  # the server was asked
+    assert DownloadArchive(tmp_path / "archive.tsv").lookup("busy") is None
+
+
+def test_503_during_the_transfer_is_transient(video_dir, tmp_path):
+    """The first request (yt-dlp looking at the URL) succeeds, the download itself keeps getting 503."""
+    data = (video_dir / "walk.mp4").read_bytes()
+    answered: list[int] = []
+
+    def respond(h):
+        answered.append(1)
+        if len(answered) == 1:
+            _send(h, 200, data)
+        else:
+            _send(h, 503, b"")
+
+    with _server(respond) as (url, log):
+        with pytest.raises(VideoError) as caught:
+            download_video(_entry("flaky", f"{url}/flaky.mp4"), tmp_path, CFG)
+    assert caught.value.transient is True
+    assert "503" in caught.value.message
+    assert len(log) >= 3  # the transfer was retried before giving up
+    assert not (tmp_path / "flaky.mp4").exists()
+    assert DownloadArchive(tmp_path / "archive.tsv").lookup("flaky") is None
+
+
+def test_read_timeout_is_transient(tmp_path):
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/slow.mp4"
+        with pytest.raises(VideoError) as caught:
+            download_video(_entry("slow", url), tmp_path, DownloadConfig(socket_timeout_s=0.2))
+    assert caught.value.reason == "download_failed"
+    assert caught.value.transient is True
+    assert "timed out" in caught.value.message.lower()
+
+
+def test_connection_refused_is_transient(tmp_path):
+    with socket.socket() as closed:  # a port nobody listens on once this socket is gone
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(VideoError) as caught:
+        download_video(_entry("refused", f"http://127.0.0.1:{port}/v.mp4"), tmp_path, CFG)
+    assert caught.value.reason == "download_failed" and caught.value.transient is True
+    assert "refused" in caught.value.message.lower()
+    assert DownloadArchive(tmp_path / "archive.tsv").lookup("refused") is None
+
+
+def test_a_server_that_stalls_mid_transfer_times_out(video_dir, tmp_path):
+    """Headers and the first bytes arrive, then nothing: the socket timeout (config) ends it, retryable."""
+    data = (video_dir / "walk.mp4").read_bytes()
+    release = threading.Event()
+
+    def respond(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "video/mp4")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command == "GET":
+            h.wfile.write(data[:4096])
+            h.wfile.flush()
+            release.wait(30)  # stall with the connection open
+
+    try:
+        with _server(respond) as (url, log):
+            with pytest.raises(VideoError) as caught:
+                download_video(_entry("stall", f"{url}/stall.mp4"), tmp_path, DownloadConfig(socket_timeout_s=0.3))
+    finally:
+        release.set()
+    assert caught.value.reason == "download_failed" and caught.value.transient is True
+    assert "timed out" in caught.value.message.lower()
+    assert not (tmp_path / "stall.mp4").exists() and DownloadArchive(tmp_path / "archive.tsv").lookup("stall") is None
+
+
+class _Quiet:
+    def debug(self, msg: str) -> None:
+        pass
+
+    warning = info = error = debug
+
+
+@pytest.mark.parametrize("reason, expected, transient", [
+    ("Private video. Sign in if you've been granted access to this video", "video_unavailable", False),
+    ("Video unavailable. This video has been removed by the uploader", "video_unavailable", False),
+    ("Video unavailable. This video is no longer available because the YouTube account associated with this "
+     "video has been terminated.", "video_unavailable", False),
+    ("This video has been removed for violating YouTube's Terms of Service", "video_unavailable", False),
+    ("Video unavailable. This video is not available", "video_unavailable", False),
+    ("Sign in to confirm your age. This video may be inappropriate for some users.", "video_unavailable", False),
+    ("Join this channel to get access to members-only content like this video, and other exclusive perks.",
+     "video_unavailable", False),
+    ("Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser or --cookies for the authentication.",
+     "download_failed", True),
+])
+def test_youtube_refusals_as_yt_dlp_reports_them(reason, expected, transient):
+    """The error yt-dlp raises when its YouTube extractor gives up: its own exception classes and formatting."""
+    from yt_dlp.utils import DownloadError, ExtractorError
+
+    with yt_dlp.YoutubeDL({"quiet": True, "logger": _Quiet()}) as ydl:
+        with pytest.raises(DownloadError) as raised:
+            ydl.report_error(str(ExtractorError(reason, expected=True, video_id="oSmUI3m2kLk", ie="youtube")))
+    err = _classify(str(raised.value))
+    assert (err.reason, err.transient) == (expected, transient)
+    assert err.message.startswith("[youtube] oSmUI3m2kLk: ")
+
+
+# ------------------------------------------------------------------ options reach yt-dlp
+
+def _serve_video(data: bytes):
+    return _server(lambda h: _send(h, 200, data))
+
+
+def test_cookies_file_is_sent(video_dir, tmp_path):
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tsession\tabc123\n")
+    with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log):
+        result = download_video(_entry("walk", f"{url}/walk.mp4"), tmp_path / "videos",
+                                DownloadConfig(cookies_file=str(cookies)))
+    assert result.path.is_file()
+    assert log and all(r["cookie"] == "session=abc123" for r in log)
+
+
+def test_without_cookies_file_no_cookie_is_sent(video_dir, tmp_path):
+    with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log):
+        download_video(_entry("walk", f"{url}/walk.mp4"), tmp_path, CFG)
+    assert log and all(r["cookie"] is None for r in log)
+
+
+@pytest.mark.parametrize("where", ["missing.txt", "no_such_dir/cookies.txt"])
+def test_missing_cookies_file_is_a_clear_error_before_any_request(video_dir, tmp_path, where):
+    cookies = tmp_path / where
+    with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log):
+        with pytest.raises(VideoError) as caught:
+            download_video(_entry("walk", f"{url}/walk.mp4"), tmp_path / "videos",
+                           DownloadConfig(cookies_file=str(cookies)))
+    assert caught.value.reason == "download_failed"
+    assert "cookies file" in caught.value.message and str(cookies) in caught.value.message
+    assert caught.value.transient is True  # fixing the config makes a rerun succeed
+    assert log == []  # nothing fetched only to be thrown away
+    assert not cookies.exists()  # and yt-dlp did not create it
+
+
+def test_rate_limit_reaches_yt_dlp(http_root, tmp_path, monkeypatch):
+    seen: list[dict] = []
+
+    class Spy(yt_dlp.YoutubeDL):
+        def __init__(self, params=None, *args, **kwargs):
+            seen.append(dict(params or {}))
+            super().__init__(params, *args, **kwargs)
+
+    monkeypatch.setattr(download.yt_dlp, "YoutubeDL", Spy)
+    result = download_video(_entry("walk", f"{http_root}/walk.mp4"), tmp_path, DownloadConfig(rate_limit="4M"))
+    assert result.path.is_file()
+    assert len(seen) == 1
+    assert seen[0]["ratelimit"] == 4 * 1024 * 1024
+    assert seen[0]["retries"] == 2
+    assert "cookiefile" not in seen[0]
+
+    seen.clear()
+    download_video(_entry("walk2", f"{http_root}/walk.mp4"), tmp_path, CFG)
+    assert "ratelimit" not in seen[0]
+
+
+# ------------------------------------------------------------------ pieces
+
+def test_archive_lookup_and_add(tmp_path):
+    archive = DownloadArchive(tmp_path / "v" / "archive.tsv")
+    assert archive.lookup("a") is None  # no archive yet
+    archive.add("a", "a.mp4")
+    assert archive.lookup("a") is None  # recorded, but the file is not on disk
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "v" / "ab.mkv").write_bytes(b"x")
+    archive.add("ab", "ab.mkv")
+    assert archive.lookup("a") == tmp_path / "v" / "a.mp4"
+    assert archive.lookup("ab") == tmp_path / "v" / "ab.mkv"  # ids match whole, not by prefix
+    assert archive.lookup("b") is None
+    archive.add("d", "../outside.mp4")  # a tampered archive line
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    assert archive.lookup("d") is None
+    # a re-download under another extension appends a line; the one still on disk wins
+    archive.add("c", "c.mp4")
+    archive.add("c", "c.webm")
+    (tmp_path / "v" / "c.webm").write_bytes(b"x")
+    assert archive.lookup("c") == tmp_path / "v" / "c.webm"
+
+
+def test_archive_add_is_safe_between_threads(tmp_path):
+    archive = DownloadArchive(tmp_path / "archive.tsv")
+    threads = [threading.Thread(target=lambda i=i: [archive.add(f"id{i}_{k}", f"f{i}_{k}.mp4") for k in range(50)])
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = (tmp_path / "archive.tsv").read_text().splitlines()
+    assert sorted(lines) == sorted(f"id{i}_{k}\tf{i}_{k}.mp4" for i in range(8) for k in range(50))
+
+
+@pytest.mark.parametrize("message, reason, transient", [
+    ("ERROR: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", "download_failed", False),
+    ("ERROR: Unsupported URL: http://example.com/page", "not_a_video", False),
+    ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "download_failed", True),
+    ("ERROR: HTTP Error 429: Too Many Requests", "download_failed", True),
+    ("ERROR: Read timed out. (read timeout=30)", "download_failed", True),
+    ("ERROR: [Errno 104] Connection reset by peer", "download_failed", True),
+    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "video_unavailable", False),
+    ("ERROR: [Errno 111] Connection refused", "download_failed", True),
+    ("ERROR: unable to write data: [Errno 28] No space left on device", "disk_full", True),
+])
+def test_classify(message, reason, transient):
+    err = _classify(message)
+    assert (err.reason, err.transient) == (reason, transient)
+    assert not err.message.startswith("ERROR")

@@ -1,0 +1,121 @@
+"""The stereo branch end to end on synthetic side-by-side videos: layout, geometry, checks, rejection rules."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.config import load_config
+from pipeline.media.codecs import decode_disparity_png, decode_mask_png
+from pipeline.errors import VideoError
+from pipeline.video.ingest import ingest_video
+from pipeline.io.data_root import DataRoot
+from pipeline.media.probe import probe_video
+from pipeline.stereo.processor import StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.stereo.packing import CropBox, ViewGeometry
+from pipeline.synthetic.renderer import SceneSpec, intrinsics, render_stereo_frames, render_stereo_video
+
+VIEW = dict(width=320, height=192, fps=20.0, baseline_m=0.3)
+
+
+@pytest.fixture(scope="module")
+def stereo_videos(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("stereo")
+    spec = SceneSpec(duration_s=6.0, seed=21, **VIEW)
+    return {
+        "sbs_full": render_stereo_video(spec, directory / "full.mp4", layout="sbs_full", convergence_px=4.0),
+        "tab_half": render_stereo_video(spec, directory / "tab.mp4", layout="tab_half", convergence_px=4.0),
+        "vertical": render_stereo_video(spec, directory / "vertical.mp4", layout="sbs_full", convergence_px=4.0,
+                                        vertical_px=4.0),
+        "flat": render_stereo_video(dataclasses.replace(spec, baseline_m=0.0), directory / "flat.mp4",
+                                    layout="sbs_full"),
+    }
+
+
+@pytest.fixture
+def stereo_config():
+    return load_config(overrides={
+        "sample": {"trim": {"head_s": 0.5, "tail_s": 0.5}},
+        "split": {"gap_frames": 0},
+        "stereo": {"crop": None, "output_size": None, "jump_s": 0.5, "flow": {"batch_size": 3}},
+    })
+
+
+def _entry(layout: str, video_id: str = "movie") -> CatalogEntry:
+    return CatalogEntry(video_id=video_id, url="http://127.0.0.1/x.mp4", dataset="movies", category="natural",
+                        layout=layout)
+
+
+def _setup(video, layout, cfg):
+    info = probe_video(video)
+    return resolve_stereo_setup(video, _entry(layout), 0.5, info.duration_s - 0.5, info.display_size, cfg.stereo)
+
+
+def test_declared_and_detected_layouts(stereo_videos, stereo_config):
+    assert _setup(stereo_videos["sbs_full"], "sbs_full", stereo_config).layout == "sbs_full"
+    setup = _setup(stereo_videos["tab_half"], "auto", stereo_config)
+    assert setup.layout == "tab_half"
+    assert (setup.geometry.output_size) == (320, 192)  # half views restored to the full aspect ratio
+
+
+def test_mono_declared_stereo_is_a_named_error(video_dir, stereo_config):
+    with pytest.raises(VideoError) as err:
+        _setup(video_dir / "walk.mp4", "sbs_full", stereo_config)
+    assert err.value.reason == "not_stereo"
+    assert _setup(video_dir / "walk.mp4", "auto", stereo_config) is None  # auto: processed as mono
+
+
+def test_processor_keeps_a_good_pair_and_disparity_matches_ground_truth(stereo_config):
+    frame = next(iter(render_stereo_frames(SceneSpec(duration_s=0.1, seed=5, **VIEW), convergence_px=4.0)))
+    (outcome,) = StereoProcessor(stereo_config.stereo).process([frame.left], [frame.right])
+    assert outcome.reason is None
+    columns = outcome.columns
+    disparity = decode_disparity_png(columns["disparity"], columns["disp_scale"], columns["disp_offset"])
+    valid = decode_mask_png(columns["valid_mask"])
+    good = valid & ~frame.sky_mask & ~frame.occluded
+    error = np.abs(disparity - frame.disparity)[good]
+    assert good.mean() > 0.6 and np.mean(error > 3) < 0.02
+    assert disparity[good].min() < 0 < disparity[good].max()  # both signs survive the convergence shift
+
+
+def _ingest(video, layout, cfg, tmp_path, video_id="movie"):
+    root = DataRoot(tmp_path)
+    record = ingest_video(_entry(layout, video_id), video, root, cfg)
+    frames = pq.read_table(root.video_frames_dir("movies", video_id) / "frames-00000.parquet").to_pylist()
+    return root, record, frames
+
+
+def test_movie_sampling_takes_short_clips_and_jumps(stereo_videos, stereo_config, tmp_path):
+    root, record, frames = _ingest(stereo_videos["sbs_full"], "sbs_full", stereo_config, tmp_path)
+    assert record["status"] == "ok" and record["detected_layout"] == "sbs_full"
+    kept = [f for f in frames if f["kept"]]
+    assert kept and all(f["lr_pass_fraction"] >= 0.7 for f in kept)
+    # 4 fps, 4 frames a clip then a 0.5 s jump: every clip holds at most 4 consecutive frames within 1 s
+    for clip in {f["clip_id"] for f in kept}:
+        times = [f["timestamp_s"] for f in kept if f["clip_id"] == clip]
+        assert len(times) <= 4 and max(times) - min(times) <= 1.0
+    assert record["dropped_decimated"] > 0
+    assert root.preview("movies", "movie").is_file()
+
+
+def test_vertical_misalignment_rejects_frames_by_name(stereo_videos, stereo_config, tmp_path):
+    _, record, frames = _ingest(stereo_videos["vertical"], "sbs_full", stereo_config, tmp_path)
+    assert record["status"] == "ok" and record["frames_kept"] == 0
+    assert record["dropped_stereo_vertical"] > 0
+    assert all(f["vertical_fail_fraction"] > 0.1 for f in frames if f["drop_reason"] == "stereo_vertical")
+
+
+def test_zero_baseline_is_rejected_for_range(stereo_videos, stereo_config, tmp_path):
+    _, record, _ = _ingest(stereo_videos["flat"], "sbs_full", stereo_config, tmp_path)
+    assert record["frames_kept"] == 0 and record["dropped_stereo_range"] > 0
+
+
+def test_crop_intrinsics_follow_the_crop():
+    entry = dataclasses.replace(_entry("sbs_full"), fx=0.5, fy=0.9, cx=0.5, cy=0.5)
+    geometry = ViewGeometry(CropBox(x=100, y=50, width=200, height=100), (100, 50))
+    fx, fy, cx, cy = crop_intrinsics(entry, (400, 200), geometry)
+    assert (fx, fy, cx, cy) == pytest.approx((1.0, 1.8, 0.5, 0.5))
+    assert crop_intrinsics(_entry("sbs_full"), (400, 200), geometry) == (None, None, None, None)
