@@ -8,6 +8,7 @@ the weights): the tiny test architecture (pipeline.clip.model.TINY_ARCHITECTURE,
 Reported per model: end to end (JPEG decode + preprocessing threads + model, `ClipModel.embed_jpegs`), the
 model alone on preprocessed batches, and decode + preprocessing alone (one thread), each the best of --repeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,21 @@ from pipeline.synthetic.renderer import SceneSpec, render_frames  # noqa: E402
 def jpegs(n: int) -> list[bytes]:
     """n 1280x720 q95 JPEGs: 16 rendered frames, repeated (rendering is slower than embedding)."""
     spec = SceneSpec(width=1280, height=720, fps=10.0, duration_s=1.6, seed=3)
-    frames = [cv2.imencode(".jpg", f.image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-              for f in render_frames(spec)][:16]
+    frames = [cv2.imencode(".jpg", f.image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in render_frames(spec)][
+        :16
+    ]
     return [frames[i % len(frames)] for i in range(n)]
 
 
 def measure(model: ClipModel, data: list[bytes], repeats: int) -> dict:
     import torch
 
-    model.embed_jpegs(data[:model.batch_size])  # warm-up: allocator, threads, first-call dispatch
+    model.embed_jpegs(data[: model.batch_size])  # warm-up: allocator, threads, first-call dispatch
     tensors = [model._prepare(j) for j in data]
 
     def encode_all() -> None:
         for start in range(0, len(tensors), model.batch_size):
-            model._encode_images(tensors[start:start + model.batch_size])
+            model._encode_images(tensors[start : start + model.batch_size])
 
     def best_fps(fn) -> float:  # best of `repeats`: the machine is shared, slower runs measure the neighbours
         times = []
@@ -53,10 +55,16 @@ def measure(model: ClipModel, data: list[bytes], repeats: int) -> dict:
         return round(len(data) / min(times), 1)
 
     params = sum(p.numel() for p in model.model.visual.parameters())
-    return {"frames": len(data), "device": str(model.device), "torch_threads": torch.get_num_threads(),
-            "image_size": model.image_size, "vision_params_m": round(params / 1e6, 2),
-            "end_to_end_fps": best_fps(lambda: model.embed_jpegs(data)), "model_only_fps": best_fps(encode_all),
-            "decode_preprocess_fps_one_thread": best_fps(lambda: [model._prepare(j) for j in data])}
+    return {
+        "frames": len(data),
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
+        "image_size": model.image_size,
+        "vision_params_m": round(params / 1e6, 2),
+        "end_to_end_fps": best_fps(lambda: model.embed_jpegs(data)),
+        "model_only_fps": best_fps(encode_all),
+        "decode_preprocess_fps_one_thread": best_fps(lambda: [model._prepare(j) for j in data]),
+    }
 
 
 def main() -> None:
@@ -75,13 +83,21 @@ def main() -> None:
         architecture.write_text(json.dumps(TINY_ARCHITECTURE))
         for name, arch, n in (("tiny-clip-test", architecture, args.frames), ("ViT-B-32", None, args.vit_frames)):
             checkpoint = save_random_checkpoint(name, Path(tmp) / f"{name}.pt", architecture=arch)
-            cfg = ClipConfig(enabled=True, model=name, checkpoint=str(checkpoint),
-                             architecture=str(arch) if arch else None, device=args.device,
-                             batch_size=args.batch_size)
+            cfg = ClipConfig(
+                enabled=True,
+                model=name,
+                checkpoint=str(checkpoint),
+                architecture=str(arch) if arch else None,
+                device=args.device,
+                batch_size=args.batch_size,
+            )
             results[name] = measure(ClipModel(cfg), jpegs(n), args.repeats)
             checkpoint.unlink()
-    results["gpu"] = (f"measured: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-                      else "not measured: no CUDA device on this machine")
+    results["gpu"] = (
+        f"measured: {torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available()
+        else "not measured: no CUDA device on this machine"
+    )
     print(json.dumps(results, indent=2))
 
 

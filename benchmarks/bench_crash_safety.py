@@ -27,6 +27,7 @@ but no dataset.json, or none of these: between steps), so jitter between runs ca
 By default a Prefect server is started on 127.0.0.1 for all runs (a killed run stays "Running" there,
 harmlessly); --ephemeral uses Prefect's per-process ephemeral mode instead (8-10 s more per run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,22 +42,22 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.sources.catalog import CatalogEntry, write_catalog  # noqa: E402
-from pipeline.synthetic.demo import serve_directory  # noqa: E402
+from pipeline.corpus.verify import verify_dataset  # noqa: E402
 from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.io.storage import TMP_MARK  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry, write_catalog  # noqa: E402
+from pipeline.synthetic.demo import serve_directory  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
-from pipeline.corpus.verify import verify_dataset  # noqa: E402
 
 DATASET = "crash"
 CONFIG = """\
@@ -93,8 +94,13 @@ def build_catalog(directory: Path, videos: int, seconds: float) -> list[tuple[st
 
 
 def write_bench_catalog(path: Path, base_url: str, names: list[tuple[str, str]]) -> Path:
-    return write_catalog([CatalogEntry(video_id=vid, url=f"{base_url}/{name}", dataset=DATASET, category="natural")
-                          for vid, name in names], path)
+    return write_catalog(
+        [
+            CatalogEntry(video_id=vid, url=f"{base_url}/{name}", dataset=DATASET, category="natural")
+            for vid, name in names
+        ],
+        path,
+    )
 
 
 def free_port() -> int:
@@ -109,9 +115,22 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     log = open(home.parent / "prefect-server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-                             "127.0.0.1", "--port", str(port), "--no-ui"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
@@ -137,13 +156,27 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
 
 
 def curate_command(catalog: Path, root: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "curate", "--catalog", str(catalog), "--data-root", str(root),
-            "--config", str(config)]
+    return [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "curate",
+        "--catalog",
+        str(catalog),
+        "--data-root",
+        str(root),
+        "--config",
+        str(config),
+    ]
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("PREFECT_API_URL", None)
     env.update(extra)
     return env
@@ -152,13 +185,19 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 def _start(command: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, object]:
     handle = open(log, "w")  # noqa: SIM115 - the caller closes it
     # A session of its own, so SIGKILL reaches the flow and every ffmpeg it started, as a crash would.
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, handle
 
 
-def run_to_completion(command: list[str], env: dict[str, str], root: Path, log: Path,
-                      n_videos: int, watch: bool = False, timeout_s: float = 600) -> Run:
+def run_to_completion(
+    command: list[str],
+    env: dict[str, str],
+    root: Path,
+    log: Path,
+    n_videos: int,
+    watch: bool = False,
+    timeout_s: float = 600,
+) -> Run:
     """Run the command; with `watch`, record when each stage first shows in the files (seconds from start)."""
     start = time.monotonic()
     proc, handle = _start(command, env, log)
@@ -179,8 +218,9 @@ def run_to_completion(command: list[str], env: dict[str, str], root: Path, log: 
     return Run(proc.returncode, time.monotonic() - start, log.read_text(), timeline)
 
 
-def kill_after(command: list[str], env: dict[str, str], root: Path, log: Path, n_videos: int,
-               trigger: str, delay_s: float) -> float:
+def kill_after(
+    command: list[str], env: dict[str, str], root: Path, log: Path, n_videos: int, trigger: str, delay_s: float
+) -> float:
     """Start the command and SIGKILL its process group `delay_s` after `trigger` first shows in the files.
 
     "work": the first download or decode (so the start-up time of Python and Prefect, which varies from run to
@@ -274,6 +314,7 @@ def finished_files(root: Path) -> tuple[set[str], set[str]]:
 
 def compare(clean: Path, other: Path) -> list[str]:
     """Differences between two data roots, ignoring only the files listed in TIME_STAMPED / ORDER_ONLY."""
+
     def files(root: Path) -> dict[str, Path]:
         skip = {p for pattern in TIME_STAMPED for p in root.glob(pattern)}
         return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file() and p not in skip}
@@ -293,8 +334,17 @@ def compare(clean: Path, other: Path) -> list[str]:
     return problems
 
 
-def trial(index: int, trigger: str, delay_s: float, work: Path, catalog: Path, config: Path, clean: Path,
-          env: dict[str, str], n_videos: int) -> dict:
+def trial(
+    index: int,
+    trigger: str,
+    delay_s: float,
+    work: Path,
+    catalog: Path,
+    config: Path,
+    clean: Path,
+    env: dict[str, str],
+    n_videos: int,
+) -> dict:
     root = work / f"point{index:02d}"
     command = curate_command(catalog, root, config)
     killed_after = kill_after(command, env, root, work / f"point{index:02d}-killed.log", n_videos, trigger, delay_s)
@@ -305,16 +355,27 @@ def trial(index: int, trigger: str, delay_s: float, work: Path, catalog: Path, c
     rerun = run_to_completion(command, env, root, work / f"point{index:02d}-rerun.log", n_videos)
     after = snapshot(root)
     redone = sorted(k for k in done | downloads if after.get(k) != before.get(k))
-    leftovers = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                       if p.is_file() and (TMP_MARK in p.name or p.name.endswith((".part", ".ytdl"))))
+    leftovers = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and (TMP_MARK in p.name or p.name.endswith((".part", ".ytdl")))
+    )
     mismatches = compare(clean, root) if rerun.returncode == 0 else [f"rerun exited {rerun.returncode}"]
     problems = verify_dataset(DataRoot(root)) if rerun.returncode == 0 else []
     result = {
-        "point": index, "trigger": trigger, "delay_s": round(delay_s, 3), "killed_after_s": round(killed_after, 2),
-        "stages": stages, "records_at_kill": sum(k.startswith("stats/videos/") for k in done),
-        "downloads_at_kill": len(downloads), "rerun_wall_s": round(rerun.wall_s, 2),
-        "mismatches": mismatches, "torn_visible_files": torn, "leftover_temporaries": leftovers,
-        "finished_then_redone": redone, "verify_problems": problems,
+        "point": index,
+        "trigger": trigger,
+        "delay_s": round(delay_s, 3),
+        "killed_after_s": round(killed_after, 2),
+        "stages": stages,
+        "records_at_kill": sum(k.startswith("stats/videos/") for k in done),
+        "downloads_at_kill": len(downloads),
+        "rerun_wall_s": round(rerun.wall_s, 2),
+        "mismatches": mismatches,
+        "torn_visible_files": torn,
+        "leftover_temporaries": leftovers,
+        "finished_then_redone": redone,
+        "verify_problems": problems,
     }
     shutil.rmtree(root)
     return result
@@ -360,37 +421,59 @@ def main() -> None:
         n_videos = len(names)
         clean = work / "clean"
         shutil.rmtree(clean, ignore_errors=True)
-        uninterrupted = run_to_completion(curate_command(catalog, clean, config), env, clean,
-                                          work / "clean.log", n_videos, watch=True)
+        uninterrupted = run_to_completion(
+            curate_command(catalog, clean, config), env, clean, work / "clean.log", n_videos, watch=True
+        )
         if uninterrupted.returncode != 0:
             raise SystemExit(f"uninterrupted run failed:\n{uninterrupted.output[-3000:]}")
         # A rerun of a finished dataset: the baseline cost of "start, see everything done, publish".
         noop = run_to_completion(curate_command(catalog, clean, config), env, clean, work / "noop.log", n_videos)
-        points = [trial(i, trigger, delay, work, catalog, config, clean, env, n_videos)
-                  for i, (trigger, delay) in enumerate(plan_points(args.points, uninterrupted.timeline, rng))]
+        points = [
+            trial(i, trigger, delay, work, catalog, config, clean, env, n_videos)
+            for i, (trigger, delay) in enumerate(plan_points(args.points, uninterrupted.timeline, rng))
+        ]
     stage_counts: dict[str, int] = {}
     for point in points:
         for stage in point["stages"]:
             stage_counts[stage] = stage_counts.get(stage, 0) + 1
     crash_cost = [p["killed_after_s"] + p["rerun_wall_s"] for p in points]
-    failed = [p["point"] for p in points if p["mismatches"] or p["torn_visible_files"] or p["leftover_temporaries"]
-              or p["finished_then_redone"] or p["verify_problems"]]
+    failed = [
+        p["point"]
+        for p in points
+        if p["mismatches"]
+        or p["torn_visible_files"]
+        or p["leftover_temporaries"]
+        or p["finished_then_redone"]
+        or p["verify_problems"]
+    ]
     result = {
         "benchmark": "crash_safety",
-        "catalog": {"videos": args.videos, "failing": 1, "seconds_each": args.seconds, "size": "320x192",
-                    "rate_limit": args.rate_limit, "workers": 2},
+        "catalog": {
+            "videos": args.videos,
+            "failing": 1,
+            "seconds_each": args.seconds,
+            "size": "320x192",
+            "rate_limit": args.rate_limit,
+            "workers": 2,
+        },
         "prefect": "ephemeral" if args.ephemeral else "server on 127.0.0.1",
         "points": len(points),
         "stage_counts": dict(sorted(stage_counts.items())),
         "points_with_problems": failed,
         "mismatches": sum(len(p["mismatches"]) for p in points),
-        "excluded_from_byte_comparison": {"time_stamped": list(TIME_STAMPED), "compared_as_line_sets": list(ORDER_ONLY)},
-        "uninterrupted": {"wall_s": round(uninterrupted.wall_s, 2),
-                          "timeline_s": {k: round(v, 2) for k, v in sorted(uninterrupted.timeline.items(),
-                                                                            key=lambda kv: kv[1])}},
+        "excluded_from_byte_comparison": {
+            "time_stamped": list(TIME_STAMPED),
+            "compared_as_line_sets": list(ORDER_ONLY),
+        },
+        "uninterrupted": {
+            "wall_s": round(uninterrupted.wall_s, 2),
+            "timeline_s": {k: round(v, 2) for k, v in sorted(uninterrupted.timeline.items(), key=lambda kv: kv[1])},
+        },
         "rerun_of_finished_dataset_wall_s": round(noop.wall_s, 2),
-        "killed_run_plus_rerun_wall_s": {"mean": round(sum(crash_cost) / len(crash_cost), 2),
-                                         "max": round(max(crash_cost), 2)},
+        "killed_run_plus_rerun_wall_s": {
+            "mean": round(sum(crash_cost) / len(crash_cost), 2),
+            "max": round(max(crash_cost), 2),
+        },
         "ratio_killed_plus_rerun_to_uninterrupted": round(sum(crash_cost) / len(crash_cost) / uninterrupted.wall_s, 3),
         "details": points,
     }

@@ -23,6 +23,7 @@ held-out batches (cosine; 1 = right direction): depth cannot be learned from vie
 Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). Defaults take
 about 15 minutes on 2 idle cores (`--only` runs parts separately); no pretrained encoder is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,19 @@ ensure_torchvision()  # before anything imports timm / torchvision on a CPU torc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.video.ingest import ingest_video  # noqa: E402
-from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.corpus.publish import publish  # noqa: E402
-from pipeline.synthetic.renderer import (MovingObject, SceneSpec, normalized_intrinsics, render_stereo_video,  # noqa: E402
-                                render_video, save_ground_truth)
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
+from pipeline.synthetic.renderer import (
+    MovingObject,
+    SceneSpec,
+    normalized_intrinsics,
+    render_stereo_video,  # noqa: E402
+    render_video,
+    save_ground_truth,
+)
+from pipeline.video.ingest import ingest_video  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
@@ -74,16 +81,28 @@ def moving_objects(seconds: float, speed_mps: float, seed: int) -> tuple[MovingO
         objects.append(MovingObject(size=(1.0, 1.0, 1.0), centre=(-speed * t_cross, 0.5, z), velocity=(speed, 0, 0)))
         z += float(rng.uniform(8.0, 14.0))
     for z in np.arange(25.0, speed_mps * seconds + 40.0, 30.0):
-        objects.append(MovingObject(size=(0.8, 1.4, 0.8), centre=(float(rng.choice([-1.8, 1.8])), 0.7, float(z)),
-                                    velocity=(0.0, 0.0, -1.5)))
+        objects.append(
+            MovingObject(
+                size=(0.8, 1.4, 0.8), centre=(float(rng.choice([-1.8, 1.8])), 0.7, float(z)), velocity=(0.0, 0.0, -1.5)
+            )
+        )
     # Fixed in the camera frame, low on the right: photometrically it never moves (plain training: infinite depth).
     objects.append(MovingObject(size=(0.7, 0.5, 0.5), centre=(0.9, 0.9, 3.5), attached=True))
     return tuple(objects)
 
 
-def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, val_seconds: float,
-                  stereo_scenes: int, stereo_seconds: float, max_height: int, speed_mps: float,
-                  objects: bool = False) -> dict[str, Any]:
+def build_dataset(
+    root_dir: Path,
+    scenes: int,
+    val_scenes: int,
+    seconds: float,
+    val_seconds: float,
+    stereo_scenes: int,
+    stereo_seconds: float,
+    max_height: int,
+    speed_mps: float,
+    objects: bool = False,
+) -> dict[str, Any]:
     """Render, ingest and publish the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
 
     objects: the mono scenes get `moving_objects` and their ground truth the moving-object masks."""
@@ -91,26 +110,38 @@ def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, 
     sources.mkdir(parents=True, exist_ok=True)
     root = DataRoot(root_dir / "data")
     (root.root / "ground_truth").mkdir(parents=True, exist_ok=True)
-    base = {"sample": {"fps": FPS, "max_height": max_height, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
-            "split": {"gap_frames": 0},
-            "write": {"row_group_bytes": 1 << 20},
-            "stereo": {"crop": None, "output_size": None, "jump_s": 0.0, "clip_frames": 10, "clip_span_s": 1.0}}
-    configs = {split: load_config(overrides={**base, "split": {"gap_frames": 0,
-                                                                "train_fraction": 1.0 if split == "train" else 0.0}})
-               for split in ("train", "val")}
+    base = {
+        "sample": {"fps": FPS, "max_height": max_height, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
+        "split": {"gap_frames": 0},
+        "write": {"row_group_bytes": 1 << 20},
+        "stereo": {"crop": None, "output_size": None, "jump_s": 0.0, "clip_frames": 10, "clip_span_s": 1.0},
+    }
+    configs = {
+        split: load_config(
+            overrides={**base, "split": {"gap_frames": 0, "train_fraction": 1.0 if split == "train" else 0.0}}
+        )
+        for split in ("train", "val")
+    }
     videos = []
     n_train = scenes - val_scenes
     for i in range(scenes):
         split = "train" if i < n_train else "val"
         duration = seconds if split == "train" else val_seconds
-        spec = SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=100 + i, speed_mps=speed_mps,
-                         duration_s=duration,
-                         objects=moving_objects(duration, speed_mps, 100 + i) if objects else ())
+        spec = SceneSpec(
+            width=RENDER_W,
+            height=RENDER_H,
+            fps=FPS,
+            seed=100 + i,
+            speed_mps=speed_mps,
+            duration_s=duration,
+            objects=moving_objects(duration, speed_mps, 100 + i) if objects else (),
+        )
         videos.append((f"scene{i}", spec, split, "mono"))
     for i in range(stereo_scenes):
         split = "train" if i < max(1, stereo_scenes - 1) else "val"
-        spec = SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=stereo_seconds,
-                         baseline_m=0.3)
+        spec = SceneSpec(
+            width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=stereo_seconds, baseline_m=0.3
+        )
         videos.append((f"pair{i}", spec, split, "sbs_full"))
     records = {}
     for video_id, spec, split, layout in videos:
@@ -121,9 +152,17 @@ def build_dataset(root_dir: Path, scenes: int, val_scenes: int, seconds: float, 
         else:
             render_stereo_video(spec, path, layout=layout)
         fx, fy, cx, cy = normalized_intrinsics(spec)
-        entry = CatalogEntry(video_id=video_id, url=f"file://{path}",
-                             dataset="synth" if layout == "mono" else "synth3d", category="natural",
-                             layout=layout, fx=fx, fy=fy, cx=cx, cy=cy)
+        entry = CatalogEntry(
+            video_id=video_id,
+            url=f"file://{path}",
+            dataset="synth" if layout == "mono" else "synth3d",
+            category="natural",
+            layout=layout,
+            fx=fx,
+            fy=fy,
+            cx=cx,
+            cy=cy,
+        )
         record = ingest_video(entry, path, root, configs[split])
         if record["status"] != "ok":
             raise RuntimeError(f"ingest of {video_id} failed: {record}")
@@ -138,16 +177,36 @@ def manifests(data_root: Path, *datasets: str) -> list[str]:
 
 def train_config(args: argparse.Namespace, out_dir: Path, **extra: Any) -> TrainConfig:
     overrides: dict[str, Any] = {
-        "data": {"height": args.height, "width": args.width, "batch_size": args.batch_size,
-                 "num_workers": args.workers, "shuffle_buffer": 64, "seed": args.seed,
-                 "augment": {"aspect_prob": args.aspect_prob}},
+        "data": {
+            "height": args.height,
+            "width": args.width,
+            "batch_size": args.batch_size,
+            "num_workers": args.workers,
+            "shuffle_buffer": 64,
+            "seed": args.seed,
+            "augment": {"aspect_prob": args.aspect_prob},
+        },
         "model": {"encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics},
-        "loss": {"smoothness": args.smoothness, "scales": args.loss_scales, "automask": args.automask,
-                 "photometric_resolution": args.photometric_resolution},
-        "optim": {"lr": args.lr, "warmup_steps": min(20, args.steps // 10), "max_steps": args.steps,
-                  "precision": "fp32"},
-        "run": {"out_dir": str(out_dir), "log_every": 10, "checkpoint_every": 10**6, "eval_batches": 1,
-                "tensorboard": False, "device": "cpu"},
+        "loss": {
+            "smoothness": args.smoothness,
+            "scales": args.loss_scales,
+            "automask": args.automask,
+            "photometric_resolution": args.photometric_resolution,
+        },
+        "optim": {
+            "lr": args.lr,
+            "warmup_steps": min(20, args.steps // 10),
+            "max_steps": args.steps,
+            "precision": "fp32",
+        },
+        "run": {
+            "out_dir": str(out_dir),
+            "log_every": 10,
+            "checkpoint_every": 10**6,
+            "eval_batches": 1,
+            "tensorboard": False,
+            "device": "cpu",
+        },
         "eval": {"alignment": "lsq_disparity"},
     }
     for section, values in extra.items():
@@ -155,16 +214,23 @@ def train_config(args: argparse.Namespace, out_dir: Path, **extra: Any) -> Train
     return load_train_config(overrides=overrides)
 
 
-def evaluate(model: torch.nn.Module | None, cfg: TrainConfig, data_root: Path, datasets: list[str],
-             alignment: str | None = None, predict=None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module | None,
+    cfg: TrainConfig,
+    data_root: Path,
+    datasets: list[str],
+    alignment: str | None = None,
+    predict=None,
+) -> dict[str, dict[str, float]]:
     """Metrics on the val split of `datasets` with rendered depth where it exists."""
     if alignment is not None:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"alignment": alignment})})
     frame = load_manifests(manifests(data_root, *datasets), "val", cfg.data.filters)
     plan = EpochPlan(frame, cfg.data)
     model = model if model is not None else _Dummy()
-    return evaluate_model(model, plan, cfg, "cpu", ground_truth=GroundTruth(data_root / "ground_truth"),
-                          predict=predict)
+    return evaluate_model(
+        model, plan, cfg, "cpu", ground_truth=GroundTruth(data_root / "ground_truth"), predict=predict
+    )
 
 
 class _Dummy(torch.nn.Module):
@@ -186,10 +252,14 @@ def run_fit(cfg: TrainConfig, paths: list[str]) -> tuple[DepthTraining, dict[str
     rows = [json.loads(line) for line in (Path(cfg.run.out_dir) / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     steps = [r for r in rows if "step_s" in r]
-    info = {"steps": result["step"], "wall_s": round(wall, 1),
-            "median_step_s": round(float(np.median([r["step_s"] for r in steps])), 3),
-            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
-            "loss_every_50": [round(r["loss"], 4) for r in rows if "loss" in r and r["step"] % 50 == 0]}
+    info = {
+        "steps": result["step"],
+        "wall_s": round(wall, 1),
+        "median_step_s": round(float(np.median([r["step_s"] for r in steps])), 3),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+        "loss_every_50": [round(r["loss"], 4) for r in rows if "loss" in r and r["step"] % 50 == 0],
+    }
     return model, info
 
 
@@ -220,7 +290,7 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
     truths: dict[str, np.ndarray] = {}
     try:
         for i in range(batches):
-            targets = rows[i * len(rows) // batches:][:cfg.data.batch_size]
+            targets = rows[i * len(rows) // batches :][: cfg.data.batch_size]
             seed = (cfg.data.seed, i)
             # BatchBuilder draws the support offset as its first random number when not training.
             support_rows = plan.supports(targets, float(np.random.default_rng(seed).random()))
@@ -229,18 +299,23 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
                 model.video_loss(builder(Batch(0, targets, seed)))
             truth = [_relative_poses(plan, truths, data_root, targets, support_rows[s]) for s in range(2)]
             for s in range(2):
-                cos = torch.nn.functional.cosine_similarity(calls[s][:, :3, 3].double(),
-                                                            torch.from_numpy(truth[s][:, :3, 3]), dim=1)
+                cos = torch.nn.functional.cosine_similarity(
+                    calls[s][:, :3, 3].double(), torch.from_numpy(truth[s][:, :3, 3]), dim=1
+                )
                 cosines[s] += cos.tolist()
     finally:
         hook.remove()
-    return {"translation_cos_to_truth_t_minus_k": round(float(np.mean(cosines[0])), 3),
-            "translation_cos_to_truth_t_plus_k": round(float(np.mean(cosines[1])), 3)}
+    return {
+        "translation_cos_to_truth_t_minus_k": round(float(np.mean(cosines[0])), 3),
+        "translation_cos_to_truth_t_plus_k": round(float(np.mean(cosines[1])), 3),
+    }
 
 
-def _relative_poses(plan: EpochPlan, cache: dict[str, np.ndarray], data_root: Path, targets: np.ndarray,
-                    sources: np.ndarray) -> np.ndarray:
+def _relative_poses(
+    plan: EpochPlan, cache: dict[str, np.ndarray], data_root: Path, targets: np.ndarray, sources: np.ndarray
+) -> np.ndarray:
     """Rendered target-to-source transforms inv(pose_source) @ pose_target for rows of plan.frame."""
+
     def pose(row: int) -> np.ndarray:
         video = str(plan.frame.at[row, "video_id"])
         if video not in cache:
@@ -248,6 +323,7 @@ def _relative_poses(plan: EpochPlan, cache: dict[str, np.ndarray], data_root: Pa
             cache[video] = (truth["timestamps"], truth["poses"])
         stamps, poses = cache[video]
         return poses[int(np.argmin(np.abs(stamps - float(plan.frame.at[row, "timestamp_s"]))))]
+
     return np.stack([np.linalg.inv(pose(int(s))) @ pose(int(t)) for t, s in zip(targets, sources)])
 
 
@@ -285,13 +361,25 @@ def main() -> None:
     parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
     parser.add_argument("--stereo-seconds", type=float, default=15.0)
     add_training_arguments(parser)
-    parser.add_argument("--no-automask", dest="automask", action="store_false",
-                        help="turn off Monodepth2's identity automask (loss.automask)")
-    parser.add_argument("--photometric-resolution", choices=("full", "scale"), default="scale",
-                        help="loss.photometric_resolution: compare views at full size or at each scale's size")
-    parser.add_argument("--only", choices=("video", "stereo", "motion", "full"), action="append",
-                        help="run only these parts (repeatable; default: all): video (support mode category), "
-                             "motion (support mode motion), full (category at full photometric resolution), stereo")
+    parser.add_argument(
+        "--no-automask",
+        dest="automask",
+        action="store_false",
+        help="turn off Monodepth2's identity automask (loss.automask)",
+    )
+    parser.add_argument(
+        "--photometric-resolution",
+        choices=("full", "scale"),
+        default="scale",
+        help="loss.photometric_resolution: compare views at full size or at each scale's size",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("video", "stereo", "motion", "full"),
+        action="append",
+        help="run only these parts (repeatable; default: all): video (support mode category), "
+        "motion (support mode motion), full (category at full photometric resolution), stereo",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, short scenes")
     parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
     args = parser.parse_args()
@@ -304,71 +392,123 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        key = [args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.stereo_scenes,
-               args.stereo_seconds, args.max_height, args.speed]
+        key = [
+            args.scenes,
+            args.val_scenes,
+            args.seconds,
+            args.val_seconds,
+            args.stereo_scenes,
+            args.stereo_seconds,
+            args.max_height,
+            args.speed,
+        ]
         cache = work / "dataset.json"
         if cache.is_file() and json.loads(cache.read_text())["key"] == key:  # --workdir: reuse what is built
             dataset = json.loads(cache.read_text())["dataset"]
         else:
-            dataset = build_dataset(work, args.scenes, args.val_scenes, args.seconds, args.val_seconds,
-                                    args.stereo_scenes, args.stereo_seconds, args.max_height, args.speed)
+            dataset = build_dataset(
+                work,
+                args.scenes,
+                args.val_scenes,
+                args.seconds,
+                args.val_seconds,
+                args.stereo_scenes,
+                args.stereo_seconds,
+                args.max_height,
+                args.speed,
+            )
             cache.write_text(json.dumps({"key": key, "dataset": dataset}))
         data_root = Path(dataset["root"])
         build_s = time.perf_counter() - t0
         out: dict[str, Any] = {
-            "setup": {"render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps", "sample_max_height": args.max_height,
-                      "train_size": f"{args.height}x{args.width}", "batch_size": args.batch_size,
-                      "encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics,
-                      "lr": args.lr, "steps": args.steps, "stereo_steps": args.stereo_steps,
-                      "smoothness": args.smoothness, "automask": args.automask,
-                      "photometric_resolution": args.photometric_resolution,
-                      "aspect_prob": args.aspect_prob, "seed": args.seed, "eval_alignment": "lsq_disparity",
-                      "videos": dataset["videos"], "build_s": round(build_s, 1)},
+            "setup": {
+                "render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps",
+                "sample_max_height": args.max_height,
+                "train_size": f"{args.height}x{args.width}",
+                "batch_size": args.batch_size,
+                "encoder": args.encoder,
+                "pose_encoder": args.pose_encoder,
+                "intrinsics": args.intrinsics,
+                "lr": args.lr,
+                "steps": args.steps,
+                "stereo_steps": args.stereo_steps,
+                "smoothness": args.smoothness,
+                "automask": args.automask,
+                "photometric_resolution": args.photometric_resolution,
+                "aspect_prob": args.aspect_prob,
+                "seed": args.seed,
+                "eval_alignment": "lsq_disparity",
+                "videos": dataset["videos"],
+                "build_s": round(build_s, 1),
+            },
         }
         video_cfg = train_config(args, work / "run_video")
         if parts & {"video", "motion", "full"}:
             initial = untrained(video_cfg)
             base = evaluate(initial, video_cfg, data_root, ["synth"])
-            const = evaluate(None, video_cfg, data_root, ["synth"],
-                             predict=lambda image: torch.full_like(image[:, :1], 0.5))
-            const_median = evaluate(None, video_cfg, data_root, ["synth"], alignment="median",
-                                    predict=lambda image: torch.full_like(image[:, :1], 0.5))
+            const = evaluate(
+                None, video_cfg, data_root, ["synth"], predict=lambda image: torch.full_like(image[:, :1], 0.5)
+            )
+            const_median = evaluate(
+                None,
+                video_cfg,
+                data_root,
+                ["synth"],
+                alignment="median",
+                predict=lambda image: torch.full_like(image[:, :1], 0.5),
+            )
             prior = mean_disparity_prior(video_cfg, data_root)
-            layout = evaluate(None, video_cfg, data_root, ["synth"],
-                              predict=lambda image: prior.expand(image.shape[0], -1, -1, -1))
-            out["video"] = {"untrained": {**pick(base, "synth/video"),
-                                          "pose": pose_check(initial, video_cfg, data_root)},
-                            "constant_lsq": pick(const, "synth/video"),
-                            "constant_median": pick(const_median, "synth/video"),
-                            "train_mean_disparity_map": pick(layout, "synth/video")}
+            layout = evaluate(
+                None, video_cfg, data_root, ["synth"], predict=lambda image: prior.expand(image.shape[0], -1, -1, -1)
+            )
+            out["video"] = {
+                "untrained": {**pick(base, "synth/video"), "pose": pose_check(initial, video_cfg, data_root)},
+                "constant_lsq": pick(const, "synth/video"),
+                "constant_median": pick(const_median, "synth/video"),
+                "train_mean_disparity_map": pick(layout, "synth/video"),
+            }
         # name: (part, support mode, photometric resolution)
-        video_runs = {"category": ("video", "category", args.photometric_resolution),
-                      "motion": ("motion", "motion", args.photometric_resolution),
-                      "category_full_resolution": ("full", "category", "full")}
+        video_runs = {
+            "category": ("video", "category", args.photometric_resolution),
+            "motion": ("motion", "motion", args.photometric_resolution),
+            "category_full_resolution": ("full", "category", "full"),
+        }
         for name, (part, mode, resolution) in video_runs.items():
             if part not in parts or (name == "category_full_resolution" and args.photometric_resolution == "full"):
                 continue
-            cfg = train_config(args, work / f"run_video_{name}", data={"support": {"mode": mode}},
-                               loss={"photometric_resolution": resolution})
+            cfg = train_config(
+                args,
+                work / f"run_video_{name}",
+                data={"support": {"mode": mode}},
+                loss={"photometric_resolution": resolution},
+            )
             model, info = run_fit(cfg, manifests(data_root, "synth"))
             trained = evaluate(model, cfg, data_root, ["synth"])
             v = out["video"]
-            v[f"trained_{name}"] = {**pick(trained, "synth/video"), "train": info,
-                                    "pose": pose_check(model, cfg, data_root)}
+            v[f"trained_{name}"] = {
+                **pick(trained, "synth/video"),
+                "train": info,
+                "pose": pose_check(model, cfg, data_root),
+            }
             v[f"{name}_abs_rel_vs_untrained"] = round(trained["synth/video"]["abs_rel"] / v["untrained"]["abs_rel"], 3)
-            v[f"{name}_abs_rel_vs_constant_lsq"] = round(trained["synth/video"]["abs_rel"]
-                                                         / v["constant_lsq"]["abs_rel"], 3)
+            v[f"{name}_abs_rel_vs_constant_lsq"] = round(
+                trained["synth/video"]["abs_rel"] / v["constant_lsq"]["abs_rel"], 3
+            )
         if "stereo" in parts:
-            cfg = train_config(args, work / "run_stereo", optim={"max_steps": args.stereo_steps,
-                                                                 "warmup_steps": min(20, args.stereo_steps // 10)})
+            cfg = train_config(
+                args,
+                work / "run_stereo",
+                optim={"max_steps": args.stereo_steps, "warmup_steps": min(20, args.stereo_steps // 10)},
+            )
             base = evaluate(untrained(cfg), cfg, data_root, ["synth3d", "synth"])
             model, info = run_fit(cfg, manifests(data_root, "synth3d"))
             trained = evaluate(model, cfg, data_root, ["synth3d", "synth"])
             out["stereo"] = {
                 "untrained": pick(base, "synth3d/stereo"),
                 "trained": {**pick(trained, "synth3d/stereo"), "train": info},
-                "abs_rel_vs_untrained": round(pick(trained, "synth3d/stereo")["abs_rel"]
-                                              / pick(base, "synth3d/stereo")["abs_rel"], 3),
+                "abs_rel_vs_untrained": round(
+                    pick(trained, "synth3d/stereo")["abs_rel"] / pick(base, "synth3d/stereo")["abs_rel"], 3
+                ),
                 # The stereo-trained net on the held-out mono scenes' rendered depth (lsq-aligned AbsRel).
                 "on_mono_val_depth": {"untrained": pick(base, "synth/video"), "trained": pick(trained, "synth/video")},
             }

@@ -22,6 +22,7 @@ processes (workers and main) spend per batch are reported too (from /proc), and 
 (the shard builder told the plan, so row-group reads and decoded-frame reuse are included), and one
 row-group read. The page cache is warm for both (the files were just written): a cold cache is not simulated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.video.ingest import ingest_video  # noqa: E402
-from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
+from pipeline.video.ingest import ingest_video  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, ShardReader, ShardStream, make_loader  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
@@ -66,17 +67,20 @@ def build_dataset(work: Path, videos: int, seconds: float, width: int, height: i
     sources = work / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     root = DataRoot(work / "data")
-    cfg = load_config(overrides={
-        "sample": {"fps": FPS, "max_height": None, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
-        "split": {"train_fraction": 1.0, "gap_frames": 0},
-    })
+    cfg = load_config(
+        overrides={
+            "sample": {"fps": FPS, "max_height": None, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
+            "split": {"train_fraction": 1.0, "gap_frames": 0},
+        }
+    )
     kept = 0
     for i in range(videos):
         spec = SceneSpec(width=width, height=height, fps=FPS, duration_s=seconds, seed=300 + i)
         path = render_video(spec, sources / f"v{i}.mp4")
         fx, fy, cx, cy = normalized_intrinsics(spec)
-        entry = CatalogEntry(video_id=f"v{i}", url=f"file://{path}", dataset="bench", category="natural",
-                             fx=fx, fy=fy, cx=cx, cy=cy)
+        entry = CatalogEntry(
+            video_id=f"v{i}", url=f"file://{path}", dataset="bench", category="natural", fx=fx, fy=fy, cx=cx, cy=cy
+        )
         record = ingest_video(entry, path, root, cfg)
         if record["status"] != "ok":
             raise RuntimeError(f"ingest of v{i} failed: {record}")
@@ -140,16 +144,21 @@ class ShuffledBatches(Sampler):
         for epoch in itertools.count():
             order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
             for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                yield order[start:start + self.batch_size]
+                yield order[start : start + self.batch_size]
 
 
 def folder_loader(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray) -> DataLoader:
     data = cfg.data
     rows = np.flatnonzero(plan.eligible)
     workers = data.num_workers
-    return DataLoader(FolderDataset(plan, data, paths), batch_size=None,
-                      sampler=ShuffledBatches(rows, data.batch_size, data.seed), num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None)
+    return DataLoader(
+        FolderDataset(plan, data, paths),
+        batch_size=None,
+        sampler=ShuffledBatches(rows, data.batch_size, data.seed),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if workers else None,
+    )
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -186,8 +195,13 @@ def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, floa
     cpu = sum(_proc_cpu_s(pid) for pid in pids) + time.process_time() - cpu_from
     peak = max((_proc_peak_rss_mb(pid) for pid in pids), default=float("nan"))
     del iterator  # shuts the workers down
-    return {"first_batch_s": first, "samples_per_s": samples / elapsed, "batches_per_s": batches / elapsed,
-            "cpu_s_per_batch": cpu / batches, "worker_peak_rss_mb": peak}
+    return {
+        "first_batch_s": first,
+        "samples_per_s": samples / elapsed,
+        "batches_per_s": batches / elapsed,
+        "cpu_s_per_batch": cpu / batches,
+        "worker_peak_rss_mb": peak,
+    }
 
 
 def in_process(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray, batches: int) -> dict[str, Any]:
@@ -210,12 +224,15 @@ def in_process(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray, batches: in
         start = time.perf_counter()
         ShardReader(1).row(path, 0, 0, stereo=False)
         group_reads.append(time.perf_counter() - start)
-    return {"batches": len(planned), "shard_s_per_batch": round(min(times["shard"]), 4),
-            "folder_s_per_batch": round(min(times["folder"]), 4),
-            "shard_cpu_s_per_batch": round(min(times["shard_cpu"]), 4),
-            "folder_cpu_s_per_batch": round(min(times["folder_cpu"]), 4),
-            "shard_decoded_frame_reuse": round(frames.hits / max(1, frames.hits + frames.misses), 3),
-            "row_group_read_s": round(statistics.median(group_reads), 3)}
+    return {
+        "batches": len(planned),
+        "shard_s_per_batch": round(min(times["shard"]), 4),
+        "folder_s_per_batch": round(min(times["folder"]), 4),
+        "shard_cpu_s_per_batch": round(min(times["shard_cpu"]), 4),
+        "folder_cpu_s_per_batch": round(min(times["folder_cpu"]), 4),
+        "shard_decoded_frame_reuse": round(frames.hits / max(1, frames.hits + frames.misses), 3),
+        "row_group_read_s": round(statistics.median(group_reads), 3),
+    }
 
 
 def train_step_time(cfg: TrainConfig, steps: int, encoder: str, pose_encoder: str) -> dict[str, Any]:
@@ -227,8 +244,12 @@ def train_step_time(cfg: TrainConfig, steps: int, encoder: str, pose_encoder: st
     model = DepthTraining(model_cfg, cfg.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     b, h, w = cfg.data.batch_size, cfg.data.height, cfg.data.width
-    batch = {"kind": "video", "image": torch.rand(b, 3, h, w), "supports": torch.rand(b, 2, 3, h, w),
-             "intrinsics": torch.tensor([[0.7, 1.2, 0.5, 0.5]] * b)}
+    batch = {
+        "kind": "video",
+        "image": torch.rand(b, 3, h, w),
+        "supports": torch.rand(b, 2, 3, h, w),
+        "intrinsics": torch.tensor([[0.7, 1.2, 0.5, 0.5]] * b),
+    }
     times = []
     for _ in range(steps + 1):  # the first step warms up allocators
         start = time.perf_counter()
@@ -236,8 +257,13 @@ def train_step_time(cfg: TrainConfig, steps: int, encoder: str, pose_encoder: st
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    return {"encoder": encoder, "pose_encoder": pose_encoder, "torch_threads": torch.get_num_threads(),
-            "step_s": round(statistics.median(times[1:]), 3), "steps_timed": steps}
+    return {
+        "encoder": encoder,
+        "pose_encoder": pose_encoder,
+        "torch_threads": torch.get_num_threads(),
+        "step_s": round(statistics.median(times[1:]), 3),
+        "steps_timed": steps,
+    }
 
 
 def main() -> None:
@@ -252,8 +278,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each loader, alternating")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per round")
     parser.add_argument("--warmup", type=int, default=5, help="batches skipped per round before timing")
-    parser.add_argument("--in-process-batches", type=int, default=30,
-                        help="also time building batches in the main process, no DataLoader (0: skip)")
+    parser.add_argument(
+        "--in-process-batches",
+        type=int,
+        default=30,
+        help="also time building batches in the main process, no DataLoader (0: skip)",
+    )
     parser.add_argument("--train-steps", type=int, default=2, help="training steps timed for context (0: skip)")
     parser.add_argument("--encoder", default="convnext_atto", help="depth encoder of the training step")
     parser.add_argument("--pose-encoder", default="resnet18")
@@ -285,33 +315,49 @@ def main() -> None:
         rounds: dict[str, list[dict[str, float]]] = {"shard": [], "folder": []}
         for _ in range(args.rounds):
             for name in ("shard", "folder"):
-                loader = (make_loader(ShardStream(plan, cfg.data)) if name == "shard"
-                          else folder_loader(plan, cfg, paths))
+                loader = (
+                    make_loader(ShardStream(plan, cfg.data)) if name == "shard" else folder_loader(plan, cfg, paths)
+                )
                 rounds[name].append(time_loader(loader, args.warmup, args.batches))
         result: dict[str, Any] = {}
         for name, runs in rounds.items():
             sps = statistics.median(r["samples_per_s"] for r in runs)
             bps = statistics.median(r["batches_per_s"] for r in runs)
-            result[name] = {"samples_per_s": round(sps, 1), "rounds_samples_per_s": [round(r["samples_per_s"], 1)
-                                                                                     for r in runs],
-                            "s_per_batch": round(1.0 / bps, 4),
-                            "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 3),
-                            "cpu_s_per_batch": round(statistics.median(r["cpu_s_per_batch"] for r in runs), 4),
-                            "worker_peak_rss_mb": round(max(r["worker_peak_rss_mb"] for r in runs), 1)}
+            result[name] = {
+                "samples_per_s": round(sps, 1),
+                "rounds_samples_per_s": [round(r["samples_per_s"], 1) for r in runs],
+                "s_per_batch": round(1.0 / bps, 4),
+                "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 3),
+                "cpu_s_per_batch": round(statistics.median(r["cpu_s_per_batch"] for r in runs), 4),
+                "worker_peak_rss_mb": round(max(r["worker_peak_rss_mb"] for r in runs), 1),
+            }
         single = in_process(plan, cfg, paths, args.in_process_batches) if args.in_process_batches else None
         out = {
-            "setup": {"videos": args.videos, "frame_size": f"{width}x{height}", "train_size": f"{train_h}x{train_w}",
-                      "batch_size": args.batch_size, "workers": args.workers, "supports": 2,
-                      "decode_cache_mb": cfg.data.decode_cache_mb,
-                      "rounds": args.rounds, "batches_per_round": args.batches, "warmup_batches": args.warmup,
-                      **dataset, **folder, "cpu_count": os.cpu_count(), "build_s": round(build_s, 1)},
-            "shard": result["shard"], "folder": result["folder"],
+            "setup": {
+                "videos": args.videos,
+                "frame_size": f"{width}x{height}",
+                "train_size": f"{train_h}x{train_w}",
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "supports": 2,
+                "decode_cache_mb": cfg.data.decode_cache_mb,
+                "rounds": args.rounds,
+                "batches_per_round": args.batches,
+                "warmup_batches": args.warmup,
+                **dataset,
+                **folder,
+                "cpu_count": os.cpu_count(),
+                "build_s": round(build_s, 1),
+            },
+            "shard": result["shard"],
+            "folder": result["folder"],
             "ratio_shard_to_folder": round(result["shard"]["samples_per_s"] / result["folder"]["samples_per_s"], 3),
             # CPU per batch, folder over shard: > 1 means the shard loader needs less CPU for the same batches.
-            "cpu_ratio_folder_to_shard": round(result["folder"]["cpu_s_per_batch"]
-                                               / result["shard"]["cpu_s_per_batch"], 3),
+            "cpu_ratio_folder_to_shard": round(
+                result["folder"]["cpu_s_per_batch"] / result["shard"]["cpu_s_per_batch"], 3
+            ),
             "note": "page cache warm for both loaders (files just written); a cold cache / network storage is "
-                    "not simulated. Each loaded sample decodes 3 JPEGs (target + 2 supports).",
+            "not simulated. Each loaded sample decodes 3 JPEGs (target + 2 supports).",
         }
         if single is not None:
             out["in_process"] = single

@@ -11,6 +11,7 @@ Medians over rounds and the ratios s3/local are reported. The server is moto (Py
 machine, sharing its CPUs): the figures bound the client-side overhead of the object-store path, they are not
 a measurement of S3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,12 @@ ensure_torchvision()
 
 import requests  # noqa: E402
 
-from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.video.ingest import ingest_video  # noqa: E402
-from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.io.data_root import DataRoot  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
+from pipeline.video.ingest import ingest_video  # noqa: E402
 from trainer.config import load_train_config  # noqa: E402
 from trainer.data import ShardStream, make_loader  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
@@ -51,8 +52,11 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -96,21 +100,43 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     server, endpoint = start_moto()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="bench-objectstore-") as work:
             work = Path(work)
-            cfg = load_config(overrides={"sample": {"fps": 10, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None,
-                                                    "max_height": height},
-                                         "split": {"train_fraction": 1.0, "gap_frames": 0}})
+            cfg = load_config(
+                overrides={
+                    "sample": {"fps": 10, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None, "max_height": height},
+                    "split": {"train_fraction": 1.0, "gap_frames": 0},
+                }
+            )
             videos = []
             for i in range(args.videos):
                 spec = SceneSpec(width=width, height=height, fps=30.0, duration_s=args.seconds, seed=40 + i)
                 fx, fy, cx, cy = normalized_intrinsics(spec)
                 path = render_video(spec, work / "src" / f"v{i}.mp4")
-                videos.append((CatalogEntry(video_id=f"v{i}", url=f"file://{path}", dataset="bench",
-                                            category="natural", fx=fx, fy=fy, cx=cx, cy=cy), path))
+                videos.append(
+                    (
+                        CatalogEntry(
+                            video_id=f"v{i}",
+                            url=f"file://{path}",
+                            dataset="bench",
+                            category="natural",
+                            fx=fx,
+                            fy=fy,
+                            cx=cx,
+                            cy=cy,
+                        ),
+                        path,
+                    )
+                )
             import fsspec.core
 
             bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -133,15 +159,25 @@ def main() -> None:
         server.wait(timeout=30)
     curate_s = {k: round(statistics.median(v), 3) for k, v in times.items()}
     batches_s = {k: round(statistics.median(v), 2) for k, v in rates.items()}
-    print(json.dumps({
-        "videos": args.videos, "seconds_each": args.seconds, "size": args.size, "rounds": args.rounds,
-        "shard_bytes": sum(s["bytes"] for s in shards), "samples": sum(s["rows"] for s in shards),
-        "ingest_publish_s": curate_s, "ingest_publish_ratio_s3_over_local": round(curate_s["s3"] / curate_s["local"], 3),
-        "loader_batches_per_s": batches_s,
-        "loader_ratio_s3_over_local": round(batches_s["s3"] / batches_s["local"], 3),
-        "batch": {"size": 8, "height": 192, "width": 320, "workers": 2},
-        "all_rounds": {"ingest_publish_s": times, "loader_batches_per_s": rates},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "videos": args.videos,
+                "seconds_each": args.seconds,
+                "size": args.size,
+                "rounds": args.rounds,
+                "shard_bytes": sum(s["bytes"] for s in shards),
+                "samples": sum(s["rows"] for s in shards),
+                "ingest_publish_s": curate_s,
+                "ingest_publish_ratio_s3_over_local": round(curate_s["s3"] / curate_s["local"], 3),
+                "loader_batches_per_s": batches_s,
+                "loader_ratio_s3_over_local": round(batches_s["s3"] / batches_s["local"], 3),
+                "batch": {"size": 8, "height": 192, "width": 320, "workers": 2},
+                "all_rounds": {"ingest_publish_s": times, "loader_batches_per_s": rates},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ server's process tree (sampled every 0.25 s) and of its main process (VmHWM), an
 the summed RSS and PSS of all its processes (PSS counts shared buffers once); CPU seconds of the server and of
 PostgreSQL from their start to the end of the load (steadier than wall time on a shared machine). Ratios are PostgreSQL / SQLite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,26 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from flows.local_services import (
+    build_load_sources,
+    create_flow_run,
+    database_trouble,
+    deploy_all,  # noqa: E402
+    install_postgres,
+    postgres_server,
+    prefect_server,
+    run_flow_runs,
+    write_load_catalog,
+    write_load_config,
+)
 from pipeline.synthetic.demo import serve_directory  # noqa: E402
-from flows.local_services import (build_load_sources, create_flow_run, database_trouble, deploy_all,  # noqa: E402
-                              install_postgres, postgres_server, prefect_server, run_flow_runs, write_load_catalog,
-                              write_load_config)
 
 MB = 2**20
 
@@ -78,9 +88,11 @@ def _proc_kb(path: str, key: str) -> int:
 
 def tree_memory(root: int) -> dict[str, float]:
     pids = process_tree(root)
-    return {"rss_mb": sum(_proc_kb(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024,
-            "pss_mb": sum(_proc_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids) / 1024,
-            "processes": len(pids)}
+    return {
+        "rss_mb": sum(_proc_kb(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024,
+        "pss_mb": sum(_proc_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids) / 1024,
+        "processes": len(pids),
+    }
 
 
 class PeakSampler:
@@ -92,7 +104,7 @@ class PeakSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -113,8 +125,9 @@ def flow_run(api_url: str, run_id: str) -> dict:
         return json.load(response)
 
 
-def run_load(backend: str, work: Path, base_url: str, names: list[str], second: int, workers: int,
-             pg_bin: Path | None) -> dict:
+def run_load(
+    backend: str, work: Path, base_url: str, names: list[str], second: int, workers: int, pg_bin: Path | None
+) -> dict:
     """Both flow runs against a fresh server of `backend`; returns the figures."""
     work.mkdir(parents=True)
     config = write_load_config(work / "load.yaml", workers)
@@ -123,9 +136,12 @@ def run_load(backend: str, work: Path, base_url: str, names: list[str], second: 
     with _database(backend, pg_bin) as database:
         with prefect_server(work / "home", database.url if database else None) as server:
             deploy_all(server.env)
-            runs = [create_flow_run(server.env, "curate/slowtv", f"catalog={catalog}", f"data_root={root}",
-                                    f"config={config}")
-                    for catalog, root in ((main_catalog, work / "data_main"), (second_catalog, work / "data_second"))]
+            runs = [
+                create_flow_run(
+                    server.env, "curate/slowtv", f"catalog={catalog}", f"data_root={root}", f"config={config}"
+                )
+                for catalog, root in ((main_catalog, work / "data_main"), (second_catalog, work / "data_second"))
+            ]
             roots = {"server": lambda: server.pid}
             if database:
                 roots["postgres"] = database.pid
@@ -138,8 +154,10 @@ def run_load(backend: str, work: Path, base_url: str, names: list[str], second: 
             details = [flow_run(server.env["PREFECT_API_URL"], run_id) for run_id in runs]
         trouble = database_trouble(server.log)
         errors = [line for line in server.log.read_text(errors="replace").splitlines() if "ERROR" in line]
-    counts = [json.loads((work / root / "dataset.json").read_text())["counts"]["videos"]
-              for root in ("data_main", "data_second")]
+    counts = [
+        json.loads((work / root / "dataset.json").read_text())["counts"]["videos"]
+        for root in ("data_main", "data_second")
+    ]
     result = {
         "wall_s": round(wall, 1),
         "flow_run_s": [round(d["total_run_time"], 1) for d in details],
@@ -180,13 +198,19 @@ def main() -> None:
         sources = Path(tmp) / "sources"
         names = build_load_sources(sources, args.videos)
         with serve_directory(sources) as base_url:
-            figures = {backend: run_load(backend, Path(tmp) / backend, base_url, names, args.second, args.workers,
-                                         pg_bin)
-                       for backend in ("sqlite", "postgres")}
+            figures = {
+                backend: run_load(backend, Path(tmp) / backend, base_url, names, args.second, args.workers, pg_bin)
+                for backend in ("sqlite", "postgres")
+            }
     pg, lite = figures["postgres"], figures["sqlite"]
     report = {
-        "setup": {"videos": args.videos, "second_run_videos": args.second, "run_workers": args.workers,
-                  "video": "1 s, 64x36, 10 fps H.264, sampled at 5 fps", "postgres_bin": str(pg_bin)},
+        "setup": {
+            "videos": args.videos,
+            "second_run_videos": args.second,
+            "run_workers": args.workers,
+            "video": "1 s, 64x36, 10 fps H.264, sampled at 5 fps",
+            "postgres_bin": str(pg_bin),
+        },
         **figures,
         "ratios_postgres_over_sqlite": {
             "wall_s": round(pg["wall_s"] / lite["wall_s"], 3),

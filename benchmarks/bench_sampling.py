@@ -8,11 +8,11 @@
 Both are reported as source-video seconds per wall-clock second, run back to back, with their ratio.
 (c) peak RSS of the sampling stage on a short and a long (>= 10 min) video: it should not grow with length.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,8 +50,24 @@ def make_video(workdir: Path, name: str, width: int, height: int, seconds: float
         render_video(SceneSpec(width=width, height=height, fps=30.0, duration_s=10.0, seed=11), clip)
     video = workdir / f"{name}.mp4"
     if not video.exists():
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", "-1", "-i", str(clip),
-                        "-t", str(seconds), "-c", "copy", str(video)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-stream_loop",
+                "-1",
+                "-i",
+                str(clip),
+                "-t",
+                str(seconds),
+                "-c",
+                "copy",
+                str(video),
+            ],
+            check=True,
+        )
     return video
 
 
@@ -62,8 +78,13 @@ def decode_only(video: Path) -> float:
 
 
 def sampling_stage(video: Path, out: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(video), str(out)], check=True,
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(video), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -80,24 +101,36 @@ def main() -> None:
         decode_s = decode_only(video)
         stage = sampling_stage(video, Path(tmp) / "out_hd")
         throughput = {
-            "video": "1280x720 H.264 30 fps synthetic", "source_seconds": args.seconds,
+            "video": "1280x720 H.264 30 fps synthetic",
+            "source_seconds": args.seconds,
             "decode_only_source_s_per_s": round(args.seconds / decode_s, 2),
             "pipeline_source_s_per_s": round(args.seconds / stage["wall_s"], 2),
-            "output_fps": 10, "frames_sampled": stage["frames_decoded"], "frames_kept": stage["frames_kept"],
+            "output_fps": 10,
+            "frames_sampled": stage["frames_decoded"],
+            "frames_kept": stage["frames_kept"],
         }
-        throughput["ratio_pipeline_to_decode"] = round(throughput["pipeline_source_s_per_s"]
-                                                       / throughput["decode_only_source_s_per_s"], 3)
+        throughput["ratio_pipeline_to_decode"] = round(
+            throughput["pipeline_source_s_per_s"] / throughput["decode_only_source_s_per_s"], 3
+        )
         memory = []
         for minutes in (args.long_minutes / 4, args.long_minutes):
             long_video = make_video(workdir, f"sd_{minutes:g}min", 640, 360, minutes * 60)
             run = sampling_stage(long_video, Path(tmp) / f"out_{minutes:g}")
-            memory.append({"minutes": minutes, "frames_sampled": run["frames_decoded"],
-                           "peak_rss_mb": round(run["peak_rss_mb"], 1),
-                           "ffmpeg_peak_rss_mb": round(run["ffmpeg_peak_rss_mb"], 1),
-                           "source_s_per_s": round(minutes * 60 / run["wall_s"], 2)})
+            memory.append(
+                {
+                    "minutes": minutes,
+                    "frames_sampled": run["frames_decoded"],
+                    "peak_rss_mb": round(run["peak_rss_mb"], 1),
+                    "ffmpeg_peak_rss_mb": round(run["ffmpeg_peak_rss_mb"], 1),
+                    "source_s_per_s": round(minutes * 60 / run["wall_s"], 2),
+                }
+            )
         memory_growth = round(memory[1]["peak_rss_mb"] / memory[0]["peak_rss_mb"], 3)
-        print(json.dumps({"throughput": throughput, "memory": memory,
-                          "peak_rss_ratio_long_to_short": memory_growth}, indent=2))
+        print(
+            json.dumps(
+                {"throughput": throughput, "memory": memory, "peak_rss_ratio_long_to_short": memory_growth}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

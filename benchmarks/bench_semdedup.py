@@ -16,6 +16,7 @@ Measurements run in subprocesses with OPENBLAS_NUM_THREADS=--blas-threads (defau
 2-core machine, two BLAS threads made a 172x512 product 30-100x slower (spin-waiting for a core) and large ones
 no faster; give a dedicated machine its core count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def synthetic(n: int, seed: int = 0, copy_fraction: float = 0.03) -> np.ndarray:
         copies = copies[copies > 0]
         sources = rng.integers(0, copies, len(copies))  # an earlier row of the chunk
         rows[copies] = _near(rng, rows[sources], rng.uniform(0.02, 0.07, len(copies)).astype(np.float32))
-        out[start:start + m] = rows
+        out[start : start + m] = rows
     return out
 
 
@@ -73,10 +74,15 @@ def measure(n: int, brute: bool) -> dict:
     wall = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    figures = {"n": n, "clusters": result.clusters, "seconds": round(wall, 2),
-               "input_mb": round(vectors.nbytes / 2**20, 1), "semdedup_peak_alloc_mb": round(peak / 2**20, 1),
-               "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "dropped": int((result.duplicate_of >= 0).sum())}
+    figures = {
+        "n": n,
+        "clusters": result.clusters,
+        "seconds": round(wall, 2),
+        "input_mb": round(vectors.nbytes / 2**20, 1),
+        "semdedup_peak_alloc_mb": round(peak / 2**20, 1),
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "dropped": int((result.duplicate_of >= 0).sum()),
+    }
     if brute:
         t0 = time.perf_counter()
         baseline, _ = greedy_dedup(unit_rows(vectors), 0.99)
@@ -94,21 +100,25 @@ def planted_quality(n_base: int = 50_000, groups: int = 3000, negatives: int = 3
     group_of, extra = [], []
     for g, i in enumerate(originals[:groups]):
         k = int(rng.integers(1, 5))
-        extra.append(_near(rng, np.repeat(base[i:i + 1], k, axis=0), rng.uniform(0.02, 0.07, k).astype(np.float32)))
+        extra.append(_near(rng, np.repeat(base[i : i + 1], k, axis=0), rng.uniform(0.02, 0.07, k).astype(np.float32)))
         group_of += [g] * k
     hard = _near(rng, base[originals[groups:]], rng.uniform(0.18, 0.30, negatives).astype(np.float32))
     vectors = np.vstack([base, *extra, hard])
     labels = np.full(len(vectors), -1)
     labels[originals[:groups]] = np.arange(groups)
-    labels[n_base:n_base + len(group_of)] = group_of
+    labels[n_base : n_base + len(group_of)] = group_of
     order = rng.permutation(len(vectors))  # copies scattered through the corpus, before or after originals
     vectors, labels = vectors[order].astype(np.float16), labels[order]
     truth = np.zeros(len(vectors), bool)
     for g in range(groups):
         members = np.flatnonzero(labels == g)
         truth[members[1:]] = True  # the earliest member of each group is the one kept
-    figures = {"rows": len(vectors), "groups": groups, "planted_duplicates": int(truth.sum()),
-               "hard_negatives": negatives}
+    figures = {
+        "rows": len(vectors),
+        "groups": groups,
+        "planted_duplicates": int(truth.sum()),
+        "hard_negatives": negatives,
+    }
     for epsilon in (0.005, 0.01, 0.02):
         t0 = time.perf_counter()
         dropped = semdedup(vectors, epsilon, seed=0).duplicate_of >= 0
@@ -121,8 +131,11 @@ def planted_quality(n_base: int = 50_000, groups: int = 3000, negatives: int = 3
 
 def _scores(dropped: np.ndarray, truth: np.ndarray) -> dict:
     hits = int((dropped & truth).sum())
-    return {"dropped": int(dropped.sum()), "precision": round(hits / max(1, int(dropped.sum())), 4),
-            "recall": round(hits / max(1, int(truth.sum())), 4)}
+    return {
+        "dropped": int(dropped.sum()),
+        "precision": round(hits / max(1, int(dropped.sum())), 4),
+        "recall": round(hits / max(1, int(truth.sum())), 4),
+    }
 
 
 def main() -> None:
@@ -142,8 +155,13 @@ def main() -> None:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads), "OMP_NUM_THREADS": str(args.blas_threads)}
 
     def child(*flags: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, *flags, "--brute-max", str(args.brute_max)], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *flags, "--brute-max", str(args.brute_max)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
     scaling = []
@@ -152,9 +170,20 @@ def main() -> None:
         print(json.dumps(scaling[-1]), file=sys.stderr)
     for previous, current in zip(scaling, scaling[1:]):  # growth exponent between neighbouring sizes
         current["time_exponent_vs_previous"] = round(
-            float(np.log(current["seconds"] / previous["seconds"]) / np.log(current["n"] / previous["n"])), 2)
-    print(json.dumps({"dim": DIM, "epsilon": 0.01, "blas_threads": args.blas_threads, "scaling": scaling,
-                      "quality": child("--quality")}, indent=2))
+            float(np.log(current["seconds"] / previous["seconds"]) / np.log(current["n"] / previous["n"])), 2
+        )
+    print(
+        json.dumps(
+            {
+                "dim": DIM,
+                "epsilon": 0.01,
+                "blas_threads": args.blas_threads,
+                "scaling": scaling,
+                "quality": child("--quality"),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ compared at the same density, each keeping its most left-right-consistent pixels
 Speed: pairs per second at 940x400 and 1880x800 for the two bare flow calls, and for the whole per-pair
 stage (flows, checks, sky, disparity and mask PNGs, JPEG, Parquet row), in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.media.codecs import encode_jpeg  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.io.parquet_writer import PartWriter  # noqa: E402
+from pipeline.media.codecs import encode_jpeg  # noqa: E402
+from pipeline.schema import SHARD_SCHEMA  # noqa: E402
 from pipeline.stereo.disparity import pixel_checks, summarize  # noqa: E402
 from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows  # noqa: E402
-from pipeline.io.parquet_writer import PartWriter  # noqa: E402
-from pipeline.schema import SHARD_SCHEMA  # noqa: E402
-from pipeline.stereo.sky import make_sky_detector  # noqa: E402
 from pipeline.stereo.processor import StereoProcessor  # noqa: E402
+from pipeline.stereo.sky import make_sky_detector  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames  # noqa: E402
 
 
@@ -52,16 +53,29 @@ def stereo_pairs(n: int, width: int, height: int, seed0: int = 100):
 
 def sgbm(left: np.ndarray, right: np.ndarray, lr_max_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disparity (x_right = x_left - d), valid mask from SGBM's own LR check, and the LR error."""
-    matcher = cv2.StereoSGBM_create(minDisparity=-16, numDisparities=64, blockSize=5, P1=8 * 3 * 25,
-                                    P2=32 * 3 * 25, uniquenessRatio=5, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+    matcher = cv2.StereoSGBM_create(
+        minDisparity=-16,
+        numDisparities=64,
+        blockSize=5,
+        P1=8 * 3 * 25,
+        P2=32 * 3 * 25,
+        uniquenessRatio=5,
+        mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+    )
     d_left = matcher.compute(left, right).astype(np.float32) / 16
     # Right-view disparity from the mirrored pair: d_R(x) with x_left = x_right + d_R.
     d_right = np.fliplr(matcher.compute(np.fliplr(right).copy(), np.fliplr(left).copy()).astype(np.float32) / 16)
     h, w = d_left.shape
     missing = -16 - 1
     map_x = np.arange(w, dtype=np.float32)[None, :] - d_left
-    back = cv2.remap(d_right, map_x, np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1), cv2.INTER_NEAREST,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=1e6)
+    back = cv2.remap(
+        d_right,
+        map_x,
+        np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1),
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=1e6,
+    )
     error = np.abs(d_left - back)
     valid = (d_left > missing) & (back > missing) & (error <= lr_max_px)
     return d_left, valid, error
@@ -69,10 +83,12 @@ def sgbm(left: np.ndarray, right: np.ndarray, lr_max_px: float) -> tuple[np.ndar
 
 def metrics(estimate: np.ndarray, truth: np.ndarray, kept: np.ndarray, scored: np.ndarray) -> dict:
     error = np.abs(estimate - truth)[kept & scored]
-    return {"epe_px": round(float(error.mean()), 3) if error.size else None,
-            "over_1px": round(float((error > 1).mean()), 4) if error.size else None,
-            "over_3px": round(float((error > 3).mean()), 4) if error.size else None,
-            "density": round(float((kept & scored).sum() / scored.sum()), 4)}
+    return {
+        "epe_px": round(float(error.mean()), 3) if error.size else None,
+        "over_1px": round(float((error > 1).mean()), 4) if error.size else None,
+        "over_3px": round(float((error > 3).mean()), 4) if error.size else None,
+        "density": round(float((kept & scored).sum() / scored.sum()), 4),
+    }
 
 
 def top_fraction(valid: np.ndarray, confidence: np.ndarray, scored: np.ndarray, density: float) -> np.ndarray:
@@ -103,15 +119,18 @@ def accuracy(n_scenes: int) -> dict:
         rows["sgbm"].append(metrics(d_sgbm, truth, sgbm_kept, scored))
         density = min(rows["flow"][-1]["density"], rows["sgbm"][-1]["density"])
         conf_flow = -checks.lr_error
-        rows["flow_matched"].append(metrics(result.disparity, truth,
-                                            top_fraction(flow_kept, conf_flow, scored, density), scored))
-        rows["sgbm_matched"].append(metrics(d_sgbm, truth, top_fraction(sgbm_kept, -sgbm_err, scored, density),
-                                            scored))
+        rows["flow_matched"].append(
+            metrics(result.disparity, truth, top_fraction(flow_kept, conf_flow, scored, density), scored)
+        )
+        rows["sgbm_matched"].append(metrics(d_sgbm, truth, top_fraction(sgbm_kept, -sgbm_err, scored, density), scored))
         inter = (sky_mask & frame.sky_mask).sum()
         union = (sky_mask | frame.sky_mask).sum()
         rows["sky_iou"].append(float(inter / union) if union else 1.0)
-    mean = {key: {m: round(float(np.mean([r[m] for r in values if r[m] is not None])), 4)
-                  for m in values[0]} for key, values in rows.items() if key != "sky_iou"}
+    mean = {
+        key: {m: round(float(np.mean([r[m] for r in values if r[m] is not None])), 4) for m in values[0]}
+        for key, values in rows.items()
+        if key != "sky_iou"
+    }
     mean["sky_iou"] = round(float(np.mean(rows["sky_iou"])), 4)
     mean["sky_iou_min"] = round(float(np.min(rows["sky_iou"])), 4)
     mean["scenes"] = n_scenes
@@ -134,13 +153,31 @@ def speed(width: int, height: int, n_pairs: int) -> dict:
         for i, (left, right) in enumerate(pairs):
             (outcome,) = processor.process([left], [right])
             jpeg = encode_jpeg(left)
-            writer.add({"sample_id": f"b/{i}", "dataset": "b", "video_id": "b", "category": "natural", "clip_id": 0,
-                        "frame_index": i, "timestamp_s": 0.0, "split": "train", "width": width, "height": height,
-                        "image": jpeg, **outcome.columns})
+            writer.add(
+                {
+                    "sample_id": f"b/{i}",
+                    "dataset": "b",
+                    "video_id": "b",
+                    "category": "natural",
+                    "clip_id": 0,
+                    "frame_index": i,
+                    "timestamp_s": 0.0,
+                    "split": "train",
+                    "width": width,
+                    "height": height,
+                    "image": jpeg,
+                    **outcome.columns,
+                }
+            )
         writer.close()
         full = time.perf_counter() - start
-    return {"size": f"{width}x{height}", "pairs": n_pairs, "flow_pairs_per_s": round(n_pairs / bare, 2),
-            "pipeline_pairs_per_s": round(n_pairs / full, 2), "overhead_over_flow": round(full / bare - 1, 3)}
+    return {
+        "size": f"{width}x{height}",
+        "pairs": n_pairs,
+        "flow_pairs_per_s": round(n_pairs / bare, 2),
+        "pipeline_pairs_per_s": round(n_pairs / full, 2),
+        "overhead_over_flow": round(full / bare - 1, 3),
+    }
 
 
 def main() -> None:
@@ -148,9 +185,15 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--speed-pairs", type=int, default=10)
     args = parser.parse_args()
-    print(json.dumps({"accuracy_940x400": accuracy(args.scenes),
-                      "speed": [speed(940, 400, args.speed_pairs), speed(1880, 800, max(3, args.speed_pairs // 3))]},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "accuracy_940x400": accuracy(args.scenes),
+                "speed": [speed(940, 400, args.speed_pairs), speed(1880, 800, max(3, args.speed_pairs // 3))],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

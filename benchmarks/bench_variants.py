@@ -21,6 +21,7 @@ world-moving boxes (`moving_world`) and of the box riding with the camera (`with
 net's translation direction (bench_learning's `pose_check`), and each variant's AbsRel over the baseline's.
 A ratio below 1 is only a finding if it is clear of run-to-run noise: one seed, short runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,20 +36,29 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_learning import (FPS, RENDER_H, RENDER_W, add_training_arguments, build_dataset, manifests, pick,  # noqa: E402
-                            pose_check, run_fit, train_config, untrained)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_learning import (
+    FPS,
+    RENDER_H,
+    RENDER_W,
+    add_training_arguments,
+    build_dataset,
+    manifests,
+    pose_check,
+    run_fit,
+    train_config,
+    untrained,
+)
 
 from pipeline.io.storage import write_bytes_atomic  # noqa: E402
-from trainer.train import LAST  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import GroundTruth, resize_nearest  # noqa: E402
 from trainer.evaluate import evaluation_batches  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
 from trainer.metrics import depth_metrics_per_image  # noqa: E402
 from trainer.plan import EpochPlan  # noqa: E402
+from trainer.train import LAST  # noqa: E402
 
 VARIANTS = ("baseline", "explainability", "aquanet", "zoom", "positional", "spimo")
 REGIONS = ("overall", "moving", "moving_world", "with_camera")
@@ -81,16 +91,24 @@ def evaluate_regions(model: torch.nn.Module, cfg: TrainConfig, data_root: Path) 
     model.eval()
     per_image: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in REGIONS}
     pixels = dict.fromkeys(REGIONS, 0)
-    for batch, codes in zip(evaluation_batches(plan, cfg, GroundTruth(directory)),
-                            evaluation_batches(plan, cfg, ObjectCodes(directory))):
+    for batch, codes in zip(
+        evaluation_batches(plan, cfg, GroundTruth(directory)), evaluation_batches(plan, cfg, ObjectCodes(directory))
+    ):
         assert batch["sample_id"] == codes["sample_id"]
         gt, code = batch["gt_depth"], codes["gt_depth"]
         pred = 1.0 / model.predict_disparity(batch["image"]).float().clamp_min(1e-6)
-        regions = {"overall": None, "moving": code > _SCENE, "moving_world": code == _WORLD,
-                   "with_camera": code == _ATTACHED}
+        regions = {
+            "overall": None,
+            "moving": code > _SCENE,
+            "moving_world": code == _WORLD,
+            "with_camera": code == _ATTACHED,
+        }
         for region, mask in regions.items():
-            per_image[region].append(depth_metrics_per_image(pred, gt, torch.isfinite(gt), cfg.eval.min_depth,
-                                                             cfg.eval.max_depth, cfg.eval.alignment, mask))
+            per_image[region].append(
+                depth_metrics_per_image(
+                    pred, gt, torch.isfinite(gt), cfg.eval.min_depth, cfg.eval.max_depth, cfg.eval.alignment, mask
+                )
+            )
             pixels[region] += int(torch.isfinite(gt).sum() if mask is None else (mask & torch.isfinite(gt)).sum())
     out: dict[str, Any] = {}
     for region, rows in per_image.items():
@@ -144,37 +162,67 @@ def main() -> None:
         if cache.is_file() and json.loads(cache.read_text())["key"] == key:
             dataset = json.loads(cache.read_text())["dataset"]
         else:
-            dataset = build_dataset(work, args.scenes, args.val_scenes, args.seconds, args.val_seconds, 0, 0.0,
-                                    args.max_height, args.speed, objects=True)
+            dataset = build_dataset(
+                work,
+                args.scenes,
+                args.val_scenes,
+                args.seconds,
+                args.val_seconds,
+                0,
+                0.0,
+                args.max_height,
+                args.speed,
+                objects=True,
+            )
             cache.write_text(json.dumps({"key": key, "dataset": dataset}))
         data_root = Path(dataset["root"])
         out: dict[str, Any] = {
-            "setup": {"render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps", "sample_max_height": args.max_height,
-                      "train_size": f"{args.height}x{args.width}", "batch_size": args.batch_size,
-                      "encoder": args.encoder, "pose_encoder": args.pose_encoder, "lr": args.lr,
-                      "steps_per_variant": args.steps, "photometric_resolution": "scale",
-                      "resize_prob_of_zoom": args.resize_prob, "seed": args.seed, "eval_alignment": "lsq_disparity",
-                      "videos": dataset["videos"], "build_s": round(time.perf_counter() - t0, 1),
-                      "threads": torch.get_num_threads()},
+            "setup": {
+                "render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps",
+                "sample_max_height": args.max_height,
+                "train_size": f"{args.height}x{args.width}",
+                "batch_size": args.batch_size,
+                "encoder": args.encoder,
+                "pose_encoder": args.pose_encoder,
+                "lr": args.lr,
+                "steps_per_variant": args.steps,
+                "photometric_resolution": "scale",
+                "resize_prob_of_zoom": args.resize_prob,
+                "seed": args.seed,
+                "eval_alignment": "lsq_disparity",
+                "videos": dataset["videos"],
+                "build_s": round(time.perf_counter() - t0, 1),
+                "threads": torch.get_num_threads(),
+            },
         }
         cfg = train_config(args, work / "untrained")
         out["untrained"] = evaluate_regions(untrained(cfg), cfg, data_root)
         variants: dict[str, Any] = {}
         checkpoints: dict[str, str] = {}
         for name in names:
-            cfg = train_config(args, work / f"run_{name}", **variant_overrides(name, args, checkpoints.get("positional")))
+            cfg = train_config(
+                args, work / f"run_{name}", **variant_overrides(name, args, checkpoints.get("positional"))
+            )
             model, info = run_fit(cfg, manifests(data_root, "synth"))
             checkpoints[name] = str(Path(cfg.run.out_dir) / "checkpoints" / LAST)
-            variants[name] = {**evaluate_regions(model, cfg, data_root), "pose": pose_check(model, cfg, data_root),
-                              "train": {k: info[k] for k in ("steps", "wall_s", "median_step_s", "loss_first",
-                                                               "loss_last")}}
+            variants[name] = {
+                **evaluate_regions(model, cfg, data_root),
+                "pose": pose_check(model, cfg, data_root),
+                "train": {k: info[k] for k in ("steps", "wall_s", "median_step_s", "loss_first", "loss_last")},
+            }
             print(json.dumps({name: {r: variants[name][r] for r in REGIONS}}), file=sys.stderr, flush=True)
         out["variants"] = variants
         base = variants["baseline"]
         out["abs_rel_vs_baseline"] = {
-            name: {r: (round(v[r]["abs_rel"] / base[r]["abs_rel"], 3) if base[r]["abs_rel"] == base[r]["abs_rel"]
-                       else None) for r in REGIONS}
-            for name, v in variants.items() if name != "baseline"}
+            name: {
+                r: (
+                    round(v[r]["abs_rel"] / base[r]["abs_rel"], 3) if base[r]["abs_rel"] == base[r]["abs_rel"] else None
+                )
+                for r in REGIONS
+            }
+            for name, v in variants.items()
+            if name != "baseline"
+        }
         out["wall_s"] = round(time.perf_counter() - started, 1)
         text = json.dumps(out, indent=2)
         print(text)

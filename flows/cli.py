@@ -1,4 +1,5 @@
 """`depthcurate`: the command line for people who do not run a Prefect server."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.report import format_summary, summarize
 from pipeline.corpus.verify import verify_dataset
+from pipeline.io.data_root import DataRoot
+from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,36 +27,49 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthcurate", description=__doc__.split(":", 1)[1].strip())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="render a demo catalog, serve it on loopback, curate it",
-                               description="Render a small catalog of synthetic videos (good and deliberately "
-                                           "broken ones), serve it from a loopback HTTP server and run the real "
-                                           "curate flow on it: yt-dlp downloads, ffmpeg decodes, Parquet comes out.")
+    demo = commands.add_parser(
+        "demo",
+        help="render a demo catalog, serve it on loopback, curate it",
+        description="Render a small catalog of synthetic videos (good and deliberately "
+        "broken ones), serve it from a loopback HTTP server and run the real "
+        "curate flow on it: yt-dlp downloads, ffmpeg decodes, Parquet comes out.",
+    )
     demo.add_argument("--data-root", default="data/demo", help="output directory (default: data/demo)")
     demo.set_defaults(func=_demo)
 
-    curate = commands.add_parser("curate", help="run the curate flow locally on a catalog",
-                                 description="Run the curate flow in-process (Prefect's ephemeral mode, or the "
-                                             "server in PREFECT_API_URL): the same code path as the deployment.")
+    curate = commands.add_parser(
+        "curate",
+        help="run the curate flow locally on a catalog",
+        description="Run the curate flow in-process (Prefect's ephemeral mode, or the "
+        "server in PREFECT_API_URL): the same code path as the deployment.",
+    )
     curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md) or 'demo'")
     curate.add_argument("--data-root", required=True, help="output directory")
     curate.add_argument("--config", help="YAML config (see configs/); defaults from pipeline/config.py")
     curate.add_argument("--limit", type=int, help="only the first N catalog entries")
     curate.set_defaults(func=_curate)
 
-    dedup = commands.add_parser("dedup", help="re-run the corpus CLIP pass (tags, junk, SemDeDup) on a dataset",
-                                description="Re-run the corpus-level CLIP curation over an existing dataset with a "
-                                            "new threshold: embeddings are reused or computed from the shards "
-                                            "(nothing is downloaded or decoded), then the manifests, stats and "
-                                            "dataset.json are rewritten. Settings come from the dataset's "
-                                            "dataset.json; --config supplies only its clip section.")
+    dedup = commands.add_parser(
+        "dedup",
+        help="re-run the corpus CLIP pass (tags, junk, SemDeDup) on a dataset",
+        description="Re-run the corpus-level CLIP curation over an existing dataset with a "
+        "new threshold: embeddings are reused or computed from the shards "
+        "(nothing is downloaded or decoded), then the manifests, stats and "
+        "dataset.json are rewritten. Settings come from the dataset's "
+        "dataset.json; --config supplies only its clip section.",
+    )
     dedup.add_argument("--data-root", required=True, help="a published dataset")
-    dedup.add_argument("--epsilon", type=float,
-                       help="SemDeDup: duplicates have cosine similarity > 1 - epsilon (default: the config's)")
+    dedup.add_argument(
+        "--epsilon",
+        type=float,
+        help="SemDeDup: duplicates have cosine similarity > 1 - epsilon (default: the config's)",
+    )
     dedup.add_argument("--config", help="YAML whose clip section (model, checkpoint, prompts, thresholds) is used")
     dedup.set_defaults(func=_dedup)
 
-    catalog = commands.add_parser("catalog", help="catalog tools").add_subparsers(title="catalog commands",
-                                                                                 metavar="COMMAND")
+    catalog = commands.add_parser("catalog", help="catalog tools").add_subparsers(
+        title="catalog commands", metavar="COMMAND"
+    )
     slowtv = catalog.add_parser("import-slowtv", help="turn SlowTV's urls.txt + categories.txt into a catalog CSV")
     slowtv.add_argument("--urls", required=True, help="SlowTV urls.txt: one URL per line")
     slowtv.add_argument("--categories", required=True, help="SlowTV categories.txt: one category per line")

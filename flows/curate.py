@@ -5,35 +5,41 @@ With `intrinsics.enabled`, each video task also estimates the video's camera int
 the video's shard rows (a nested `embed-<video_id>` task) and publish runs the corpus-level CLIP pass (tags,
 junk, SemDeDup) over the embeddings.
 """
+
 from __future__ import annotations
 
 import collections
 import contextlib
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_link_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pipeline.sources.catalog import CatalogEntry, read_catalog
-from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
-from pipeline.synthetic.demo import build_demo_sources, serve_directory, write_demo_catalog
-from pipeline.sources.download import DownloadResult, download_video
-from pipeline.errors import VideoError, redact_secrets
-from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
-from pipeline.io.data_root import DataRoot
-from pipeline.corpus.publish import publish
 from flows.runners import Submit, download_slot, task_submitter, torch_devices
 from flows.train import start_training
+from pipeline.config import CurateConfig, load_config, with_overrides
+from pipeline.corpus.publish import publish
 from pipeline.corpus.report import audit_tables
+from pipeline.errors import VideoError, redact_secrets
+from pipeline.io.data_root import DataRoot
+from pipeline.sources.catalog import CatalogEntry, read_catalog
+from pipeline.sources.download import DownloadResult, download_video
+from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
+from pipeline.synthetic.demo import build_demo_sources, serve_directory, write_demo_catalog
+from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 
 DEMO_CATALOG = "demo"
 MAX_WORKERS = 16  # hard ceiling of the thread pool; config `run.workers` sets the real bound
@@ -60,8 +66,7 @@ def download_task(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> Dow
     return result
 
 
-@task(name="curate-video", cache_policy=NO_CACHE, task_run_name="curate-{entry.video_id}",
-      cache_result_in_memory=False)
+@task(name="curate-video", cache_policy=NO_CACHE, task_run_name="curate-{entry.video_id}", cache_result_in_memory=False)
 def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict[str, Any]:
     """Download and ingest one video; returns its record. Never raises for bad input."""
     logger = get_run_logger()
@@ -89,11 +94,20 @@ def curate_video(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> dict
         record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
     preview = root.preview(entry.dataset, entry.video_id)
     if record["status"] == "ok" and root.exists(preview):
-        create_link_artifact(link=root.uri(preview), link_text=f"{entry.video_id} contact sheet",
-                             description=f"frames, disparity and sky masks of {entry.dataset}/{entry.video_id}")
+        create_link_artifact(
+            link=root.uri(preview),
+            link_text=f"{entry.video_id} contact sheet",
+            description=f"frames, disparity and sky masks of {entry.dataset}/{entry.video_id}",
+        )
     level = logger.info if record["status"] == "ok" else logger.warning
-    level("%s: %s%s", entry.video_id, record["status"], f" ({record['error']})" if record["error"] else
-          f", kept {record['frames_kept']}/{record['frames_decoded']} frames")
+    level(
+        "%s: %s%s",
+        entry.video_id,
+        record["status"],
+        f" ({record['error']})"
+        if record["error"]
+        else f", kept {record['frames_kept']}/{record['frames_decoded']} frames",
+    )
     _corpus_side_tables(record, root, cfg)
     return _brief(record, skipped=False)
 
@@ -108,8 +122,12 @@ def _corpus_side_tables(record: dict[str, Any], root: DataRoot, cfg: CurateConfi
         embed_task(record, root, cfg)
 
 
-@task(name="intrinsics", cache_policy=NO_CACHE, task_run_name="intrinsics-{record[video_id]}",
-      cache_result_in_memory=False)
+@task(
+    name="intrinsics",
+    cache_policy=NO_CACHE,
+    task_run_name="intrinsics-{record[video_id]}",
+    cache_result_in_memory=False,
+)
 def intrinsics_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
     """COLMAP intrinsics of a finished video unless current; returns its status (ok or a named reason)."""
     from pipeline.corpus.intrinsics import estimate_video
@@ -123,20 +141,29 @@ def intrinsics_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -
     if not computed:
         logger.info("%s: intrinsics current (%s), skipped", record["video_id"], camera["status"])
     elif camera["status"] == "ok":
-        logger.info("%s: intrinsics fx=%.4f fy=%.4f cx=%.4f cy=%.4f k1=%.4f (%d/%d frames registered)",
-                    record["video_id"], camera["fx"], camera["fy"], camera["cx"], camera["cy"], camera["k1"],
-                    camera["registered"], camera["frames"])
+        logger.info(
+            "%s: intrinsics fx=%.4f fy=%.4f cx=%.4f cy=%.4f k1=%.4f (%d/%d frames registered)",
+            record["video_id"],
+            camera["fx"],
+            camera["fy"],
+            camera["cx"],
+            camera["cy"],
+            camera["k1"],
+            camera["registered"],
+            camera["frames"],
+        )
     else:
-        logger.warning("%s: %s (%s); the trainer learns its intrinsics", record["video_id"], camera["status"],
-                       camera["error"])
+        logger.warning(
+            "%s: %s (%s); the trainer learns its intrinsics", record["video_id"], camera["status"], camera["error"]
+        )
     return camera["status"]
 
 
 @task(name="embed", cache_policy=NO_CACHE, task_run_name="embed-{record[video_id]}", cache_result_in_memory=False)
 def embed_task(record: dict[str, Any], root: DataRoot, cfg: CurateConfig) -> str:
     """CLIP-embed a finished video's shard rows unless current; a failure is logged, and publish reports the gap."""
-    from pipeline.clip.model import get_model  # torch only when CLIP curation is on
     from pipeline.clip.embeddings import embed_video
+    from pipeline.clip.model import get_model  # torch only when CLIP curation is on
 
     logger = get_run_logger()
     try:
@@ -153,8 +180,10 @@ def publish_task(root: DataRoot, cfg: CurateConfig, problems: list[dict[str, Any
     description = publish(root, cfg, problems)
     clip = description.get("clip")
     if clip and clip["missing_embeddings"]:
-        get_run_logger().warning("no embeddings for %s: their frames were neither scored nor deduplicated",
-                                 ", ".join(clip["missing_embeddings"]))
+        get_run_logger().warning(
+            "no embeddings for %s: their frames were neither scored nor deduplicated",
+            ", ".join(clip["missing_embeddings"]),
+        )
     return description
 
 
@@ -168,9 +197,14 @@ def check_clip_model(cfg: CurateConfig) -> None:
 
 
 @flow(name="curate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
-def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int | None = None,
-           config: str | None = None, train: dict[str, Any] | None = None,
-           ray_address: str | None = None) -> dict[str, Any]:
+def curate(
+    catalog: str = DEMO_CATALOG,
+    data_root: str = "data/demo",
+    limit: int | None = None,
+    config: str | None = None,
+    train: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Curate every video of `catalog` (a CSV path, or "demo" for the embedded demo) into `data_root`.
 
     `train` set (a dict, {} for defaults; see flows.train.start_training): once the manifests are
@@ -185,8 +219,9 @@ def curate(catalog: str = DEMO_CATALOG, data_root: str = "data/demo", limit: int
         for problem in problems:
             logger.warning("catalog %s", problem.message)
         entries = entries[:limit] if limit is not None else entries
-        logger.info("curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.name,
-                    cfg.run.workers)
+        logger.info(
+            "curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.name, cfg.run.workers
+        )
         check_clip_model(cfg)
         with task_submitter(cfg) as submit:
             briefs = _run_bounded(submit, entries, root, cfg)
@@ -207,19 +242,24 @@ def with_ray_address(cfg: CurateConfig, ray_address: str | None) -> CurateConfig
     return with_overrides(cfg, {"run": {"executor": "ray", "ray": {"address": ray_address}}})
 
 
-def _run_bounded(submit: Submit, entries: list[CatalogEntry], root: DataRoot,
-                 cfg: CurateConfig) -> list[dict[str, Any]]:
+def _run_bounded(
+    submit: Submit, entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig
+) -> list[dict[str, Any]]:
     """Keep at most `run.workers` videos in flight; results come back in catalog order."""
     progress_id = create_progress_artifact(progress=0.0, key="curate-progress", description="videos finished")
     return bounded_map(
-        lambda entry: submit(curate_video, {"entry": entry, "root": root, "cfg": cfg},
-                             torch_devices(cfg, entry.layout)),
-        entries, cfg.run.workers,
-        lambda done: update_progress_artifact(progress_id, progress=100.0 * done / max(1, len(entries))))
+        lambda entry: submit(
+            curate_video, {"entry": entry, "root": root, "cfg": cfg}, torch_devices(cfg, entry.layout)
+        ),
+        entries,
+        cfg.run.workers,
+        lambda done: update_progress_artifact(progress_id, progress=100.0 * done / max(1, len(entries))),
+    )
 
 
-def bounded_map(submit: Callable[[Any], Any], items: list[Any], workers: int,
-                on_result: Callable[[int], None] | None = None) -> list[Any]:
+def bounded_map(
+    submit: Callable[[Any], Any], items: list[Any], workers: int, on_result: Callable[[int], None] | None = None
+) -> list[Any]:
     """Submit a task per item with at most `workers` in flight (a sliding window); results in item order."""
     pending: collections.deque = collections.deque()
     results: list[Any] = []
@@ -262,17 +302,24 @@ def _brief(record: dict[str, Any], skipped: bool) -> dict[str, Any]:
 
 
 def _summary_artifact(briefs: list[dict[str, Any]], description: dict[str, Any]) -> None:
-    create_table_artifact(key="curate-summary", table=briefs,
-                          description=f"per-video summary; dataset counts: {description['counts']}")
+    create_table_artifact(
+        key="curate-summary", table=briefs, description=f"per-video summary; dataset counts: {description['counts']}"
+    )
 
 
 def audit_artifacts(root: DataRoot) -> None:
     """Frames dropped by each rule, per video and per catalog category, as two table artifacts."""
     videos, categories = audit_tables(root)
-    create_table_artifact(key="curation-audit-videos", table=videos,
-                          description="frames dropped per rule and video (stats/videos.parquet)")
-    create_table_artifact(key="curation-audit-categories", table=categories,
-                          description="frames dropped per rule and catalog category (stats/categories.parquet)")
+    create_table_artifact(
+        key="curation-audit-videos",
+        table=videos,
+        description="frames dropped per rule and video (stats/videos.parquet)",
+    )
+    create_table_artifact(
+        key="curation-audit-categories",
+        table=categories,
+        description="frames dropped per rule and catalog category (stats/categories.parquet)",
+    )
 
 
 class _ThrottledProgress:

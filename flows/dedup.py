@@ -3,6 +3,7 @@
 Nothing is downloaded or decoded: embeddings that are current are reused, missing ones are computed from the
 shards' JPEGs, and publish rewrites the manifests, stats tables and dataset.json (only files whose bytes change).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,18 +11,29 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.curate import (MAX_WORKERS, audit_artifacts, bounded_map, check_clip_model, embed_task, publish_task,
-                          with_ray_address)
+from flows.curate import (
+    MAX_WORKERS,
+    audit_artifacts,
+    bounded_map,
+    check_clip_model,
+    embed_task,
+    publish_task,
+    with_ray_address,
+)
 from flows.runners import task_submitter, torch_devices
 from pipeline.clip.curation import dedup_config
 from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.publish import load_records, previous_catalog_problems
+from pipeline.io.data_root import DataRoot
 
 
 @flow(name="dedup", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
-def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: str | None = None,
-          ray_address: str | None = None) -> dict[str, Any]:
+def dedup(
+    data_root: str = "data/demo",
+    epsilon: float | None = None,
+    config: str | None = None,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Re-run tags, junk and SemDeDup on `data_root` (epsilon overrides; `config` supplies the clip section and
     where tasks run, `run.executor` and `run.ray`; `ray_address` set: the embedding tasks run on that Ray cluster)."""
     logger = get_run_logger()
@@ -29,16 +41,23 @@ def dedup(data_root: str = "data/demo", epsilon: float | None = None, config: st
     cfg = with_ray_address(placed(dedup_config(root, config, epsilon), config), ray_address)
     check_clip_model(cfg)
     records = [r for r in load_records(root) if r["status"] == "ok"]
-    logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.name,
-                cfg.clip.semdedup.epsilon)
+    logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.name, cfg.clip.semdedup.epsilon)
     with task_submitter(cfg) as submit:
-        outcomes = bounded_map(lambda record: submit(embed_task, {"record": record, "root": root, "cfg": cfg},
-                                                     torch_devices(cfg, None)), records, cfg.run.workers)
+        outcomes = bounded_map(
+            lambda record: submit(embed_task, {"record": record, "root": root, "cfg": cfg}, torch_devices(cfg, None)),
+            records,
+            cfg.run.workers,
+        )
     description = publish_task(root, cfg, previous_catalog_problems(root))
     audit_artifacts(root)
     clip = {k: v for k, v in description["clip"].items() if k != "embeddings"}
-    return {"data_root": root.name, "counts": description["counts"], "clip": clip,
-            "embedded": outcomes.count("embedded"), "failed": outcomes.count("failed")}
+    return {
+        "data_root": root.name,
+        "counts": description["counts"],
+        "clip": clip,
+        "embedded": outcomes.count("embedded"),
+        "failed": outcomes.count("failed"),
+    }
 
 
 def placed(cfg: CurateConfig, config: str | None) -> CurateConfig:

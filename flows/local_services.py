@@ -3,6 +3,7 @@
 
 Everything binds to 127.0.0.1 and lives in temporary directories; every process is stopped on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,17 +19,20 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SETUP_POSTGRES = REPO / "scripts" / "setup_postgres.sh"
 PG_USER = "depthcurate"
 # Lines of a server log that mean the database misbehaved (driver errors, SQLite locking, pool exhaustion).
-DATABASE_TROUBLE = re.compile(r"sqlalchemy\.exc|asyncpg\.exceptions|sqlite3\.|database is locked|deadlock detected"
-                              r"|OperationalError|InterfaceError|QueuePool limit|too many clients", re.IGNORECASE)
+DATABASE_TROUBLE = re.compile(
+    r"sqlalchemy\.exc|asyncpg\.exceptions|sqlite3\.|database is locked|deadlock detected"
+    r"|OperationalError|InterfaceError|QueuePool limit|too many clients",
+    re.IGNORECASE,
+)
 
 
 def free_port() -> int:
@@ -38,6 +42,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- PostgreSQL
+
 
 def postgres_bin_dir() -> Path | None:
     """The newest Debian PostgreSQL server's bin directory (/usr/lib/postgresql/<major>/bin), if installed."""
@@ -76,20 +81,34 @@ def postgres_server(bin_dir: Path, database: str = "prefect") -> Iterator[Postgr
     as_owner = _postgres_owner(base)
     port = free_port()
     try:
-        _run([*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}",
-              "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"])
+        _run(
+            [
+                *as_owner,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-sync",
+            ]
+        )
         with open(data / "postgresql.conf", "a") as conf:
             # No Unix socket: nothing to clash with the system's /var/run/postgresql, and TCP needs the password.
             conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n")
-        _run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"],
-             log=log)
-        _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, database],
-             env={**os.environ, "PGPASSWORD": password})
+        _run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"], log=log)
+        _run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, database],
+            env={**os.environ, "PGPASSWORD": password},
+        )
         yield Postgres(f"postgresql+asyncpg://{PG_USER}:{password}@127.0.0.1:{port}/{database}", port, data)
     finally:
         if (data / "postmaster.pid").exists():  # also after a start that timed out
-            subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -118,11 +137,13 @@ def _run(command: list[str], env: dict | None = None, log: Path | None = None) -
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         server_log = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-                           f"\n{server_log}")
+        raise RuntimeError(
+            f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}\n{server_log}"
+        )
 
 
 # ---------------------------------------------------------------- Prefect server
+
 
 @dataclass(frozen=True)
 class PrefectServer:
@@ -136,14 +157,24 @@ class PrefectServer:
 def prefect_server(home: Path, database_url: str | None = None, cwd: Path = REPO) -> Iterator[PrefectServer]:
     """`prefect server start` on 127.0.0.1 (no UI); SQLite under `home` unless `database_url` is given."""
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PWD": str(cwd)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PWD": str(cwd),
+    }
     server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else env
     home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-                                env=server_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )
         try:
             wait_healthy(port, proc, log)
             yield PrefectServer(env, port, proc.pid, log)
@@ -183,6 +214,7 @@ def database_trouble(log: Path) -> list[str]:
 
 # ---------------------------------------------------------------- deployments
 
+
 def prefect_cli(env: dict, *args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run the prefect CLI; fail with its output unless it exits 0."""
     result = subprocess.run([PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -209,14 +241,27 @@ def run_flow_runs(env: dict, cwd: Path, run_ids: list[str], timeout: float = 420
     log = cwd / "worker.log"
     # The runs exist before the worker starts: a --run-once worker polls once and exits when it finds nothing.
     with open(log, "ab") as out:
-        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--run-once"], env=env, cwd=cwd,
-                                  stdout=out, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", pool, "--run-once"],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             for run_id in run_ids:
-                result = subprocess.run([PREFECT, "flow-run", "watch", run_id], env=env, cwd=REPO,
-                                        capture_output=True, text=True, timeout=timeout)
-                assert result.returncode == 0, (f"flow run {run_id} did not complete:\n{result.stdout[-2000:]}\n"
-                                                f"worker log:\n{log.read_text(errors='replace')[-4000:]}")
+                result = subprocess.run(
+                    [PREFECT, "flow-run", "watch", run_id],
+                    env=env,
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+                assert result.returncode == 0, (
+                    f"flow run {run_id} did not complete:\n{result.stdout[-2000:]}\n"
+                    f"worker log:\n{log.read_text(errors='replace')[-4000:]}"
+                )
             worker.wait(timeout=60)
         finally:
             stop(worker)
@@ -249,8 +294,12 @@ def build_load_sources(directory: Path, count: int, distinct: int = 4) -> list[s
     from pipeline.synthetic.renderer import SceneSpec, render_video
 
     directory.mkdir(parents=True, exist_ok=True)
-    encoded = [render_video(SceneSpec(width=64, height=36, fps=10.0, duration_s=1.0, seed=seed),
-                            directory / f"source_{seed}.mp4").read_bytes() for seed in range(distinct)]
+    encoded = [
+        render_video(
+            SceneSpec(width=64, height=36, fps=10.0, duration_s=1.0, seed=seed), directory / f"source_{seed}.mp4"
+        ).read_bytes()
+        for seed in range(distinct)
+    ]
     names = [f"clip_{i:04d}.mp4" for i in range(count)]
     for i, name in enumerate(names):
         write_bytes_atomic(directory / name, encoded[i % distinct])
@@ -261,8 +310,10 @@ def write_load_catalog(path: Path, base_url: str, names: list[str], dataset: str
     """A catalog of the served files `names`, one entry each, ids from the file stems."""
     from pipeline.sources.catalog import CatalogEntry, write_catalog
 
-    entries = [CatalogEntry(video_id=Path(name).stem, url=f"{base_url}/{name}", dataset=dataset, category="natural",
-                            seq=i) for i, name in enumerate(names)]
+    entries = [
+        CatalogEntry(video_id=Path(name).stem, url=f"{base_url}/{name}", dataset=dataset, category="natural", seq=i)
+        for i, name in enumerate(names)
+    ]
     return write_catalog(entries, path)
 
 

@@ -5,13 +5,15 @@ node: a task whose torch stages run on CUDA asks Ray for a GPU (`ray_resources`)
 downloads are bounded across the whole cluster by one slot actor per flow run (a thread semaphore bounds only
 the threads of one process).
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
@@ -64,8 +66,12 @@ def task_submitter(cfg: CurateConfig) -> Iterator[Submit]:
 
     with RayTaskRunner(**ray_runner_settings(cfg.run.ray)) as runner, cluster_download_slots(cfg):
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        get_run_logger().info("tasks run on the Ray cluster at %s (%d CPUs, %g GPUs)", cfg.run.ray.address,
-                              ray.cluster_resources().get("CPU", 0), gpus)
+        get_run_logger().info(
+            "tasks run on the Ray cluster at %s (%d CPUs, %g GPUs)",
+            cfg.run.ray.address,
+            ray.cluster_resources().get("CPU", 0),
+            gpus,
+        )
 
         def submit(task: Task, parameters: dict[str, Any], devices: tuple[str, ...]) -> PrefectFuture:
             _ship_path_loaded_module(task)

@@ -1,4 +1,5 @@
 """The `train` Prefect flow (torchrun as a subprocess), and the hand-off that starts it after curation."""
+
 from __future__ import annotations
 
 import collections
@@ -25,11 +26,22 @@ class TrainingFailed(RuntimeError):
     pass
 
 
-def torchrun_command(manifests: list[str], config: str | None, out_dir: str, nproc_per_node: int,
-                     overrides: list[str], resume: bool) -> list[str]:
+def torchrun_command(
+    manifests: list[str], config: str | None, out_dir: str, nproc_per_node: int, overrides: list[str], resume: bool
+) -> list[str]:
     """`python -m torch.distributed.run ... -m trainer fit ...` for this interpreter."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-               "-m", "trainer", "fit", "--out-dir", out_dir]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "trainer",
+        "fit",
+        "--out-dir",
+        out_dir,
+    ]
     for manifest in manifests:
         command += ["--manifest", manifest]
     if config:
@@ -40,19 +52,28 @@ def torchrun_command(manifests: list[str], config: str | None, out_dir: str, npr
 
 
 @flow(name="train", log_prints=True)
-def train(manifests: list[str], config: str | None = "trainer/configs/demo.yaml", out_dir: str | None = None,
-          nproc_per_node: int = 1, overrides: list[str] | None = None, resume: bool = True) -> dict[str, Any]:
+def train(
+    manifests: list[str],
+    config: str | None = "trainer/configs/demo.yaml",
+    out_dir: str | None = None,
+    nproc_per_node: int = 1,
+    overrides: list[str] | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
     """Train on `manifests` with torchrun; a retried or rerun flow resumes from the last checkpoint."""
     logger = get_run_logger()
     # Beside the data on disk; in the working directory of an object-store root.
     out_dir = out_dir or str(DataRoot(data_root_of(manifests[0])).root / "runs" / "default")
     command = torchrun_command(manifests, config, out_dir, nproc_per_node, overrides or [], resume)
     logger.info("running %s", " ".join(command))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
-                                                                                        // nproc_per_node)))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node))),
+    }
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         for line in proc.stdout:
             tail.append(line.rstrip())
             if '"step"' in line or "trainer:" in line or "Error" in line:
@@ -61,12 +82,22 @@ def train(manifests: list[str], config: str | None = "trainer/configs/demo.yaml"
         raise TrainingFailed(f"torchrun exited with {proc.returncode}:\n" + "\n".join(tail))
     result = json.loads((Path(out_dir) / "metrics.json").read_text())
     checkpoint = str(Path(out_dir).resolve() / "checkpoints" / "last.pt")
-    create_link_artifact(key="train-checkpoint", link=Path(checkpoint).as_uri(), link_text="last checkpoint",
-                         description=f"step {result['step']}")
-    rows = [{"source": source, **{k: round(v, 4) for k, v in values.items()}}
-            for source, values in result["metrics"].items() if isinstance(values, dict)]
-    create_table_artifact(key="train-metrics", table=rows or [{"source": "-", "note": "nothing to evaluate"}],
-                          description=f"evaluation after {result['step']} steps")
+    create_link_artifact(
+        key="train-checkpoint",
+        link=Path(checkpoint).as_uri(),
+        link_text="last checkpoint",
+        description=f"step {result['step']}",
+    )
+    rows = [
+        {"source": source, **{k: round(v, 4) for k, v in values.items()}}
+        for source, values in result["metrics"].items()
+        if isinstance(values, dict)
+    ]
+    create_table_artifact(
+        key="train-metrics",
+        table=rows or [{"source": "-", "note": "nothing to evaluate"}],
+        description=f"evaluation after {result['step']} steps",
+    )
     return {"checkpoint": checkpoint, "step": result["step"], "metrics": result["metrics"]}
 
 
@@ -89,8 +120,17 @@ def start_training(root: DataRoot, datasets: list[str], spec: dict[str, Any]) ->
     name = spec.get("deployment", DEFAULT_DEPLOYMENT)
     run = run_deployment(name, parameters=parameters, timeout=spec.get("wait", 0))
     url = f"{PREFECT_UI_URL.value() or ''}/runs/flow-run/{run.id}"
-    create_link_artifact(key="curate-training", link=url, link_text=f"training run {run.name}",
-                         description=f"{name} on {', '.join(datasets)}")
+    create_link_artifact(
+        key="curate-training",
+        link=url,
+        link_text=f"training run {run.name}",
+        description=f"{name} on {', '.join(datasets)}",
+    )
     get_run_logger().info("started %s: flow run %s (%s)", name, run.name, run.id)
-    return {"deployment": name, "flow_run_id": str(run.id), "flow_run_name": run.name,
-            "state": run.state.type.value if run.state else None, "manifests": manifests}
+    return {
+        "deployment": name,
+        "flow_run_id": str(run.id),
+        "flow_run_name": run.name,
+        "state": run.state.type.value if run.state else None,
+        "manifests": manifests,
+    }

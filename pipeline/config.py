@@ -1,4 +1,5 @@
 """Typed pipeline configuration: defaults live here, YAML overrides them, unknown keys are errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,6 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -44,7 +44,7 @@ class DecimateConfig(_Section):
     every: int = Field(250, ge=1)
 
     @model_validator(mode="after")
-    def _keep_le_every(self) -> "DecimateConfig":
+    def _keep_le_every(self) -> DecimateConfig:
         if self.keep > self.every:
             raise ValueError(f"decimate.keep ({self.keep}) must be <= decimate.every ({self.every})")
         return self
@@ -166,12 +166,26 @@ class StereoConfig(_Section):
 class TagPrompts(_Section):
     """Zero-shot prompts per content tag (the manifest's tag_<name> columns); a tag's prompts are averaged."""
 
-    natural: tuple[str, ...] = ("a photo of nature", "a photo of a forest", "a photo of mountains",
-                                "a photo of a lake or a river", "a photo of a beach", "a photo of a snowy landscape")
-    driving: tuple[str, ...] = ("a photo taken from a car driving on a road", "a dashcam view of a road",
-                                "a view through a car windscreen", "a photo of a highway from a driving car")
-    underwater: tuple[str, ...] = ("an underwater photo", "a photo of a coral reef", "a photo of fish underwater",
-                                   "a photo taken by a scuba diver")
+    natural: tuple[str, ...] = (
+        "a photo of nature",
+        "a photo of a forest",
+        "a photo of mountains",
+        "a photo of a lake or a river",
+        "a photo of a beach",
+        "a photo of a snowy landscape",
+    )
+    driving: tuple[str, ...] = (
+        "a photo taken from a car driving on a road",
+        "a dashcam view of a road",
+        "a view through a car windscreen",
+        "a photo of a highway from a driving car",
+    )
+    underwater: tuple[str, ...] = (
+        "an underwater photo",
+        "a photo of a coral reef",
+        "a photo of fish underwater",
+        "a photo taken by a scuba diver",
+    )
     indoor: tuple[str, ...] = ("a photo of a room", "a photo taken indoors", "a photo of the inside of a building")
     urban: tuple[str, ...] = ("a photo of a city street", "a photo of buildings in a city", "a photo of a town")
 
@@ -179,16 +193,30 @@ class TagPrompts(_Section):
 class JunkPrompts(_Section):
     """Prompts per kind of junk frame (the junk_<name> columns), each scored against `clean`."""
 
-    text: tuple[str, ...] = ("a title card with text", "a frame with large text over it",
-                             "an image with a caption and subtitles", "the opening credits of a video")
+    text: tuple[str, ...] = (
+        "a title card with text",
+        "a frame with large text over it",
+        "an image with a caption and subtitles",
+        "the opening credits of a video",
+    )
     blank: tuple[str, ...] = ("a black screen", "a blank frame", "an image of a single flat colour")
-    screen: tuple[str, ...] = ("a screenshot of a computer screen", "a screen recording of software",
-                               "a photo of a website")
-    pip: tuple[str, ...] = ("a video with a small picture-in-picture window", "two videos shown side by side",
-                            "a video with an inset frame in the corner")
+    screen: tuple[str, ...] = (
+        "a screenshot of a computer screen",
+        "a screen recording of software",
+        "a photo of a website",
+    )
+    pip: tuple[str, ...] = (
+        "a video with a small picture-in-picture window",
+        "two videos shown side by side",
+        "a video with an inset frame in the corner",
+    )
     # What a frame worth keeping looks like: each junk score is P(junk | junk prompts or these).
-    clean: tuple[str, ...] = ("a photo of a place", "a photo of a landscape", "a photo of a street",
-                              "a photo of a scene")
+    clean: tuple[str, ...] = (
+        "a photo of a place",
+        "a photo of a landscape",
+        "a photo of a street",
+        "a photo of a scene",
+    )
 
 
 class JunkThresholds(_Section):
@@ -236,7 +264,7 @@ class ClipConfig(_Section):
     semdedup: SemDedupConfig = SemDedupConfig()
 
     @model_validator(mode="after")
-    def _one_weight_source(self) -> "ClipConfig":
+    def _one_weight_source(self) -> ClipConfig:
         if self.checkpoint and self.pretrained:
             raise ValueError("clip.checkpoint and clip.pretrained are alternatives: set one")
         if self.enabled and not (self.checkpoint or self.pretrained):
@@ -305,8 +333,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return load_yaml_model(CurateConfig, path, overrides)
 
 
-def load_yaml_model(model: type[_M], path: str | Path | None = None,
-                    overrides: dict[str, Any] | None = None) -> _M:
+def load_yaml_model(model: type[_M], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> _M:
     """Validate `model` from defaults, a YAML file and nested overrides; any problem is a ConfigError."""
     data: dict[str, Any] = {}
     if path:

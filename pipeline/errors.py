@@ -1,4 +1,5 @@
 """The one exception type for bad input: a named reason plus a readable message."""
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,10 @@ def ffmpeg_message(stderr: bytes | str | None, lines: int = 3) -> str:
 # user:password@ (or a bare token@) after a scheme, user:password@host without one (yt-dlp's
 # webpage_url_domain), and the values of query parameters whose names say they are secret.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@|(?<![\w/@])[^\s/@:'\"]+:[^\s/@'\"]+@(?=[\w.\[-])")
-_SECRET_QUERY = re.compile(r"(?i)([?&;][\w.-]*(?:token|key|sig|signature|password|passwd|pass|secret|credential|"
-                           r"auth)[\w.-]*=)[^&#\s'\"]*")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;][\w.-]*(?:token|key|sig|signature|password|passwd|pass|secret|credential|"
+    r"auth)[\w.-]*=)[^&#\s'\"]*"
+)
 
 
 def redact_secrets(text: str) -> str:

@@ -1,4 +1,5 @@
 """Arrow schemas of every table the pipeline writes; manifests/SCHEMA.md documents them."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -12,7 +13,10 @@ SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 DROP_REASONS: tuple[str, ...] = (
     "decimated",  # outside the keep-N-every-M window
     "split_gap",  # inside the gap around the train/val boundary
-    "dark", "blank", "blurry", "static",
+    "dark",
+    "blank",
+    "blurry",
+    "static",
     "duplicate",  # near-duplicate of an earlier kept frame of the same video
     "duplicate_cross_video",  # near-duplicate of a kept frame of another video
     "at_cut",  # stereo: the first frame after a scene cut (transitions make bad pairs)
@@ -22,13 +26,22 @@ DROP_REASONS: tuple[str, ...] = (
     "stereo_lr",  # too few pixels pass the left-right check
     "stereo_range",  # horizontal disparity range too small to teach depth
     # Corpus-level CLIP curation (publish time, `clip.enabled`): junk scores over `clip.junk_drop`, then SemDeDup.
-    "junk_text", "junk_blank", "junk_screen", "junk_pip",
+    "junk_text",
+    "junk_blank",
+    "junk_screen",
+    "junk_pip",
     "semantic_duplicate",  # CLIP embedding within cosine 1 - epsilon of a kept frame earlier in corpus order
 )
 
 # Decided at publish time over the whole corpus, so they are recounted on every publish.
 PUBLISH_DROP_REASONS: tuple[str, ...] = (
-    "duplicate_cross_video", "junk_text", "junk_blank", "junk_screen", "junk_pip", "semantic_duplicate")
+    "duplicate_cross_video",
+    "junk_text",
+    "junk_blank",
+    "junk_screen",
+    "junk_pip",
+    "semantic_duplicate",
+)
 
 # Zero-shot CLIP scores. The names are fixed (they are columns); the prompts behind them live in config.
 CLIP_TAGS: tuple[str, ...] = ("natural", "driving", "underwater", "indoor", "urban")
@@ -62,8 +75,10 @@ _SAMPLE_FIELDS = [
     pa.field("split", pa.string(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
-    pa.field("fx", pa.float32()), pa.field("fy", pa.float32()),
-    pa.field("cx", pa.float32()), pa.field("cy", pa.float32()),
+    pa.field("fx", pa.float32()),
+    pa.field("fy", pa.float32()),
+    pa.field("cx", pa.float32()),
+    pa.field("cy", pa.float32()),
     pa.field("brightness", pa.float32()),
     pa.field("sharpness", pa.float32()),
     pa.field("motion", pa.float32()),
@@ -91,96 +106,109 @@ SAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in _SAMPLE_FIELDS)  # shard
 
 SHARD_SCHEMA = _with_version(_SAMPLE_FIELDS + [pa.field("image", pa.binary(), nullable=False)] + _STEREO_PIXELS)
 
-MANIFEST_SCHEMA = _with_version(_SAMPLE_FIELDS + [
-    pa.field("shard", pa.string(), nullable=False),  # relative to the data root
-    pa.field("row", pa.int64(), nullable=False),  # row number inside the shard
-    *_CLIP_SCORES,  # null unless clip.enabled
-    pa.field("k1", pa.float32()),  # SIMPLE_RADIAL radial term of an estimated camera; null otherwise
-    pa.field("intrinsics_source", pa.string()),  # "catalog", "colmap" (estimated), or null (unknown: learn them)
-])
+MANIFEST_SCHEMA = _with_version(
+    _SAMPLE_FIELDS
+    + [
+        pa.field("shard", pa.string(), nullable=False),  # relative to the data root
+        pa.field("row", pa.int64(), nullable=False),  # row number inside the shard
+        *_CLIP_SCORES,  # null unless clip.enabled
+        pa.field("k1", pa.float32()),  # SIMPLE_RADIAL radial term of an estimated camera; null otherwise
+        pa.field("intrinsics_source", pa.string()),  # "catalog", "colmap" (estimated), or null (unknown: learn them)
+    ]
+)
 
-FRAME_STATS_SCHEMA = _with_version([
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("frame_index", pa.int64(), nullable=False),
-    pa.field("timestamp_s", pa.float64(), nullable=False),
-    pa.field("clip_id", pa.int32(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("kept", pa.bool_(), nullable=False),
-    pa.field("drop_reason", pa.string()),
-    pa.field("duplicate_of", pa.string()),  # sample_id of the kept frame this one duplicates
-    pa.field("sample_id", pa.string(), nullable=False),
-    pa.field("brightness", pa.float32()),
-    pa.field("contrast", pa.float32()),
-    pa.field("sharpness", pa.float32()),
-    pa.field("motion", pa.float32()),
-    pa.field("phash", pa.uint64()),
-    *_STEREO_QUALITY,
-    *_CLIP_SCORES,  # filled at publish time for every frame with an embedding (every shard row)
-])
+FRAME_STATS_SCHEMA = _with_version(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("clip_id", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("drop_reason", pa.string()),
+        pa.field("duplicate_of", pa.string()),  # sample_id of the kept frame this one duplicates
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("brightness", pa.float32()),
+        pa.field("contrast", pa.float32()),
+        pa.field("sharpness", pa.float32()),
+        pa.field("motion", pa.float32()),
+        pa.field("phash", pa.uint64()),
+        *_STEREO_QUALITY,
+        *_CLIP_SCORES,  # filled at publish time for every frame with an embedding (every shard row)
+    ]
+)
 
-VIDEO_STATS_SCHEMA = _with_version([
-    pa.field("dataset", pa.string()),
-    pa.field("video_id", pa.string()),
-    pa.field("seq", pa.int64()),
-    pa.field("url", pa.string()),
-    pa.field("category", pa.string()),
-    pa.field("subcategory", pa.string()),
-    pa.field("layout", pa.string()),  # as declared in the catalog
-    pa.field("detected_layout", pa.string()),  # what the frames showed (auto) or confirmed (declared)
-    pa.field("catalog_line", pa.int64()),
-    pa.field("status", pa.string(), nullable=False),  # ok, or the failure reason
-    pa.field("error", pa.string()),
-    pa.field("warning", pa.string()),
-    pa.field("duration_s", pa.float64()),
-    pa.field("fps", pa.float64()),
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("codec", pa.string()),
-    pa.field("container", pa.string()),
-    pa.field("rotation", pa.int32()),
-    pa.field("variable_frame_rate", pa.bool_()),
-    pa.field("trim_start_s", pa.float64()),
-    pa.field("trim_end_s", pa.float64()),
-    pa.field("frames_decoded", pa.int64()),
-    pa.field("frames_kept", pa.int64()),
-    *[pa.field(f"dropped_{reason}", pa.int64()) for reason in DROP_REASONS],
-    pa.field("clips", pa.int64()),
-    pa.field("shards", pa.int64()),
-    pa.field("shard_bytes", pa.int64()),
-])
+VIDEO_STATS_SCHEMA = _with_version(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("video_id", pa.string()),
+        pa.field("seq", pa.int64()),
+        pa.field("url", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("subcategory", pa.string()),
+        pa.field("layout", pa.string()),  # as declared in the catalog
+        pa.field("detected_layout", pa.string()),  # what the frames showed (auto) or confirmed (declared)
+        pa.field("catalog_line", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),  # ok, or the failure reason
+        pa.field("error", pa.string()),
+        pa.field("warning", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("container", pa.string()),
+        pa.field("rotation", pa.int32()),
+        pa.field("variable_frame_rate", pa.bool_()),
+        pa.field("trim_start_s", pa.float64()),
+        pa.field("trim_end_s", pa.float64()),
+        pa.field("frames_decoded", pa.int64()),
+        pa.field("frames_kept", pa.int64()),
+        *[pa.field(f"dropped_{reason}", pa.int64()) for reason in DROP_REASONS],
+        pa.field("clips", pa.int64()),
+        pa.field("shards", pa.int64()),
+        pa.field("shard_bytes", pa.int64()),
+    ]
+)
 
 
 # Per dataset and catalog category: the same counts as the video table, summed (publish writes it).
-CATEGORY_STATS_SCHEMA = _with_version([
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("category", pa.string(), nullable=False),
-    pa.field("videos", pa.int64(), nullable=False),
-    pa.field("videos_ok", pa.int64(), nullable=False),
-    pa.field("frames_decoded", pa.int64(), nullable=False),
-    pa.field("frames_kept", pa.int64(), nullable=False),
-    *[pa.field(f"dropped_{reason}", pa.int64(), nullable=False) for reason in DROP_REASONS],
-])
+CATEGORY_STATS_SCHEMA = _with_version(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("videos", pa.int64(), nullable=False),
+        pa.field("videos_ok", pa.int64(), nullable=False),
+        pa.field("frames_decoded", pa.int64(), nullable=False),
+        pa.field("frames_kept", pa.int64(), nullable=False),
+        *[pa.field(f"dropped_{reason}", pa.int64(), nullable=False) for reason in DROP_REASONS],
+    ]
+)
 
 # stats/cameras.parquet: one row per ok video with an intrinsics estimate or a named failure (intrinsics.enabled).
-CAMERA_SCHEMA = _with_version([
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),  # ok, or intrinsics_too_few_frames / intrinsics_failed
-    pa.field("error", pa.string()),
-    pa.field("model", pa.string(), nullable=False),  # SIMPLE_RADIAL
-    pa.field("fx", pa.float64()), pa.field("fy", pa.float64()),  # normalised by width / height
-    pa.field("cx", pa.float64()), pa.field("cy", pa.float64()),
-    pa.field("k1", pa.float64()),  # radial distortion, in normalised image coordinates (x / f)
-    pa.field("width", pa.int32()),  # of the frames COLMAP saw
-    pa.field("height", pa.int32()),
-    pa.field("clip_id", pa.int32()),
-    pa.field("frames", pa.int32(), nullable=False),  # given to COLMAP
-    pa.field("registered", pa.int32(), nullable=False),  # in the model
-    pa.field("reprojection_error_px", pa.float64()),
-    pa.field("attempts", pa.int32(), nullable=False),
-    pa.field("seed", pa.int64()),  # of the attempt that succeeded
-])
+CAMERA_SCHEMA = _with_version(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok, or intrinsics_too_few_frames / intrinsics_failed
+        pa.field("error", pa.string()),
+        pa.field("model", pa.string(), nullable=False),  # SIMPLE_RADIAL
+        pa.field("fx", pa.float64()),
+        pa.field("fy", pa.float64()),  # normalised by width / height
+        pa.field("cx", pa.float64()),
+        pa.field("cy", pa.float64()),
+        pa.field("k1", pa.float64()),  # radial distortion, in normalised image coordinates (x / f)
+        pa.field("width", pa.int32()),  # of the frames COLMAP saw
+        pa.field("height", pa.int32()),
+        pa.field("clip_id", pa.int32()),
+        pa.field("frames", pa.int32(), nullable=False),  # given to COLMAP
+        pa.field("registered", pa.int32(), nullable=False),  # in the model
+        pa.field("reprojection_error_px", pa.float64()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64()),  # of the attempt that succeeded
+    ]
+)
 
 EMBEDDING_MODEL_KEY = b"depthcurate.clip_model_hash"  # which model made the embeddings
 EMBEDDING_SOURCE_KEY = b"depthcurate.source_sha256"  # of the shards they were computed from
@@ -188,10 +216,12 @@ EMBEDDING_SOURCE_KEY = b"depthcurate.source_sha256"  # of the shards they were c
 
 def embedding_schema(dim: int) -> pa.Schema:
     """`embeddings/<dataset>/<video_id>.parquet`: one L2-normalised float16 vector per shard row."""
-    return _with_version([
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
-    ])
+    return _with_version(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
+        ]
+    )
 
 
 class SchemaVersionError(ValueError):

@@ -8,6 +8,7 @@ Defining those two schemas is the minimum that lets the import finish; `nms` als
 kernel so `torchvision.ops.nms` (and `batched_nms`) work. Every other compiled op (roi_align,
 deform_conv2d, ...) still raises torchvision's own "Couldn't load custom C++ ops" error.
 """
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -107,7 +108,7 @@ def _nms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
     import torch
 
     if device == "auto":

@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic videos encoded on the fly, a loopback HTTP server, one demo flow run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.config import CurateConfig, load_config  # noqa: E402
+from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.synthetic.demo import CONFIG_PATH, build_demo_sources, serve_directory  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
 
@@ -25,10 +26,14 @@ def video_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("videos")
     spec = SceneSpec(width=160, height=96, fps=20.0, duration_s=6.0, seed=1)
     render_video(spec, directory / "walk.mp4", codec="h264")
-    render_video(SceneSpec(width=160, height=96, fps=20.0, duration_s=4.0, seed=2), directory / "walk.mkv",
-                 codec="mpeg4")
-    render_video(SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=3), directory / "cut.mp4",
-                 cut_to=SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=4))
+    render_video(
+        SceneSpec(width=160, height=96, fps=20.0, duration_s=4.0, seed=2), directory / "walk.mkv", codec="mpeg4"
+    )
+    render_video(
+        SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=3),
+        directory / "cut.mp4",
+        cut_to=SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=4),
+    )
     return directory
 
 
@@ -47,11 +52,13 @@ def entry() -> CatalogEntry:
 @pytest.fixture
 def small_config() -> CurateConfig:
     """Settings sized for 6-second test videos: short trims, no decimation, a small split gap."""
-    return load_config(overrides={
-        "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
-        "split": {"train_fraction": 0.8, "gap_frames": 2},
-        "download": {"attempts": 1, "backoff_s": 0},
-    })
+    return load_config(
+        overrides={
+            "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
+            "split": {"train_fraction": 0.8, "gap_frames": 2},
+            "download": {"attempts": 1, "backoff_s": 0},
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -91,35 +98,60 @@ def train_root(tmp_path_factory) -> Path:
     """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video.
 
     Rendered depth of `walk` is saved under <root>/ground_truth for the evaluation tests."""
-    from pipeline.synthetic.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
-    from pipeline.video.ingest import ingest_video
-    from pipeline.io.data_root import DataRoot
     from pipeline.corpus.publish import publish
+    from pipeline.io.data_root import DataRoot
+    from pipeline.synthetic.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
     from pipeline.synthetic.renderer import normalized_intrinsics, render_stereo_video, save_ground_truth
+    from pipeline.video.ingest import ingest_video
 
     sources = tmp_path_factory.mktemp("train_sources")
     root = DataRoot(tmp_path_factory.mktemp("train_root"))
-    cfg = load_config(overrides={
-        "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.2, "tail_s": 0.2}, "decimate": None},
-        "split": {"train_fraction": 0.75, "gap_frames": 1},
-        "write": {"row_group_bytes": 65536},
-        "stereo": {"crop": None, "output_size": None, "jump_s": 1.0},
-    })
+    cfg = load_config(
+        overrides={
+            "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.2, "tail_s": 0.2}, "decimate": None},
+            "split": {"train_fraction": 0.75, "gap_frames": 1},
+            "write": {"row_group_bytes": 65536},
+            "stereo": {"crop": None, "output_size": None, "jump_s": 1.0},
+        }
+    )
     mono = SceneSpec(width=160, height=96, fps=20.0, duration_s=5.0, seed=11)
     fx, fy, cx, cy = normalized_intrinsics(mono)
     videos = [
         ("walk", render_video(mono, sources / "walk.mp4"), "natural", "mono"),
-        ("drive", render_video(SceneSpec(width=160, height=96, fps=20.0, duration_s=4.0, seed=12, speed_mps=4.0),
-                               sources / "drive.mp4", cut_to=SceneSpec(width=160, height=96, fps=20.0,
-                                                                        duration_s=2.0, seed=13)),
-         "driving", "mono"),
-        ("pair", render_stereo_video(SceneSpec(width=320, height=192, fps=20.0, duration_s=5.0, seed=14,
-                                               baseline_m=0.3), sources / "pair.mp4", layout="sbs_full",
-                                     convergence_px=4.0), "natural", "sbs_full"),
+        (
+            "drive",
+            render_video(
+                SceneSpec(width=160, height=96, fps=20.0, duration_s=4.0, seed=12, speed_mps=4.0),
+                sources / "drive.mp4",
+                cut_to=SceneSpec(width=160, height=96, fps=20.0, duration_s=2.0, seed=13),
+            ),
+            "driving",
+            "mono",
+        ),
+        (
+            "pair",
+            render_stereo_video(
+                SceneSpec(width=320, height=192, fps=20.0, duration_s=5.0, seed=14, baseline_m=0.3),
+                sources / "pair.mp4",
+                layout="sbs_full",
+                convergence_px=4.0,
+            ),
+            "natural",
+            "sbs_full",
+        ),
     ]
     for video_id, path, category, layout in videos:
-        entry = CatalogEntry(video_id=video_id, url=f"file://{path}", dataset="mono" if layout == "mono" else
-                             "stereo", category=category, layout=layout, fx=fx, fy=fy, cx=cx, cy=cy)
+        entry = CatalogEntry(
+            video_id=video_id,
+            url=f"file://{path}",
+            dataset="mono" if layout == "mono" else "stereo",
+            category=category,
+            layout=layout,
+            fx=fx,
+            fy=fy,
+            cx=cx,
+            cy=cy,
+        )
         record = ingest_video(entry, path, root, cfg)
         assert record["status"] == "ok", record
     publish(root, cfg)
@@ -139,8 +171,13 @@ def clip_settings(tmp_path_factory) -> dict:
     architecture = directory / "tiny-clip-test.json"
     architecture.write_text(json.dumps(TINY_ARCHITECTURE))
     checkpoint = save_random_checkpoint("tiny-clip-test", directory / "tiny.pt", architecture=architecture)
-    return {"enabled": True, "model": "tiny-clip-test", "architecture": str(architecture),
-            "checkpoint": str(checkpoint), "batch_size": 16}
+    return {
+        "enabled": True,
+        "model": "tiny-clip-test",
+        "architecture": str(architecture),
+        "checkpoint": str(checkpoint),
+        "batch_size": 16,
+    }
 
 
 # Object storage: a moto S3 server on loopback (the server s3fs's own test suite uses).
@@ -179,8 +216,13 @@ def _forget_s3_filesystems() -> None:
 def s3_env(s3_server, monkeypatch, tmp_path_factory) -> dict[str, str]:
     """AWS_* variables pointing boto at the loopback server, for this test only; returns them (to look for leaks)."""
     nowhere = tmp_path_factory.mktemp("aws") / "none"  # no ~/.aws config or profile of the machine applies
-    env = {**S3_TEST_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server,
-           "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere)}
+    env = {
+        **S3_TEST_CREDENTIALS,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_CONFIG_FILE": str(nowhere),
+        "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
+    }
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -241,15 +283,34 @@ def ray_cluster() -> str:
     mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must stay under 107 bytes
     port = _free_port()
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-               "--object-store-memory", str(200 * 2**20), "--include-dashboard", "false", "--temp-dir", str(temp_dir)]
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "2",
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(200 * 2**20),
+        "--include-dashboard",
+        "false",
+        "--temp-dir",
+        str(temp_dir),
+    ]
     for option in ("--ray-client-server-port", "--dashboard-port", "--dashboard-agent-listen-port"):
         command += [option, str(_free_port())]  # Ray's fixed defaults would collide with another Ray here
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = (temp_dir / "head.log").open("wb")
-    head = subprocess.Popen(command, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    head = subprocess.Popen(
+        command, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         _wait_for_ray(head, temp_dir / "head.log")
         yield f"127.0.0.1:{port}"
@@ -288,11 +349,10 @@ def small_flow(prefect_harness, small_config, tmp_path):
     import yaml
 
     from flows.curate import curate
-    from pipeline.sources.catalog import write_catalog
     from pipeline.config import with_overrides
+    from pipeline.sources.catalog import write_catalog
 
-    def run(entries: list[CatalogEntry], overrides: dict | None = None, root: Path | None = None,
-            extra_rows: str = ""):
+    def run(entries: list[CatalogEntry], overrides: dict | None = None, root: Path | None = None, extra_rows: str = ""):
         root = root or tmp_path / "root"
         cfg = with_overrides(small_config, overrides or {})
         config = tmp_path / "small.yaml"

@@ -1,4 +1,5 @@
 """docker/: the compose file's wiring and the Dockerfiles' inputs, checked without a Docker daemon."""
+
 from __future__ import annotations
 
 import os
@@ -53,15 +54,18 @@ def test_the_server_database_url_names_the_postgres_service_and_its_credentials(
     postgres, server = compose["services"]["postgres"]["environment"], compose["services"]["server"]["environment"]
     given = {"POSTGRES_PASSWORD": "s3cret"}
     url = _defaults(server["PREFECT_API_DATABASE_CONNECTION_URL"], given)
-    user, password, database = (_defaults(postgres[k], given) for k in ("POSTGRES_USER", "POSTGRES_PASSWORD",
-                                                                          "POSTGRES_DB"))
+    user, password, database = (
+        _defaults(postgres[k], given) for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+    )
     assert url == f"postgresql+asyncpg://{user}:{password}@postgres:5432/{database}"
 
 
 def test_no_credentials_are_written_into_the_compose_file(compose):
     password = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert password.startswith("${POSTGRES_PASSWORD:?")  # required from docker/.env or the shell; no default
-    assert "${POSTGRES_PASSWORD:?" in compose["services"]["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert (
+        "${POSTGRES_PASSWORD:?" in compose["services"]["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    )
     example = (DOCKER / "env.example").read_text()
     assert re.search(r"^POSTGRES_PASSWORD=$", example, re.MULTILINE)  # documented, left empty
     assert "docker/.env" in (REPO / ".gitignore").read_text().splitlines()
@@ -79,10 +83,18 @@ def test_published_ports_bind_to_loopback_by_default(compose):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[p.stem for p in DOCKERFILES])
 def test_every_copied_file_exists_and_is_in_the_build_context(dockerfile):
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    sources = [src for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")
-               for src in line.split()[1:-1] if not src.startswith("--")]
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    sources = [
+        src
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ")
+        for src in line.split()[1:-1]
+        if not src.startswith("--")
+    ]
     assert sources and {".git", ".venv", "data"} <= ignored  # local state stays out of the build context
     for src in sources:
         assert (REPO / src).exists(), f"{dockerfile.name} copies {src}, which is not in the repository"
@@ -109,13 +121,19 @@ def test_trainer_image_has_a_cuda_base_and_runs_the_trainer_cli():
 
 
 def _has_compose() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(["docker", "compose", "version"],
-                                                                  capture_output=True).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.skipif(not _has_compose(), reason="the docker compose plugin is not installed")
 def test_docker_compose_accepts_the_file():
     env = {**os.environ, "POSTGRES_PASSWORD": "s3cret"}
-    result = subprocess.run(["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "--profile", "gpu", "config",
-                             "--quiet"], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "--profile", "gpu", "config", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr

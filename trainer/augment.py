@@ -7,6 +7,7 @@ which the objective divides the predicted translation.
 Intrinsics are in pixels with pixel (u, v) at integer u, v (the renderer's and OpenCV's convention). A
 crop shifts the principal point, a resize maps pixel centres ((c + 0.5) * s - 0.5), a flip mirrors it.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ class Geometry:
 MIN_SIDE = 64
 
 
-def batch_shape(rng: np.random.Generator, cfg: AugmentConfig, height: int, width: int,
-                train: bool = True) -> tuple[int, int, float]:
+def batch_shape(
+    rng: np.random.Generator, cfg: AugmentConfig, height: int, width: int, train: bool = True
+) -> tuple[int, int, float]:
     """(height, width, aspect) of one batch: about height*width pixels, sides multiples of 32, at least MIN_SIDE."""
     aspect = width / height
     if train and cfg.aspect_ratios and rng.random() < cfg.aspect_prob:
@@ -70,8 +72,9 @@ def zoomed_size(size: tuple[int, int], zoom: float) -> tuple[int, int]:
     return tuple(min(side, max(MIN_SIDE, int(round(side * zoom / 32)) * 32)) for side in size)  # type: ignore[return-value]
 
 
-def zoom_box(rng: np.random.Generator, src_height: int, src_width: int, aspect: float,
-             zoom: float) -> tuple[int, int, int, int]:
+def zoom_box(
+    rng: np.random.Generator, src_height: int, src_width: int, aspect: float, zoom: float
+) -> tuple[int, int, int, int]:
     """Crop box for a zoom: zooming in takes a 1/zoom-sized box at a random place in the centre crop."""
     x0, y0, w, h = centre_crop_box(src_height, src_width, aspect)
     if zoom <= 1:
@@ -91,7 +94,7 @@ def apply(image: np.ndarray, geometry: Geometry, nearest: bool = False) -> np.nd
     """Crop, resize and flip an HxW(xC) array; masks use nearest so they stay binary."""
     x0, y0, w, h = geometry.box
     out_h, out_w = geometry.size
-    crop = image[y0:y0 + h, x0:x0 + w]
+    crop = image[y0 : y0 + h, x0 : x0 + w]
     if nearest:
         interpolation = cv2.INTER_NEAREST
     else:
@@ -140,13 +143,15 @@ class ColourJitter:
     hue: float = 0.0
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "ColourJitter":
+    def draw(cls, rng: np.random.Generator, cfg: AugmentConfig) -> ColourJitter:
         if rng.random() >= cfg.jitter_prob:
             return cls()
-        return cls(float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)),
-                   float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)),
-                   float(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)),
-                   float(rng.uniform(-cfg.hue, cfg.hue)))
+        return cls(
+            float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)),
+            float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)),
+            float(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)),
+            float(rng.uniform(-cfg.hue, cfg.hue)),
+        )
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Apply to float32 RGB in [0, 1], HxWx3."""

@@ -1,4 +1,5 @@
 """Checkpoints: written atomically, enough to resume exactly or to run the model alone."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,17 @@ from trainer.objective import DepthTraining
 FORMAT = 1
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, step: int, batches: int, cfg: TrainConfig, metrics: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    batches: int,
+    cfg: TrainConfig,
+    metrics: dict | None = None,
+) -> Path:
     """Everything a resumed run needs: weights, optimiser, scheduler, step, data position and RNG states."""
     state = {
         "format": FORMAT,
@@ -26,8 +36,12 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         "step": step,
         "batches": batches,  # rank-local batches consumed: the data position
         "config": cfg.model_dump(mode="json"),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
         "metrics": metrics or {},
     }
     path = Path(path)

@@ -1,4 +1,5 @@
 """`python -m trainer fit|evaluate|predict` (also installed as `depthcurate-train`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="train on one or more manifests (torchrun for several processes)")
     fit.add_argument("--manifest", action="append", required=True, help="manifest/<dataset>.parquet; repeatable")
     fit.add_argument("--config", help="trainer YAML (trainer/configs/*.yaml)")
-    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. optim.max_steps=20 (YAML value syntax)")
+    fit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. optim.max_steps=20 (YAML value syntax)",
+    )
     fit.add_argument("--out-dir", help="where checkpoints and logs go (run.out_dir)")
     fit.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoints/last.pt")
     fit.set_defaults(func=_fit)
@@ -39,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--manifest", action="append", required=True)
     evaluate.add_argument("--split", default=None, help="default: the config's data.val_split")
-    evaluate.add_argument("--ground-truth", help="directory of <video_id>.npz rendered depth (synthetic data); "
-                          "default: the checkpoint's eval.ground_truth")
+    evaluate.add_argument(
+        "--ground-truth",
+        help="directory of <video_id>.npz rendered depth (synthetic data); default: the checkpoint's eval.ground_truth",
+    )
     evaluate.add_argument("--max-batches", type=int)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
@@ -105,8 +113,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.checkpoint, device)
     frame = load_manifests(args.manifest, args.split or cfg.data.val_split, cfg.data.filters)
     # A path given here is the user's (from the working directory); the config's is from the data root.
-    truth = open_ground_truth(Path(args.ground_truth).resolve() if args.ground_truth else cfg.eval.ground_truth,
-                              args.manifest, frame)
+    truth = open_ground_truth(
+        Path(args.ground_truth).resolve() if args.ground_truth else cfg.eval.ground_truth, args.manifest, frame
+    )
     metrics = evaluate_model(model, EpochPlan(frame, cfg.data), cfg, device, truth, args.max_batches)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0

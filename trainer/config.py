@@ -1,4 +1,5 @@
 """Typed trainer configuration: defaults live here, YAML overrides them, unknown keys are errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,24 @@ from pipeline.config import ConfigError, load_yaml_model
 __all__ = ["ConfigError", "TrainConfig", "load_train_config"]
 
 # SlowTV's aspect-ratio augmentation: 16 ratios (width / height).
-SLOWTV_ASPECT_RATIOS = (6 / 13, 9 / 16, 3 / 5, 2 / 3, 4 / 5, 1.0, 5 / 4, 4 / 3, 3 / 2, 14 / 9, 5 / 3, 16 / 9,
-                        2.0, 2.4, 3.3, 3.6)
+SLOWTV_ASPECT_RATIOS = (
+    6 / 13,
+    9 / 16,
+    3 / 5,
+    2 / 3,
+    4 / 5,
+    1.0,
+    5 / 4,
+    4 / 3,
+    3 / 2,
+    14 / 9,
+    5 / 3,
+    16 / 9,
+    2.0,
+    2.4,
+    3.3,
+    3.6,
+)
 
 
 class _Section(BaseModel):
@@ -56,7 +73,7 @@ class AugmentConfig(_Section):
     resize_range: tuple[float, float] = (0.5, 1.5)
 
     @model_validator(mode="after")
-    def _resize_range(self) -> "AugmentConfig":
+    def _resize_range(self) -> AugmentConfig:
         low, high = self.resize_range
         if not 0 < low <= high:
             raise ValueError(f"data.augment.resize_range must be 0 < low <= high, got {self.resize_range}")
@@ -84,7 +101,7 @@ class DataConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
-    def _multiple_of_32(self) -> "DataConfig":
+    def _multiple_of_32(self) -> DataConfig:
         if self.height % 32 or self.width % 32:
             raise ValueError(f"data.height and data.width must be multiples of 32, got {self.height}x{self.width}")
         return self
@@ -128,7 +145,7 @@ class SpimoConfig(_Section):
     boost_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
 
     @model_validator(mode="after")
-    def _offsets(self) -> "SpimoConfig":
+    def _offsets(self) -> SpimoConfig:
         if len(self.offsets_u) != len(self.offsets_v) or len(self.offsets_u) < 2:
             raise ValueError("loss.spimo.offsets_u and offsets_v need the same length, at least 2")
         if self.enabled and not self.first_stage_checkpoint:

@@ -12,11 +12,13 @@ a target now and a support a few batches later (or the other way round) is decod
 that use (`DecodedFrames`, within data.decode_cache_mb), and a row group is dropped after its last use.
 A folder-of-files loader drawing from a global shuffle has no such locality to exploit.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -146,8 +148,14 @@ def next_uses(rows: np.ndarray) -> np.ndarray:
 class BatchBuilder:
     """Reads, decodes and augments the rows of a planned batch into tensors."""
 
-    def __init__(self, plan: EpochPlan, cfg: DataConfig, train: bool = True, with_supports: bool = True,
-                 ground_truth: "GroundTruth | None" = None):
+    def __init__(
+        self,
+        plan: EpochPlan,
+        cfg: DataConfig,
+        train: bool = True,
+        with_supports: bool = True,
+        ground_truth: GroundTruth | None = None,
+    ):
         self.plan, self.cfg, self.train = plan, cfg, train
         self.with_supports, self.ground_truth = with_supports, ground_truth
         self.reader = ShardReader(cfg.row_group_cache)
@@ -161,13 +169,13 @@ class BatchBuilder:
         self._videos = frame["video_id"].to_numpy()
         self._times = frame["timestamp_s"].to_numpy()
 
-    def _draw(self, batch: Batch) -> tuple[np.random.Generator, str, int, int, float,
-                                           tuple[np.ndarray, np.ndarray] | None]:
+    def _draw(
+        self, batch: Batch
+    ) -> tuple[np.random.Generator, str, int, int, float, tuple[np.ndarray, np.ndarray] | None]:
         """The batch's RNG, kind, shape and support rows: the draws that decide which frames it decodes."""
         rng = np.random.default_rng(batch.seed)
         kind = self.plan.sources[batch.source][1]
-        height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width,
-                                                    self.train)
+        height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width, self.train)
         supports = None
         if kind == "video" and self.with_supports:
             supports = self.plan.supports(batch.targets, float(rng.random()))
@@ -195,18 +203,37 @@ class BatchBuilder:
     def __call__(self, batch: Batch) -> dict[str, Any]:
         rng, kind, height, width, aspect, supports = self._draw(batch)
         zoom = augment.draw_zoom(rng, self.cfg.augment, self.train)  # after _draw: the rows decoded stay
-        samples = [self._sample(index, (height, width), aspect, rng, kind,
-                                None if supports is None else (supports[0][j], supports[1][j]), zoom)
-                   for j, index in enumerate(batch.targets)]
-        out: dict[str, Any] = {key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)(
-            [s[key] for s in samples])) for key in samples[0]}
+        samples = [
+            self._sample(
+                index,
+                (height, width),
+                aspect,
+                rng,
+                kind,
+                None if supports is None else (supports[0][j], supports[1][j]),
+                zoom,
+            )
+            for j, index in enumerate(batch.targets)
+        ]
+        out: dict[str, Any] = {
+            key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)([s[key] for s in samples]))
+            for key in samples[0]
+        }
         out["kind"] = kind
         out["source"] = self.plan.source_names()[batch.source]
         out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
         return out
 
-    def _sample(self, index: int, size: tuple[int, int], aspect: float, rng: np.random.Generator, kind: str,
-                support_rows: tuple[int, int] | None, zoom: float = 1.0) -> dict[str, np.ndarray]:
+    def _sample(
+        self,
+        index: int,
+        size: tuple[int, int],
+        aspect: float,
+        rng: np.random.Generator,
+        kind: str,
+        support_rows: tuple[int, int] | None,
+        zoom: float = 1.0,
+    ) -> dict[str, np.ndarray]:
         src_h, src_w = (int(v) for v in self._sizes[index])
         flip = self.train and rng.random() < self.cfg.augment.flip_prob
         geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
@@ -230,17 +257,22 @@ class BatchBuilder:
         if resize is not None:
             sample["resize_factor"] = resize
         if support_rows is not None:
-            sample["supports"] = np.stack([jitter(augment.apply(self._decode(r, stereo=False)[0], geometry))
-                                           for r in support_rows])
+            sample["supports"] = np.stack(
+                [jitter(augment.apply(self._decode(r, stereo=False)[0], geometry)) for r in support_rows]
+            )
         if self.ground_truth is not None:
             depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
-            sample["gt_depth"] = (augment.apply(depth, geometry, nearest=True)[None] if depth is not None
-                                  else np.full((1, *size), np.nan, np.float32))
+            sample["gt_depth"] = (
+                augment.apply(depth, geometry, nearest=True)[None]
+                if depth is not None
+                else np.full((1, *size), np.nan, np.float32)
+            )
         if kind == "stereo":
             disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
             sample["disparity"] = augment.apply_disparity(disparity.astype(np.float32), geometry)[None]
-            sample["valid"] = augment.apply(decode_mask_png(row["valid_mask"]).astype(np.uint8), geometry,
-                                            nearest=True)[None].astype(bool)
+            sample["valid"] = augment.apply(
+                decode_mask_png(row["valid_mask"]).astype(np.uint8), geometry, nearest=True
+            )[None].astype(bool)
             sky = row["sky_mask"]
             sky_mask = decode_mask_png(sky) if sky is not None else np.zeros((src_h, src_w), bool)
             sample["sky"] = augment.apply(sky_mask.astype(np.uint8), geometry, nearest=True)[None].astype(bool)
@@ -262,8 +294,9 @@ class BatchBuilder:
         return to_float(rgb8), row
 
     def _row(self, index: int, stereo: bool) -> dict[str, Any]:
-        return self.reader.row(self._paths[index], int(self.plan.row_group[index]),
-                               int(self.plan.row_in_group[index]), stereo)
+        return self.reader.row(
+            self._paths[index], int(self.plan.row_group[index]), int(self.plan.row_in_group[index]), stereo
+        )
 
 
 class GroundTruth:
@@ -319,8 +352,7 @@ def _stack_chw(frames: list[np.ndarray]) -> np.ndarray:
 class ShardStream(IterableDataset):
     """Endless training batches for one rank; see the module docstring."""
 
-    def __init__(self, plan: EpochPlan, cfg: DataConfig, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0):
+    def __init__(self, plan: EpochPlan, cfg: DataConfig, rank: int = 0, world_size: int = 1, start_batch: int = 0):
         super().__init__()
         self.plan, self.cfg = plan, cfg
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
@@ -329,7 +361,8 @@ class ShardStream(IterableDataset):
             raise ManifestError(
                 f"too few samples for one batch of {cfg.batch_size} on each of {world_size} rank(s) x "
                 f"{self.loader_workers} worker(s): {int(plan.eligible.sum())} usable samples in "
-                f"{plan.source_names()}")
+                f"{plan.source_names()}"
+            )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -363,6 +396,11 @@ class ShardStream(IterableDataset):
 def make_loader(stream: ShardStream) -> DataLoader:
     """A DataLoader over whole batches; worker count as planned (0 workers reads in the main process)."""
     workers = stream.cfg.num_workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False, prefetch_factor=2 if workers else None)
-
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )

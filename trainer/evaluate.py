@@ -3,10 +3,12 @@
 Predictions are relative (self-supervised scale, SSI training), so they are aligned to the ground truth
 before the metrics: least squares in disparity space by default (MiDaS), median scaling as an option.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +26,9 @@ METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "log_rmse", "a1", "a2", "a3")
 REFERENCES = {"stereo": "stereo_disparity", "video": "rendered_depth"}
 
 
-def open_ground_truth(directory: str | Path | None, manifests: list[str], frame: pd.DataFrame | None = None
-                      ) -> GroundTruth | None:
+def open_ground_truth(
+    directory: str | Path | None, manifests: list[str], frame: pd.DataFrame | None = None
+) -> GroundTruth | None:
     """The rendered depth to evaluate video frames against (relative: from the first manifest's data root).
 
     With `frame` (the rows to evaluate), a directory that covers none of its videos is an error: it would
@@ -39,20 +42,24 @@ def open_ground_truth(directory: str | Path | None, manifests: list[str], frame:
     if frame is not None:
         videos = sorted(set(frame.loc[frame["kind"] == "video", "video_id"].astype(str)))
         if videos and not set(videos) & set(truth.videos):
-            raise ValueError(f"ground-truth directory {path} has no <video_id>.npz for any of the videos "
-                             f"evaluated on ({', '.join(videos[:5])}{', ...' if len(videos) > 5 else ''}); "
-                             f"it holds {', '.join(truth.videos[:5])}{', ...' if len(truth.videos) > 5 else ''}")
+            raise ValueError(
+                f"ground-truth directory {path} has no <video_id>.npz for any of the videos "
+                f"evaluated on ({', '.join(videos[:5])}{', ...' if len(videos) > 5 else ''}); "
+                f"it holds {', '.join(truth.videos[:5])}{', ...' if len(truth.videos) > 5 else ''}"
+            )
     return truth
 
 
 def references(metrics: dict[str, Any]) -> dict[str, str]:
     """Per source of `evaluate_model`'s result: the ground truth its metrics were measured against."""
-    return {source: REFERENCES[source.rsplit("/", 1)[-1]] for source, values in metrics.items()
-            if isinstance(values, dict)}
+    return {
+        source: REFERENCES[source.rsplit("/", 1)[-1]] for source, values in metrics.items() if isinstance(values, dict)
+    }
 
 
-def evaluation_batches(plan: EpochPlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None,
-                       max_batches: int | None = None) -> Iterator[dict[str, Any]]:
+def evaluation_batches(
+    plan: EpochPlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None, max_batches: int | None = None
+) -> Iterator[dict[str, Any]]:
     """Every row that can be scored, source by source in manifest order, at the reference size, unaugmented.
 
     Video frames are scored only against rendered depth, so those of videos without any are left out: a
@@ -65,13 +72,19 @@ def evaluation_batches(plan: EpochPlan, cfg: TrainConfig, ground_truth: GroundTr
         for count, start in enumerate(range(0, len(rows), size)):
             if max_batches is not None and count >= max_batches:
                 break
-            yield builder(Batch(source, rows[start:start + size], (cfg.data.seed,)))
+            yield builder(Batch(source, rows[start : start + size], (cfg.data.seed,)))
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, plan: EpochPlan, cfg: TrainConfig, device: torch.device | str,
-                   ground_truth: GroundTruth | None = None, max_batches: int | None = None,
-                   predict: Callable[[Tensor], Tensor] | None = None) -> dict[str, dict[str, float]]:
+def evaluate_model(
+    model: torch.nn.Module,
+    plan: EpochPlan,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    ground_truth: GroundTruth | None = None,
+    max_batches: int | None = None,
+    predict: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, dict[str, float]]:
     """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists."""
     was_training = model.training
     model.eval()
@@ -84,9 +97,14 @@ def evaluate_model(model: torch.nn.Module, plan: EpochPlan, cfg: TrainConfig, de
             values = disparity_metrics(disparity, batch["disparity"], batch["valid"] | batch["sky"])
         elif "gt_depth" in batch and torch.isfinite(batch["gt_depth"]).any():
             gt = batch["gt_depth"]
-            values = depth_metrics(1.0 / disparity.clamp_min(1e-6), gt, torch.isfinite(gt),
-                                   min_depth=cfg.eval.min_depth, max_depth=cfg.eval.max_depth,
-                                   alignment=cfg.eval.alignment)
+            values = depth_metrics(
+                1.0 / disparity.clamp_min(1e-6),
+                gt,
+                torch.isfinite(gt),
+                min_depth=cfg.eval.min_depth,
+                max_depth=cfg.eval.max_depth,
+                alignment=cfg.eval.alignment,
+            )
         else:
             continue
         totals.setdefault(batch["source"], MetricAccumulator()).update(values, len(batch["sample_id"]))

@@ -44,11 +44,14 @@ def rotation_from_axisangle(axisangle: Tensor) -> Tensor:
     b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2_safe)
     x, y, z = axisangle.unbind(-1)
     zero = torch.zeros_like(x)
-    skew = torch.stack([
-        torch.stack([zero, -z, y], -1),
-        torch.stack([z, zero, -x], -1),
-        torch.stack([-y, x, zero], -1),
-    ], -2)
+    skew = torch.stack(
+        [
+            torch.stack([zero, -z, y], -1),
+            torch.stack([z, zero, -x], -1),
+            torch.stack([-y, x, zero], -1),
+        ],
+        -2,
+    )
     eye = torch.eye(3, dtype=axisangle.dtype, device=axisangle.device).expand_as(skew)
     return eye + a[:, None, None] * skew + b[:, None, None] * (skew @ skew)
 

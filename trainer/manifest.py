@@ -1,4 +1,5 @@
 """Read the curated manifests the trainer streams from, and select rows by the config's filters."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,26 @@ from pipeline.schema import SchemaVersionError, check_version
 from trainer.config import FilterConfig
 
 # Manifest columns the trainer needs; the pixels stay in the shards.
-COLUMNS = ["sample_id", "dataset", "video_id", "category", "clip_id", "frame_index", "timestamp_s", "split",
-           "width", "height", "fx", "fy", "cx", "cy", "motion", "layout", "shard", "row"]
+COLUMNS = [
+    "sample_id",
+    "dataset",
+    "video_id",
+    "category",
+    "clip_id",
+    "frame_index",
+    "timestamp_s",
+    "split",
+    "width",
+    "height",
+    "fx",
+    "fy",
+    "cx",
+    "cy",
+    "motion",
+    "layout",
+    "shard",
+    "row",
+]
 
 
 class ManifestError(ValueError):
@@ -76,8 +95,10 @@ def load_manifests(paths: list[str | Path], split: str | None, filters: FilterCo
     frame = frame[keep].reset_index(drop=True)
     if frame.empty:
         where = ", ".join(str(p) for p in paths)
-        raise ManifestError(f"no samples left in {where} (of {total}) for split={split!r} and filters "
-                            f"{filters.model_dump(exclude_defaults=True) or '{}'}")
+        raise ManifestError(
+            f"no samples left in {where} (of {total}) for split={split!r} and filters "
+            f"{filters.model_dump(exclude_defaults=True) or '{}'}"
+        )
     return frame
 
 

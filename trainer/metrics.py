@@ -107,8 +107,9 @@ def depth_metrics(
     median(gt)/median(pred), "none" uses pred as is; the aligned pred is clipped to [min_depth, max_depth].
     score_mask restricts the averaging, not the alignment (see depth_metrics_per_image).
     """
-    return _mean_over_images(depth_metrics_per_image(pred_depth, gt_depth, mask, min_depth, max_depth, alignment,
-                                                     score_mask))
+    return _mean_over_images(
+        depth_metrics_per_image(pred_depth, gt_depth, mask, min_depth, max_depth, alignment, score_mask)
+    )
 
 
 def disparity_metrics(pred_disp: Tensor, gt_disp: Tensor, mask: Tensor, min_abs_gt: float = 1e-3) -> dict[str, float]:
@@ -126,11 +127,13 @@ def disparity_metrics(pred_disp: Tensor, gt_disp: Tensor, mask: Tensor, min_abs_
     err = pred - gt
     same_sign = pred * gt > 0
     ratio = torch.where(same_sign, torch.maximum(pred / gt, gt / pred), torch.full_like(gt, float("inf")))
-    return _mean_over_images({
-        "abs_rel": _masked_mean(err.abs() / gt.abs(), valid),
-        "rmse": _masked_mean(err**2, valid).sqrt(),
-        "a1": _masked_mean((ratio < 1.25).double(), valid),
-    })
+    return _mean_over_images(
+        {
+            "abs_rel": _masked_mean(err.abs() / gt.abs(), valid),
+            "rmse": _masked_mean(err**2, valid).sqrt(),
+            "a1": _masked_mean((ratio < 1.25).double(), valid),
+        }
+    )
 
 
 class MetricAccumulator:

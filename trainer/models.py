@@ -58,7 +58,7 @@ def _strip_prefixes(key: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
@@ -90,10 +90,18 @@ def _fit_checkpoint(model: nn.Module, state: dict[str, Tensor], in_chans: int, w
     missing = [k for k in own if k not in state and not _is_head_key(k, classifiers)]
     unexpected = [k for k in state if k not in own and not _is_head_key(k, classifiers)]
     if missing or unexpected or mismatched:
-        raise ValueError(f"{where} does not fit: " + "; ".join(
-            f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", mismatched)) if items))
+        raise ValueError(
+            f"{where} does not fit: "
+            + "; ".join(
+                f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
+                for label, items in (
+                    ("missing keys", missing),
+                    ("unexpected keys", unexpected),
+                    ("shape mismatches", mismatched),
+                )
+                if items
+            )
+        )
     return fitted
 
 
@@ -121,8 +129,9 @@ def build_encoder(name: str, checkpoint: str | None = None, in_chans: int = 3) -
     # while loading "pretrained" weights; handing it the exact state dict keeps that step lossless.
     input_size = (in_chans, *tuple(full.pretrained_cfg.get("input_size", (3, 224, 224)))[1:])
     overlay = {"state_dict": full.state_dict(), "source": "", "input_size": input_size}
-    return timm.create_model(name, features_only=True, pretrained=True, in_chans=in_chans,
-                             pretrained_cfg_overlay=overlay)
+    return timm.create_model(
+        name, features_only=True, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=overlay
+    )
 
 
 class _Normalize(nn.Module):
@@ -206,9 +215,17 @@ class DepthNet(nn.Module):
     decoder level (SPIMO); forward's `offset` shifts that position to probe how much depth relies on it.
     """
 
-    def __init__(self, encoder: str = "convnext_tiny", checkpoint: str | None = None, scales: int = 4,
-                 head: str = "sigmoid", levels: int = 33, min_depth: float = 0.1, max_depth: float = 100.0,
-                 positional_encoding: bool = False):
+    def __init__(
+        self,
+        encoder: str = "convnext_tiny",
+        checkpoint: str | None = None,
+        scales: int = 4,
+        head: str = "sigmoid",
+        levels: int = 33,
+        min_depth: float = 0.1,
+        max_depth: float = 100.0,
+        positional_encoding: bool = False,
+    ):
         super().__init__()
         self.encoder = build_encoder(encoder, checkpoint)
         self.normalize = _Normalize(self.encoder)
@@ -234,23 +251,25 @@ class DepthNet(nn.Module):
             c_in = dec[i]
         self.levels = levels_
         if head == "sigmoid":
-            self.dispconv = nn.ModuleDict({
-                str(i): nn.Conv2d(dec[i], 1, 3, padding=1, padding_mode="reflect") for i in range(scales)
-            })
+            self.dispconv = nn.ModuleDict(
+                {str(i): nn.Conv2d(dec[i], 1, 3, padding=1, padding_mode="reflect") for i in range(scales)}
+            )
         elif head == "aquanet":
-            self.dispconv = nn.ModuleDict({
-                str(i): AquaNetHead(dec[i], levels, min_depth, max_depth) for i in range(scales)
-            })
+            self.dispconv = nn.ModuleDict(
+                {str(i): AquaNetHead(dec[i], levels, min_depth, max_depth) for i in range(scales)}
+            )
         else:
             raise ValueError(f"unknown disparity head {head!r}; expected 'sigmoid' or 'aquanet'")
         self.head = head
         self.position = None
         if positional_encoding:
             # A per-level MLP (1x1 convs) of (u, v): a "neural" encoding the decoder can lean on.
-            self.position = nn.ModuleDict({
-                str(i): nn.Sequential(nn.Conv2d(2, 32, 1), nn.ELU(inplace=True), nn.Conv2d(32, dec[i], 1))
-                for i in range(levels_)
-            })
+            self.position = nn.ModuleDict(
+                {
+                    str(i): nn.Sequential(nn.Conv2d(2, 32, 1), nn.ELU(inplace=True), nn.Conv2d(32, dec[i], 1))
+                    for i in range(levels_)
+                }
+            )
 
     def forward(self, image: Tensor, offset: tuple[float, float] = (0.0, 0.0)) -> list[Tensor]:
         """List of `scales` disparities in [0, 1], [B,1,H/2^s,W/2^s] for s = 0, 1, ...
@@ -282,8 +301,13 @@ class DepthNet(nn.Module):
 class PoseNet(nn.Module):
     """Image pair -> (target-to-source [B,4,4], normalised intrinsics [B,4] or None)."""
 
-    def __init__(self, encoder: str = "resnet18", checkpoint: str | None = None, learn_intrinsics: bool = True,
-                 explainability: bool = False):
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        checkpoint: str | None = None,
+        learn_intrinsics: bool = True,
+        explainability: bool = False,
+    ):
         super().__init__()
         # A 3-channel checkpoint's stem is repeated and halved for the 6-channel pair (Monodepth2).
         self.encoder = build_encoder(encoder, checkpoint, in_chans=6)
@@ -291,8 +315,10 @@ class PoseNet(nn.Module):
         c = self.encoder.feature_info.channels()[-1]
         self.squeeze = nn.Sequential(nn.Conv2d(c, 256, 1), nn.ReLU(inplace=True))
         self.pose = nn.Sequential(
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(256, 6, 1),
         )
         self.intrinsics = None
@@ -304,8 +330,9 @@ class PoseNet(nn.Module):
             nn.init.zeros_(self.intrinsics.bias)
         self.explain = ExplainabilityDecoder(self.encoder.feature_info.channels()) if explainability else None
 
-    def forward(self, target: Tensor, source: Tensor, source_first: bool = False, explain: bool = False
-                ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+    def forward(
+        self, target: Tensor, source: Tensor, source_first: bool = False, explain: bool = False
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
         """Transform mapping target-camera points to the source camera, and (fx/W, fy/H, cx/W, cy/H).
 
         source_first=True feeds the pair as (source, target) and inverts the predicted motion, so the
@@ -345,6 +372,8 @@ class ExplainabilityDecoder(nn.Module):
         nn.init.constant_(self.out[1].bias, self._INIT_BIAS)
 
     def forward(self, features: list[Tensor], size: tuple[int, int]) -> Tensor:
-        total = sum(F.interpolate(lat(f), size=tuple(size), mode="bilinear", align_corners=False)
-                    for lat, f in zip(self.lateral, features))
+        total = sum(
+            F.interpolate(lat(f), size=tuple(size), mode="bilinear", align_corners=False)
+            for lat, f in zip(self.lateral, features)
+        )
         return torch.sigmoid(self.out(total))

@@ -7,6 +7,7 @@ Options from the literature, each off by default (config): AQUANet's disparity h
 positional encoding (model), SfMLearner's explainability mask and SPIMO's moving-object exclusion
 (loss), and the depth-cue-preserving resize (data.augment; batches then carry "resize_factor").
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,10 +35,15 @@ class DepthTraining(nn.Module):
         super().__init__()
         self.model_cfg, self.loss_cfg = model, loss
         # Encoder checkpoints only matter for a fresh run; a saved run carries all the weights.
-        self.depth = self._depth_net(model, model.encoder_checkpoint if load_encoders else None,
-                                     loss.scales, model.positional_encoding)
-        self.pose = PoseNet(model.pose_encoder, model.pose_checkpoint if load_encoders else None,
-                            learn_intrinsics=True, explainability=loss.explainability.enabled)
+        self.depth = self._depth_net(
+            model, model.encoder_checkpoint if load_encoders else None, loss.scales, model.positional_encoding
+        )
+        self.pose = PoseNet(
+            model.pose_encoder,
+            model.pose_checkpoint if load_encoders else None,
+            learn_intrinsics=True,
+            explainability=loss.explainability.enabled,
+        )
         self.spimo_teacher = None
         if loss.spimo.enabled:
             # The first stage's depth net, frozen. A saved second-stage run carries its weights, so the
@@ -49,33 +55,47 @@ class DepthTraining(nn.Module):
 
     @staticmethod
     def _depth_net(model: ModelConfig, checkpoint: str | None, scales: int, positional_encoding: bool) -> DepthNet:
-        return DepthNet(model.encoder, checkpoint, scales=scales, head=model.disparity_head,
-                        levels=model.aquanet_levels, min_depth=model.min_depth, max_depth=model.max_depth,
-                        positional_encoding=positional_encoding)
+        return DepthNet(
+            model.encoder,
+            checkpoint,
+            scales=scales,
+            head=model.disparity_head,
+            levels=model.aquanet_levels,
+            min_depth=model.min_depth,
+            max_depth=model.max_depth,
+            positional_encoding=positional_encoding,
+        )
 
     def _load_teacher(self, path: str) -> None:
         """The depth weights of a first-stage run (same model section, positional_encoding: true)."""
         from trainer.checkpoint import load_checkpoint  # trainer.checkpoint imports this module
 
         state = load_checkpoint(path)["model"]
-        depth = {k[len("depth."):]: v for k, v in state.items() if k.startswith("depth.")}
+        depth = {k[len("depth.") :]: v for k, v in state.items() if k.startswith("depth.")}
         own = self.spimo_teacher.state_dict()
         depth = {k: v for k, v in depth.items() if k in own or not k.startswith("dispconv.")}  # coarser heads
         try:
             self.spimo_teacher.load_state_dict(depth)
         except RuntimeError as err:
-            raise ValueError(f"SPIMO first stage {path} does not fit this model section with "
-                             f"positional_encoding: true: {err}") from err
+            raise ValueError(
+                f"SPIMO first stage {path} does not fit this model section with positional_encoding: true: {err}"
+            ) from err
 
     @torch.no_grad()
     def spimo_keep(self, image: Tensor) -> Tensor:
         """[B,1,H,W] bool: pixels whose first-stage depth holds still under the positional offsets."""
         cfg = self.loss_cfg.spimo
         self.spimo_teacher.eval()  # frozen: batch-norm statistics stay the first stage's
-        depths = torch.stack([
-            disp_to_depth(self.spimo_teacher(image, offset=(du, dv))[0].float(),
-                          self.model_cfg.min_depth, self.model_cfg.max_depth)[1]
-            for du, dv in zip(cfg.offsets_u, cfg.offsets_v)])
+        depths = torch.stack(
+            [
+                disp_to_depth(
+                    self.spimo_teacher(image, offset=(du, dv))[0].float(),
+                    self.model_cfg.min_depth,
+                    self.model_cfg.max_depth,
+                )[1]
+                for du, dv in zip(cfg.offsets_u, cfg.offsets_v)
+            ]
+        )
         return ~moving_mask(depths, cfg.gamma)
 
     @torch.no_grad()
@@ -86,10 +106,15 @@ class DepthTraining(nn.Module):
         self.spimo_teacher.eval()
         estimates = []
         for factor in self.loss_cfg.spimo.boost_scales:
-            size = (max(stride, round(height * factor / stride) * stride),
-                    max(stride, round(width * factor / stride) * stride))
-            resized = image if size == (height, width) else F.interpolate(
-                image, size=size, mode="bilinear", align_corners=False)
+            size = (
+                max(stride, round(height * factor / stride) * stride),
+                max(stride, round(width * factor / stride) * stride),
+            )
+            resized = (
+                image
+                if size == (height, width)
+                else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            )
             disp = self.spimo_teacher(resized)[0].float()
             estimates.append(F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False))
         return torch.stack(estimates).mean(0)
@@ -149,14 +174,26 @@ class DepthTraining(nn.Module):
             weights = keep_at = None
             size = tuple(target.shape[-2:])
             if explain_masks is not None:
-                weights = [m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="area")
-                           for m in explain_masks]
+                weights = [
+                    m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="area")
+                    for m in explain_masks
+                ]
             if keep is not None:
-                keep_at = keep if tuple(keep.shape[-2:]) == size else \
-                    F.interpolate(keep.float(), size=size, mode="nearest") > 0.5
-            rep, _ = reprojection_loss(target, list(warped), sources, list(valid), automask=self.loss_cfg.automask,
-                                       weights=weights, keep=keep_at)
-            smooth = smoothness_loss(disp.float(), small) / (2 ** scale)
+                keep_at = (
+                    keep
+                    if tuple(keep.shape[-2:]) == size
+                    else F.interpolate(keep.float(), size=size, mode="nearest") > 0.5
+                )
+            rep, _ = reprojection_loss(
+                target,
+                list(warped),
+                sources,
+                list(valid),
+                automask=self.loss_cfg.automask,
+                weights=weights,
+                keep=keep_at,
+            )
+            smooth = smoothness_loss(disp.float(), small) / (2**scale)
             total = total + rep + self.loss_cfg.smoothness * smooth
             reprojection = reprojection + rep.detach()
             if weights is not None:
@@ -167,8 +204,12 @@ class DepthTraining(nn.Module):
         if keep is not None and self.loss_cfg.spimo.boost_weight > 0:
             full = F.interpolate(outputs[0], size=(height, width), mode="bilinear", align_corners=False)
             lo, hi = self.model_cfg.min_depth, self.model_cfg.max_depth
-            boost = masked_log_disparity_loss(disp_to_depth(full.float(), lo, hi)[0],
-                                              disp_to_depth(self.spimo_boost_target(image), lo, hi)[0], ~keep, keep)
+            boost = masked_log_disparity_loss(
+                disp_to_depth(full.float(), lo, hi)[0],
+                disp_to_depth(self.spimo_boost_target(image), lo, hi)[0],
+                ~keep,
+                keep,
+            )
             loss = loss + self.loss_cfg.video_weight * self.loss_cfg.spimo.boost_weight * boost
         out = {"loss": loss, "photometric": reprojection / len(outputs), "focal": k_norm[:, 0].mean().detach()}
         if explain_masks is not None:
@@ -185,8 +226,14 @@ class DepthTraining(nn.Module):
         full = F.interpolate(disp, size=image.shape[-2:], mode="bilinear", align_corners=False)
         # Sky carries the frame's minimum disparity on purpose (MiDaS), so it is supervised too.
         mask = batch["valid"] | batch["sky"]
-        ssi = ssi_loss(full.float(), batch["disparity"].float(), mask, alpha=self.loss_cfg.ssi_alpha,
-                       trim=self.loss_cfg.ssi_trim, alignment=self.loss_cfg.ssi_alignment)
+        ssi = ssi_loss(
+            full.float(),
+            batch["disparity"].float(),
+            mask,
+            alpha=self.loss_cfg.ssi_alpha,
+            trim=self.loss_cfg.ssi_trim,
+            alignment=self.loss_cfg.ssi_alignment,
+        )
         return {"loss": self.loss_cfg.stereo_weight * ssi, "ssi": ssi.detach()}
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ to balance sample counts, and each worker streams its units through a shuffle bu
 makes the same number of batches of each source, in one order shared by all ranks, so every rank takes
 the same number of steps (no DDP hang) and sees the same kind of batch at the same step.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,10 @@ class EpochPlan:
         counts = []
         for source in range(len(self.sources)):
             assigned = _deal(self.units(source), global_workers, rng)
-            streams = [_shuffle_buffer(rows, cfg.shuffle_buffer, np.random.default_rng([cfg.seed, epoch, g, source]))
-                       for g, rows in enumerate(assigned)]
+            streams = [
+                _shuffle_buffer(rows, cfg.shuffle_buffer, np.random.default_rng([cfg.seed, epoch, g, source]))
+                for g, rows in enumerate(assigned)
+            ]
             per_worker.append(streams)
             counts.append(min(len(s) for s in streams) // cfg.batch_size)
         counts = _mix(counts, [self.sources[s][0] for s in range(len(self.sources))], cfg.mix)
@@ -84,7 +87,7 @@ class EpochPlan:
             for i, source in enumerate(schedule):
                 start = taken[source] * cfg.batch_size
                 taken[source] += 1
-                targets = per_worker[source][g][start:start + cfg.batch_size]
+                targets = per_worker[source][g][start : start + cfg.batch_size]
                 batches.append(Batch(int(source), targets, (cfg.seed, epoch, g, i)))
             plan.append(batches)
         return plan
@@ -159,7 +162,7 @@ def _deal(units: list[np.ndarray], workers: int, rng: np.random.Generator) -> li
     total = sum(len(u) for u in units)
     if total and len(units) < 4 * workers:  # small data: cut row groups so every worker gets a share
         size = max(1, math.ceil(total / (4 * workers)))
-        units = [u[i:i + size] for u in units for i in range(0, len(u), size)]
+        units = [u[i : i + size] for u in units for i in range(0, len(u), size)]
     held = np.zeros(workers, np.int64)
     dealt: list[list[np.ndarray]] = [[] for _ in range(workers)]
     for index in rng.permutation(len(units)):
@@ -177,7 +180,7 @@ def _shuffle_buffer(rows: np.ndarray, size: int, rng: np.random.Generator) -> np
         j = int(rng.integers(len(buffer)))
         out[i], buffer[j] = buffer[j], incoming
     tail = rng.permutation(len(buffer))
-    out[len(rows) - len(buffer):] = np.asarray(buffer, np.int64)[tail]
+    out[len(rows) - len(buffer) :] = np.asarray(buffer, np.int64)[tail]
     return out
 
 
@@ -190,7 +193,6 @@ def _mix(counts: list[int], datasets: list[str], weights: dict[str, float]) -> l
         raise ValueError(f"data.mix names datasets not in the manifests: {sorted(unknown)}")
     # A dataset's weight is shared between its sources (video, stereo) in proportion to their batches.
     per_dataset = {d: sum(c for c, dd in zip(counts, datasets) if dd == d) for d in set(datasets)}
-    wanted = [weights.get(d, 0.0) * c / per_dataset[d] if per_dataset[d] else 0.0
-              for c, d in zip(counts, datasets)]
+    wanted = [weights.get(d, 0.0) * c / per_dataset[d] if per_dataset[d] else 0.0 for c, d in zip(counts, datasets)]
     scale = min((c / w for c, w in zip(counts, wanted) if w > 0), default=0.0)
     return [int(math.floor(w * scale + 1e-9)) for w in wanted]

@@ -1,25 +1,27 @@
 """Depth maps for images or videos from a trained checkpoint: 16-bit PNG plus a colour preview."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 import torch
 
+from pipeline.io.storage import write_bytes_atomic
 from pipeline.media.codecs import encode_jpeg
 from pipeline.media.decode import FrameReader
 from pipeline.media.probe import probe_video
-from pipeline.io.storage import write_bytes_atomic
 from trainer.checkpoint import load_model
 from trainer.losses import disp_to_depth
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path,
-                  device: str = "cpu", fps: float | None = None) -> list[Path]:
+def predict_paths(
+    checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, device: str = "cpu", fps: float | None = None
+) -> list[Path]:
     """Write <stem>[_<frame>]_depth.png (uint16 depth, millimetres of the model's relative scale) and
     <stem>[_<frame>]_depth.jpg (colour-mapped disparity) for every image, and video frames at `fps`."""
     model, cfg = load_model(checkpoint, device)
@@ -37,8 +39,9 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
     return written
 
 
-def predict_disparity(model: torch.nn.Module, rgb: np.ndarray, height: int, width: int,
-                      device: str | torch.device) -> np.ndarray:
+def predict_disparity(
+    model: torch.nn.Module, rgb: np.ndarray, height: int, width: int, device: str | torch.device
+) -> np.ndarray:
     """Sigmoid disparity at the input's resolution; the network sees the training size (multiples of 32)."""
     src_h, src_w = rgb.shape[:2]
     # Keep the aspect of the input: about height*width pixels, sides snapped to multiples of 32.

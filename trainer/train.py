@@ -4,6 +4,7 @@ A linear script: set up, build the data stream, build the networks, loop, checkp
 The loop counts optimiser steps; a resumed run restores weights, optimiser, scheduler, RNG and the
 data position (batches consumed), so it continues exactly where the killed run stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,9 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         step, batches = state["step"], state["batches"]
     if world_size > 1:
         # Stereo batches leave the pose network unused; every rank gets the same kind at each step.
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=True)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     core = model.module if isinstance(model, DistributedDataParallel) else model
 
     stream = ShardStream(plan, cfg.data, rank=rank, world_size=world_size, start_batch=batches)
@@ -80,8 +82,11 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
             batch = _to_device(next(batch_iter), device)
             waited += time.perf_counter() - fetch
             kinds.append(batch["kind"])
-            sync = (model.no_sync() if isinstance(model, DistributedDataParallel)
-                    and micro < cfg.optim.grad_accum - 1 else contextlib.nullcontext())
+            sync = (
+                model.no_sync()
+                if isinstance(model, DistributedDataParallel) and micro < cfg.optim.grad_accum - 1
+                else contextlib.nullcontext()
+            )
             with sync, autocast:
                 losses = model(batch)
             (losses["loss"] / cfg.optim.grad_accum).backward()
@@ -99,22 +104,50 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         step += 1
         elapsed = time.perf_counter() - started
         if rank == 0 and (step % cfg.run.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
-            log.write(step, {**totals, "lr": lr, "step_s": elapsed, "data_wait_s": waited,
-                             "samples_per_s": cfg.data.batch_size * cfg.optim.grad_accum * world_size / elapsed,
-                             "kind": kinds[0]})
+            log.write(
+                step,
+                {
+                    **totals,
+                    "lr": lr,
+                    "step_s": elapsed,
+                    "data_wait_s": waited,
+                    "samples_per_s": cfg.data.batch_size * cfg.optim.grad_accum * world_size / elapsed,
+                    "kind": kinds[0],
+                },
+            )
         last = step == cfg.optim.max_steps
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
             metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
             model.train()
         if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
-            save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
-                            batches=batches, cfg=cfg, metrics=metrics)
+            save_checkpoint(
+                checkpoint_path,
+                model=core,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step,
+                batches=batches,
+                cfg=cfg,
+                metrics=metrics,
+            )
     metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
     if rank == 0:
-        save_checkpoint(checkpoint_path, model=core, optimizer=optimizer, scheduler=scheduler, step=step,
-                        batches=batches, cfg=cfg, metrics=metrics)
-        summary = {"step": step, "metrics": metrics, "evaluated_against": references(metrics),
-                   "ground_truth": str(truth.directory) if truth is not None else None}
+        save_checkpoint(
+            checkpoint_path,
+            model=core,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=step,
+            batches=batches,
+            cfg=cfg,
+            metrics=metrics,
+        )
+        summary = {
+            "step": step,
+            "metrics": metrics,
+            "evaluated_against": references(metrics),
+            "ground_truth": str(truth.directory) if truth is not None else None,
+        }
         write_bytes_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
     log.close()
     if world_size > 1:
@@ -140,18 +173,33 @@ def _evaluation_data(manifests: list[str], cfg: TrainConfig) -> tuple[pd.DataFra
     return val, truth
 
 
-def _evaluate(model: DepthTraining, val: pd.DataFrame | str, truth: GroundTruth | None, cfg: TrainConfig,
-              device: torch.device, rank: int, log: "RunLog", step: int) -> dict[str, Any]:
+def _evaluate(
+    model: DepthTraining,
+    val: pd.DataFrame | str,
+    truth: GroundTruth | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    log: RunLog,
+    step: int,
+) -> dict[str, Any]:
     """`trainer evaluate`'s metrics on at most run.eval_batches batches per source (rank 0 only)."""
     metrics: dict[str, Any] = {}
     if rank == 0:  # a bounded pass on one rank; the others wait at the barrier
         if isinstance(val, str):
             metrics = {"skipped": val}
         else:
-            metrics = evaluate_model(model, EpochPlan(val, cfg.data), cfg, device, truth,
-                                     max_batches=cfg.run.eval_batches)
-            log.write(step, {f"eval/{source}/{name}": value for source, values in metrics.items()
-                             for name, value in values.items()})
+            metrics = evaluate_model(
+                model, EpochPlan(val, cfg.data), cfg, device, truth, max_batches=cfg.run.eval_batches
+            )
+            log.write(
+                step,
+                {
+                    f"eval/{source}/{name}": value
+                    for source, values in metrics.items()
+                    for name, value in values.items()
+                },
+            )
     if dist.is_initialized():
         dist.barrier()
     return metrics
@@ -200,8 +248,11 @@ class RunLog:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "log.jsonl"
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if _logged_step(line) <= start_step] if start_step and path.is_file() else []
+        kept = (
+            [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= start_step]
+            if start_step and path.is_file()
+            else []
+        )
         write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
         self.jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:

@@ -5,6 +5,7 @@ epsilon re-runs this pass and nothing before it. Rule order, after the cross-vid
 (the first junk kind in CLIP_JUNK order whose score reaches its `clip.junk_drop` threshold), then
 `semantic_duplicate` among the frames still kept, so a junk frame never stands in for a good duplicate.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,19 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.clip.model import ClipModel, get_model
-from pipeline.config import ClipConfig, CurateConfig, load_config, with_overrides
 from pipeline.clip.embeddings import load_embeddings
+from pipeline.clip.model import ClipModel, get_model
+from pipeline.clip.semdedup import semdedup, unit_rows
+from pipeline.config import ClipConfig, CurateConfig, load_config, with_overrides
+from pipeline.corpus.verify import read_description
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import CLIP_JUNK, CLIP_SCORE_COLUMNS, CLIP_TAGS, FRAME_STATS_SCHEMA
-from pipeline.clip.semdedup import semdedup, unit_rows
-from pipeline.corpus.verify import read_description
 
 _SCORE_ROWS = 65536  # embeddings scored at a time
 
 
-def curate_frames(root: DataRoot, records: list[dict[str, Any]], frames: pa.Table,
-                  cfg: ClipConfig) -> tuple[pa.Table, dict[str, Any]]:
+def curate_frames(
+    root: DataRoot, records: list[dict[str, Any]], frames: pa.Table, cfg: ClipConfig
+) -> tuple[pa.Table, dict[str, Any]]:
     """Frames with CLIP scores filled in and junk / semantic-duplicate drops applied; plus what dataset.json records."""
     model = get_model(cfg)
     corpus = load_embeddings(root, records, model.model_hash, model.dim)
@@ -38,8 +40,9 @@ def curate_frames(root: DataRoot, records: list[dict[str, Any]], frames: pa.Tabl
     duplicate_of = frames["duplicate_of"].to_numpy(zero_copy_only=False).astype(object)
     sample_ids = frames["sample_id"].to_numpy(zero_copy_only=False)
     take = np.where(has, position, 0)
-    per_frame = {name: values[take] if len(values) else np.zeros(len(take), values.dtype)
-                 for name, values in scores.items()}
+    per_frame = {
+        name: values[take] if len(values) else np.zeros(len(take), values.dtype) for name, values in scores.items()
+    }
     for name in CLIP_JUNK:
         threshold = getattr(cfg.junk_drop, name)
         if threshold is not None:
@@ -49,26 +52,43 @@ def curate_frames(root: DataRoot, records: list[dict[str, Any]], frames: pa.Tabl
     dedup_info = None
     if cfg.semdedup.enabled:
         rows = np.flatnonzero(kept & has)  # frames are in corpus order: (dataset, video_id, frame order)
-        result = semdedup(corpus.vectors[position[rows]], cfg.semdedup.epsilon, clusters=cfg.semdedup.clusters,
-                          iterations=cfg.semdedup.iterations, sample_per_cluster=cfg.semdedup.sample_per_cluster,
-                          seed=cfg.semdedup.seed)
+        result = semdedup(
+            corpus.vectors[position[rows]],
+            cfg.semdedup.epsilon,
+            clusters=cfg.semdedup.clusters,
+            iterations=cfg.semdedup.iterations,
+            sample_per_cluster=cfg.semdedup.sample_per_cluster,
+            seed=cfg.semdedup.seed,
+        )
         hit = result.duplicate_of >= 0
         dup_rows = rows[hit]
         kept[dup_rows] = False
         reason[dup_rows] = "semantic_duplicate"
         duplicate_of[dup_rows] = sample_ids[rows[result.duplicate_of[hit]]]
-        dedup_info = {"epsilon": cfg.semdedup.epsilon, "frames": int(len(rows)), "clusters": result.clusters,
-                      "dropped": int(hit.sum())}
-    updates = {"kept": pa.array(kept), "drop_reason": pa.array(reason, pa.string()),
-               "duplicate_of": pa.array(duplicate_of, pa.string())}
+        dedup_info = {
+            "epsilon": cfg.semdedup.epsilon,
+            "frames": int(len(rows)),
+            "clusters": result.clusters,
+            "dropped": int(hit.sum()),
+        }
+    updates = {
+        "kept": pa.array(kept),
+        "drop_reason": pa.array(reason, pa.string()),
+        "duplicate_of": pa.array(duplicate_of, pa.string()),
+    }
     tags = np.array(CLIP_TAGS, dtype=object)
     for name in CLIP_SCORE_COLUMNS:
         values = tags[per_frame["clip_tag"]] if name == "clip_tag" else per_frame[name]
         updates[name] = pa.array(values, FRAME_STATS_SCHEMA.field(name).type, mask=~has)
     for name, column in updates.items():
         frames = frames.set_column(frames.schema.get_field_index(name), name, column)
-    info = {**model.describe(), "frames_embedded": int(has.sum()), "missing_embeddings": corpus.missing,
-            "semdedup": dedup_info, "embeddings": corpus.files}
+    info = {
+        **model.describe(),
+        "frames_embedded": int(has.sum()),
+        "missing_embeddings": corpus.missing,
+        "semdedup": dedup_info,
+        "embeddings": corpus.files,
+    }
     return frames.cast(FRAME_STATS_SCHEMA), info
 
 
@@ -87,17 +107,17 @@ def zero_shot_scores(vectors: np.ndarray, model: ClipModel, cfg: ClipConfig) -> 
     out["clip_tag"] = np.empty(n, np.int64)
     out.update({f"junk_{name}": np.empty(n, np.float32) for name in CLIP_JUNK})
     for start in range(0, n, _SCORE_ROWS):
-        sims = unit_rows(vectors[start:start + _SCORE_ROWS]) @ text.T
+        sims = unit_rows(vectors[start : start + _SCORE_ROWS]) @ text.T
         logits = model.logit_scale * sims[:, :n_tags]
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         for i, name in enumerate(CLIP_TAGS):
-            out[f"tag_{name}"][start:start + len(sims)] = probs[:, i]
-        out["clip_tag"][start:start + len(sims)] = probs.argmax(axis=1)
+            out[f"tag_{name}"][start : start + len(sims)] = probs[:, i]
+        out["clip_tag"][start : start + len(sims)] = probs.argmax(axis=1)
         margin = model.logit_scale * (sims[:, n_tags:-1] - sims[:, -1:])
         junk = 1.0 / (1.0 + np.exp(-margin))
         for i, name in enumerate(CLIP_JUNK):
-            out[f"junk_{name}"][start:start + len(sims)] = junk[:, i]
+            out[f"junk_{name}"][start : start + len(sims)] = junk[:, i]
     return out
 
 

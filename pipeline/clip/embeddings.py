@@ -1,4 +1,5 @@
 """Per-video CLIP embedding files: computed from the shards' JPEGs, resumable, read back for the corpus pass."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import pyarrow.parquet as pq
 
 from pipeline.clip.model import ClipModel
 from pipeline.io.data_root import DataRoot
-from pipeline.schema import EMBEDDING_MODEL_KEY, EMBEDDING_SOURCE_KEY, embedding_schema
 from pipeline.io.storage import atomic_path
+from pipeline.schema import EMBEDDING_MODEL_KEY, EMBEDDING_SOURCE_KEY, embedding_schema
 
 _ROW_GROUP_ROWS = 8192  # ~8 MB of 512-d float16 vectors per row group
 _READ_ROWS = 256  # shard rows read at a time: a few hundred JPEGs (720p q95: ~50 MB)
@@ -32,8 +33,9 @@ def is_current(root: DataRoot, record: dict[str, Any], model_hash: str) -> bool:
             metadata = pq.read_schema(source).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return False
-    return (metadata.get(EMBEDDING_MODEL_KEY, b"").decode() == model_hash
-            and metadata.get(EMBEDDING_SOURCE_KEY, b"").decode() == source_digest(record))
+    return metadata.get(EMBEDDING_MODEL_KEY, b"").decode() == model_hash and metadata.get(
+        EMBEDDING_SOURCE_KEY, b""
+    ).decode() == source_digest(record)
 
 
 def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> bool:
@@ -44,26 +46,34 @@ def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> boo
         return False
     path = root.embeddings(record["dataset"], record["video_id"])
     root.remove_stale_temps(path.parent, path.name)  # the directory is shared with other videos' writers
-    schema = embedding_schema(model.dim).with_metadata({
-        **embedding_schema(model.dim).metadata,
-        EMBEDDING_MODEL_KEY: model.model_hash.encode(), EMBEDDING_SOURCE_KEY: source_digest(record).encode()})
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            pending: list[pa.Table] = []
-            for part in record["shards"]:
-                with root.open(root.root / part["path"]) as source:  # streamed: a part may be a gigabyte
-                    shard = pq.ParquetFile(source)
-                    # A few hundred JPEGs at a time: a long video costs time, not RAM.
-                    for batch in shard.iter_batches(batch_size=max(_READ_ROWS, model.batch_size),
-                                                    columns=["sample_id", "image"]):
-                        vectors = model.embed_jpegs(batch.column("image").to_pylist())
-                        pending.append(pa.table({"sample_id": batch.column("sample_id"),
-                                                 "embedding": _vector_array(vectors)}, schema=schema))
-                        if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
-                            writer.write_table(pa.concat_tables(pending))
-                            pending = []
-            if pending:
-                writer.write_table(pa.concat_tables(pending))
+    schema = embedding_schema(model.dim).with_metadata(
+        {
+            **embedding_schema(model.dim).metadata,
+            EMBEDDING_MODEL_KEY: model.model_hash.encode(),
+            EMBEDDING_SOURCE_KEY: source_digest(record).encode(),
+        }
+    )
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        for part in record["shards"]:
+            with root.open(root.root / part["path"]) as source:  # streamed: a part may be a gigabyte
+                shard = pq.ParquetFile(source)
+                # A few hundred JPEGs at a time: a long video costs time, not RAM.
+                for batch in shard.iter_batches(
+                    batch_size=max(_READ_ROWS, model.batch_size), columns=["sample_id", "image"]
+                ):
+                    vectors = model.embed_jpegs(batch.column("image").to_pylist())
+                    pending.append(
+                        pa.table(
+                            {"sample_id": batch.column("sample_id"), "embedding": _vector_array(vectors)},
+                            schema=schema,
+                        )
+                    )
+                    if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
     root.upload(path)  # object-store root: publish it (on disk it is in place already)
     return True
 
@@ -93,10 +103,9 @@ def load_embeddings(root: DataRoot, records: list[dict[str, Any]], model_hash: s
         with root.open_parquet(path) as source:
             table = pq.read_table(source)
         n = table.num_rows
-        vectors[row:row + n] = _vectors(table["embedding"], dim)
+        vectors[row : row + n] = _vectors(table["embedding"], dim)
         ids.append(table["sample_id"].combine_chunks())
-        files.append({"path": root.relative(path), "rows": n, "bytes": root.size(path),
-                      "sha256": root.sha256(path)})
+        files.append({"path": root.relative(path), "rows": n, "bytes": root.size(path), "sha256": root.sha256(path)})
         row += n
     sample_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
     return CorpusEmbeddings(sample_ids, vectors, files, missing)

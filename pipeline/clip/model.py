@@ -3,22 +3,24 @@
 torch and open_clip are imported inside the functions that need them, so a pipeline with `clip.enabled`
 off never imports torch.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.config import ClipConfig
 from pipeline.io.storage import sha256_file
 
-_models: dict[str, "ClipModel"] = {}
+_models: dict[str, ClipModel] = {}
 _models_lock = threading.Lock()
 _registered: set[str] = set()  # architecture files already given to open_clip
 
@@ -38,15 +40,18 @@ class ClipModel:
             raise ValueError("clip needs clip.checkpoint (a local weights file) or clip.pretrained (a tag)")
         architecture = _register_architecture(cfg.architecture, cfg.model) if cfg.architecture else None
         if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
-            raise FileNotFoundError(f"clip.checkpoint {cfg.checkpoint} not found (weights are never downloaded "
-                                    "at run time: give a local file)")
+            raise FileNotFoundError(
+                f"clip.checkpoint {cfg.checkpoint} not found (weights are never downloaded "
+                "at run time: give a local file)"
+            )
         self.name = cfg.model
         self.pretrained = cfg.pretrained
         self.device = torch.device(resolve_device(cfg.device))
         self.batch_size = cfg.batch_size
         self.decode_workers = cfg.decode_workers
         model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.model, pretrained=cfg.checkpoint or cfg.pretrained, device=self.device)
+            cfg.model, pretrained=cfg.checkpoint or cfg.pretrained, device=self.device
+        )
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -58,24 +63,37 @@ class ClipModel:
             self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
         self.checkpoint_sha256 = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
         # What decides the embeddings: architecture, weights. Device and autocast only perturb the last bits.
-        self.model_hash = hashlib.sha256(json.dumps({
-            "model": cfg.model, "architecture": architecture, "checkpoint_sha256": self.checkpoint_sha256,
-            "pretrained": cfg.pretrained}, sort_keys=True).encode()).hexdigest()[:16]
+        self.model_hash = hashlib.sha256(
+            json.dumps(
+                {
+                    "model": cfg.model,
+                    "architecture": architecture,
+                    "checkpoint_sha256": self.checkpoint_sha256,
+                    "pretrained": cfg.pretrained,
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
         self.dim = int(self.embed_texts(["a photo"]).shape[1])
 
     def describe(self) -> dict[str, Any]:
         """What dataset.json records about the model."""
-        return {"model": self.name, "pretrained": self.pretrained, "checkpoint_sha256": self.checkpoint_sha256,
-                "model_hash": self.model_hash, "embedding_dim": self.dim}
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "model_hash": self.model_hash,
+            "embedding_dim": self.dim,
+        }
 
     def embed_jpegs(self, jpegs: Sequence[bytes]) -> np.ndarray:
         """L2-normalised float16 embeddings (N x dim) of JPEG-encoded images, in batches of `batch_size`."""
         out = np.empty((len(jpegs), self.dim), np.float16)
         with ThreadPoolExecutor(self.decode_workers) as pool:  # PIL decodes and resizes without the GIL
             for start in range(0, len(jpegs), self.batch_size):
-                chunk = jpegs[start:start + self.batch_size]
+                chunk = jpegs[start : start + self.batch_size]
                 tensors = list(pool.map(self._prepare, chunk))
-                out[start:start + len(chunk)] = self._encode_images(tensors)
+                out[start : start + len(chunk)] = self._encode_images(tensors)
         return out
 
     def _prepare(self, jpeg: bytes):
@@ -90,8 +108,10 @@ class ClipModel:
         import torch
 
         batch = torch.stack(tensors).to(self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                                    enabled=self.amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
+        ):
             features = self.model.encode_image(batch)
         return _normalise(features)
 
@@ -100,16 +120,32 @@ class ClipModel:
         import torch
 
         tokens = self.tokenizer(list(prompts)).to(self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                                    enabled=self.amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
+        ):
             features = self.model.encode_text(tokens)
         return _normalise(features).astype(np.float32)
 
 
 def get_model(cfg: ClipConfig) -> ClipModel:
     """The process-wide model for these settings, built on first use (every worker thread shares it)."""
-    key = json.dumps({k: getattr(cfg, k) for k in ("model", "checkpoint", "pretrained", "architecture", "device",
-                                                   "amp", "batch_size", "decode_workers")}, sort_keys=True)
+    key = json.dumps(
+        {
+            k: getattr(cfg, k)
+            for k in (
+                "model",
+                "checkpoint",
+                "pretrained",
+                "architecture",
+                "device",
+                "amp",
+                "batch_size",
+                "decode_workers",
+            )
+        },
+        sort_keys=True,
+    )
     if cfg.checkpoint:  # a replaced checkpoint file is a different model
         stat = Path(cfg.checkpoint).stat() if Path(cfg.checkpoint).is_file() else None
         key += f"|{stat.st_size}:{stat.st_mtime_ns}" if stat else ""
@@ -151,8 +187,9 @@ TINY_ARCHITECTURE: dict[str, Any] = {
 }
 
 
-def save_random_checkpoint(model: str, path: str | Path, *, architecture: str | Path | None = None,
-                           seed: int = 0) -> Path:
+def save_random_checkpoint(
+    model: str, path: str | Path, *, architecture: str | Path | None = None, seed: int = 0
+) -> Path:
     """Write the state dict of a randomly initialised open_clip `model` to `path` (tests and benchmarks)."""
     import torch
 

@@ -10,6 +10,7 @@ Memory: the embeddings stay float16 (1M x 512 = 1 GB); similarities are computed
 size, and each cluster is gathered on its own. Time: k-means costs ~n*k*d and the per-cluster pass ~n*(n/k)*d,
 so the default k = ceil(sqrt(n)) makes both grow as n^1.5.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,15 @@ class SemDedupResult:
     clusters: int
 
 
-def semdedup(vectors: np.ndarray, epsilon: float, *, clusters: int | None = None, iterations: int = 20,
-             sample_per_cluster: int = 256, seed: int = 0) -> SemDedupResult:
+def semdedup(
+    vectors: np.ndarray,
+    epsilon: float,
+    *,
+    clusters: int | None = None,
+    iterations: int = 20,
+    sample_per_cluster: int = 256,
+    seed: int = 0,
+) -> SemDedupResult:
     """Near-duplicates of unit rows (any float dtype): cosine > 1 - epsilon to an earlier kept row of the cluster."""
     n = len(vectors)
     duplicate_of = np.full(n, -1, np.int64)
@@ -43,7 +51,7 @@ def semdedup(vectors: np.ndarray, epsilon: float, *, clusters: int | None = None
     order = np.argsort(labels, kind="stable")  # grouped by cluster, corpus order inside each
     bounds = np.searchsorted(labels[order], np.arange(k + 1))
     for cluster in range(k):
-        rows = order[bounds[cluster]:bounds[cluster + 1]]
+        rows = order[bounds[cluster] : bounds[cluster + 1]]
         if len(rows) < 2:
             continue
         local, sims = greedy_dedup(unit_rows(vectors[rows]), 1.0 - epsilon)
@@ -53,8 +61,9 @@ def semdedup(vectors: np.ndarray, epsilon: float, *, clusters: int | None = None
     return SemDedupResult(duplicate_of, similarity, labels, k)
 
 
-def kmeans(vectors: np.ndarray, k: int, *, iterations: int = 20, sample_per_cluster: int = 256,
-           seed: int = 0) -> np.ndarray:
+def kmeans(
+    vectors: np.ndarray, k: int, *, iterations: int = 20, sample_per_cluster: int = 256, seed: int = 0
+) -> np.ndarray:
     """k x d float32 unit centroids of spherical k-means (Lloyd), fitted on a seeded sample; deterministic."""
     rng = np.random.default_rng(seed)
     n, dim = vectors.shape
@@ -62,8 +71,9 @@ def kmeans(vectors: np.ndarray, k: int, *, iterations: int = 20, sample_per_clus
         raise ValueError(f"k-means needs 1 <= k <= n, got k={k}, n={n}")
     # Like faiss: a few hundred points per centroid place it as well as all of them would. The sample is
     # converted to float32 once (k x sample_per_cluster rows: 0.5 GB for 1M embeddings at 512-d).
-    sample = slice(None) if n <= k * sample_per_cluster else np.sort(rng.choice(n, k * sample_per_cluster,
-                                                                                replace=False))
+    sample = (
+        slice(None) if n <= k * sample_per_cluster else np.sort(rng.choice(n, k * sample_per_cluster, replace=False))
+    )
     fit = unit_rows(vectors[sample])
     centroids = fit[np.sort(rng.choice(len(fit), k, replace=False))]
     previous = None
@@ -76,7 +86,7 @@ def kmeans(vectors: np.ndarray, k: int, *, iterations: int = 20, sample_per_clus
         _accumulate(sums, fit, labels)
         empty = np.flatnonzero(np.bincount(labels, minlength=k) == 0)
         if len(empty):  # reseed an empty cluster with the point its centroid serves worst
-            sums[empty] = unit_rows(fit[np.argsort(sims, kind="stable")[:len(empty)]])
+            sums[empty] = unit_rows(fit[np.argsort(sims, kind="stable")[: len(empty)]])
         centroids = unit_rows(sums)
     return centroids
 
@@ -88,9 +98,9 @@ def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
     sims = np.empty(n, np.float32)
     step = max(1, min(_rows_per_chunk(vectors.shape[1]), _CELLS // len(centroids)))
     for start in range(0, n, step):
-        scores = unit_rows(vectors[start:start + step]) @ centroids.T
-        labels[start:start + step] = scores.argmax(axis=1)
-        sims[start:start + step] = scores[np.arange(len(scores)), labels[start:start + step]]
+        scores = unit_rows(vectors[start : start + step]) @ centroids.T
+        labels[start : start + step] = scores.argmax(axis=1)
+        sims[start : start + step] = scores[np.arange(len(scores)), labels[start : start + step]]
     return labels, sims
 
 
@@ -108,12 +118,12 @@ def greedy_dedup(x: np.ndarray, threshold: float, block: int = _BLOCK) -> tuple[
     n_kept = 0
     kept_step = max(1, _CELLS // block)
     for start in range(0, m, block):
-        rows = x[start:start + block]
+        rows = x[start : start + block]
         b = len(rows)
         best = np.full(b, -np.inf, np.float32)
         best_at = np.full(b, -1, np.int64)
         for k0 in range(0, n_kept, kept_step):  # against every row kept in earlier blocks
-            candidates = kept[k0:min(k0 + kept_step, n_kept)]
+            candidates = kept[k0 : min(k0 + kept_step, n_kept)]
             sims = rows @ x[candidates].T
             j = sims.argmax(axis=1)
             value = sims[np.arange(b), j]
@@ -135,10 +145,10 @@ def greedy_dedup(x: np.ndarray, threshold: float, block: int = _BLOCK) -> tuple[
         better = value > best
         best[better] = value[better]
         best_at[better] = start + j[better]
-        duplicate_of[start:start + b][is_dup] = best_at[is_dup]
-        similarity[start:start + b][is_dup] = np.minimum(best[is_dup], 1.0)
+        duplicate_of[start : start + b][is_dup] = best_at[is_dup]
+        similarity[start : start + b][is_dup] = np.minimum(best[is_dup], 1.0)
         new = start + np.flatnonzero(~is_dup)
-        kept[n_kept:n_kept + len(new)] = new
+        kept[n_kept : n_kept + len(new)] = new
         n_kept += len(new)
     return duplicate_of, similarity
 
@@ -161,9 +171,9 @@ def _accumulate(sums: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
     """
     step = _rows_per_chunk(rows.shape[1])
     for start in range(0, len(rows), step):
-        chunk_labels = labels[start:start + step]
+        chunk_labels = labels[start : start + step]
         order = np.argsort(chunk_labels, kind="stable")
-        chunk = rows[start:start + step][order]
+        chunk = rows[start : start + step][order]
         sorted_labels = chunk_labels[order]
         bounds = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1], True])
         for a, b in zip(bounds[:-1], bounds[1:]):

@@ -10,6 +10,7 @@ into `stats/cameras.parquet` and fills the manifest's intrinsics where the catal
 Normalised like the catalog's: fx = f / W, fy = f / H, cx / W, cy / H. The radial term k1 is kept apart: it is
 never a matrix entry (SlowTV's loader once put it in K's skew slot).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.config import IntrinsicsConfig
 from pipeline.clip.embeddings import source_digest
+from pipeline.config import IntrinsicsConfig
 from pipeline.io.data_root import DataRoot
 
 CAMERA_MODEL = "SIMPLE_RADIAL"
@@ -55,12 +56,23 @@ def estimate_video(root: DataRoot, record: dict[str, Any], cfg: IntrinsicsConfig
     if existing is not None:
         return existing, False
     clip_id, width, height, images = read_clip_frames(root, record, cfg.frames)
-    camera = {"dataset": record["dataset"], "video_id": record["video_id"], "model": CAMERA_MODEL,
-              "clip_id": clip_id, "width": width, "height": height, "frames": len(images),
-              "source": source_digest(record), "settings": settings_hash(cfg)}
+    camera = {
+        "dataset": record["dataset"],
+        "video_id": record["video_id"],
+        "model": CAMERA_MODEL,
+        "clip_id": clip_id,
+        "width": width,
+        "height": height,
+        "frames": len(images),
+        "source": source_digest(record),
+        "settings": settings_hash(cfg),
+    }
     if len(images) < cfg.min_frames:
-        camera.update(_failure(TOO_FEW_FRAMES, f"longest clip has {len(images)} kept frames, "
-                                               f"intrinsics.min_frames is {cfg.min_frames}"))
+        camera.update(
+            _failure(
+                TOO_FEW_FRAMES, f"longest clip has {len(images)} kept frames, intrinsics.min_frames is {cfg.min_frames}"
+            )
+        )
     else:
         camera.update(estimate_from_jpegs(images, cfg))
     path = root.camera(record["dataset"], record["video_id"])
@@ -128,8 +140,7 @@ def estimate_from_jpegs(images: list[bytes], cfg: IntrinsicsConfig) -> dict[str,
         problems = []
         for attempt in range(cfg.attempts):
             seed = cfg.seed + attempt
-            model, problem = _map(pycolmap, database, image_dir, Path(work) / f"sparse-{seed}", cfg, seed,
-                                  len(images))
+            model, problem = _map(pycolmap, database, image_dir, Path(work) / f"sparse-{seed}", cfg, seed, len(images))
             if model is not None:
                 return {**model, "status": "ok", "error": None, "attempts": attempt + 1, "seed": seed}
             problems.append(f"seed {seed}: {problem}")
@@ -143,19 +154,25 @@ def _features(pycolmap, database: Path, image_dir: Path, cfg: IntrinsicsConfig) 
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = cfg.max_image_size
     extraction.num_threads = cfg.threads
-    pycolmap.extract_features(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    pycolmap.extract_features(
+        database,
+        image_dir,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+    )
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = cfg.overlap
     pairing.num_threads = cfg.threads
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.threads
-    pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                              device=pycolmap.Device.cpu)
+    pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
 
 
-def _map(pycolmap, database: Path, image_dir: Path, out: Path, cfg: IntrinsicsConfig, seed: int,
-         frames: int) -> tuple[dict[str, Any] | None, str]:
+def _map(
+    pycolmap, database: Path, image_dir: Path, out: Path, cfg: IntrinsicsConfig, seed: int, frames: int
+) -> tuple[dict[str, Any] | None, str]:
     """One incremental mapping run; (normalised camera, "") or (None, why it does not count)."""
     pycolmap.set_random_seed(seed)
     options = pycolmap.IncrementalPipelineOptions()
@@ -179,10 +196,28 @@ def _map(pycolmap, database: Path, image_dir: Path, out: Path, cfg: IntrinsicsCo
     if not f > 0:
         return None, f"focal length {f}"
     w, h = camera.width, camera.height
-    return {"fx": f / w, "fy": f / h, "cx": cx / w, "cy": cy / h, "k1": k1, "registered": registered,
-            "reprojection_error_px": float(model.compute_mean_reprojection_error())}, ""
+    return {
+        "fx": f / w,
+        "fy": f / h,
+        "cx": cx / w,
+        "cy": cy / h,
+        "k1": k1,
+        "registered": registered,
+        "reprojection_error_px": float(model.compute_mean_reprojection_error()),
+    }, ""
 
 
 def _failure(reason: str, message: str) -> dict[str, Any]:
-    return {"status": reason, "error": message, "fx": None, "fy": None, "cx": None, "cy": None, "k1": None,
-            "registered": 0, "reprojection_error_px": None, "attempts": 0, "seed": None}
+    return {
+        "status": reason,
+        "error": message,
+        "fx": None,
+        "fy": None,
+        "cx": None,
+        "cy": None,
+        "k1": None,
+        "registered": 0,
+        "reprojection_error_px": None,
+        "attempts": 0,
+        "seed": None,
+    }

@@ -1,4 +1,5 @@
 """Corpus-level step after all videos: cross-video dedup, CLIP curation, manifests, stats tables, dataset.json."""
+
 from __future__ import annotations
 
 import collections
@@ -14,11 +15,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig
-from pipeline.video.phash import find_many
 from pipeline.io.data_root import DataRoot
-from pipeline.schema import (CAMERA_SCHEMA, CATEGORY_STATS_SCHEMA, CLIP_SCORE_COLUMNS, DROP_REASONS, FRAME_STATS_SCHEMA,
-                             MANIFEST_SCHEMA, PUBLISH_DROP_REASONS, SAMPLE_COLUMNS, SCHEMA_VERSION,
-                             VIDEO_STATS_SCHEMA)
+from pipeline.schema import (
+    CAMERA_SCHEMA,
+    CATEGORY_STATS_SCHEMA,
+    CLIP_SCORE_COLUMNS,
+    DROP_REASONS,
+    FRAME_STATS_SCHEMA,
+    MANIFEST_SCHEMA,
+    PUBLISH_DROP_REASONS,
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    VIDEO_STATS_SCHEMA,
+)
+from pipeline.video.phash import find_many
 
 
 def load_records(root: DataRoot) -> list[dict[str, Any]]:
@@ -47,13 +57,14 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
     cameras = _cameras(root, records, cfg)
     if cfg.intrinsics.enabled:
         outputs[root.cameras_table] = _parquet_bytes(
-            pa.Table.from_pylist([{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()],
-                                 schema=CAMERA_SCHEMA))
+            pa.Table.from_pylist(
+                [{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()], schema=CAMERA_SCHEMA
+            )
+        )
     kept = _kept_by_video(frames)
     manifests = {}
     for dataset in sorted({r["dataset"] for r in records}):
-        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept,
-                          cameras)
+        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept, cameras)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
     for path in [*outputs, root.dataset_json]:
@@ -68,8 +79,12 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
 
 
 def _load_frames(root: DataRoot, records: list[dict[str, Any]]) -> pa.Table:
-    tables = [_read_table(root, part["path"], schema=FRAME_STATS_SCHEMA)
-              for record in records if record["status"] == "ok" for part in record["frame_parts"]]
+    tables = [
+        _read_table(root, part["path"], schema=FRAME_STATS_SCHEMA)
+        for record in records
+        if record["status"] == "ok"
+        for part in record["frame_parts"]
+    ]
     if not tables:
         return FRAME_STATS_SCHEMA.empty_table()
     return pa.concat_tables(tables)
@@ -96,10 +111,12 @@ def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table
         duplicate_of[dup_rows] = sample_ids[index_rows[match[hit]]]
         index_rows = np.concatenate([index_rows, rows[~hit]])
     frames = frames.set_column(frames.schema.get_field_index("kept"), "kept", pa.array(kept))
-    frames = frames.set_column(frames.schema.get_field_index("drop_reason"), "drop_reason",
-                               pa.array(reason, pa.string()))
-    frames = frames.set_column(frames.schema.get_field_index("duplicate_of"), "duplicate_of",
-                               pa.array(duplicate_of, pa.string()))
+    frames = frames.set_column(
+        frames.schema.get_field_index("drop_reason"), "drop_reason", pa.array(reason, pa.string())
+    )
+    frames = frames.set_column(
+        frames.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(duplicate_of, pa.string())
+    )
     return frames.cast(FRAME_STATS_SCHEMA)
 
 
@@ -113,16 +130,24 @@ def previous_catalog_problems(root: DataRoot) -> list[dict[str, Any]]:
     problems = []
     for row in table.filter(pc.equal(table["status"], "catalog_error")).to_pylist():
         reason, _, message = (row["error"] or "").partition(": ")  # written as f"{reason}: {message}"
-        problems.append({"dataset": row["dataset"], "video_id": row["video_id"], "line": row["catalog_line"],
-                         "reason": reason, "message": message})
+        problems.append(
+            {
+                "dataset": row["dataset"],
+                "video_id": row["video_id"],
+                "line": row["catalog_line"],
+                "reason": reason,
+                "message": message,
+            }
+        )
     return problems
 
 
 def _recount(records: list[dict[str, Any]], frames: pa.Table) -> None:
     """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
     late = frames.filter(pc.is_in(frames["drop_reason"], pa.array(PUBLISH_DROP_REASONS)))
-    per_video = collections.Counter(zip(late["dataset"].to_pylist(), late["video_id"].to_pylist(),
-                                        late["drop_reason"].to_pylist()))
+    per_video = collections.Counter(
+        zip(late["dataset"].to_pylist(), late["video_id"].to_pylist(), late["drop_reason"].to_pylist())
+    )
     for record in records:
         key = (record["dataset"], record["video_id"])
         counts = {reason: per_video.get((*key, reason), 0) for reason in PUBLISH_DROP_REASONS}
@@ -139,9 +164,15 @@ def _videos_table(records: list[dict[str, Any]], catalog_problems: list[dict[str
         row["shard_bytes"] = sum(p["bytes"] for p in record["shards"])
         rows.append(row)
     for problem in catalog_problems:
-        rows.append({"dataset": problem.get("dataset"), "video_id": problem.get("video_id"),
-                     "catalog_line": problem["line"], "status": "catalog_error",
-                     "error": f"{problem['reason']}: {problem['message']}"})
+        rows.append(
+            {
+                "dataset": problem.get("dataset"),
+                "video_id": problem.get("video_id"),
+                "catalog_line": problem["line"],
+                "status": "catalog_error",
+                "error": f"{problem['reason']}: {problem['message']}",
+            }
+        )
     return pa.Table.from_pylist(rows, schema=VIDEO_STATS_SCHEMA)
 
 
@@ -150,8 +181,16 @@ def _categories_table(records: list[dict[str, Any]]) -> pa.Table:
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
         key = (record["dataset"], record["category"] or "")
-        row = groups.setdefault(key, {"dataset": key[0], "category": key[1], "videos": 0, "videos_ok": 0,
-                                      **{name: 0 for name in CATEGORY_STATS_SCHEMA.names[4:]}})
+        row = groups.setdefault(
+            key,
+            {
+                "dataset": key[0],
+                "category": key[1],
+                "videos": 0,
+                "videos_ok": 0,
+                **{name: 0 for name in CATEGORY_STATS_SCHEMA.names[4:]},
+            },
+        )
         row["videos"] += 1
         row["videos_ok"] += record["status"] == "ok"
         for name in CATEGORY_STATS_SCHEMA.names[4:]:
@@ -166,8 +205,10 @@ def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
     starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]]) if len(video) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(video)].astype(np.int64)
     kept = kept.select(["dataset", "video_id", "sample_id", *CLIP_SCORE_COLUMNS])
-    return {(kept["dataset"][int(a)].as_py(), kept["video_id"][int(a)].as_py()): kept.slice(int(a), int(b - a))
-            for a, b in zip(starts, ends)}
+    return {
+        (kept["dataset"][int(a)].as_py(), kept["video_id"][int(a)].as_py()): kept.slice(int(a), int(b - a))
+        for a, b in zip(starts, ends)
+    }
 
 
 def _cameras(root: DataRoot, records: list[dict[str, Any]], cfg: CurateConfig) -> dict[tuple[str, str], dict]:
@@ -193,20 +234,29 @@ def _with_intrinsics(table: pa.Table, camera: dict[str, Any] | None) -> pa.Table
     elif camera is not None and camera["status"] == "ok":
         source, k1 = "colmap", camera["k1"]
         for name in ("fx", "fy", "cx", "cy"):
-            table = table.set_column(table.schema.get_field_index(name), name,
-                                     pa.array([camera[name]] * n, pa.float32()))
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pa.array([camera[name]] * n, pa.float32())
+            )
     else:
         source, k1 = None, None
     table = table.append_column("k1", pa.array([k1] * n, pa.float32()))
     return table.append_column("intrinsics_source", pa.array([source] * n, pa.string()))
 
 
-def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[str, str], pa.Table],
-              cameras: dict[tuple[str, str], dict]) -> pa.Table:
+def _manifest(
+    root: DataRoot,
+    records: list[dict[str, Any]],
+    kept: dict[tuple[str, str], pa.Table],
+    cameras: dict[tuple[str, str], dict],
+) -> pa.Table:
     """Kept rows of the records' shards, no pixels, with where they are, their CLIP scores and intrinsics."""
     tables = []
-    empty = pa.table({"sample_id": pa.array([], pa.string()),
-                      **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS}})
+    empty = pa.table(
+        {
+            "sample_id": pa.array([], pa.string()),
+            **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS},
+        }
+    )
     for record in records:
         # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
         video_kept = kept.get((record["dataset"], record["video_id"]), empty)
@@ -225,8 +275,9 @@ def _manifest(root: DataRoot, records: list[dict[str, Any]], kept: dict[tuple[st
     return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
 
 
-def _read_table(root: DataRoot, relative: str, columns: list[str] | None = None, schema: pa.Schema | None = None
-                ) -> pa.Table:
+def _read_table(
+    root: DataRoot, relative: str, columns: list[str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
     """A Parquet file under the data root (only `columns`: an object store then sends no pixels)."""
     with root.open_parquet(root.root / relative, columns) as source:
         return pq.read_table(source, columns=columns, schema=schema)
@@ -238,9 +289,16 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]], frames: pa.Table,
-                 outputs: dict, manifests: dict[str, int], clip_info: dict[str, Any] | None,
-                 cameras: dict[tuple[str, str], dict]) -> dict[str, Any]:
+def _description(
+    root: DataRoot,
+    cfg: CurateConfig,
+    records: list[dict[str, Any]],
+    frames: pa.Table,
+    outputs: dict,
+    manifests: dict[str, int],
+    clip_info: dict[str, Any] | None,
+    cameras: dict[tuple[str, str], dict],
+) -> dict[str, Any]:
     reasons = collections.Counter(r for r in frames["drop_reason"].to_pylist() if r)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -254,8 +312,11 @@ def _description(root: DataRoot, cfg: CurateConfig, records: list[dict[str, Any]
             "frames_kept": int(pc.sum(frames["kept"]).as_py() or 0),
             "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
             "samples": manifests,
-            **({"cameras": dict(sorted(collections.Counter(c["status"] for c in cameras.values()).items()))}
-               if cfg.intrinsics.enabled else {}),
+            **(
+                {"cameras": dict(sorted(collections.Counter(c["status"] for c in cameras.values()).items()))}
+                if cfg.intrinsics.enabled
+                else {}
+            ),
         },
         "shards": [part for r in records if r["status"] == "ok" for part in r["shards"]],
         "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off

@@ -1,4 +1,5 @@
 """Human-readable summaries of a dataset: what was kept, what was dropped and why, what failed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,19 +8,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.corpus.verify import read_description
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import DROP_REASONS
-from pipeline.corpus.verify import read_description
 
 
 def summarize(root: DataRoot) -> dict[str, Any]:
     description = read_description(root)
-    videos = _read(root, root.videos_table, columns=["dataset", "video_id", "status", "error",
-                                                   "frames_decoded", "frames_kept"]).to_pylist()
+    videos = _read(
+        root, root.videos_table, columns=["dataset", "video_id", "status", "error", "frames_decoded", "frames_kept"]
+    ).to_pylist()
     counts = dict(description["counts"])
-    counts["videos"] = {"ok": sum(v["status"] == "ok" for v in videos),
-                        "failed": sum(v["status"] != "ok" for v in videos),
-                        **{f"status:{k}": n for k, n in description["counts"]["videos"].items()}}
+    counts["videos"] = {
+        "ok": sum(v["status"] == "ok" for v in videos),
+        "failed": sum(v["status"] != "ok" for v in videos),
+        **{f"status:{k}": n for k, n in description["counts"]["videos"].items()},
+    }
     return {"data_root": root.name, "counts": counts, "videos": videos}
 
 
@@ -49,10 +53,26 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
     categories = _read(root, root.categories_table).to_pylist()
     reasons = [f"dropped_{r}" for r in DROP_REASONS if any(v[f"dropped_{r}"] for v in videos)]
     keys = ("frames_decoded", "frames_kept", *reasons)
-    video_rows = [{"dataset": v["dataset"], "video_id": v["video_id"], "category": v["category"],
-                   "status": v["status"], **{k: v[k] or 0 for k in keys}} for v in videos]
-    category_rows = [{"dataset": c["dataset"], "category": c["category"], "videos": c["videos"],
-                      "videos_ok": c["videos_ok"], **{k: c[k] for k in keys}} for c in categories]
+    video_rows = [
+        {
+            "dataset": v["dataset"],
+            "video_id": v["video_id"],
+            "category": v["category"],
+            "status": v["status"],
+            **{k: v[k] or 0 for k in keys},
+        }
+        for v in videos
+    ]
+    category_rows = [
+        {
+            "dataset": c["dataset"],
+            "category": c["category"],
+            "videos": c["videos"],
+            "videos_ok": c["videos_ok"],
+            **{k: c[k] for k in keys},
+        }
+        for c in categories
+    ]
     return video_rows, category_rows
 
 

@@ -1,4 +1,5 @@
 """Check a published dataset against its dataset.json: shard checksums, schemas, counts."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,17 @@ import json
 import pyarrow.parquet as pq
 
 from pipeline.io.data_root import DataRoot
-from pipeline.schema import (CATEGORY_STATS_SCHEMA, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA,
-                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version, check_version_string,
-                             embedding_schema)
+from pipeline.schema import (
+    CATEGORY_STATS_SCHEMA,
+    FRAME_STATS_SCHEMA,
+    MANIFEST_SCHEMA,
+    SHARD_SCHEMA,
+    VIDEO_STATS_SCHEMA,
+    SchemaVersionError,
+    check_version,
+    check_version_string,
+    embedding_schema,
+)
 
 
 def read_description(root: DataRoot) -> dict:
@@ -26,15 +35,20 @@ def verify_dataset(root: DataRoot) -> list[str]:
     problems: list[str] = []
     for shard in description["shards"]:
         problems += _check_file(root, shard["path"], shard["sha256"], SHARD_SCHEMA, shard["rows"])
-    expected = {"manifest": MANIFEST_SCHEMA, "stats/videos.parquet": VIDEO_STATS_SCHEMA,
-                "stats/frames.parquet": FRAME_STATS_SCHEMA, "stats/categories.parquet": CATEGORY_STATS_SCHEMA}
+    expected = {
+        "manifest": MANIFEST_SCHEMA,
+        "stats/videos.parquet": VIDEO_STATS_SCHEMA,
+        "stats/frames.parquet": FRAME_STATS_SCHEMA,
+        "stats/categories.parquet": CATEGORY_STATS_SCHEMA,
+    }
     for path, digest in description["tables"].items():
         schema = next(s for prefix, s in expected.items() if path.startswith(prefix))
         problems += _check_file(root, path, digest, schema, None)
     clip = description.get("clip") or {}
     for file in clip.get("embeddings", []):
-        problems += _check_file(root, file["path"], file["sha256"], embedding_schema(clip["embedding_dim"]),
-                                file["rows"])
+        problems += _check_file(
+            root, file["path"], file["sha256"], embedding_schema(clip["embedding_dim"]), file["rows"]
+        )
     return problems
 
 

@@ -6,6 +6,7 @@ directory that holds the downloads and the work in progress. The I/O methods bel
 the data root: on disk they are the plain file operations of before; for a URL they read the object store, and
 `upload` / `write_bytes` publish finished files to it atomically (pipeline/io/objectstore.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,7 @@ class DataRoot:
             object.__setattr__(self, "root", Path(work_dir or default_work_dir(url)).expanduser().resolve())
             return
         if str(root).startswith("file://"):
-            root = str(root)[len("file://"):]
+            root = str(root)[len("file://") :]
         object.__setattr__(self, "url", None)
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
 
@@ -128,7 +129,7 @@ class DataRoot:
             return sorted(directory.glob(pattern))
         prefix = self.url + "/"
         found = objectstore.glob(objectstore.join(self.address(directory), pattern))
-        return sorted(self.root / u[len(prefix):] for u in found if u.startswith(prefix))
+        return sorted(self.root / u[len(prefix) :] for u in found if u.startswith(prefix))
 
     def size(self, path: Path) -> int:
         return objectstore.size(self.address(path)) if self.url else path.stat().st_size

@@ -10,13 +10,15 @@ Plain local paths pass through `exists`, `open_input` and `open_parquet` untouch
 reader) use one code path for both. Filesystems are looked up per call: fsspec caches them per process and drops
 its cache after a fork, so nothing opened in a parent process is used in a DataLoader worker.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from pipeline.io.storage import TMP_MARK
 
@@ -37,8 +39,10 @@ def filesystem(url: str) -> tuple[Any, str]:
 
     netloc = url.partition("://")[2].partition("/")[0]
     if "@" in netloc:  # user:secret@bucket would end up in logs and dataset.json
-        raise ValueError(f"{url.partition('://')[0]}:// URL with credentials in it: give credentials through the "
-                         "environment or the storage's config file, not the data root")
+        raise ValueError(
+            f"{url.partition('://')[0]}:// URL with credentials in it: give credentials through the "
+            "environment or the storage's config file, not the data root"
+        )
     return fsspec.core.url_to_fs(url)
 
 
@@ -169,8 +173,9 @@ def open_input(location: str | Path) -> Iterator[str | Path | BinaryIO]:
 
 
 @contextlib.contextmanager
-def open_parquet(location: str | Path, columns: list[str] | None = None,
-                 row_groups: list[int] | None = None) -> Iterator[str | Path | BinaryIO]:
+def open_parquet(
+    location: str | Path, columns: list[str] | None = None, row_groups: list[int] | None = None
+) -> Iterator[str | Path | BinaryIO]:
     """Like open_input, but on an object store the footer and the byte ranges of the wanted columns and row
     groups are fetched up front (fsspec.parquet), in a few requests, and nothing else: no pixels for a
     metadata column, one row group for the trainer."""
@@ -180,8 +185,7 @@ def open_parquet(location: str | Path, columns: list[str] | None = None,
     import fsspec.parquet
 
     fs, path = filesystem(str(location))
-    with fsspec.parquet.open_parquet_file(path, fs=fs, columns=columns, row_groups=row_groups,
-                                          engine="pyarrow") as fh:
+    with fsspec.parquet.open_parquet_file(path, fs=fs, columns=columns, row_groups=row_groups, engine="pyarrow") as fh:
         yield fh
 
 

@@ -1,4 +1,5 @@
 """Row-buffered Parquet writing in bounded row groups, rolled into atomically published part files."""
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,17 @@ class PartWriter:
     so readers only ever see whole files.
     """
 
-    def __init__(self, directory: str | Path, schema: pa.Schema, *, prefix: str = "part",
-                 row_group_bytes: int = 64 << 20, row_group_rows: int = 100_000,
-                 part_bytes: int = 1 << 30, compression: str = "none"):
+    def __init__(
+        self,
+        directory: str | Path,
+        schema: pa.Schema,
+        *,
+        prefix: str = "part",
+        row_group_bytes: int = 64 << 20,
+        row_group_rows: int = 100_000,
+        part_bytes: int = 1 << 30,
+        compression: str = "none",
+    ):
         self.directory = Path(directory)
         self.schema = schema
         self.prefix = prefix
@@ -84,8 +93,9 @@ class PartWriter:
         if self._writer is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._tmp = temp_path_for(self.directory / self._part_name())
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression,
-                                            write_statistics=_statistics_columns(self.schema))
+            self._writer = pq.ParquetWriter(
+                self._tmp, self.schema, compression=self.compression, write_statistics=_statistics_columns(self.schema)
+            )
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
         self._writer.write_table(table, row_group_size=len(self._rows))
         self._part_rows += len(self._rows)

@@ -1,12 +1,13 @@
 """Atomic, idempotent file writes: readers never see a half-written file, reruns touch no unchanged byte."""
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TMP_MARK = ".tmp-"  # temporary files are hidden (leading dot) and carry this mark
 

@@ -1,4 +1,5 @@
 """Image codecs: JPEG for frames, 16-bit PNG for disparity, 1-bit PNG for masks (shards, previews, trainer)."""
+
 from __future__ import annotations
 
 import cv2

@@ -1,12 +1,13 @@
 """Stream frames out of a video through an ffmpeg pipe: fixed fps, trimmed, resized, bounded memory."""
+
 from __future__ import annotations
 
 import collections
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import ffmpeg
 import numpy as np
@@ -55,8 +56,9 @@ class FrameReader:
         width, height = self.size
         frame_bytes = width * height * 3
         first_index = int(round(self.start_s * self.fps))
-        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         stderr_tail: collections.deque[bytes] = collections.deque(maxlen=20)
         # Drain stderr on the side so a chatty ffmpeg never blocks on a full pipe.
         drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
@@ -86,8 +88,8 @@ class FrameReader:
         if code != 0 and self.frames_read == 0:
             raise VideoError("decode_failed", f"ffmpeg exited {code} on {self.path.name}: {message}")
         if self.frames_read == 0:
-            raise VideoError("no_frames", f"no frame decoded from {self.path.name} in "
-                                          f"[{self.start_s:.1f}s, {self.end_s:.1f}s]")
+            raise VideoError(
+                "no_frames", f"no frame decoded from {self.path.name} in [{self.start_s:.1f}s, {self.end_s:.1f}s]"
+            )
         if code != 0 or message:
             self.warning = f"ffmpeg reported problems after {self.frames_read} frames: {message}"
-

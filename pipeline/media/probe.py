@@ -1,4 +1,5 @@
 """Read a video's stream facts with ffprobe (through ffmpeg-python)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -41,9 +42,17 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         meta = ffmpeg.probe(str(path), v="error")  # errors only: no version banner in failure messages
     except ffmpeg.Error as exc:
-        raise VideoError("unreadable_video", f"ffprobe failed on {path.name}: {ffmpeg_message(exc.stderr, 2) or 'no output'}") from exc
-    stream = next((s for s in meta.get("streams", []) if s.get("codec_type") == "video"
-                   and not s.get("disposition", {}).get("attached_pic")), None)
+        raise VideoError(
+            "unreadable_video", f"ffprobe failed on {path.name}: {ffmpeg_message(exc.stderr, 2) or 'no output'}"
+        ) from exc
+    stream = next(
+        (
+            s
+            for s in meta.get("streams", [])
+            if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+        ),
+        None,
+    )
     if stream is None:
         kinds = sorted({s.get("codec_type", "?") for s in meta.get("streams", [])}) or ["none"]
         raise VideoError("no_video_stream", f"{path.name} has no video stream (streams: {', '.join(kinds)})")
@@ -91,4 +100,3 @@ def _rotation(stream: dict[str, Any]) -> int:
             return int(round(float(side["rotation"]))) % 360
     rotate = stream.get("tags", {}).get("rotate")
     return int(rotate) % 360 if rotate else 0
-

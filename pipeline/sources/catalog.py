@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import parse_qs, urlparse
 
 from pipeline.errors import redact_secrets
@@ -16,8 +16,22 @@ from pipeline.io.storage import write_bytes_atomic
 LAYOUTS: tuple[str, ...] = ("mono", "sbs_full", "sbs_half", "tab_full", "tab_half", "auto")
 
 CATALOG_COLUMNS: tuple[str, ...] = (
-    "seq", "video_id", "url", "dataset", "category", "subcategory", "layout",
-    "trim_start_s", "trim_end_s", "fx", "fy", "cx", "cy", "license", "title", "notes",
+    "seq",
+    "video_id",
+    "url",
+    "dataset",
+    "category",
+    "subcategory",
+    "layout",
+    "trim_start_s",
+    "trim_end_s",
+    "fx",
+    "fy",
+    "cx",
+    "cy",
+    "license",
+    "title",
+    "notes",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("video_id", "url", "dataset", "category")
 INTRINSICS: tuple[str, ...] = ("fx", "fy", "cx", "cy")
@@ -164,17 +178,19 @@ def _intrinsics(cells: dict[str, str], line: int) -> dict[str, float | None]:
     given = [name for name, v in values.items() if v is not None]
     if given and len(given) != len(INTRINSICS):
         missing = [name for name in INTRINSICS if values[name] is None]
-        raise _RowError("bad_intrinsics",
-                        f"line {line}: intrinsics need all of fx, fy, cx, cy or none; "
-                        f"got {', '.join(given)} without {', '.join(missing)}")
+        raise _RowError(
+            "bad_intrinsics",
+            f"line {line}: intrinsics need all of fx, fy, cx, cy or none; "
+            f"got {', '.join(given)} without {', '.join(missing)}",
+        )
     if given:
         fx, fy, cx, cy = (values[n] for n in INTRINSICS)
         # Normalised by image size: focal lengths are positive, the principal point lies in the image.
         if not (fx > 0 and fy > 0 and 0 <= cx <= 1 and 0 <= cy <= 1):  # type: ignore[operator]
             shown = ", ".join(f"{n}={cells[n]}" for n in INTRINSICS)
-            raise _RowError("bad_intrinsics",
-                            f"line {line}: intrinsics {shown} must be normalised "
-                            f"(fx, fy > 0; cx, cy in [0, 1])")
+            raise _RowError(
+                "bad_intrinsics", f"line {line}: intrinsics {shown} must be normalised (fx, fy > 0; cx, cy in [0, 1])"
+            )
     return values
 
 
@@ -188,38 +204,45 @@ def _entry_from_cells(cells: dict[str, str], line: int) -> CatalogEntry:
     """Validate one row's stripped cells; raise _RowError on the first problem."""
     video_id = cells.get("video_id", "")
     if video_id and not VIDEO_ID_RE.fullmatch(video_id):
-        raise _RowError("bad_video_id",
-                        f"line {line}: video_id {video_id!r} must match {VIDEO_ID_RE.pattern}")
+        raise _RowError("bad_video_id", f"line {line}: video_id {video_id!r} must match {VIDEO_ID_RE.pattern}")
     _check_required(cells, line)
     url, dataset, category = cells["url"], cells["dataset"], cells["category"]
     if not is_valid_url(url):
-        raise _RowError("bad_url",
-                        f"line {line}: url {redact_secrets(url)!r} is not an http(s)/file URL or an absolute path")
+        raise _RowError(
+            "bad_url", f"line {line}: url {redact_secrets(url)!r} is not an http(s)/file URL or an absolute path"
+        )
     if not DATASET_RE.fullmatch(dataset):
         raise _RowError("bad_dataset", f"line {line}: dataset {dataset!r} must match {DATASET_RE.pattern}")
     if not CATEGORY_RE.fullmatch(category):
-        raise _RowError("bad_category",
-                        f"line {line}: category {category!r} must match {CATEGORY_RE.pattern}")
+        raise _RowError("bad_category", f"line {line}: category {category!r} must match {CATEGORY_RE.pattern}")
     layout = cells.get("layout") or "mono"
     if layout not in LAYOUTS:
-        raise _RowError("unknown_layout",
-                        f"line {line}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+        raise _RowError("unknown_layout", f"line {line}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     return CatalogEntry(
-        video_id=video_id, url=url, dataset=dataset, category=category,
-        seq=_seq(cells, line), subcategory=_optional_text(cells, "subcategory"), layout=layout,
+        video_id=video_id,
+        url=url,
+        dataset=dataset,
+        category=category,
+        seq=_seq(cells, line),
+        subcategory=_optional_text(cells, "subcategory"),
+        layout=layout,
         trim_start_s=_non_negative(cells, "trim_start_s", line),
         trim_end_s=_non_negative(cells, "trim_end_s", line),
         **_intrinsics(cells, line),
-        license=_optional_text(cells, "license"), title=_optional_text(cells, "title"),
-        notes=_optional_text(cells, "notes"), line=line,
+        license=_optional_text(cells, "license"),
+        title=_optional_text(cells, "title"),
+        notes=_optional_text(cells, "notes"),
+        line=line,
     )
 
 
 def _check_header(header: list[str], path: Path) -> None:
     unknown = [name for name in header if name not in CATALOG_COLUMNS]
     if unknown:
-        raise CatalogError(f"{path}: unknown column(s) in header: {', '.join(map(repr, unknown))}; "
-                           f"allowed: {', '.join(CATALOG_COLUMNS)}")
+        raise CatalogError(
+            f"{path}: unknown column(s) in header: {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(CATALOG_COLUMNS)}"
+        )
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise CatalogError(f"{path}: column(s) repeated in header: {', '.join(repeated)}")
@@ -244,11 +267,12 @@ def _numbered_rows(handle) -> Iterable[tuple[int, list[str]]]:
 
 
 def _parse_row(header: list[str], cells: list[str], line: int) -> CatalogEntry:
-    extra = [c for c in cells[len(header):] if c]
+    extra = [c for c in cells[len(header) :] if c]
     if extra:
-        raise _RowError("too_many_fields",
-                        f"line {line}: {len(cells)} fields for {len(header)} columns "
-                        f"(extra: {', '.join(map(repr, extra))})")
+        raise _RowError(
+            "too_many_fields",
+            f"line {line}: {len(cells)} fields for {len(header)} columns (extra: {', '.join(map(repr, extra))})",
+        )
     return _entry_from_cells(dict(zip(header, cells)), line)
 
 
@@ -266,8 +290,7 @@ def read_catalog(path: str | Path) -> tuple[list[CatalogEntry], list[CatalogProb
             raise CatalogError(f"{path}: not a readable utf-8 csv: {exc}") from exc
 
 
-def _read_rows(rows: Iterable[tuple[int, list[str]]], path: Path
-               ) -> tuple[list[CatalogEntry], list[CatalogProblem]]:
+def _read_rows(rows: Iterable[tuple[int, list[str]]], path: Path) -> tuple[list[CatalogEntry], list[CatalogProblem]]:
     """Check the header, then sort each row into entries or problems."""
     rows = iter(rows)
     header_row = next(rows, None)
@@ -283,9 +306,14 @@ def _read_rows(rows: Iterable[tuple[int, list[str]]], path: Path
         usable_id = raw_id if VIDEO_ID_RE.fullmatch(raw_id) else None
         # The first row to use an id owns it even if that row is bad, so fixing it never moves the winner.
         if usable_id is not None and usable_id in first_line:
-            problems.append(CatalogProblem(
-                line, usable_id, "duplicate_id",
-                f"line {line}: video_id {usable_id!r} already used on line {first_line[usable_id]}"))
+            problems.append(
+                CatalogProblem(
+                    line,
+                    usable_id,
+                    "duplicate_id",
+                    f"line {line}: video_id {usable_id!r} already used on line {first_line[usable_id]}",
+                )
+            )
             continue
         if usable_id is not None:
             first_line[usable_id] = line
@@ -303,8 +331,7 @@ def _format_number(value: float | None) -> str:
 
 
 def _entry_cells(entry: CatalogEntry) -> dict[str, str]:
-    cells = {name: "" if getattr(entry, name) is None else str(getattr(entry, name))
-             for name in CATALOG_COLUMNS}
+    cells = {name: "" if getattr(entry, name) is None else str(getattr(entry, name)) for name in CATALOG_COLUMNS}
     cells["seq"] = "" if entry.seq is None else f"{entry.seq:0{SEQ_WIDTH}d}"
     for name in ("trim_start_s", "trim_end_s", *INTRINSICS):
         cells[name] = _format_number(getattr(entry, name))
@@ -360,15 +387,17 @@ def parse_category(text: str) -> tuple[str, str | None]:
 def _check_counts(urls_path: Path, urls: list, categories_path: Path, categories: list) -> None:
     if len(urls) == len(categories):
         return
-    longer_path, longer, shorter_path = ((urls_path, urls, categories_path) if len(urls) > len(categories)
-                                         else (categories_path, categories, urls_path))
+    longer_path, longer, shorter_path = (
+        (urls_path, urls, categories_path) if len(urls) > len(categories) else (categories_path, categories, urls_path)
+    )
     first_extra = longer[min(len(urls), len(categories))][0]
-    raise CatalogError(f"{longer_path}: line {first_extra} has no counterpart in {shorter_path} "
-                       f"({len(urls)} urls, {len(categories)} categories)")
+    raise CatalogError(
+        f"{longer_path}: line {first_extra} has no counterpart in {shorter_path} "
+        f"({len(urls)} urls, {len(categories)} categories)"
+    )
 
 
-def import_slowtv(urls_path: str | Path, categories_path: str | Path,
-                  dataset: str = "slowtv") -> list[CatalogEntry]:
+def import_slowtv(urls_path: str | Path, categories_path: str | Path, dataset: str = "slowtv") -> list[CatalogEntry]:
     """Build catalog entries from SlowTV's urls.txt and categories.txt split files."""
     urls_path, categories_path = Path(urls_path), Path(categories_path)
     if not DATASET_RE.fullmatch(dataset):
@@ -387,11 +416,19 @@ def import_slowtv(urls_path: str | Path, categories_path: str | Path,
         yt = youtube_id(url)
         video_id = yt or f"{dataset}_{seq:0{SEQ_WIDTH}d}"
         if video_id in first_line:
-            raise CatalogError(f"{urls_path}: line {url_line}: video {video_id!r} "
-                               f"already listed on line {first_line[video_id]}")
+            raise CatalogError(
+                f"{urls_path}: line {url_line}: video {video_id!r} already listed on line {first_line[video_id]}"
+            )
         first_line[video_id] = url_line
-        entries.append(CatalogEntry(
-            video_id=video_id, url=url, dataset=dataset, category=category, seq=seq,
-            subcategory=subcategory, license=SLOWTV_LICENSE if yt else None,
-        ))
+        entries.append(
+            CatalogEntry(
+                video_id=video_id,
+                url=url,
+                dataset=dataset,
+                category=category,
+                seq=seq,
+                subcategory=subcategory,
+                license=SLOWTV_LICENSE if yt else None,
+            )
+        )
     return entries

@@ -1,35 +1,56 @@
 """Fetch one catalog entry with yt-dlp's Python API into videos/<dataset>/<video_id>.<ext>."""
+
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yt_dlp
 from yt_dlp.utils import DownloadError, parse_bytes
 
-from pipeline.sources.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
 from pipeline.errors import VideoError, redact_secrets
 from pipeline.io.storage import remove_stale_temps, write_bytes_atomic
+from pipeline.sources.catalog import CatalogEntry
 
 ProgressFn = Callable[[float, str], None]
 
 # Substrings of yt-dlp errors worth another attempt; everything else is final (404, private, removed...).
 # A refused connection is a server that is down, and YouTube's bot check asks for cookies or a slower pace:
 # both may pass, so a later run tries again.
-_TRANSIENT = ("timed out", "timeout", "temporary failure", "http error 5", "http error 429",
-              "connection reset", "remote end closed", "incompleteread", "too many requests",
-              "connection refused", "not a bot", "try again later")
+_TRANSIENT = (
+    "timed out",
+    "timeout",
+    "temporary failure",
+    "http error 5",
+    "http error 429",
+    "connection reset",
+    "remote end closed",
+    "incompleteread",
+    "too many requests",
+    "connection refused",
+    "not a bot",
+    "try again later",
+)
 # What YouTube (through yt-dlp) says about a video nobody may download: private, removed, gone with its
 # account, blocked for this country, age-gated, members only.
-_UNAVAILABLE = ("private video", "video is private", "video unavailable", "removed by the uploader",
-                "no longer available", "account associated with this video has been terminated",
-                "has been removed for violating", "not available from your location",
-                "not made this video available in your country", "confirm your age", "members-only",
-                "available to this channel's members")
+_UNAVAILABLE = (
+    "private video",
+    "video is private",
+    "video unavailable",
+    "removed by the uploader",
+    "no longer available",
+    "account associated with this video has been terminated",
+    "has been removed for violating",
+    "not available from your location",
+    "not made this video available in your country",
+    "confirm your age",
+    "members-only",
+    "available to this channel's members",
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +94,9 @@ class DownloadArchive:
                 os.close(fd)
 
 
-def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadConfig,
-                   progress: ProgressFn | None = None) -> DownloadResult:
+def download_video(
+    entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadConfig, progress: ProgressFn | None = None
+) -> DownloadResult:
     """One download attempt; raises VideoError (transient=True when a retry may succeed)."""
     videos_dir = Path(videos_dir)
     archive = DownloadArchive(videos_dir / "archive.tsv")
@@ -106,8 +128,9 @@ def download_video(entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadCon
     return DownloadResult(path, info_path, cached=False)
 
 
-def _options(entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str],
-             progress: ProgressFn | None) -> dict:
+def _options(
+    entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str], progress: ProgressFn | None
+) -> dict:
     opts = {
         "format": cfg.format,
         "paths": {"home": str(videos_dir)},
@@ -191,4 +214,5 @@ def _progress_hook(progress: ProgressFn) -> Callable[[dict], None]:
             progress(1.0, f"downloaded {done / 1e6:.1f} MB")
         elif total:
             progress(done / total, f"{done / 1e6:.1f}/{total / 1e6:.1f} MB")
+
     return hook

@@ -2,6 +2,7 @@
 
 Its PNG storage is in pipeline/media/codecs.py, so the trainer decodes it without the stereo stack.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,13 @@ def pixel_checks(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig) ->
     # Pixels whose match leaves the right image have no backward flow to compare with: they fail. Pixel
     # i covers [i - 0.5, i + 0.5], so a match a hair above row 0 (tiny v on the top row) still counts.
     inside = (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
-    u_back = cv2.remap(np.ascontiguousarray(flow_rl[..., 0], dtype=np.float32), map_x, map_y, cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
+    u_back = cv2.remap(
+        np.ascontiguousarray(flow_rl[..., 0], dtype=np.float32),
+        map_x,
+        map_y,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     lr_error = np.where(inside, np.abs(u + u_back), np.float32(np.inf))
     with np.errstate(invalid="ignore"):  # NaN flows compare False, i.e. fail
         lr_ok = lr_error <= cfg.lr_max_px
@@ -98,8 +104,9 @@ def summarize(checks: PixelChecks, sky_mask: np.ndarray | None = None) -> Stereo
     )
 
 
-def check_stereo(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig,
-                 sky_mask: np.ndarray | None = None) -> StereoResult:
+def check_stereo(
+    flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig, sky_mask: np.ndarray | None = None
+) -> StereoResult:
     """Both checks and the frame-level summary in one call."""
     return summarize(pixel_checks(flow_lr, flow_rl, cfg), sky_mask)
 

@@ -1,9 +1,11 @@
 """Pluggable dense optical flow: OpenCV DIS on the CPU by default, torchvision RAFT where a GPU is."""
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -73,8 +75,15 @@ class DISFlow:
 class RAFTFlow:
     """torchvision RAFT from a local state dict (never downloaded); batched, fp16 autocast on CUDA."""
 
-    def __init__(self, checkpoint: str | Path, *, small: bool = False, iterations: int = 12, device: str = "auto",
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        small: bool = False,
+        iterations: int = 12,
+        device: str = "auto",
+        batch_size: int = 8,
+    ) -> None:
         import torch
 
         from pipeline.torch_compat import ensure_torchvision, resolve_device
@@ -138,15 +147,23 @@ def make_flow_backend(cfg: OpticalFlowConfig) -> FlowBackend:
         return DISFlow(cfg.dis_preset)
     if cfg.backend == "raft":
         if not cfg.raft_checkpoint:
-            raise ValueError("flow backend 'raft' needs flow.raft_checkpoint: a local RAFT state-dict file "
-                             "(weights are never downloaded at run time)")
-        return RAFTFlow(cfg.raft_checkpoint, small=cfg.raft_small, iterations=cfg.raft_iterations,
-                        device=cfg.device, batch_size=cfg.batch_size)
+            raise ValueError(
+                "flow backend 'raft' needs flow.raft_checkpoint: a local RAFT state-dict file "
+                "(weights are never downloaded at run time)"
+            )
+        return RAFTFlow(
+            cfg.raft_checkpoint,
+            small=cfg.raft_small,
+            iterations=cfg.raft_iterations,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+        )
     raise ValueError(f"unknown flow backend {cfg.backend!r}")
 
 
-def stereo_flows(backend: FlowBackend, lefts: Sequence[np.ndarray],
-                 rights: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def stereo_flows(
+    backend: FlowBackend, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(left->right, right->left) flows of each pair, from one backend call so RAFT batches both."""
     if len(lefts) != len(rights):
         raise ValueError(f"{len(lefts)} left views but {len(rights)} right views")
@@ -160,8 +177,9 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise FileNotFoundError(f"RAFT checkpoint {path} does not exist (a local state-dict file is required; "
-                                "weights are never downloaded)")
+        raise FileNotFoundError(
+            f"RAFT checkpoint {path} does not exist (a local state-dict file is required; weights are never downloaded)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights-only errors all mean "not a usable checkpoint"
@@ -172,7 +190,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ValueError(f"RAFT checkpoint {path} holds a {type(state).__name__}, not a state dict")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

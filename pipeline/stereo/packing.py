@@ -8,8 +8,8 @@ which leaves disparity unchanged, and a resize scales it by `ViewGeometry.dispar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -53,8 +53,10 @@ def split_views(frame: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]
         size = (left.shape[1], 2 * left.shape[0])
     else:
         return left, right
-    return (cv2.resize(left, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(right, size, interpolation=cv2.INTER_LINEAR))
+    return (
+        cv2.resize(left, size, interpolation=cv2.INTER_LINEAR),
+        cv2.resize(right, size, interpolation=cv2.INTER_LINEAR),
+    )
 
 
 def pack_views(left: np.ndarray, right: np.ndarray, layout: str) -> np.ndarray:
@@ -106,8 +108,9 @@ def detect_layout(frames: Sequence[np.ndarray], threshold: float = DEFAULT_STERE
     return LayoutGuess(f"{best}_{'half' if half else 'full'}", scores)
 
 
-def looks_stereo(frames: Sequence[np.ndarray], layout: str,
-                 threshold: float = DEFAULT_STEREO_THRESHOLD) -> tuple[bool, float]:
+def looks_stereo(
+    frames: Sequence[np.ndarray], layout: str, threshold: float = DEFAULT_STEREO_THRESHOLD
+) -> tuple[bool, float]:
     """Whether frames are consistent with the declared layout: (its arrangement's score >= threshold, score).
 
     Only the arrangement (sbs vs tab) is checked, not full vs half: both split the same halves, and a
@@ -231,8 +234,14 @@ def centre_crop_box(width: int, height: int, crop: tuple[int, int] | None, insid
     never padded, only cut. crop None returns `inside` (or the full view) unchanged.
     """
     region = inside if inside is not None else CropBox(0, 0, width, height)
-    if region.width <= 0 or region.height <= 0 or region.x < 0 or region.y < 0 \
-            or region.x + region.width > width or region.y + region.height > height:
+    if (
+        region.width <= 0
+        or region.height <= 0
+        or region.x < 0
+        or region.y < 0
+        or region.x + region.width > width
+        or region.y + region.height > height
+    ):
         raise ValueError(f"{region} does not lie inside a {width}x{height} view")
     if crop is None:
         return region
@@ -255,8 +264,14 @@ class ViewGeometry:
         return self.output_size[0] / self.box.width
 
 
-def plan_view_geometry(view_width: int, view_height: int, *, letterbox: CropBox | None,
-                       crop: tuple[int, int] | None, output_size: tuple[int, int] | None) -> ViewGeometry:
+def plan_view_geometry(
+    view_width: int,
+    view_height: int,
+    *,
+    letterbox: CropBox | None,
+    crop: tuple[int, int] | None,
+    output_size: tuple[int, int] | None,
+) -> ViewGeometry:
     """Letterbox crop, then centre crop, then resize; output_size None keeps the cropped size."""
     box = centre_crop_box(view_width, view_height, crop, letterbox)
     size = tuple(output_size) if output_size is not None else (box.width, box.height)

@@ -1,23 +1,31 @@
 """The 3D-movie branch: resolve a video's stereo layout and view geometry, turn view pairs into checked disparity."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.sources.catalog import CatalogEntry
-from pipeline.media.codecs import encode_jpeg
 from pipeline.config import StereoConfig
-from pipeline.media.decode import FrameReader
-from pipeline.media.codecs import encode_disparity_png, encode_mask_png
-from pipeline.stereo.disparity import pixel_checks, rejection_reason, summarize
 from pipeline.errors import VideoError
+from pipeline.media.codecs import encode_disparity_png, encode_jpeg, encode_mask_png
+from pipeline.media.decode import FrameReader
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.stereo.disparity import pixel_checks, rejection_reason, summarize
 from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows
+from pipeline.stereo.packing import (
+    ViewGeometry,
+    apply_geometry,
+    detect_layout,
+    find_letterbox,
+    looks_stereo,
+    plan_view_geometry,
+    split_views,
+)
 from pipeline.stereo.sky import make_sky_detector
-from pipeline.stereo.packing import (ViewGeometry, apply_geometry, detect_layout, find_letterbox, looks_stereo,
-                                    plan_view_geometry, split_views)
 
 PROBE_FRAMES = 8  # frames looked at to decide the layout and the letterbox
 
@@ -39,8 +47,9 @@ class StereoOutcome:
     preview: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # disparity, valid, sky
 
 
-def resolve_stereo_setup(video_path: str | Path, entry: CatalogEntry, start_s: float, end_s: float,
-                         size: tuple[int, int], cfg: StereoConfig) -> StereoSetup | None:
+def resolve_stereo_setup(
+    video_path: str | Path, entry: CatalogEntry, start_s: float, end_s: float, size: tuple[int, int], cfg: StereoConfig
+) -> StereoSetup | None:
     """Layout (checked against the frames) and view geometry; None for a mono video given as `auto`."""
     frames = _probe_frames(video_path, start_s, end_s, size)
     layout = entry.layout
@@ -51,8 +60,11 @@ def resolve_stereo_setup(video_path: str | Path, entry: CatalogEntry, start_s: f
     else:
         stereo, score = looks_stereo(frames, layout)
         if not stereo:
-            raise VideoError("not_stereo", f"declared {layout}, but the two halves of its frames are not views of "
-                                           f"one scene (similarity {score:.2f}): a mono video?")
+            raise VideoError(
+                "not_stereo",
+                f"declared {layout}, but the two halves of its frames are not views of "
+                f"one scene (similarity {score:.2f}): a mono video?",
+            )
     views = [split_views(f, layout)[0] for f in frames]
     height, width = views[0].shape[:2]
     letterbox = find_letterbox(views) if cfg.letterbox else None
@@ -83,30 +95,41 @@ class StereoProcessor:
         checks = pixel_checks(flow_lr, flow_rl, self.cfg)
         sky = None
         if self.sky is not None:
-            sky = (self.sky(left, checks.disparity, checks.valid) if self.cfg.sky.use_disparity
-                   else self.sky(left))
+            sky = self.sky(left, checks.disparity, checks.valid) if self.cfg.sky.use_disparity else self.sky(left)
         result = summarize(checks, sky)
         columns: dict[str, Any] = {
-            "lr_pass_fraction": result.lr_pass_fraction, "vertical_fail_fraction": result.vertical_fail_fraction,
-            "disp_range_px": result.disp_range_px, "sky_fraction": result.sky_fraction,
+            "lr_pass_fraction": result.lr_pass_fraction,
+            "vertical_fail_fraction": result.vertical_fail_fraction,
+            "disp_range_px": result.disp_range_px,
+            "sky_fraction": result.sky_fraction,
         }
         reason = rejection_reason(result, self.cfg)
         if reason is not None:
             return StereoOutcome(reason, columns)
         png, scale, offset = encode_disparity_png(result.disparity, result.valid)
-        columns.update(disparity=png, disp_scale=scale, disp_offset=offset,
-                       valid_mask=encode_mask_png(result.valid), sky_mask=encode_mask_png(result.sky_mask))
+        columns.update(
+            disparity=png,
+            disp_scale=scale,
+            disp_offset=offset,
+            valid_mask=encode_mask_png(result.valid),
+            sky_mask=encode_mask_png(result.sky_mask),
+        )
         if self.cfg.store_right_view:
             columns["right_image"] = encode_jpeg(right, self.jpeg_quality)
         return StereoOutcome(None, columns, (result.disparity, result.valid, result.sky_mask))
 
 
-def crop_intrinsics(entry: CatalogEntry, view_size: tuple[int, int], geometry: ViewGeometry
-                    ) -> tuple[float | None, float | None, float | None, float | None]:
+def crop_intrinsics(
+    entry: CatalogEntry, view_size: tuple[int, int], geometry: ViewGeometry
+) -> tuple[float | None, float | None, float | None, float | None]:
     """Catalog intrinsics (normalised to the full view) renormalised to the cropped view; resizing keeps them."""
     if entry.fx is None:
         return None, None, None, None
     width, height = view_size
     box = geometry.box
-    return (entry.fx * width / box.width, entry.fy * height / box.height,
-            (entry.cx * width - box.x) / box.width, (entry.cy * height - box.y) / box.height)
+    return (
+        entry.fx * width / box.width,
+        entry.fy * height / box.height,
+        (entry.cx * width - box.x) / box.width,
+        (entry.cy * height - box.y) / box.height,
+    )

@@ -3,11 +3,13 @@
 The stereo branch sets sky pixels to the frame's minimum disparity, so a detector must err on the side of
 "not sky": a false positive flattens real geometry, a miss only leaves noisy disparity in a textureless area.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -16,8 +18,9 @@ from pipeline.config import SkyConfig
 
 
 class SkyDetector(Protocol):
-    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
-                 valid: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, image: np.ndarray, disparity: np.ndarray | None = None, valid: np.ndarray | None = None
+    ) -> np.ndarray:
         """BGR uint8 HxWx3 (left view), optional HxW disparity and validity -> HxW bool sky mask."""
         ...
 
@@ -32,11 +35,23 @@ class GradientSkyDetector:
     With disparity (larger = nearer), pixels clearly nearer than the frame's farthest are never sky.
     """
 
-    def __init__(self, *, analysis_width: int = 320, blur_sigma: float = 1.25, texture_floor: float = 1.1,
-                 texture_cap: float = 2.2, noise_factor: float = 2.5, max_mean_texture: float = 0.7,
-                 grow_factor: float = 1.5, max_colour_step: float = 2.5, colour_max_distance: float = 6.0,
-                 min_sky_fraction: float = 0.002, edge_margin: float = 8.0, disparity_margin_px: float = 1.0,
-                 disparity_margin_fraction: float = 0.5):
+    def __init__(
+        self,
+        *,
+        analysis_width: int = 320,
+        blur_sigma: float = 1.25,
+        texture_floor: float = 1.1,
+        texture_cap: float = 2.2,
+        noise_factor: float = 2.5,
+        max_mean_texture: float = 0.7,
+        grow_factor: float = 1.5,
+        max_colour_step: float = 2.5,
+        colour_max_distance: float = 6.0,
+        min_sky_fraction: float = 0.002,
+        edge_margin: float = 8.0,
+        disparity_margin_px: float = 1.0,
+        disparity_margin_fraction: float = 0.5,
+    ):
         self.analysis_width = analysis_width  # frames are analysed at this width: noise averages out
         self.blur_sigma = blur_sigma  # pre-blur of the texture measure, in analysis pixels
         # Smooth means texture below noise_factor * the frame's flattest texture (its 2nd percentile),
@@ -58,16 +73,19 @@ class GradientSkyDetector:
         self.disparity_margin_px = disparity_margin_px
         self.disparity_margin_fraction = disparity_margin_fraction
 
-    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
-                 valid: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, image: np.ndarray, disparity: np.ndarray | None = None, valid: np.ndarray | None = None
+    ) -> np.ndarray:
         """HxW bool sky mask of a BGR uint8 image; disparity (larger = nearer) and valid are optional."""
         _check_image(image)
         height, width = image.shape[:2]
         far = None
         if disparity is not None:
             if disparity.shape != (height, width) or (valid is not None and valid.shape != (height, width)):
-                raise ValueError(f"disparity {disparity.shape} and valid {None if valid is None else valid.shape} "
-                                 f"must match the image's {(height, width)}")
+                raise ValueError(
+                    f"disparity {disparity.shape} and valid {None if valid is None else valid.shape} "
+                    f"must match the image's {(height, width)}"
+                )
             far = far_mask(disparity, valid, self.disparity_margin_px, self.disparity_margin_fraction)
         scale = min(1.0, self.analysis_width / width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -82,8 +100,9 @@ class GradientSkyDetector:
         if scale < 1:
             mask = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
         # The texture measure stops the coarse estimate a few analysis pixels short of every border.
-        mask = refine_edges(image, mask, radius=int(np.ceil(self.edge_margin / scale)), allowed=far,
-                            max_step=self.max_colour_step)
+        mask = refine_edges(
+            image, mask, radius=int(np.ceil(self.edge_margin / scale)), allowed=far, max_step=self.max_colour_step
+        )
         return _touching_top(mask)
 
     def _detect(self, image: np.ndarray, far: np.ndarray | None) -> np.ndarray:
@@ -91,8 +110,7 @@ class GradientSkyDetector:
         height, width = image.shape[:2]
         empty = np.zeros((height, width), bool)
         texture = texture_map(image, self.blur_sigma)
-        threshold = float(np.clip(self.noise_factor * np.percentile(texture, 2), self.texture_floor,
-                                  self.texture_cap))
+        threshold = float(np.clip(self.noise_factor * np.percentile(texture, 2), self.texture_floor, self.texture_cap))
         smooth = texture < threshold
         if far is not None:
             smooth &= far
@@ -107,8 +125,7 @@ class GradientSkyDetector:
             return empty
         # Grow through smooth pixels whose colour changes gradually: that follows a sky's gradient down to
         # the horizon and across compression banding, where the column runs stop, without entering a wall.
-        lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 1.0).astype(np.float32) * (1.0 / 255.0),
-                           cv2.COLOR_BGR2LAB)
+        lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 1.0).astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
         grown = (colour_step(lab) < self.max_colour_step) & (texture < self.grow_factor * threshold)
         if self.colour_max_distance > 0:
             distance = _mahalanobis(lab.reshape(-1, 3), lab[seed]).reshape(height, width)
@@ -156,8 +173,9 @@ def texture_map(image: np.ndarray, blur_sigma: float = 1.25) -> np.ndarray:
     return cv2.GaussianBlur(lap, (0, 0), 1.5)[pad:-pad, pad:-pad]
 
 
-def refine_edges(image: np.ndarray, mask: np.ndarray, radius: int, allowed: np.ndarray | None = None,
-                 max_step: float = 2.5) -> np.ndarray:
+def refine_edges(
+    image: np.ndarray, mask: np.ndarray, radius: int, allowed: np.ndarray | None = None, max_step: float = 2.5
+) -> np.ndarray:
     """Re-decide the pixels within radius of the mask's border: grow the interior over colour-continuous steps.
 
     A sky changes colour by well under max_step (CIE Lab delta E) from one pixel to the next, while a border
@@ -203,13 +221,15 @@ def _shift(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """array moved by (dy, dx), so out[y, x] = array[y - dy, x - dx]; what enters is zero."""
     out = np.zeros_like(array)
     h, w = array.shape[:2]
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = array[max(-dy, 0):h + min(-dy, 0),
-                                                                        max(-dx, 0):w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = array[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
-def far_mask(disparity: np.ndarray, valid: np.ndarray | None = None, margin_px: float = 1.0,
-             margin_fraction: float = 0.5) -> np.ndarray:
+def far_mask(
+    disparity: np.ndarray, valid: np.ndarray | None = None, margin_px: float = 1.0, margin_fraction: float = 0.5
+) -> np.ndarray:
     """Pixels that may be sky by the stereo cue: invalid, or within a margin of the frame's minimum disparity."""
     disparity = np.asarray(disparity, np.float32)
     ok = np.isfinite(disparity)
@@ -264,15 +284,24 @@ def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
 class TorchScriptSkySegmenter:
     """A pretrained semantic segmenter exported to TorchScript, loaded from a local file."""
 
-    def __init__(self, model_path: str | Path, *, sky_class_id: int = 2, input_size: tuple[int, int] = (512, 512),
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 device: str = "auto"):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        sky_class_id: int = 2,
+        input_size: tuple[int, int] = (512, 512),
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        device: str = "auto",
+    ):
         import torch
 
         path = Path(model_path)
         if not path.is_file():
-            raise FileNotFoundError(f"sky segmenter model not found: {path} (sky.model_path must be a local "
-                                    "TorchScript file; weights are never downloaded at run time)")
+            raise FileNotFoundError(
+                f"sky segmenter model not found: {path} (sky.model_path must be a local "
+                "TorchScript file; weights are never downloaded at run time)"
+            )
         from pipeline.torch_compat import resolve_device  # torch only when this backend is used
 
         self.device = resolve_device(device)
@@ -289,8 +318,9 @@ class TorchScriptSkySegmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
-    def __call__(self, image: np.ndarray, disparity: np.ndarray | None = None,
-                 valid: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, image: np.ndarray, disparity: np.ndarray | None = None, valid: np.ndarray | None = None
+    ) -> np.ndarray:
         """HxW bool sky mask; the segmenter ignores the stereo cue."""
         return self.segment_batch([image])[0]
 
@@ -320,8 +350,10 @@ class TorchScriptSkySegmenter:
             if not 0 <= self.sky_class_id < out.shape[1]:
                 raise ValueError(f"sky_class_id {self.sky_class_id} is not among the model's {out.shape[1]} classes")
             labels = out.argmax(dim=1).eq(self.sky_class_id).to(torch.uint8).cpu().numpy()
-        return [cv2.resize(lab, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-                for lab, im in zip(labels, images)]
+        return [
+            cv2.resize(lab, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+            for lab, im in zip(labels, images)
+        ]
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -342,8 +374,11 @@ def make_sky_detector(cfg: SkyConfig) -> SkyDetector | None:
         return GradientSkyDetector()
     if cfg.backend == "torchscript":
         if not cfg.model_path:
-            raise ValueError("sky.backend 'torchscript' needs sky.model_path: a local TorchScript segmenter file "
-                             "(e.g. an ADE20K or Cityscapes model exported with torch.jit.script or trace)")
-        return TorchScriptSkySegmenter(cfg.model_path, sky_class_id=cfg.sky_class_id, input_size=cfg.input_size,
-                                       mean=cfg.mean, std=cfg.std)
+            raise ValueError(
+                "sky.backend 'torchscript' needs sky.model_path: a local TorchScript segmenter file "
+                "(e.g. an ADE20K or Cityscapes model exported with torch.jit.script or trace)"
+            )
+        return TorchScriptSkySegmenter(
+            cfg.model_path, sky_class_id=cfg.sky_class_id, input_size=cfg.input_size, mean=cfg.mean, std=cfg.std
+        )
     raise ValueError(f"unknown sky backend {cfg.backend!r}; expected gradient, torchscript or none")

@@ -1,4 +1,5 @@
 """The embedded demo: render a small catalog of videos (good and bad), serve it over loopback HTTP."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,16 +7,22 @@ import functools
 import http.server
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
-from pipeline.sources.catalog import CatalogEntry, write_catalog
 from pipeline.io.storage import atomic_path, write_bytes_atomic
-from pipeline.synthetic.renderer import (SceneSpec, encode_video, normalized_intrinsics, render_frames, render_stereo_video,
-                                save_ground_truth)
+from pipeline.sources.catalog import CatalogEntry, write_catalog
+from pipeline.synthetic.renderer import (
+    SceneSpec,
+    encode_video,
+    normalized_intrinsics,
+    render_frames,
+    render_stereo_video,
+    save_ground_truth,
+)
 
 DEMO_DATASET = "demo"
 GROUND_TRUTH_DIR = "ground_truth"  # under the sources directory: <data_root>/demo_sources/ground_truth
@@ -96,8 +103,12 @@ def build_demo_sources(directory: str | Path) -> dict[str, Path]:
     make("tripod.mp4", lambda p: encode_video(_frames(tripod), p, 20.0, "h264"))
     stereo = _spec(6, duration_s=10.0, baseline_m=0.3)
     make("canyon_sbs.mp4", lambda p: render_stereo_video(stereo, p, layout="sbs_full", convergence_px=4.0))
-    make("canyon_half_sbs.mp4", lambda p: render_stereo_video(_spec(7, duration_s=10.0, baseline_m=0.3), p,
-                                                              layout="sbs_half", convergence_px=4.0))
+    make(
+        "canyon_half_sbs.mp4",
+        lambda p: render_stereo_video(
+            _spec(7, duration_s=10.0, baseline_m=0.3), p, layout="sbs_half", convergence_px=4.0
+        ),
+    )
     # Rendered depth of the single-shot mono videos, by video id, so the trainer's evaluation has ground truth.
     (directory / GROUND_TRUTH_DIR).mkdir(exist_ok=True)
     make(f"{GROUND_TRUTH_DIR}/canyon_defects.npz", lambda p: save_ground_truth(_spec(3), p))
@@ -121,12 +132,19 @@ def demo_entries(base_url: str) -> list[CatalogEntry]:
         ("canyon_defects", "canyon_defects.mkv", "driving", dict(title="fade to black and a blurry stretch", **good)),
         ("canyon_cut_reupload", "canyon_cut_reupload.mp4", "natural", dict(title="a re-upload of canyon_cut", **good)),
         ("tripod", "tripod.mp4", "natural", dict(title="static camera", **good)),
-        ("canyon_sbs", "canyon_sbs.mp4", "natural", dict(title="full side-by-side stereo", layout="sbs_full",
-                                                         **good)),
-        ("canyon_half_sbs", "canyon_half_sbs.mp4", "natural", dict(title="half side-by-side, layout detected",
-                                                                   layout="auto", **good)),
-        ("mono_as_stereo", "canyon_defects.mkv", None, dict(title="a mono video declared side-by-side",
-                                                              layout="sbs_full", **bad)),
+        ("canyon_sbs", "canyon_sbs.mp4", "natural", dict(title="full side-by-side stereo", layout="sbs_full", **good)),
+        (
+            "canyon_half_sbs",
+            "canyon_half_sbs.mp4",
+            "natural",
+            dict(title="half side-by-side, layout detected", layout="auto", **good),
+        ),
+        (
+            "mono_as_stereo",
+            "canyon_defects.mkv",
+            None,
+            dict(title="a mono video declared side-by-side", layout="sbs_full", **bad),
+        ),
         ("missing", "missing.mp4", None, dict(title="HTTP 404", **bad)),
         ("page", "page.html", None, dict(title="a web page, not a video", **bad)),
         ("not_a_video", "not_a_video.mp4", None, dict(title="random bytes", **bad)),
@@ -135,9 +153,12 @@ def demo_entries(base_url: str) -> list[CatalogEntry]:
         ("audio_only", "audio_only.m4a", None, dict(title="audio, no video", **bad)),
         ("tiny", "tiny.mp4", None, dict(title="1 s video, 2 s of trims", trim_start_s=1.0, trim_end_s=1.0, **bad)),
     ]
-    return [CatalogEntry(video_id=vid, url=f"{base_url}/{name}", seq=i,
-                         **({"category": category} if category else {}), **extra)
-            for i, (vid, name, category, extra) in enumerate(rows)]
+    return [
+        CatalogEntry(
+            video_id=vid, url=f"{base_url}/{name}", seq=i, **({"category": category} if category else {}), **extra
+        )
+        for i, (vid, name, category, extra) in enumerate(rows)
+    ]
 
 
 def write_demo_catalog(path: str | Path, base_url: str) -> Path:
@@ -155,11 +176,44 @@ def _chain(*iterables: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 def _transcode(source: Path, target: Path, *args: str) -> None:
     with atomic_path(target, keep_suffix=True) as tmp:
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), *args, "-c:v", "libx264",
-                        "-preset", "veryfast", "-pix_fmt", "yuv420p", "-threads", "1", str(tmp)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                *args,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-pix_fmt",
+                "yuv420p",
+                "-threads",
+                "1",
+                str(tmp),
+            ],
+            check=True,
+        )
 
 
 def _audio_only(path: Path) -> None:
     with atomic_path(path, keep_suffix=True) as tmp:
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        "sine=frequency=440:duration=5", "-c:a", "aac", str(tmp)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=5",
+                "-c:a",
+                "aac",
+                str(tmp),
+            ],
+            check=True,
+        )

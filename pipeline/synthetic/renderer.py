@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
-from pipeline.stereo.packing import STEREO_LAYOUTS, pack_views
 from pipeline.io.storage import atomic_path
+from pipeline.stereo.packing import STEREO_LAYOUTS, pack_views
 
 EYE_HEIGHT_M = 1.5
 YAW_PERIOD_S = 5.0
@@ -38,8 +38,19 @@ _GROUND, _WALL_POS, _WALL_NEG, _ROOF, _FAR = 0, 1, 2, 3, 4
 _BOX_FACE = 5  # + 2*axis + (0 for +normal, 1 for -normal)
 _SKY = 255
 _NORMALS = np.array(
-    [[0, 1, 0], [-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 0, -1],
-     [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    [
+        [0, 1, 0],
+        [-1, 0, 0],
+        [1, 0, 0],
+        [0, -1, 0],
+        [0, 0, -1],
+        [1, 0, 0],
+        [-1, 0, 0],
+        [0, 1, 0],
+        [0, -1, 0],
+        [0, 0, 1],
+        [0, 0, -1],
+    ],
     dtype=np.float32,
 )
 
@@ -169,8 +180,9 @@ def render_frames(spec: SceneSpec) -> Iterator[RenderedFrame]:
         yield RenderedFrame(image, depth, sky, pose, right_image, right_depth, index if spec.objects else None)
 
 
-def _placed_objects(objects: tuple[MovingObject, ...], pose: np.ndarray, t_s: float
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+def _placed_objects(
+    objects: tuple[MovingObject, ...], pose: np.ndarray, t_s: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(box in its own frame as min xyz, max xyz; its frame-to-world 4x4) of each object at time t_s."""
     placed = []
     for obj in objects:
@@ -290,8 +302,14 @@ def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_heig
 # ---------------------------------------------------------------- ray casting
 
 
-def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, height: int,
-                 objects: list[tuple[np.ndarray, np.ndarray]] = ()):
+def _render_view(
+    scene: _Scene,
+    k: np.ndarray,
+    pose: np.ndarray,
+    width: int,
+    height: int,
+    objects: list[tuple[np.ndarray, np.ndarray]] = (),
+):
     """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool, object index uint8).
 
     objects are `_placed_objects`' boxes; the index is 0 on the scene and i + 1 on objects[i].
@@ -317,8 +335,9 @@ def _render_view(scene: _Scene, k: np.ndarray, pose: np.ndarray, width: int, hei
         depth[rows], surf[rows] = _intersect(scene, rays, origin, boxes, rows)
         shade_rays, shade_origin = rays, origin
         if local:
-            shade_rays, shade_origin = _intersect_objects(k, local, width, rows, depth[rows], surf[rows],
-                                                          index[rows], rays, origin)
+            shade_rays, shade_origin = _intersect_objects(
+                k, local, width, rows, depth[rows], surf[rows], index[rows], rays, origin
+            )
         image[rows] = _shade(scene, shade_rays, shade_origin, depth[rows], surf[rows], float(k[0, 0]))
     return image, depth, surf == _SKY, index
 
@@ -458,8 +477,9 @@ _LEVEL_SIZE = _surface_table(np.array([_TEX_SIZE >> lv for lv in range(_MIP_LEVE
 _LEVEL_X0 = _surface_table(np.concatenate([[0], np.cumsum(_LEVEL_SIZE[:_MIP_LEVELS] + 2)[:-1]]))
 
 
-def _sample_mipmapped(atlas: np.ndarray, s_tex: np.ndarray, t_tex: np.ndarray, tile: np.ndarray,
-                      lod: np.ndarray) -> np.ndarray:
+def _sample_mipmapped(
+    atlas: np.ndarray, s_tex: np.ndarray, t_tex: np.ndarray, tile: np.ndarray, lod: np.ndarray
+) -> np.ndarray:
     """Trilinear lookup: bilinear in the two mip levels around lod, blended linearly."""
     # Wrapping once at level 0 also wraps every coarser level since their sizes divide it.
     s_tex = _wrap(s_tex, _TEX_SIZE)
@@ -498,8 +518,20 @@ def _codec_args(codec: str) -> list[str]:
     if codec == "mpeg4":
         return ["-c:v", "mpeg4", "-q:v", "3", "-threads", "1"]
     if codec == "vp9":
-        return ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "0", "-crf", "32",
-                "-threads", "1"]
+        return [
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "0",
+            "-crf",
+            "32",
+            "-threads",
+            "1",
+        ]
     raise ValueError(f"unknown codec {codec!r}; expected h264, mpeg4 or vp9")
 
 
@@ -526,11 +558,33 @@ def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterato
 
 def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_args: list[str]) -> None:
     cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", repr(float(fps)), "-i", "-",
-        *codec_args, "-pix_fmt", "yuv420p", "-an",
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        repr(float(fps)),
+        "-i",
+        "-",
+        *codec_args,
+        "-pix_fmt",
+        "yuv420p",
+        "-an",
         # Bit-exact flags and no metadata keep encoder version strings out, so reruns are byte-identical.
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+        "-map_metadata",
+        "-1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
         str(out),
     ]
     # stderr goes to a file: a full pipe could block ffmpeg while we block writing stdin.
@@ -634,8 +688,9 @@ class StereoFrame:
     depth: np.ndarray  # HxW float32 left depth, inf on sky
 
 
-def render_stereo_frames(spec: SceneSpec, *, convergence_px: float = 0.0,
-                         vertical_px: float = 0.0) -> Iterator[StereoFrame]:
+def render_stereo_frames(
+    spec: SceneSpec, *, convergence_px: float = 0.0, vertical_px: float = 0.0
+) -> Iterator[StereoFrame]:
     """Yield stereo pairs of spec (baseline_m >= 0); the right view is shifted right by convergence_px and down by vertical_px.
 
     Disparity is fx * baseline / depth - convergence_px, so with a convergence shift far points get
@@ -653,14 +708,16 @@ def render_stereo_frames(spec: SceneSpec, *, convergence_px: float = 0.0,
         occluded = _stereo_occlusion(frame.depth, right_depth, parallax, convergence_px, vertical_px)
         if convergence_px or vertical_px:
             shift = np.float32([[1, 0, convergence_px], [0, 1, vertical_px]])
-            right = cv2.warpAffine(right, shift, (spec.width, spec.height), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)
+            right = cv2.warpAffine(
+                right, shift, (spec.width, spec.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
         disparity = (parallax - np.float32(convergence_px)).astype(np.float32)
         yield StereoFrame(frame.image, right, disparity, occluded, frame.sky_mask, frame.depth)
 
 
-def _stereo_occlusion(depth: np.ndarray, right_depth: np.ndarray, parallax: np.ndarray,
-                      convergence_px: float, vertical_px: float) -> np.ndarray:
+def _stereo_occlusion(
+    depth: np.ndarray, right_depth: np.ndarray, parallax: np.ndarray, convergence_px: float, vertical_px: float
+) -> np.ndarray:
     """Z-buffer test: a left pixel is hidden if the unshifted right view sees something clearly nearer there."""
     h, w = depth.shape
     cols = np.arange(w, dtype=np.float32)[None, :]
@@ -680,16 +737,24 @@ def _stereo_occlusion(depth: np.ndarray, right_depth: np.ndarray, parallax: np.n
     return hidden | outside
 
 
-def encode_stereo_video(frames: Iterable[StereoFrame], path: str | Path, fps: float, layout: str = "sbs_full",
-                        codec: str = "h264") -> Path:
+def encode_stereo_video(
+    frames: Iterable[StereoFrame], path: str | Path, fps: float, layout: str = "sbs_full", codec: str = "h264"
+) -> Path:
     """Pack each pair into layout (see pipeline.stereo.packing.STEREO_LAYOUTS) and encode with encode_video."""
     if layout not in STEREO_LAYOUTS:  # checked before ffmpeg starts, not at the first frame
         raise ValueError(f"unknown stereo layout {layout!r}; expected one of {', '.join(STEREO_LAYOUTS)}")
     return encode_video((pack_views(f.left, f.right, layout) for f in frames), path, fps, codec)
 
 
-def render_stereo_video(spec: SceneSpec, path: str | Path, *, layout: str = "sbs_full", convergence_px: float = 0.0,
-                        vertical_px: float = 0.0, codec: str = "h264") -> Path:
+def render_stereo_video(
+    spec: SceneSpec,
+    path: str | Path,
+    *,
+    layout: str = "sbs_full",
+    convergence_px: float = 0.0,
+    vertical_px: float = 0.0,
+    codec: str = "h264",
+) -> Path:
     """Render spec as a stereo video in layout; render_stereo_frames gives the matching ground truth."""
     frames = render_stereo_frames(spec, convergence_px=convergence_px, vertical_px=vertical_px)
     return encode_stereo_video(frames, path, spec.fps, layout, codec)

@@ -1,23 +1,25 @@
 """Turn one downloaded video into its shards, its frame stats and its video record, resumably."""
+
 from __future__ import annotations
 
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from pipeline.sources.catalog import CatalogEntry
 from pipeline.config import CurateConfig
 from pipeline.errors import VideoError, redact_secrets
 from pipeline.io.data_root import DataRoot
 from pipeline.io.parquet_writer import PartFile, PartWriter
-from pipeline.video.previews import colorize_disparity, contact_sheet, mask_image, write_preview_jpeg
 from pipeline.media.probe import VideoInfo, probe_video
-from pipeline.video.sampling import SampleCounts, plan_sampling, sample_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.video.previews import colorize_disparity, contact_sheet, mask_image, write_preview_jpeg
+from pipeline.video.sampling import SampleCounts, plan_sampling, sample_video
 
 ProgressFn = Callable[[float, str], None]
 
@@ -59,8 +61,9 @@ def damaged_outputs(root: DataRoot, record: dict[str, Any], cfg: CurateConfig) -
     return problems
 
 
-def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+def ingest_video(
+    entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """Probe, sample and write one video; bad input (and a full disk) ends as a failure record, not an exception."""
     try:
         return _ingest(entry, video_path, root, cfg, progress)
@@ -68,12 +71,17 @@ def ingest_video(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cf
         if not _out_of_space(exc):
             raise
         # Transient: the temporary part is gone, and a rerun once there is space redoes the video.
-        return write_failure(entry, root, cfg, VideoError("disk_full", f"writing {entry.dataset}/{entry.video_id}: "
-                                                          f"{exc}", transient=True))
+        return write_failure(
+            entry,
+            root,
+            cfg,
+            VideoError("disk_full", f"writing {entry.dataset}/{entry.video_id}: {exc}", transient=True),
+        )
 
 
-def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig,
-            progress: ProgressFn | None) -> dict[str, Any]:
+def _ingest(
+    entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig, progress: ProgressFn | None
+) -> dict[str, Any]:
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
     _remove_stale_temps(root, entry)
@@ -81,10 +89,21 @@ def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: Cu
     try:
         info = probe_video(video_path)
         plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")  # fail fast, before any writer opens
-        shards = PartWriter(shard_dir, SHARD_SCHEMA, row_group_bytes=cfg.write.row_group_bytes,
-                            part_bytes=cfg.write.part_bytes, compression=cfg.write.compression)
-        frames = PartWriter(frames_dir, FRAME_STATS_SCHEMA, prefix="frames", row_group_rows=50_000,
-                            part_bytes=1 << 40, compression="zstd")
+        shards = PartWriter(
+            shard_dir,
+            SHARD_SCHEMA,
+            row_group_bytes=cfg.write.row_group_bytes,
+            part_bytes=cfg.write.part_bytes,
+            compression=cfg.write.compression,
+        )
+        frames = PartWriter(
+            frames_dir,
+            FRAME_STATS_SCHEMA,
+            prefix="frames",
+            row_group_rows=50_000,
+            part_bytes=1 << 40,
+            compression="zstd",
+        )
         try:
             counts = sample_video(video_path, entry, info, cfg, shards, frames, progress=progress)
             shard_parts, frame_parts = shards.close(), frames.close()
@@ -102,19 +121,26 @@ def _ingest(entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: Cu
         preview = root.preview(entry.dataset, entry.video_id)
         write_preview_jpeg(_contact_sheet(counts.previews), preview)
         root.upload(preview)
-    record.update(_counts_fields(counts), warning=counts.warning, detected_layout=counts.layout,
-                  shards=[_part_entry(root, p) for p in shard_parts],
-                  frame_parts=[_part_entry(root, p) for p in frame_parts])
+    record.update(
+        _counts_fields(counts),
+        warning=counts.warning,
+        detected_layout=counts.layout,
+        shards=[_part_entry(root, p) for p in shard_parts],
+        frame_parts=[_part_entry(root, p) for p in frame_parts],
+    )
     _write_record(root, entry, record)
     return record
 
 
-def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError,
-                  info: VideoInfo | None = None) -> dict[str, Any]:
+def write_failure(
+    entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError, info: VideoInfo | None = None
+) -> dict[str, Any]:
     """Record a failed video and remove any output an earlier successful run left for it."""
     _remove_stale_temps(root, entry)
-    for directory in (root.shard_dir(entry.dataset, entry.video_id),
-                      root.video_frames_dir(entry.dataset, entry.video_id)):
+    for directory in (
+        root.shard_dir(entry.dataset, entry.video_id),
+        root.video_frames_dir(entry.dataset, entry.video_id),
+    ):
         root.remove_dir(directory)
     root.remove(root.preview(entry.dataset, entry.video_id))
     root.remove(root.embeddings(entry.dataset, entry.video_id))
@@ -128,8 +154,10 @@ def write_failure(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error:
 
 def _remove_stale_temps(root: DataRoot, entry: CatalogEntry) -> None:
     """Temporaries a killed run left for this video: its part directories, and its record and preview by name."""
-    for directory in (root.shard_dir(entry.dataset, entry.video_id),
-                      root.video_frames_dir(entry.dataset, entry.video_id)):
+    for directory in (
+        root.shard_dir(entry.dataset, entry.video_id),
+        root.video_frames_dir(entry.dataset, entry.video_id),
+    ):
         root.remove_stale_temps(directory)
     for path in (root.video_record(entry.dataset, entry.video_id), root.preview(entry.dataset, entry.video_id)):
         root.remove_stale_temps(path.parent, path.name)  # directories shared with other videos' writers
@@ -143,11 +171,24 @@ def _out_of_space(exc: OSError) -> bool:
 
 def _base_record(entry: CatalogEntry, cfg: CurateConfig, status: str, info: VideoInfo | None) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "dataset": entry.dataset, "video_id": entry.video_id, "seq": entry.seq, "url": redact_secrets(entry.url),
-        "category": entry.category, "subcategory": entry.subcategory, "layout": entry.layout,
-        "catalog_line": entry.line, "detected_layout": None, "status": status, "error": None, "warning": None,
-        "processing_hash": cfg.processing_hash(), "frames_decoded": 0, "frames_kept": 0, "clips": 0,
-        "shards": [], "frame_parts": [],
+        "dataset": entry.dataset,
+        "video_id": entry.video_id,
+        "seq": entry.seq,
+        "url": redact_secrets(entry.url),
+        "category": entry.category,
+        "subcategory": entry.subcategory,
+        "layout": entry.layout,
+        "catalog_line": entry.line,
+        "detected_layout": None,
+        "status": status,
+        "error": None,
+        "warning": None,
+        "processing_hash": cfg.processing_hash(),
+        "frames_decoded": 0,
+        "frames_kept": 0,
+        "clips": 0,
+        "shards": [],
+        "frame_parts": [],
         **{f"dropped_{reason}": 0 for reason in DROP_REASONS},
     }
     if info is not None:

@@ -1,4 +1,5 @@
 """Perceptual hashes (64-bit DCT pHash) and an exact Hamming-distance index over them."""
+
 from __future__ import annotations
 
 import cv2
@@ -59,9 +60,9 @@ def find_many(index: np.ndarray, queries: np.ndarray, max_distance: int, chunk_c
         return result
     step = max(1, chunk_cells // len(index))
     for start in range(0, len(queries), step):
-        block = queries[start:start + step, None] ^ index[None, :]
+        block = queries[start : start + step, None] ^ index[None, :]
         distances = np.bitwise_count(block)
         best = distances.argmin(axis=1)
         close = distances[np.arange(len(best)), best] <= max_distance
-        result[start:start + step][close] = best[close]
+        result[start : start + step][close] = best[close]
     return result

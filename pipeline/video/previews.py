@@ -1,14 +1,15 @@
 """Contact sheets for eyeballing a curated video: frames, disparity in colour, sky masks."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-from pipeline.media.codecs import encode_jpeg
 from pipeline.io.storage import write_bytes_atomic
+from pipeline.media.codecs import encode_jpeg
 
 INVALID_BGR = (0, 0, 0)  # colormaps below never produce pure black for a valid pixel
 SKY_BGR = (255, 200, 140)  # light blue, blended over the sky so its (flattened) disparity still shows
@@ -18,8 +19,12 @@ BACKGROUND_BGR = (32, 32, 32)
 LABEL_HEIGHT_PX = 22
 
 
-def colorize_disparity(disparity: np.ndarray, valid: np.ndarray | None = None,
-                       sky_mask: np.ndarray | None = None, colormap: int = cv2.COLORMAP_TURBO) -> np.ndarray:
+def colorize_disparity(
+    disparity: np.ndarray,
+    valid: np.ndarray | None = None,
+    sky_mask: np.ndarray | None = None,
+    colormap: int = cv2.COLORMAP_TURBO,
+) -> np.ndarray:
     """BGR uint8 image of a disparity map: near (large) red, far blue (TURBO); invalid black; sky tinted light blue."""
     disparity = np.asarray(disparity, np.float32)
     if disparity.ndim != 2:
@@ -53,8 +58,9 @@ def mask_image(mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255))
     return out
 
 
-def contact_sheet(rows: Sequence[Sequence[np.ndarray]], *, tile_width: int = 320,
-                  labels: Sequence[str] | None = None) -> np.ndarray:
+def contact_sheet(
+    rows: Sequence[Sequence[np.ndarray]], *, tile_width: int = 320, labels: Sequence[str] | None = None
+) -> np.ndarray:
     """Grid of BGR tiles, each resized to tile_width (keeping aspect), with small gaps and optional column labels.
 
     Rows may hold different numbers of tiles and tiles different aspects: each row is as tall as its tallest
@@ -78,7 +84,7 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], *, tile_width: int = 320
     for row, row_height in zip(resized, heights):
         for col, tile in enumerate(row):
             x = GAP_PX + col * (tile_width + GAP_PX)
-            sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+            sheet[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
         y += row_height + GAP_PX
     return sheet
 

@@ -1,4 +1,5 @@
 """Per-frame quality measures and the drop rules built on them: dark, blank, blurry, static."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

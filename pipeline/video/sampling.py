@@ -1,29 +1,31 @@
 """The per-video sampling stage: decode at the target fps, cut into clips, filter, dedup, split, JPEG-encode."""
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
-from pipeline.sources.catalog import CatalogEntry
-from pipeline.media.codecs import encode_jpeg
 from pipeline.config import CurateConfig
-from pipeline.media.decode import FrameReader, output_size
-from pipeline.video.phash import HashIndex, phash
 from pipeline.errors import VideoError
 from pipeline.io.parquet_writer import PartWriter
+from pipeline.media.codecs import encode_jpeg
+from pipeline.media.decode import FrameReader, output_size
 from pipeline.media.probe import VideoInfo
-from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
 from pipeline.schema import STEREO_QUALITY_COLUMNS
-from pipeline.video.shots import CutDetector
-from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.sources.catalog import CatalogEntry
 from pipeline.stereo.packing import split_views
+from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.video.phash import HashIndex, phash
+from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
+from pipeline.video.shots import CutDetector
 
 ProgressFn = Callable[[float, str], None]
 
@@ -66,25 +68,35 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
     """
     if stereo:
         fps = cfg.stereo.clip_frames / cfg.stereo.clip_span_s
-        decimate = (cfg.stereo.clip_frames, max(cfg.stereo.clip_frames,
-                                                round((cfg.stereo.clip_span_s + cfg.stereo.jump_s) * fps)))
+        decimate = (
+            cfg.stereo.clip_frames,
+            max(cfg.stereo.clip_frames, round((cfg.stereo.clip_span_s + cfg.stereo.jump_s) * fps)),
+        )
     else:
         fps = cfg.sample.fps
         decimate = (cfg.sample.decimate.keep, cfg.sample.decimate.every) if cfg.sample.decimate else None
     trim = cfg.sample.trim
     explicit = entry.trim_start_s is not None or entry.trim_end_s is not None
     # Catalog trims are honoured exactly; the config default shrinks for short videos.
-    head = entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * info.duration_s)
+    head = (
+        entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * info.duration_s)
+    )
     tail = entry.trim_end_s if entry.trim_end_s is not None else min(trim.tail_s, trim.max_fraction * info.duration_s)
     # Snap the start onto the sampling grid so frame_index == round(timestamp_s * fps) names one picture.
     start, end = math.ceil(head * fps - 1e-6) / fps, info.duration_s - tail
     if end - start < 1.0 / fps:
         source = "catalog" if explicit else "config"
-        raise VideoError("too_short", f"video lasts {info.duration_s:.1f}s, shorter than its {source} trims "
-                                      f"({head:.1f}s head + {tail:.1f}s tail)")
+        raise VideoError(
+            "too_short",
+            f"video lasts {info.duration_s:.1f}s, shorter than its {source} trims "
+            f"({head:.1f}s head + {tail:.1f}s tail)",
+        )
     width, height = info.display_size
     return SamplingPlan(
-        start_s=start, end_s=end, fps=fps, decimate=decimate,
+        start_s=start,
+        end_s=end,
+        fps=fps,
+        decimate=decimate,
         size=(width, height) if stereo else output_size(width, height, cfg.sample.max_height),
         boundary_s=start + cfg.split.train_fraction * (end - start),
         gap_s=cfg.split.gap_frames / fps,
@@ -117,8 +129,17 @@ class _ClipTracker:
 class _RowSink:
     """Writes frame-stats rows in decode order; stereo candidates wait here until their batch is processed."""
 
-    def __init__(self, entry: CatalogEntry, shards: PartWriter, frames: PartWriter, counts: SampleCounts,
-                 processor: StereoProcessor | None, batch_size: int, jpeg_quality: int, max_previews: int = 6):
+    def __init__(
+        self,
+        entry: CatalogEntry,
+        shards: PartWriter,
+        frames: PartWriter,
+        counts: SampleCounts,
+        processor: StereoProcessor | None,
+        batch_size: int,
+        jpeg_quality: int,
+        max_previews: int = 6,
+    ):
         self.entry, self.shards, self.frames, self.counts = entry, shards, frames, counts
         self.processor, self.batch_size, self.jpeg_quality = processor, batch_size, jpeg_quality
         self.max_previews = max_previews
@@ -170,27 +191,38 @@ class _RowSink:
             shard_row["layout"] = self.counts.layout
         self.shards.add(shard_row)
         if len(self.counts.previews) < self.max_previews and (
-                not self.counts.previews or self.counts.previews[-1][0] != row["clip_id"]):
+            not self.counts.previews or self.counts.previews[-1][0] != row["clip_id"]
+        ):
             self.counts.previews.append((row["clip_id"], image.copy(), outcome.preview))
 
 
-def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, cfg: CurateConfig,
-                 shards: PartWriter, frames: PartWriter, *, progress: ProgressFn | None = None) -> SampleCounts:
+def sample_video(
+    video_path: str | Path,
+    entry: CatalogEntry,
+    info: VideoInfo,
+    cfg: CurateConfig,
+    shards: PartWriter,
+    frames: PartWriter,
+    *,
+    progress: ProgressFn | None = None,
+) -> SampleCounts:
     """Stream the video once; every decoded frame becomes a stats row, every kept one also a shard row."""
     counts = SampleCounts()
     setup = None
     if entry.layout != "mono":
         probe_plan = plan_sampling(info, entry, cfg, stereo=True)
-        setup = resolve_stereo_setup(video_path, entry, probe_plan.start_s, probe_plan.end_s, probe_plan.size,
-                                     cfg.stereo)
+        setup = resolve_stereo_setup(
+            video_path, entry, probe_plan.start_s, probe_plan.end_s, probe_plan.size, cfg.stereo
+        )
     plan = plan_sampling(info, entry, cfg, stereo=setup is not None)
     counts.layout = setup.layout if setup else "mono"
     processor = StereoProcessor(cfg.stereo, cfg.sample.jpeg_quality) if setup else None
     sink = _RowSink(entry, shards, frames, counts, processor, cfg.stereo.flow.batch_size, cfg.sample.jpeg_quality)
     if setup is not None:
         view_size = split_views(np.zeros((plan.size[1], plan.size[0], 3), np.uint8), setup.layout)[0].shape[1::-1]
-        entry = dataclasses.replace(entry, **dict(zip(("fx", "fy", "cx", "cy"),
-                                                       crop_intrinsics(entry, view_size, setup.geometry))))
+        entry = dataclasses.replace(
+            entry, **dict(zip(("fx", "fy", "cx", "cy"), crop_intrinsics(entry, view_size, setup.geometry)))
+        )
         sink.entry = entry
     reader = FrameReader(video_path, fps=plan.fps, start_s=plan.start_s, end_s=plan.end_s, size=plan.size)
     clips = _ClipTracker(plan)
@@ -207,15 +239,29 @@ def sample_video(video_path: str | Path, entry: CatalogEntry, info: VideoInfo, c
         cut = cuts.update(small)
         clip_id, inside = clips.update(frame.index, split, cut)
         sid = sample_id(entry.dataset, entry.video_id, frame.index)
-        row: dict[str, Any] = {"dataset": entry.dataset, "video_id": entry.video_id, "frame_index": frame.index,
-                               "timestamp_s": round(frame.timestamp_s, 6), "clip_id": clip_id, "split": split,
-                               "sample_id": sid, "kept": False}
+        row: dict[str, Any] = {
+            "dataset": entry.dataset,
+            "video_id": entry.video_id,
+            "frame_index": frame.index,
+            "timestamp_s": round(frame.timestamp_s, 6),
+            "clip_id": clip_id,
+            "split": split,
+            "sample_id": sid,
+            "kept": False,
+        }
         reason = _position_drop(inside, frame.timestamp_s, plan)
         if reason is None and setup is not None and cut:
             reason = "at_cut"
         if reason is None:
-            reason = _content_drop(row, small, clip_id, previous_kept if setup is None else None, motion_meter,
-                                   seen if setup is None else None, cfg)
+            reason = _content_drop(
+                row,
+                small,
+                clip_id,
+                previous_kept if setup is None else None,
+                motion_meter,
+                seen if setup is None else None,
+                cfg,
+            )
         gray = row.pop("_gray", None)
         if reason is not None:
             sink.drop(row, reason)
@@ -242,9 +288,15 @@ def _position_drop(inside: bool, timestamp_s: float, plan: SamplingPlan) -> str 
     return None
 
 
-def _content_drop(row: dict[str, Any], small: np.ndarray, clip_id: int,
-                  previous_kept: tuple[int, np.ndarray] | None, motion_meter: MotionMeter,
-                  seen: HashIndex | None, cfg: CurateConfig) -> str | None:
+def _content_drop(
+    row: dict[str, Any],
+    small: np.ndarray,
+    clip_id: int,
+    previous_kept: tuple[int, np.ndarray] | None,
+    motion_meter: MotionMeter,
+    seen: HashIndex | None,
+    cfg: CurateConfig,
+) -> str | None:
     """Measure the frame into `row` and return the first rule it fails, if any (static and dedup: mono only)."""
     gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     quality = measure_quality(gray)
@@ -258,8 +310,9 @@ def _content_drop(row: dict[str, Any], small: np.ndarray, clip_id: int,
     row["phash"] = phash(gray)
     if seen is None:
         return None
-    duplicate = seen.find(row["phash"], cfg.dedup.max_hamming, time_s=row["timestamp_s"],
-                          min_separation_s=cfg.dedup.min_separation_s)
+    duplicate = seen.find(
+        row["phash"], cfg.dedup.max_hamming, time_s=row["timestamp_s"], min_separation_s=cfg.dedup.min_separation_s
+    )
     if duplicate is not None:
         row["duplicate_of"] = duplicate
         return "duplicate"
@@ -269,10 +322,24 @@ def _content_drop(row: dict[str, Any], small: np.ndarray, clip_id: int,
 def _shard_row(row: dict[str, Any], entry: CatalogEntry, image: np.ndarray, quality: int) -> dict[str, Any]:
     height, width = image.shape[:2]
     return {
-        "sample_id": row["sample_id"], "dataset": entry.dataset, "video_id": entry.video_id,
-        "category": entry.category, "subcategory": entry.subcategory, "clip_id": row["clip_id"],
-        "frame_index": row["frame_index"], "timestamp_s": row["timestamp_s"], "split": row["split"],
-        "width": width, "height": height, "fx": entry.fx, "fy": entry.fy, "cx": entry.cx, "cy": entry.cy,
-        "brightness": row["brightness"], "sharpness": row["sharpness"], "motion": row.get("motion"),
-        "phash": row["phash"], "image": encode_jpeg(image, quality),
+        "sample_id": row["sample_id"],
+        "dataset": entry.dataset,
+        "video_id": entry.video_id,
+        "category": entry.category,
+        "subcategory": entry.subcategory,
+        "clip_id": row["clip_id"],
+        "frame_index": row["frame_index"],
+        "timestamp_s": row["timestamp_s"],
+        "split": row["split"],
+        "width": width,
+        "height": height,
+        "fx": entry.fx,
+        "fy": entry.fy,
+        "cx": entry.cx,
+        "cy": entry.cy,
+        "brightness": row["brightness"],
+        "sharpness": row["sharpness"],
+        "motion": row.get("motion"),
+        "phash": row["phash"],
+        "image": encode_jpeg(image, quality),
     }

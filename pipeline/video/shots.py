@@ -1,4 +1,5 @@
 """Streaming scene-cut detection, in the manner of PySceneDetect's content and adaptive detectors."""
+
 from __future__ import annotations
 
 import collections
@@ -28,7 +29,8 @@ class CutDetector:
         baseline = float(np.mean(self._recent)) if self._recent else None
         self._recent.append(score)
         is_cut = score >= self.cfg.threshold or (
-            baseline is not None and score >= self.cfg.min_score and score >= self.cfg.adaptive_ratio * baseline)
+            baseline is not None and score >= self.cfg.min_score and score >= self.cfg.adaptive_ratio * baseline
+        )
         if is_cut and self._since_cut >= self.cfg.min_frames:
             self._since_cut = 0
             self._recent.clear()  # the new shot gets its own baseline

@@ -1,4 +1,5 @@
 """The depthcurate command line: help, catalog import, stats, verify, and curate in a real subprocess."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,11 +33,22 @@ def test_help_is_available_everywhere(argv, capsys):
 def test_import_slowtv_reproduces_the_shipped_catalog(tmp_path, capsys):
     shipped, _ = read_catalog(REPO / "manifests" / "sources" / "slowtv.csv")
     (tmp_path / "urls.txt").write_text("".join(f"{e.url}\n" for e in shipped))
-    (tmp_path / "categories.txt").write_text("".join(
-        f"{e.category.title()}{'-' + e.subcategory.title() if e.subcategory else ''}\n" for e in shipped))
+    (tmp_path / "categories.txt").write_text(
+        "".join(f"{e.category.title()}{'-' + e.subcategory.title() if e.subcategory else ''}\n" for e in shipped)
+    )
     out = tmp_path / "slowtv.csv"
-    code = main(["catalog", "import-slowtv", "--urls", str(tmp_path / "urls.txt"),
-                 "--categories", str(tmp_path / "categories.txt"), "-o", str(out)])
+    code = main(
+        [
+            "catalog",
+            "import-slowtv",
+            "--urls",
+            str(tmp_path / "urls.txt"),
+            "--categories",
+            str(tmp_path / "categories.txt"),
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0 and "wrote 40 entries" in capsys.readouterr().out
     assert out.read_bytes() == (REPO / "manifests" / "sources" / "slowtv.csv").read_bytes()
 
@@ -44,8 +56,18 @@ def test_import_slowtv_reproduces_the_shipped_catalog(tmp_path, capsys):
 def test_import_slowtv_rejects_mismatched_files(tmp_path, capsys):
     (tmp_path / "urls.txt").write_text("https://www.youtube.com/watch?v=oSmUI3m2kLk\n")
     (tmp_path / "categories.txt").write_text("Natural\nDriving\n")
-    code = main(["catalog", "import-slowtv", "--urls", str(tmp_path / "urls.txt"),
-                 "--categories", str(tmp_path / "categories.txt"), "-o", str(tmp_path / "x.csv")])
+    code = main(
+        [
+            "catalog",
+            "import-slowtv",
+            "--urls",
+            str(tmp_path / "urls.txt"),
+            "--categories",
+            str(tmp_path / "categories.txt"),
+            "-o",
+            str(tmp_path / "x.csv"),
+        ]
+    )
     assert code == 1 and "categories.txt" in capsys.readouterr().err
 
 
@@ -73,8 +95,10 @@ def test_stats_on_a_non_dataset_is_a_clear_error(tmp_path, capsys):
 
 
 def _catalog(path: Path, base_url: str, n: int) -> Path:
-    entries = [CatalogEntry(video_id=f"walk{i}", url=f"{base_url}/walk.mp4", dataset="cli", category="natural")
-               for i in range(n)]
+    entries = [
+        CatalogEntry(video_id=f"walk{i}", url=f"{base_url}/walk.mp4", dataset="cli", category="natural")
+        for i in range(n)
+    ]
     entries.append(CatalogEntry(video_id="gone", url=f"{base_url}/gone.mp4", dataset="cli", category="natural"))
     return write_catalog(entries, path)
 
@@ -85,18 +109,25 @@ def _curate(catalog: Path, root: Path, config: Path, api_url: str | None = None)
     if api_url:
         env["PREFECT_API_URL"] = api_url  # the session's test server: no ephemeral server start per run
     # A session of its own, so a SIGKILL of the group takes the flow and its ffmpeg children, like a crash.
-    return subprocess.Popen([DEPTHCURATE, "curate", "--catalog", str(catalog), "--data-root", str(root),
-                             "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [DEPTHCURATE, "curate", "--catalog", str(catalog), "--data-root", str(root), "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture
 def cli_config(tmp_path) -> Path:
     path = tmp_path / "config.yaml"
     # Small row groups and parts: a video is written as several row groups, so a kill can land mid-shard.
-    path.write_text("sample: {fps: 10, max_height: 96, trim: {head_s: 0.5, tail_s: 0.5}, decimate: null}\n"
-                    "split: {gap_frames: 2}\nrun: {workers: 1}\ndownload: {attempts: 1}\n"
-                    "write: {row_group_bytes: 65536, part_bytes: 1048576}\n")
+    path.write_text(
+        "sample: {fps: 10, max_height: 96, trim: {head_s: 0.5, tail_s: 0.5}, decimate: null}\n"
+        "split: {gap_frames: 2}\nrun: {workers: 1}\ndownload: {attempts: 1}\n"
+        "write: {row_group_bytes: 65536, part_bytes: 1048576}\n"
+    )
     return path
 
 
@@ -127,8 +158,11 @@ def _kill_when(proc: subprocess.Popen, condition) -> None:
 
 def _published(root: Path) -> dict[str, bytes]:
     """Every file's bytes except yt-dlp's .info.json (it stamps the extraction time); archive lines as a set."""
-    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-             if p.is_file() and not p.name.endswith(".info.json")}
+    files = {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".info.json")
+    }
     for key in [k for k in files if k.endswith("archive.tsv")]:
         lines = files[key].decode().splitlines()
         assert len(lines) == len(set(lines)), f"a download was done twice: {lines}"
@@ -149,16 +183,21 @@ def test_killed_at_three_points_then_rerun_matches_an_uninterrupted_run(http_roo
     assert "videos: 4 ok, 1 failed" in out
 
     crashed = tmp_path / "crashed"
-    for condition in (lambda: _shard_temporary(crashed),  # mid shard write of the first video
-                      lambda: len(_records(crashed)) >= 3,  # between videos
-                      lambda: len(_records(crashed)) == 5):  # every video done: publish is running or next
+    for condition in (
+        lambda: _shard_temporary(crashed),  # mid shard write of the first video
+        lambda: len(_records(crashed)) >= 3,  # between videos
+        lambda: len(_records(crashed)) == 5,
+    ):  # every video done: publish is running or next
         finished = {p: p.stat().st_mtime_ns for p in _records(crashed)}
         _kill_when(_curate(catalog, crashed, cli_config, api_url), condition)
         assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished video was redone"
         for visible in crashed.rglob("*.parquet"):
             pq.read_metadata(visible)  # whatever a reader can see is a whole file
-    finished = {p: p.stat().st_mtime_ns for p in crashed.rglob("*") if p.is_file() and
-                (p in _records(crashed) or p.match("shards/*/*/*.parquet"))}
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in crashed.rglob("*")
+        if p.is_file() and (p in _records(crashed) or p.match("shards/*/*/*.parquet"))
+    }
     rerun = _curate(catalog, crashed, cli_config, api_url)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out

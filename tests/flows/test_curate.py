@@ -1,4 +1,5 @@
 """The curate flow on the embedded demo catalog: every bad input named, the rest written, reruns idempotent."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.catalog import CatalogEntry
+from pipeline.corpus.verify import verify_dataset
 from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
-from pipeline.corpus.verify import verify_dataset
+from pipeline.sources.catalog import CatalogEntry
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +19,17 @@ def videos(demo_run):
     return {row.video_id: row for row in table.itertuples() if row.status != "catalog_error"}
 
 
-@pytest.mark.parametrize("video_id, status, fragment", [
-    ("missing", "download_failed", "404"),
-    ("page", "not_a_video", "Unsupported URL"),
-    ("not_a_video", "unreadable_video", "not_a_video.mp4"),
-    ("truncated", "unreadable_video", "moov atom not found"),
-    ("audio_only", "no_video_stream", "streams: audio"),
-    ("tiny", "too_short", "shorter than its catalog trims"),
-])
+@pytest.mark.parametrize(
+    "video_id, status, fragment",
+    [
+        ("missing", "download_failed", "404"),
+        ("page", "not_a_video", "Unsupported URL"),
+        ("not_a_video", "unreadable_video", "not_a_video.mp4"),
+        ("truncated", "unreadable_video", "moov atom not found"),
+        ("audio_only", "no_video_stream", "streams: audio"),
+        ("tiny", "too_short", "shorter than its catalog trims"),
+    ],
+)
 def test_bad_input_is_a_named_failure(videos, video_id, status, fragment):
     row = videos[video_id]
     assert row.status == status and fragment in row.error
@@ -73,8 +77,10 @@ def _summary_artifacts() -> list:
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-summary"])),
-                                     sort=ArtifactSort.CREATED_DESC)
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-summary"])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
 
 
 def test_summary_artifact_is_published(demo_run):
@@ -91,8 +97,11 @@ def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
     from flows.curate import curate
 
     def snapshot():
-        return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in demo_run.rglob("*")
-                if p.is_file() and "demo_sources" not in p.parts}
+        return {
+            p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in demo_run.rglob("*")
+            if p.is_file() and "demo_sources" not in p.parts
+        }
 
     before = snapshot()
     state = curate(catalog="demo", data_root=str(demo_run), return_state=True)
@@ -100,19 +109,23 @@ def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
     # Skipped: the task returned before its download task and before ingest (probe, ffmpeg decode) ran.
     assert all(v["skipped"] for v in result["videos"])
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
-            state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     names = sorted(r.name for r in runs)
     assert names and not [n for n in names if n.startswith(("download-", "embed-"))]
     assert len([n for n in names if n.startswith("curate-")]) == len(result["videos"])
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("error, retried", [
-    (VideoError("download_failed", "HTTP Error 503", transient=True), True),
-    (VideoError("download_failed", "HTTP Error 404", transient=False), False),
-    (VideoError("not_a_video", "Unsupported URL"), False),
-])
+@pytest.mark.parametrize(
+    "error, retried",
+    [
+        (VideoError("download_failed", "HTTP Error 503", transient=True), True),
+        (VideoError("download_failed", "HTTP Error 404", transient=False), False),
+        (VideoError("not_a_video", "Unsupported URL"), False),
+    ],
+)
 def test_only_transient_download_failures_are_retried(error, retried):
     from prefect.states import Failed
 
@@ -151,8 +164,10 @@ def test_mono_declared_stereo_is_rejected(videos):
 
 def test_a_damaged_shard_found_at_resume_is_rebuilt(small_flow, http_root):
     """verify names the changed shard; the rerun redoes that video only (size + sha256 of its own files)."""
-    entries = [CatalogEntry(video_id=vid, url=f"{http_root}/{name}", dataset="test", category="natural")
-               for vid, name in (("walk", "walk.mp4"), ("other", "walk.mkv"), ("cut", "cut.mp4"))]
+    entries = [
+        CatalogEntry(video_id=vid, url=f"{http_root}/{name}", dataset="test", category="natural")
+        for vid, name in (("walk", "walk.mp4"), ("other", "walk.mkv"), ("cut", "cut.mp4"))
+    ]
     path, _ = small_flow(entries)
     root = DataRoot(path)
     shard = root.shard_dir("test", "walk") / "part-00000.parquet"
@@ -177,19 +192,29 @@ def test_credentials_never_reach_the_data_logs_or_artifacts(small_flow, http_roo
     cookies = tmp_path / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tsession\tCOOKIESECRET\n")
     with_password = http_root.replace("http://", "http://alice:PASSWORDSECRET@")
-    entries = [CatalogEntry(video_id="walk", url=f"{with_password}/walk.mp4?token=TOKENSECRET", dataset="test",
-                            category="natural"),
-               CatalogEntry(video_id="gone", url=f"{with_password}/gone.mp4?token=TOKENSECRET", dataset="test",
-                            category="natural")]
+    entries = [
+        CatalogEntry(
+            video_id="walk", url=f"{with_password}/walk.mp4?token=TOKENSECRET", dataset="test", category="natural"
+        ),
+        CatalogEntry(
+            video_id="gone", url=f"{with_password}/gone.mp4?token=TOKENSECRET", dataset="test", category="natural"
+        ),
+    ]
     bad_url = "ftp://alice:PASSWORDSECRET@127.0.0.1/x.mp4?token=TOKENSECRET"  # refused by the catalog, quoted
     with caplog.at_level("DEBUG"):
-        path, result = small_flow(entries, {"download": {"cookies_file": str(cookies)}},
-                                  extra_rows=f",bad,{bad_url},test,natural,,,,,,,,,,,\n")
+        path, result = small_flow(
+            entries,
+            {"download": {"cookies_file": str(cookies)}},
+            extra_rows=f",bad,{bad_url},test,natural,,,,,,,,,,,\n",
+        )
     assert [v["status"] for v in result["videos"]] == ["ok", "download_failed"]
     root = DataRoot(path)
     table = pq.read_table(root.videos_table).to_pylist()
-    assert {r["video_id"]: r["status"] for r in table} == {"walk": "ok", "gone": "download_failed",
-                                                           "bad": "catalog_error"}
+    assert {r["video_id"]: r["status"] for r in table} == {
+        "walk": "ok",
+        "gone": "download_failed",
+        "bad": "catalog_error",
+    }
     assert "***@127.0.0.1" in next(r["url"] for r in table if r["video_id"] == "walk")  # still says where
     leaks = [p for p in path.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
     assert leaks == []  # records, stats tables, manifest, dataset.json, .info.json
@@ -203,20 +228,46 @@ def test_refused_and_stalled_downloads_are_named_and_the_rest_is_written(small_f
     import subprocess
 
     odd = tmp_path / "odd.mp4"  # 121x67, a file:// URL; other footage than walk.mp4, so dedup keeps both
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(video_dir / "walk.mkv"), "-vf",
-                    "scale=121:67", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(odd)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(video_dir / "walk.mkv"),
+            "-vf",
+            "scale=121:67",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv444p",
+            str(odd),
+        ],
+        check=True,
+    )
     with socket.socket() as silent, socket.socket() as gone:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections queue up and are never answered
         gone.bind(("127.0.0.1", 0))
         refused_port = gone.getsockname()[1]
         gone.close()
-        entries = [CatalogEntry(video_id=vid, url=url, dataset="test", category="natural") for vid, url in (
-            ("walk", f"{http_root}/walk.mp4"), ("refused", f"http://127.0.0.1:{refused_port}/v.mp4"),
-            ("stalled", f"http://127.0.0.1:{silent.getsockname()[1]}/v.mp4"), ("odd", odd.as_uri()))]
+        entries = [
+            CatalogEntry(video_id=vid, url=url, dataset="test", category="natural")
+            for vid, url in (
+                ("walk", f"{http_root}/walk.mp4"),
+                ("refused", f"http://127.0.0.1:{refused_port}/v.mp4"),
+                ("stalled", f"http://127.0.0.1:{silent.getsockname()[1]}/v.mp4"),
+                ("odd", odd.as_uri()),
+            )
+        ]
         path, result = small_flow(entries, {"download": {"socket_timeout_s": 0.3}})
     assert {v["video_id"]: v["status"] for v in result["videos"]} == {
-        "walk": "ok", "refused": "download_failed", "stalled": "download_failed", "odd": "ok"}
+        "walk": "ok",
+        "refused": "download_failed",
+        "stalled": "download_failed",
+        "odd": "ok",
+    }
     table = {r["video_id"]: r for r in pq.read_table(DataRoot(path).videos_table).to_pylist()}
     assert "refused" in table["refused"]["error"].lower() and "timed out" in table["stalled"]["error"].lower()
     assert (table["odd"]["width"], table["odd"]["height"]) == (121, 67)

@@ -2,6 +2,7 @@
 
 (tests/pipeline/video/test_phash.py is pipeline/video/phash.py's: the perceptual hashes.)
 """
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from pipeline.sources.catalog import CatalogEntry, write_catalog
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.verify import verify_dataset
+from pipeline.io.data_root import DataRoot
+from pipeline.sources.catalog import CatalogEntry, write_catalog
 
 VIDEOS = ("walk.mp4", "walk.mkv", "cut.mp4")
 
 
 def _config(path, clip_settings: dict, epsilon: float | None = None, clip: bool = True):
-    settings = {"sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
-                "split": {"gap_frames": 2}, "download": {"attempts": 1}, "run": {"workers": 2}}
+    settings = {
+        "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
+        "split": {"gap_frames": 2},
+        "download": {"attempts": 1},
+        "run": {"workers": 2},
+    }
     if clip:
         settings["clip"] = {**clip_settings, "semdedup": {"epsilon": epsilon}}
     path.write_text(json.dumps(settings))  # JSON is YAML
@@ -28,14 +33,25 @@ def _config(path, clip_settings: dict, epsilon: float | None = None, clip: bool 
 
 
 def _catalog(path, base_url: str):
-    entries = [CatalogEntry(video_id=name.replace(".", "_"), url=f"{base_url}/{name}", dataset="clip",
-                            category="natural" if i < 2 else "driving") for i, name in enumerate(VIDEOS)]
+    entries = [
+        CatalogEntry(
+            video_id=name.replace(".", "_"),
+            url=f"{base_url}/{name}",
+            dataset="clip",
+            category="natural" if i < 2 else "driving",
+        )
+        for i, name in enumerate(VIDEOS)
+    ]
     return write_catalog(entries, path)
 
 
 def _files(root: DataRoot, *folders: str) -> dict[str, tuple[int, bytes]]:
-    return {p.relative_to(root.root).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
-            for folder in folders for p in sorted((root.root / folder).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root.root).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+        for folder in folders
+        for p in sorted((root.root / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +61,11 @@ def clip_run(prefect_harness, http_root, clip_settings, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("clip_run")
     catalog = _catalog(work / "catalog.csv", http_root)
-    curate(catalog=str(catalog), data_root=str(work / "data"),
-           config=str(_config(work / "clip.yaml", clip_settings, 0.001)))
+    curate(
+        catalog=str(catalog),
+        data_root=str(work / "data"),
+        config=str(_config(work / "clip.yaml", clip_settings, 0.001)),
+    )
     return DataRoot(work / "data")
 
 
@@ -92,7 +111,8 @@ def test_dedup_with_a_new_epsilon_reuses_shards_and_embeddings_and_reruns_idempo
     dropped = after["counts"]["dropped"]["semantic_duplicate"]
     assert dropped > before["counts"]["dropped"]["semantic_duplicate"]
     assert after["counts"]["frames_kept"] == before["counts"]["frames_kept"] - (
-        dropped - before["counts"]["dropped"]["semantic_duplicate"])
+        dropped - before["counts"]["dropped"]["semantic_duplicate"]
+    )
     assert after["shards"] == before["shards"] and verify_dataset(root) == []
 
     everything = _files(root, ".")
@@ -111,8 +131,18 @@ def test_dedup_embeds_a_dataset_curated_without_clip(prefect_harness, http_root,
     assert main(["dedup", "--data-root", str(root.root)]) == 1
     assert "clip.checkpoint" in capsys.readouterr().err  # no model configured: a clear error, no flow run
     shards = _files(root, "shards")
-    assert main(["dedup", "--data-root", str(root.root), "--config",
-                 str(_config(tmp_path / "clip.yaml", clip_settings, 0.01))]) == 0
+    assert (
+        main(
+            [
+                "dedup",
+                "--data-root",
+                str(root.root),
+                "--config",
+                str(_config(tmp_path / "clip.yaml", clip_settings, 0.01)),
+            ]
+        )
+        == 0
+    )
     assert _files(root, "shards") == shards
     assert (root.embeddings("clip", "walk_mp4")).is_file()
     manifest = pq.read_table(root.manifest("clip"))

@@ -1,4 +1,5 @@
 """The deployments of prefect.yaml against a real Prefect server on loopback, run by a real process worker."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from flows.local_services import PREFECT, deploy_all, prefect_server
 from flows.local_services import prefect_cli as _prefect
 from flows.local_services import run_deployment as _run_deployment
@@ -37,15 +39,18 @@ def test_deploy_and_run_the_demo_deployment(server, demo_deployed):
     assert "train/default" in listed
     description = json.loads((demo_deployed / "dataset.json").read_text())
     assert description["counts"]["videos"] == {"ok": 4}  # limit=4: the four good videos of the demo
-    assert pq.read_table(demo_deployed / "manifest" / "demo.parquet").num_rows == description["counts"]["samples"]["demo"]
+    assert (
+        pq.read_table(demo_deployed / "manifest" / "demo.parquet").num_rows == description["counts"]["samples"]["demo"]
+    )
 
 
 def test_dedup_deployment_reruns_the_corpus_pass_from_the_shards(server, demo_deployed, clip_settings, tmp_path):
     config = tmp_path / "clip.yaml"
     config.write_text(json.dumps({"clip": clip_settings}))  # JSON is YAML
     shards = {p: p.read_bytes() for p in sorted((demo_deployed / "shards").rglob("*.parquet"))}
-    _run_deployment(server, tmp_path, "dedup/default", f"data_root={demo_deployed}", f"config={config}",
-                    "epsilon=0.005")
+    _run_deployment(
+        server, tmp_path, "dedup/default", f"data_root={demo_deployed}", f"config={config}", "epsilon=0.005"
+    )
     description = json.loads((demo_deployed / "dataset.json").read_text())
     assert description["clip"]["semdedup"]["epsilon"] == 0.005 and len(description["clip"]["embeddings"]) == 4
     manifest = pq.read_table(demo_deployed / "manifest" / "demo.parquet")
@@ -56,13 +61,27 @@ def test_dedup_deployment_reruns_the_corpus_pass_from_the_shards(server, demo_de
 
 def test_curate_hands_off_to_the_train_deployment(server, demo_deployed, tmp_path):
     data_root, out_dir = tmp_path / "data", tmp_path / "run"
-    tiny = ["data.height=64", "data.width=96", "data.batch_size=2", "data.num_workers=0", "optim.max_steps=2",
-            "model.encoder=test_convnext", "model.pose_encoder=test_resnet", "run.tensorboard=false"]
+    tiny = [
+        "data.height=64",
+        "data.width=96",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "optim.max_steps=2",
+        "model.encoder=test_convnext",
+        "model.pose_encoder=test_resnet",
+        "run.tensorboard=false",
+    ]
     train = json.dumps({"out_dir": str(out_dir), "overrides": tiny})
     _run_deployment(server, tmp_path, "curate/demo", f"data_root={data_root}", "limit=2", f"train={train}")
     assert not out_dir.exists()  # the curate run only scheduled training; a worker has to pick it up
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"], env=server,
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once"],
+        env=server,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = worker.communicate(timeout=420)[0]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["step"] == 2, output[-3000:]
@@ -75,8 +94,9 @@ def test_curate_hands_off_to_the_train_deployment(server, demo_deployed, tmp_pat
 def test_a_deployment_runs_on_the_ray_cluster_its_worker_joined(server, demo_deployed, ray_cluster, tmp_path):
     # RAY_ADDRESS is what `ray start --address=...` leaves a cluster node with; "auto" finds the cluster by it.
     env = {**server, "RAY_ADDRESS": ray_cluster, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    run_id = _run_deployment(env, tmp_path, "curate/demo", f"data_root={tmp_path / 'data'}", "limit=2",
-                             "ray_address=auto")
+    run_id = _run_deployment(
+        env, tmp_path, "curate/demo", f"data_root={tmp_path / 'data'}", "limit=2", "ray_address=auto"
+    )
     description = json.loads((tmp_path / "data" / "dataset.json").read_text())
     assert description["counts"]["videos"] == {"ok": 2}
     logs = _prefect(server, "flow-run", "logs", run_id).stdout

@@ -1,4 +1,5 @@
 """Where tasks run: GPU requests from the config, and the demo on a real Ray cluster on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -16,28 +17,37 @@ from pipeline.synthetic.demo import CONFIG_PATH, serve_directory, write_demo_cat
 RAFT = {"stereo": {"flow": {"backend": "raft", "device": "cuda"}}}
 
 
-@pytest.mark.parametrize("overrides, layout, devices", [
-    ({}, "mono", ()),
-    ({}, "sbs_full", ()),  # DIS flow and the gradient sky detector are CPU code
-    (RAFT, "mono", ()),  # a mono video never reaches the flow
-    (RAFT, "sbs_half", ("cuda",)),
-    (RAFT, "auto", ("cuda",)),  # may turn out stereo
-    ({"stereo": {"flow": {"backend": "raft", "device": "cpu"}, "sky": {"backend": "torchscript"}}}, "tab_full",
-     ("cpu", "auto")),
-    ({"clip": {"enabled": True, "checkpoint": "w.pt", "device": "cuda:0"}}, "mono", ("cuda:0",)),
-    ({"clip": {"enabled": True, "checkpoint": "w.pt"}}, None, ("auto",)),  # an embedding task of `dedup`
-])
+@pytest.mark.parametrize(
+    "overrides, layout, devices",
+    [
+        ({}, "mono", ()),
+        ({}, "sbs_full", ()),  # DIS flow and the gradient sky detector are CPU code
+        (RAFT, "mono", ()),  # a mono video never reaches the flow
+        (RAFT, "sbs_half", ("cuda",)),
+        (RAFT, "auto", ("cuda",)),  # may turn out stereo
+        (
+            {"stereo": {"flow": {"backend": "raft", "device": "cpu"}, "sky": {"backend": "torchscript"}}},
+            "tab_full",
+            ("cpu", "auto"),
+        ),
+        ({"clip": {"enabled": True, "checkpoint": "w.pt", "device": "cuda:0"}}, "mono", ("cuda:0",)),
+        ({"clip": {"enabled": True, "checkpoint": "w.pt"}}, None, ("auto",)),  # an embedding task of `dedup`
+    ],
+)
 def test_torch_devices_follow_the_configured_stages(overrides, layout, devices):
     assert torch_devices(load_config(overrides=overrides), layout) == devices
 
 
-@pytest.mark.parametrize("devices, cluster_gpus, options", [
-    ((), 4, {}),  # CPU stages ask for no GPU, even where there are some
-    (("cpu",), 4, {}),
-    (("auto",), 0, {}),  # "auto" on a CPU cluster runs on the CPU
-    (("auto",), 2, {"num_gpus": 0.5}),
-    (("cpu", "cuda:1"), 1, {"num_gpus": 0.5}),
-])
+@pytest.mark.parametrize(
+    "devices, cluster_gpus, options",
+    [
+        ((), 4, {}),  # CPU stages ask for no GPU, even where there are some
+        (("cpu",), 4, {}),
+        (("auto",), 0, {}),  # "auto" on a CPU cluster runs on the CPU
+        (("auto",), 2, {"num_gpus": 0.5}),
+        (("cpu", "cuda:1"), 1, {"num_gpus": 0.5}),
+    ],
+)
 def test_a_gpu_is_requested_only_for_cuda_stages(devices, cluster_gpus, options):
     assert ray_resources(devices, cluster_gpus, gpus_per_task=0.5) == options
 
@@ -49,8 +59,10 @@ def test_cuda_on_a_cluster_without_gpus_is_an_error_not_a_task_queued_forever():
 
 def test_auto_joins_a_cluster_and_never_starts_one():
     assert ray_runner_settings(RayConfig()) == {"address": None, "init_kwargs": {"address": "auto"}}
-    assert ray_runner_settings(RayConfig(address="ray://head:10001")) == {"address": "ray://head:10001",
-                                                                          "init_kwargs": {}}
+    assert ray_runner_settings(RayConfig(address="ray://head:10001")) == {
+        "address": "ray://head:10001",
+        "init_kwargs": {},
+    }
 
 
 def test_ray_address_parameter_switches_the_executor_and_is_not_recorded():
@@ -108,7 +120,8 @@ def test_download_slots_bound_downloads_across_ray_worker_processes(ray_cluster,
 
 @pytest.mark.slow
 def test_the_demo_on_a_ray_cluster_writes_the_same_bytes_as_the_default_runner(
-        ray_cluster, prefect_harness, demo_sources, tmp_path, monkeypatch):
+    ray_cluster, prefect_harness, demo_sources, tmp_path, monkeypatch
+):
     import pipeline.video.ingest
     from flows.curate import curate
 

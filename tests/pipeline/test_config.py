@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import CurateConfig, ConfigError, load_config
+from pipeline.config import ConfigError, CurateConfig, load_config
 
 
 def test_defaults_are_slowtvs():
@@ -21,13 +21,16 @@ def test_yaml_overrides_defaults(tmp_path):
     assert cfg.sample.trim.head_s == 300  # untouched keys keep their defaults
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("sample:\n  fsp: 5\n", "sample.fsp"),
-    ("nonsense: 1\n", "nonsense"),
-    ("sample:\n  fps: -1\n", "sample.fps"),
-    ("sample:\n  decimate: {keep: 300, every: 250}\n", "keep"),
-    ("- a list\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("sample:\n  fsp: 5\n", "sample.fsp"),
+        ("nonsense: 1\n", "nonsense"),
+        ("sample:\n  fps: -1\n", "sample.fps"),
+        ("sample:\n  decimate: {keep: 300, every: 250}\n", "keep"),
+        ("- a list\n", "mapping"),
+    ],
+)
 def test_bad_config_is_a_clear_error(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -46,5 +49,6 @@ def test_processing_hash_ignores_run_and_download_settings():
 
 def test_shipped_configs_load():
     from pipeline.synthetic.demo import CONFIG_PATH
+
     assert load_config(CONFIG_PATH).sample.max_height == 192
     assert load_config(CONFIG_PATH.parent / "slowtv.yaml").processing_hash() == CurateConfig().processing_hash()

@@ -5,14 +5,33 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.schema import (CAMERA_SCHEMA, CATEGORY_STATS_SCHEMA, FRAME_STATS_SCHEMA, MANIFEST_SCHEMA, SHARD_SCHEMA,
-                             VIDEO_STATS_SCHEMA, SchemaVersionError, check_version, embedding_schema)
+from pipeline.schema import (
+    CAMERA_SCHEMA,
+    CATEGORY_STATS_SCHEMA,
+    FRAME_STATS_SCHEMA,
+    MANIFEST_SCHEMA,
+    SHARD_SCHEMA,
+    VIDEO_STATS_SCHEMA,
+    SchemaVersionError,
+    check_version,
+    embedding_schema,
+)
 
 DOC = (Path(__file__).resolve().parents[2] / "manifests" / "SCHEMA.md").read_text()
 
 
-@pytest.mark.parametrize("schema", [SHARD_SCHEMA, MANIFEST_SCHEMA, FRAME_STATS_SCHEMA, VIDEO_STATS_SCHEMA,
-                                    CATEGORY_STATS_SCHEMA, CAMERA_SCHEMA, embedding_schema(8)])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        SHARD_SCHEMA,
+        MANIFEST_SCHEMA,
+        FRAME_STATS_SCHEMA,
+        VIDEO_STATS_SCHEMA,
+        CATEGORY_STATS_SCHEMA,
+        CAMERA_SCHEMA,
+        embedding_schema(8),
+    ],
+)
 def test_every_column_is_documented(schema):
     missing = [name for name in schema.names if name not in DOC]
     assert missing == []

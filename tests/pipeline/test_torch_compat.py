@@ -1,4 +1,5 @@
 """Tests for the torchvision import shim."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,12 +10,14 @@ import torch
 
 from pipeline.torch_compat import _nms, ensure_torchvision
 
-BOXES = torch.tensor([
-    [0.0, 0.0, 10.0, 10.0],
-    [1.0, 1.0, 11.0, 11.0],  # IoU with box 0 = 81/119 = 0.68
-    [20.0, 20.0, 30.0, 30.0],
-    [0.0, 0.0, 10.0, 5.0],  # IoU with box 0 = 0.5 exactly: kept at threshold 0.5 (suppression is IoU > t)
-])
+BOXES = torch.tensor(
+    [
+        [0.0, 0.0, 10.0, 10.0],
+        [1.0, 1.0, 11.0, 11.0],  # IoU with box 0 = 81/119 = 0.68
+        [20.0, 20.0, 30.0, 30.0],
+        [0.0, 0.0, 10.0, 5.0],  # IoU with box 0 = 0.5 exactly: kept at threshold 0.5 (suppression is IoU > t)
+    ]
+)
 SCORES = torch.tensor([0.9, 0.95, 0.5, 0.8])
 
 

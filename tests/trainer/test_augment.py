@@ -1,4 +1,5 @@
 """Augmentation: shapes of SlowTV's aspect crops, and intrinsics that follow every crop, resize and flip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,16 +18,23 @@ def coordinate_image(height: int, width: int) -> np.ndarray:
 def bilinear(image: np.ndarray, u: float, v: float) -> np.ndarray:
     x0, y0 = int(np.floor(u)), int(np.floor(v))
     a, b = u - x0, v - y0
-    return ((1 - a) * (1 - b) * image[y0, x0] + a * (1 - b) * image[y0, x0 + 1]
-            + (1 - a) * b * image[y0 + 1, x0] + a * b * image[y0 + 1, x0 + 1])
+    return (
+        (1 - a) * (1 - b) * image[y0, x0]
+        + a * (1 - b) * image[y0, x0 + 1]
+        + (1 - a) * b * image[y0 + 1, x0]
+        + a * b * image[y0 + 1, x0 + 1]
+    )
 
 
-@pytest.mark.parametrize("box,size,flip", [
-    ((0, 0, 240, 160), (160, 240), False),  # identity
-    ((30, 10, 180, 120), (96, 144), False),  # crop and shrink
-    ((30, 10, 180, 120), (256, 384), True),  # crop, enlarge, flip
-    ((0, 20, 240, 100), (64, 160), True),  # anisotropic
-])
+@pytest.mark.parametrize(
+    "box,size,flip",
+    [
+        ((0, 0, 240, 160), (160, 240), False),  # identity
+        ((30, 10, 180, 120), (96, 144), False),  # crop and shrink
+        ((30, 10, 180, 120), (256, 384), True),  # crop, enlarge, flip
+        ((0, 20, 240, 100), (64, 160), True),  # anisotropic
+    ],
+)
 def test_intrinsics_follow_crop_resize_and_flip(box, size, flip):
     k = np.array([[200.0, 0.0, 117.0], [0.0, 190.0, 83.0], [0.0, 0.0, 1.0]])
     geometry = augment.Geometry(box, size, flip)
@@ -113,7 +121,7 @@ def test_zoom_geometry_reports_the_zoom_it_applied(zoom):
     box = augment.zoom_box(rng, 480, 640, zoomed[1] / zoomed[0] if zoom < 1 else aspect, zoom)
     geometry = augment.Geometry(box, zoomed, False)
     x0, y0, w, h = box
-    assert 0 <= x0 and x0 + w <= 640 and 0 <= y0 and y0 + h <= 480
+    assert x0 >= 0 and x0 + w <= 640 and y0 >= 0 and y0 + h <= 480
     assert zoomed[0] % 32 == 0 and zoomed[1] % 32 == 0
     # Sides are rounded to multiples of 32 (zoom out) or whole pixels (zoom in): the factor is the one applied.
     factor = augment.zoom_factor(geometry, reference)

@@ -1,4 +1,5 @@
 """`python -m trainer`: clear errors before any training starts, and evaluate's table."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_overrides_parse_yaml_values():
     assert overrides_from(["optim.lr=1e-3", "data.mix={a: 1}", "run.tensorboard=false"]) == {
-        "optim": {"lr": 1e-3}, "data": {"mix": {"a": 1}}, "run": {"tensorboard": False}}
+        "optim": {"lr": 1e-3},
+        "data": {"mix": {"a": 1}},
+        "run": {"tensorboard": False},
+    }
     with pytest.raises(ConfigError):
         overrides_from(["optim.lr"])
 
@@ -46,19 +50,50 @@ def test_the_readme_demo_path_trains_and_evaluates(demo_run, tmp_path):
     """What `make demo` does after curating: a short training, then the metrics table on rendered depth."""
     manifest = str(demo_run / "manifest" / "demo.parquet")
     out_dir = tmp_path / "run"
-    tiny = ["data.height=64", "data.width=96", "data.batch_size=2", "data.num_workers=0", "optim.max_steps=2",
-            "model.encoder=test_convnext", "model.pose_encoder=test_resnet"]
-    command = [sys.executable, "-m", "trainer", "fit", "--manifest", manifest, "--config",
-               str(REPO / "trainer" / "configs" / "demo.yaml"), "--out-dir", str(out_dir), "--resume",
-               *sum((["--set", s] for s in tiny), [])]
+    tiny = [
+        "data.height=64",
+        "data.width=96",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "optim.max_steps=2",
+        "model.encoder=test_convnext",
+        "model.pose_encoder=test_resnet",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "fit",
+        "--manifest",
+        manifest,
+        "--config",
+        str(REPO / "trainer" / "configs" / "demo.yaml"),
+        "--out-dir",
+        str(out_dir),
+        "--resume",
+        *sum((["--set", s] for s in tiny), []),
+    ]
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
     # demo.yaml's eval.ground_truth (relative to the data root) reaches both fit's evaluation and evaluate's.
     summary = json.loads((out_dir / "metrics.json").read_text())
     assert summary["evaluated_against"]["demo/video"] == "rendered_depth"
     assert summary["ground_truth"] == str((demo_run / "demo_sources" / "ground_truth").resolve())
-    result = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--checkpoint",
-                             str(out_dir / "checkpoints" / "last.pt"), "--manifest", manifest],
-                            capture_output=True, text=True, cwd=REPO, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "evaluate",
+            "--checkpoint",
+            str(out_dir / "checkpoints" / "last.pt"),
+            "--manifest",
+            manifest,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     header, row = result.stdout.strip().splitlines()[:2]
     assert header.split()[:3] == ["source", "abs_rel", "sq_rel"] and row.startswith("demo/video")
     assert 0 < float(row.split()[1]) < 10

@@ -1,4 +1,5 @@
 """The shard stream: batches as planned, no repeats across ranks and workers, exact resume."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,9 @@ from trainer.plan import EpochPlan
 
 
 def stream_for(train_root, rank=0, world_size=1, start_batch=0, **data) -> ShardStream:
-    cfg = load_train_config(overrides={"data": {"batch_size": 2, "shuffle_buffer": 8, "height": 64, "width": 96,
-                                                "num_workers": 2, **data}})
+    cfg = load_train_config(
+        overrides={"data": {"batch_size": 2, "shuffle_buffer": 8, "height": 64, "width": 96, "num_workers": 2, **data}}
+    )
     manifests = [train_root / "manifest" / "mono.parquet", train_root / "manifest" / "stereo.parquet"]
     plan = EpochPlan(load_manifests(manifests, "train", cfg.data.filters), cfg.data)
     return ShardStream(plan, cfg.data, rank=rank, world_size=world_size, start_batch=start_batch)
@@ -32,8 +34,12 @@ def test_one_epoch_over_two_ranks_of_two_workers_sees_each_sample_once(train_roo
         seen += [sid for batch in batches for sid in batch["sample_id"]]
     assert steps[0] == steps[1] > 0
     assert len(seen) == len(set(seen))
-    planned = {stream.plan.frame.loc[int(t), "sample_id"] for worker in stream.plan.epoch(0, 4)
-               for b in worker for t in b.targets}
+    planned = {
+        stream.plan.frame.loc[int(t), "sample_id"]
+        for worker in stream.plan.epoch(0, 4)
+        for b in worker
+        for t in b.targets
+    }
     assert set(seen) == planned
 
 
@@ -44,7 +50,7 @@ def test_batches_carry_what_each_kind_needs(train_root):
         kinds[batch["kind"]] = batch
         image = batch["image"]
         assert image.dtype == torch.float32 and image.shape[:2] == (2, 3) and image.shape[2] % 32 == 0
-        assert 0 <= image.min() and image.max() <= 1
+        assert image.min() >= 0 and image.max() <= 1
         assert torch.isfinite(batch["intrinsics"]).all()  # the catalog gave intrinsics
     video, stereo = kinds["video"], kinds["stereo"]
     assert video["supports"].shape == (2, 2, *video["image"].shape[1:])
@@ -123,8 +129,9 @@ def test_zoomed_batches_carry_their_resize_factor(train_root):
     plain = stream_for(train_root, num_workers=0)
     assert all("resize_factor" not in b for b in itertools.islice(iter(plain), 4))
     # 128x192: zooming out to half still leaves sides of at least 64 (zoomed_size's floor).
-    stream = stream_for(train_root, num_workers=0, height=128, width=192,
-                        augment={"resize_prob": 1.0, "aspect_prob": 0.0})
+    stream = stream_for(
+        train_root, num_workers=0, height=128, width=192, augment={"resize_prob": 1.0, "aspect_prob": 0.0}
+    )
     factors, shapes = [], set()
     for batch in itertools.islice(iter(stream), 12):
         factor = batch["resize_factor"]

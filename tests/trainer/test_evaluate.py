@@ -1,4 +1,5 @@
 """Evaluation: stereo disparity and rendered depth, aligned, in a table."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ class Replay(torch.nn.Module):
 @pytest.fixture(scope="module")
 def setup(train_root):
     cfg = load_train_config(overrides={"data": {"height": 64, "width": 96, "batch_size": 4}})
-    frame = load_manifests([train_root / "manifest" / "mono.parquet", train_root / "manifest" / "stereo.parquet"],
-                           "val", cfg.data.filters)
+    frame = load_manifests(
+        [train_root / "manifest" / "mono.parquet", train_root / "manifest" / "stereo.parquet"], "val", cfg.data.filters
+    )
     return cfg, EpochPlan(frame, cfg.data), GroundTruth(train_root / "ground_truth")
 
 

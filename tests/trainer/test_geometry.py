@@ -1,4 +1,5 @@
 """Camera geometry: intrinsics, poses, projection round trips, and view synthesis on exact ground truth."""
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,9 @@ def test_pose_vec_to_matrix_is_a_proper_rotation_and_invert_inverts():
     torch.testing.assert_close(inv @ m, torch.eye(4, dtype=torch.float64).expand(5, 4, 4))
     # The axis is a fixed point and the angle is the norm: a quarter turn about z maps x to y.
     quarter = rotation_from_axisangle(torch.tensor([[0.0, 0.0, math.pi / 2]], dtype=torch.float64))
-    torch.testing.assert_close(quarter[0] @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
-                               torch.tensor([0.0, 1, 0], dtype=torch.float64))
+    torch.testing.assert_close(
+        quarter[0] @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64)
+    )
 
 
 def test_rotation_gradient_is_finite_at_zero():

@@ -1,4 +1,5 @@
 """Photometric, smoothness and scale-and-shift-invariant losses."""
+
 from __future__ import annotations
 
 import pytest
@@ -355,12 +356,15 @@ def test_spimo_boost_compares_masked_pixels_after_scaling_on_the_trusted_ones():
     assert zero.abs() < 1e-5
     wrong = (3.0 * target).clone()
     wrong[moving] *= 2.0  # the moving object put twice as near
-    torch.testing.assert_close(masked_log_disparity_loss(wrong, target, moving, ~moving),
-                               torch.tensor(0.6931472), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        masked_log_disparity_loss(wrong, target, moving, ~moving), torch.tensor(0.6931472), rtol=1e-4, atol=0
+    )
     outside = wrong.clone()
     outside[..., 30:, :] *= 1.01  # a few static pixels off: the median scale, and so the loss, stay
-    torch.testing.assert_close(masked_log_disparity_loss(outside, target, moving, ~moving),
-                               masked_log_disparity_loss(wrong, target, moving, ~moving))
+    torch.testing.assert_close(
+        masked_log_disparity_loss(outside, target, moving, ~moving),
+        masked_log_disparity_loss(wrong, target, moving, ~moving),
+    )
     loss = masked_log_disparity_loss(pred * 1.5, target, moving, ~moving)
     loss.backward()
     assert pred.grad[~moving].abs().max() == 0 and pred.grad[moving].abs().sum() > 0

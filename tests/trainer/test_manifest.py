@@ -1,4 +1,5 @@
 """Reading manifests: clear errors for what the trainer cannot use."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Depth and disparity metrics, alignment modes and the accumulator."""
+
 from __future__ import annotations
 
 import math

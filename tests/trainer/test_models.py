@@ -1,12 +1,12 @@
 """Encoders from local checkpoints, and the depth and pose networks on tiny timm models."""
+
 from __future__ import annotations
 
 import pytest
+import timm  # noqa: E402  (after trainer.models, which makes torchvision importable first)
 import torch
 
 from trainer.models import DepthNet, PoseNet, build_encoder
-
-import timm  # noqa: E402  (after trainer.models, which makes torchvision importable first)
 
 H, W = 64, 96
 
@@ -251,8 +251,10 @@ def test_normalised_grid_puts_the_centre_at_zero_and_the_corner_at_minus_one():
     assert grid[0, 0].mean().abs() < 1e-6 and grid[0, 1].mean().abs() < 1e-6
     # Pixel centres: the first sits half a pixel in from the corner (-1, -1).
     torch.testing.assert_close(grid[0, :, 0, 0], torch.tensor([-1 + 1 / 6, -1 + 1 / 4]))
-    torch.testing.assert_close(normalised_grid(4, 6, torch.zeros(1), (0.5, -0.25)) - grid,
-                               torch.tensor([0.5, -0.25]).view(1, 2, 1, 1).expand(1, 2, 4, 6))
+    torch.testing.assert_close(
+        normalised_grid(4, 6, torch.zeros(1), (0.5, -0.25)) - grid,
+        torch.tensor([0.5, -0.25]).view(1, 2, 1, 1).expand(1, 2, 4, 6),
+    )
 
 
 def test_posenet_explainability_mask_has_the_image_shape_and_learns():

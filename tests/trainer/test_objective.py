@@ -1,4 +1,5 @@
 """DepthTraining's options: translation divided by the zoom once, explainability, AQUANet and SPIMO wired in."""
+
 from __future__ import annotations
 
 import pytest
@@ -107,8 +108,9 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
     path = _save(tmp_path / "first.pt", first, first_cfg)
     with pytest.raises(ValueError, match="first_stage_checkpoint"):
         _cfg(loss={"spimo": {"enabled": True}})
-    second_cfg = _cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path), "gamma": 0.03,
-                                      "boost_weight": 0.1}})
+    second_cfg = _cfg(
+        loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path), "gamma": 0.03, "boost_weight": 0.1}}
+    )
     second = _model(second_cfg)
     teacher = second.spimo_teacher
     for key, value in teacher.state_dict().items():

@@ -1,4 +1,5 @@
 """The epoch plan: every sample once per epoch across ranks and workers, equal steps, supports in clips."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,13 +59,20 @@ def test_supports_stay_inside_the_clip_and_the_category_range(manifests):
     driving = video[(plan.frame.loc[video, "category"] == "driving").to_numpy()]
     assert len(driving) and (plan.supports(driving, 0.99)[0] == driving - 1).all()  # SlowTV: driving k = 1
     natural = video[(plan.frame.loc[video, "category"] == "natural").to_numpy()]
-    assert (driving.size and (natural - plan.supports(natural, 0.99)[0]).max() > 1)
+    assert driving.size and (natural - plan.supports(natural, 0.99)[0]).max() > 1
 
 
 def test_motion_rule_gives_slow_clips_larger_offsets():
-    frame = pd.DataFrame({"root": "r", "dataset": "d", "video_id": "v", "category": "natural",
-                          "clip_id": [0] * 4 + [1] * 4 + [2] * 2,
-                          "motion": [np.nan, 0.01, 0.01, 0.01, np.nan, 0.001, 0.001, 0.001, np.nan, np.nan]})
+    frame = pd.DataFrame(
+        {
+            "root": "r",
+            "dataset": "d",
+            "video_id": "v",
+            "category": "natural",
+            "clip_id": [0] * 4 + [1] * 4 + [2] * 2,
+            "motion": [np.nan, 0.01, 0.01, 0.01, np.nan, 0.001, 0.001, 0.001, np.nan, np.nan],
+        }
+    )
     cfg = SupportConfig(mode="motion", target_px=(4.0, 12.0), motion_k_cap=10)
     ranges = support_ranges(frame, cfg, train_width=320)
     assert ranges[0].tolist() == [2, 3]  # 3.2 px per step: 2 steps reach 4 px, 3 stay under 12 px

@@ -1,14 +1,15 @@
 """Depth maps from a checkpoint for images and videos, through the CLI."""
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
+from pipeline.synthetic.renderer import SceneSpec, render_frames, render_video
 from trainer.cli import main
 from trainer.config import load_train_config
 from trainer.objective import DepthTraining
-from pipeline.synthetic.renderer import SceneSpec, render_frames, render_video
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,12 @@ def checkpoint(tmp_path_factory):
 
     from trainer.checkpoint import save_checkpoint
 
-    cfg = load_train_config(overrides={"data": {"height": 64, "width": 96},
-                                       "model": {"encoder": "test_convnext", "pose_encoder": "test_resnet"}})
+    cfg = load_train_config(
+        overrides={
+            "data": {"height": 64, "width": 96},
+            "model": {"encoder": "test_convnext", "pose_encoder": "test_resnet"},
+        }
+    )
     model = DepthTraining(cfg.model, cfg.loss)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -32,8 +37,22 @@ def test_predict_images_and_video(checkpoint, tmp_path):
     image = next(render_frames(spec)).image
     cv2.imwrite(str(tmp_path / "frame.png"), image)
     video = render_video(spec, tmp_path / "clip.mp4")
-    assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--device", "cpu",
-                 str(tmp_path / "frame.png"), str(video)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                str(tmp_path / "frame.png"),
+                str(video),
+            ]
+        )
+        == 0
+    )
     depth = cv2.imread(str(tmp_path / "out" / "frame_depth.png"), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint16 and depth.shape == (72, 120) and depth.max() > 0
     preview = cv2.imread(str(tmp_path / "out" / "frame_depth.jpg"))
@@ -45,6 +64,7 @@ def test_predict_reports_bad_input(checkpoint, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "bad.png"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
-                 str(tmp_path / "bad.png")]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), str(tmp_path / "bad.png")]) == 2
+    )
     assert "cannot decode image" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The corpus-level CLIP pass through publish: score columns, junk drops, SemDeDup, counts, idempotence."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,19 +10,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.clip.model import get_model
 from pipeline.clip.curation import dedup_config
-from pipeline.config import load_config
 from pipeline.clip.embeddings import embed_video
-from pipeline.video.ingest import ingest_video
-from pipeline.io.data_root import DataRoot
+from pipeline.clip.model import get_model
+from pipeline.config import load_config
 from pipeline.corpus.publish import publish
-from pipeline.schema import CLIP_JUNK, CLIP_TAGS, DROP_REASONS
-from pipeline.io.storage import sha256_file
 from pipeline.corpus.verify import verify_dataset
+from pipeline.io.data_root import DataRoot
+from pipeline.io.storage import sha256_file
+from pipeline.schema import CLIP_JUNK, CLIP_TAGS, DROP_REASONS
+from pipeline.video.ingest import ingest_video
 
-BASE = {"sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
-        "split": {"train_fraction": 0.8, "gap_frames": 2}}
+BASE = {
+    "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
+    "split": {"train_fraction": 0.8, "gap_frames": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +34,31 @@ def corpus(video_dir, clip_settings, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("clip_corpus")
     copy = work / "copy.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(video_dir / "walk.mp4"), "-vf", "scale=128:-2",
-                    "-c:v", "libx264", str(copy)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-i",
+            str(video_dir / "walk.mp4"),
+            "-vf",
+            "scale=128:-2",
+            "-c:v",
+            "libx264",
+            str(copy),
+        ],
+        check=True,
+    )
     root = DataRoot(work / "root")
     cfg = load_config(overrides=BASE)
     entry = CatalogEntry(video_id="walk", url="http://127.0.0.1/walk.mp4", dataset="test", category="natural")
     records = []
-    for video_id, path, category in [("a_original", video_dir / "walk.mp4", "natural"), ("b_copy", copy, "natural"),
-                                     ("c_other", video_dir / "walk.mkv", "driving")]:
-        records.append(ingest_video(dataclasses.replace(entry, video_id=video_id, category=category), path, root,
-                                    cfg))
+    for video_id, path, category in [
+        ("a_original", video_dir / "walk.mp4", "natural"),
+        ("b_copy", copy, "natural"),
+        ("c_other", video_dir / "walk.mkv", "driving"),
+    ]:
+        records.append(ingest_video(dataclasses.replace(entry, video_id=video_id, category=category), path, root, cfg))
     model = get_model(load_config(overrides={"clip": clip_settings}).clip)
     for record in records:
         embed_video(root, record, model)
@@ -99,8 +117,7 @@ def test_junk_threshold_drops_are_counted_per_video_and_category(corpus, clip_se
     publish(corpus, _config(clip_settings, semdedup={"enabled": False}))
     scores = pq.read_table(corpus.manifest("test"), columns=["junk_blank"])["junk_blank"].to_numpy()
     threshold = float(np.median(scores))
-    description = publish(corpus, _config(clip_settings, semdedup={"enabled": False},
-                                          junk_drop={"blank": threshold}))
+    description = publish(corpus, _config(clip_settings, semdedup={"enabled": False}, junk_drop={"blank": threshold}))
     frames = pq.read_table(corpus.frames_table).to_pandas()
     junk = frames[frames.drop_reason == "junk_blank"]
     assert len(junk) == (scores >= threshold).sum() and (junk.junk_blank >= threshold).all()
@@ -121,8 +138,13 @@ def test_junk_threshold_drops_are_counted_per_video_and_category(corpus, clip_se
 def test_republishing_with_clip_changes_no_byte(corpus, clip_settings):
     cfg = _config(clip_settings)
     description = publish(corpus, cfg)
-    files = [corpus.dataset_json, corpus.videos_table, corpus.frames_table, corpus.categories_table,
-             corpus.manifest("test")]
+    files = [
+        corpus.dataset_json,
+        corpus.videos_table,
+        corpus.frames_table,
+        corpus.categories_table,
+        corpus.manifest("test"),
+    ]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     assert publish(corpus, cfg) == description
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before

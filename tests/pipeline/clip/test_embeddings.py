@@ -1,4 +1,5 @@
 """Per-video embedding files: one unit float16 vector per shard row, keyed by sample_id, resumable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,25 +8,31 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.clip.embeddings import embed_video, is_current, load_embeddings
 from pipeline.clip.model import get_model, save_random_checkpoint
 from pipeline.config import ClipConfig
-from pipeline.clip.embeddings import embed_video, is_current, load_embeddings
-from pipeline.video.ingest import ingest_video
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import EMBEDDING_MODEL_KEY, check_version
+from pipeline.video.ingest import ingest_video
 
 
 @pytest.fixture(scope="module")
 def ingested(video_dir, tmp_path_factory):
-    from pipeline.sources.catalog import CatalogEntry
     from pipeline.config import load_config
+    from pipeline.sources.catalog import CatalogEntry
 
-    cfg = load_config(overrides={"sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5},
-                                            "decimate": None}, "split": {"gap_frames": 2}})
+    cfg = load_config(
+        overrides={
+            "sample": {"fps": 10, "max_height": 96, "trim": {"head_s": 0.5, "tail_s": 0.5}, "decimate": None},
+            "split": {"gap_frames": 2},
+        }
+    )
     root = DataRoot(tmp_path_factory.mktemp("embed_root"))
     entry = CatalogEntry(video_id="walk", url="http://127.0.0.1/walk.mp4", dataset="test", category="natural")
-    records = [ingest_video(dataclasses.replace(entry, video_id=v), video_dir / name, root, cfg)
-               for v, name in (("a", "walk.mp4"), ("b", "walk.mkv"))]
+    records = [
+        ingest_video(dataclasses.replace(entry, video_id=v), video_dir / name, root, cfg)
+        for v, name in (("a", "walk.mp4"), ("b", "walk.mkv"))
+    ]
     return root, records
 
 
@@ -52,8 +59,9 @@ def test_rerun_skips_a_current_file_and_redoes_a_stale_one(ingested, clip_settin
     path = root.embeddings("test", "b")
     stamp = path.stat().st_mtime_ns
     assert embed_video(root, records[1], model) is False and path.stat().st_mtime_ns == stamp
-    other = save_random_checkpoint("tiny-clip-test", tmp_path / "other.pt",
-                                   architecture=clip_settings["architecture"], seed=5)
+    other = save_random_checkpoint(
+        "tiny-clip-test", tmp_path / "other.pt", architecture=clip_settings["architecture"], seed=5
+    )
     other_model = get_model(ClipConfig(**{**clip_settings, "checkpoint": str(other)}))
     assert not is_current(root, records[1], other_model.model_hash)
     assert embed_video(root, records[1], other_model) is True
@@ -70,8 +78,11 @@ def test_load_embeddings_in_record_order_and_names_missing_videos(ingested, clip
         embed_video(root, record, model)
     absent = {**records[1], "video_id": "never_embedded"}
     corpus = load_embeddings(root, [*records, absent], model.model_hash, model.dim)
-    expected = [sid for r in records for sid in pq.read_table(root.root / r["shards"][0]["path"],
-                                                               columns=["sample_id"])["sample_id"].to_pylist()]
+    expected = [
+        sid
+        for r in records
+        for sid in pq.read_table(root.root / r["shards"][0]["path"], columns=["sample_id"])["sample_id"].to_pylist()
+    ]
     assert corpus.sample_ids.to_pylist() == expected
     assert corpus.vectors.shape == (len(expected), model.dim) and corpus.vectors.dtype == np.float16
     assert corpus.missing == ["test/never_embedded"]

@@ -1,4 +1,5 @@
 """open_clip loading from a local checkpoint, and the embeddings it makes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,9 @@ def test_model_is_built_once_per_process(clip_settings):
 
 
 def test_another_checkpoint_is_another_model(clip_settings, tmp_path):
-    other = save_random_checkpoint("tiny-clip-test", tmp_path / "other.pt", architecture=clip_settings["architecture"],
-                                   seed=1)
+    other = save_random_checkpoint(
+        "tiny-clip-test", tmp_path / "other.pt", architecture=clip_settings["architecture"], seed=1
+    )
     first = get_model(ClipConfig(**clip_settings))
     second = get_model(ClipConfig(**{**clip_settings, "checkpoint": str(other)}))
     assert second.model_hash != first.model_hash
@@ -79,8 +81,10 @@ def test_clip_settings_leave_the_processing_hash_alone(clip_settings):
 
 
 def test_pipeline_does_not_import_torch_when_clip_is_off():
-    code = ("import sys; import pipeline.corpus.publish, pipeline.video.ingest, pipeline.video.sampling, pipeline.corpus.verify, "
-            "pipeline.clip.curation, flows.curate, flows.dedup, flows.cli; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; import pipeline.corpus.publish, pipeline.video.ingest, pipeline.video.sampling, pipeline.corpus.verify, "
+        "pipeline.clip.curation, flows.curate, flows.dedup, flows.cli; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,4 +1,5 @@
 """SemDeDup: planted near-duplicates found, the keep rule, determinism, agreement with brute force."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Per-video intrinsics with COLMAP: a synthetic video of known focal length, failures as named reasons, publish."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,14 +9,14 @@ import cv2
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.catalog import CatalogEntry
-from pipeline.config import IntrinsicsConfig, load_config
 from pipeline.clip.embeddings import source_digest
-from pipeline.video.ingest import ingest_video
+from pipeline.config import IntrinsicsConfig, load_config
 from pipeline.corpus.intrinsics import FAILED, TOO_FEW_FRAMES, estimate_from_jpegs, estimate_video
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.publish import publish
+from pipeline.io.data_root import DataRoot
+from pipeline.sources.catalog import CatalogEntry
 from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_frames, render_video
+from pipeline.video.ingest import ingest_video
 
 # Forward motion with a stronger sway than the default scene: COLMAP needs some rotation and baseline.
 SPEC = SceneSpec(width=320, height=180, fps=10.0, duration_s=4.0, seed=1, speed_mps=6.0, yaw_amplitude_deg=10.0)
@@ -28,9 +29,13 @@ def curated(tmp_path_factory):
     """One synthetic video of known intrinsics, ingested as a single clip, with its camera estimated."""
     directory = tmp_path_factory.mktemp("intrinsics")
     video = render_video(SPEC, directory / "canyon.mp4")
-    cfg = load_config(overrides={
-        "sample": {"fps": 10, "max_height": 180, "trim": {"head_s": 0.2, "tail_s": 0.2}, "decimate": None},
-        "split": {"train_fraction": 1.0, "gap_frames": 0}, "intrinsics": SETTINGS})
+    cfg = load_config(
+        overrides={
+            "sample": {"fps": 10, "max_height": 180, "trim": {"head_s": 0.2, "tail_s": 0.2}, "decimate": None},
+            "split": {"train_fraction": 1.0, "gap_frames": 0},
+            "intrinsics": SETTINGS,
+        }
+    )
     root = DataRoot(directory / "root")
     entry = CatalogEntry(video_id="canyon", url="http://127.0.0.1/canyon.mp4", dataset="test", category="driving")
     record = ingest_video(entry, video, root, cfg)

@@ -7,21 +7,37 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.video.ingest import ingest_video
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.publish import previous_catalog_problems, publish
+from pipeline.io.data_root import DataRoot
 from pipeline.schema import DROP_REASONS
+from pipeline.video.ingest import ingest_video
 
 
 @pytest.fixture
 def published(video_dir, entry, small_config, tmp_path):
     """Three ingested videos: an original, a smaller re-encode of it, and an unrelated one."""
     copy = tmp_path / "copy.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(video_dir / "walk.mp4"), "-vf", "scale=128:-2",
-                    "-c:v", "libx264", str(copy)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-i",
+            str(video_dir / "walk.mp4"),
+            "-vf",
+            "scale=128:-2",
+            "-c:v",
+            "libx264",
+            str(copy),
+        ],
+        check=True,
+    )
     root = DataRoot(tmp_path / "root")
-    for video_id, path in [("a_original", video_dir / "walk.mp4"), ("b_copy", copy),
-                           ("c_other", video_dir / "walk.mkv")]:
+    for video_id, path in [
+        ("a_original", video_dir / "walk.mp4"),
+        ("b_copy", copy),
+        ("c_other", video_dir / "walk.mkv"),
+    ]:
         ingest_video(dataclasses.replace(entry, video_id=video_id), path, root, small_config)
     problems = [{"line": 7, "video_id": "dup", "reason": "duplicate_id", "message": "line 7: video_id 'dup' ..."}]
     return root, publish(root, small_config, problems)
@@ -66,7 +82,8 @@ def test_stats_tables_agree(published):
     assert problem.catalog_line == 7 and "duplicate_id" in problem.error
     assert description["counts"]["frames_decoded"] == len(frames)
     assert {s["path"] for s in description["shards"]} == {
-        f"shards/test/{v}/part-00000.parquet" for v in ("a_original", "b_copy", "c_other")}
+        f"shards/test/{v}/part-00000.parquet" for v in ("a_original", "b_copy", "c_other")
+    }
 
 
 def test_republishing_changes_no_byte(published, small_config):
@@ -100,8 +117,15 @@ def test_cross_video_dedup_can_be_switched_off(published, small_config):
 def test_catalog_problems_survive_a_corpus_only_republish(published, small_config):
     root, description = published
     problems = previous_catalog_problems(root)
-    assert problems == [{"dataset": None, "video_id": "dup", "line": 7, "reason": "duplicate_id",
-                         "message": "line 7: video_id 'dup' ..."}]
+    assert problems == [
+        {
+            "dataset": None,
+            "video_id": "dup",
+            "line": 7,
+            "reason": "duplicate_id",
+            "message": "line 7: video_id 'dup' ...",
+        }
+    ]
     assert publish(root, small_config, problems) == description  # byte-identical tables, as with the catalog
 
 

@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.video.ingest import ingest_video
-from pipeline.io.data_root import DataRoot
 from pipeline.corpus.publish import publish
-from pipeline.schema import SchemaVersionError
 from pipeline.corpus.verify import read_description, verify_dataset
+from pipeline.io.data_root import DataRoot
+from pipeline.schema import SchemaVersionError
+from pipeline.video.ingest import ingest_video
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ def test_a_shard_with_a_foreign_schema_is_named(root):
     shard = root.root / description["shards"][0]["path"]
     pq.write_table(pa.table({"x": [1]}), shard)
     from pipeline.io.storage import sha256_file
+
     description["shards"][0]["sha256"] = sha256_file(shard)
     root.dataset_json.write_text(json.dumps(description))
     (problem,) = verify_dataset(root)

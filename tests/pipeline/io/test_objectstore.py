@@ -1,24 +1,25 @@
 """Object-store data roots against an S3 server on loopback: whole objects only, published in order, nothing
 rewritten that is unchanged, no credentials in what is written, and the trainer reads it like local disk."""
+
 from __future__ import annotations
 
 import contextlib
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import fsspec.core
 import pytest
 import requests
 import torch
 
-from pipeline.io import objectstore
-from pipeline.video.ingest import ingest_video, is_finished, load_record
-from pipeline.io.data_root import WORK_DIR_ENV, DataRoot
 from pipeline.corpus.publish import publish
 from pipeline.corpus.verify import verify_dataset
+from pipeline.io import objectstore
+from pipeline.io.data_root import WORK_DIR_ENV, DataRoot
+from pipeline.video.ingest import ingest_video, is_finished, load_record
 from trainer.config import load_train_config
 from trainer.data import ShardStream, make_loader
 from trainer.manifest import check_shards, data_root_of, load_manifests
@@ -42,8 +43,11 @@ def recorded(server: str) -> Iterator[list[dict]]:
 def published(log: list[dict], bucket: str) -> list[str]:
     """Keys that appeared by a server-side copy (a temporary key moved onto them), in order, relative to data/."""
     prefix = f"/{bucket.removeprefix('s3://')}/data/"
-    return [request["url"].split(prefix, 1)[1] for request in log
-            if request["method"] == "PUT" and "x-amz-copy-source" in {h.lower() for h in request["headers"]}]
+    return [
+        request["url"].split(prefix, 1)[1]
+        for request in log
+        if request["method"] == "PUT" and "x-amz-copy-source" in {h.lower() for h in request["headers"]}
+    ]
 
 
 def objects(url: str) -> dict[str, bytes]:
@@ -87,9 +91,8 @@ def test_a_write_lands_on_a_hidden_temporary_key_then_moves_onto_the_final_one(s
     assert final.endswith("/data/stats/videos.parquet")
     copy_source = {k.lower(): v for k, v in puts[1]["headers"].items()}["x-amz-copy-source"]
     assert copy_source.endswith(temporary.rsplit("/", 1)[1])
-    assert any(r["method"] in {"DELETE", "POST"} and r is not puts[1] for r in log[log.index(puts[1]):])
-    assert objects(f"{s3_bucket}/data") == {f"{s3_bucket.removeprefix('s3://')}/data/stats/videos.parquet":
-                                            b"x" * 5000}
+    assert any(r["method"] in {"DELETE", "POST"} and r is not puts[1] for r in log[log.index(puts[1]) :])
+    assert objects(f"{s3_bucket}/data") == {f"{s3_bucket.removeprefix('s3://')}/data/stats/videos.parquet": b"x" * 5000}
 
 
 def test_unchanged_bytes_are_not_written_again(s3_bucket, s3_server):
@@ -113,16 +116,14 @@ def test_a_killed_writers_temporary_is_never_listed_and_is_cleared(s3_bucket, tm
     assert objects(root.address(shard_dir)) == {}
 
 
-def test_ingest_and_publish_order_on_an_object_store(s3_bucket, s3_server, video_dir, entry, small_config,
-                                                     tmp_path):
+def test_ingest_and_publish_order_on_an_object_store(s3_bucket, s3_server, video_dir, entry, small_config, tmp_path):
     root = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "work")
     with recorded(s3_server) as log:
         description = curate_small(root, entry, video_dir / "walk.mp4", small_config)
     order = published(log, s3_bucket)
     record = order.index("stats/videos/test/walk.json")
     parts = [i for i, key in enumerate(order) if key.startswith(("shards/", "stats/frames/test/"))]
-    tables = [order.index(key) for key in ("stats/frames.parquet", "stats/videos.parquet",
-                                           "stats/categories.parquet")]
+    tables = [order.index(key) for key in ("stats/frames.parquet", "stats/videos.parquet", "stats/categories.parquet")]
     assert parts and max(parts) < record < min(tables)  # the done-marker after the video's files
     assert max(tables) < order.index("manifest/test.parquet") < order.index("dataset.json") == len(order) - 1
     assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))  # finished files moved to the store
@@ -130,15 +131,18 @@ def test_ingest_and_publish_order_on_an_object_store(s3_bucket, s3_server, video
     assert description["shards"] and all(root.exists(root.root / s["path"]) for s in description["shards"])
 
 
-def test_same_bytes_as_local_disk_and_resumable_from_another_machine(s3_bucket, video_dir, entry, small_config,
-                                                                     tmp_path):
+def test_same_bytes_as_local_disk_and_resumable_from_another_machine(
+    s3_bucket, video_dir, entry, small_config, tmp_path
+):
     remote = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "work")
     local = DataRoot(tmp_path / "local")
     remote_description = curate_small(remote, entry, video_dir / "walk.mp4", small_config)
     local_description = curate_small(local, entry, video_dir / "walk.mp4", small_config)
     assert remote_description == local_description
-    for path in [local.root / s["path"] for s in local_description["shards"]] + [local.manifest("test"),
-                                                                                local.frames_table]:
+    for path in [local.root / s["path"] for s in local_description["shards"]] + [
+        local.manifest("test"),
+        local.frames_table,
+    ]:
         assert remote.read_bytes(remote.root / local.relative(path)) == path.read_bytes()
     elsewhere = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "other-machine")
     assert is_finished(load_record(elsewhere, entry), small_config)
@@ -168,8 +172,9 @@ def test_no_credentials_in_anything_written(s3_env, s3_bucket, video_dir, entry,
 
 
 def _batches(manifest: str | Path, workers: int, count: int) -> list[dict]:
-    cfg = load_train_config(overrides={"data": {"batch_size": 2, "shuffle_buffer": 8, "height": 64, "width": 96,
-                                                "num_workers": workers}})
+    cfg = load_train_config(
+        overrides={"data": {"batch_size": 2, "shuffle_buffer": 8, "height": 64, "width": 96, "num_workers": workers}}
+    )
     frame = load_manifests([manifest], "train", cfg.data.filters)
     check_shards(frame)
     stream = ShardStream(EpochPlan(frame, cfg.data), cfg.data)
@@ -185,8 +190,9 @@ def _assert_same_batches(local: list[dict], remote: list[dict]) -> None:
                 assert torch.equal(value.nan_to_num(-1), b[key].nan_to_num(-1)), key
 
 
-def test_trainer_streams_an_object_store_manifest_from_forked_workers(s3_bucket, video_dir, entry, small_config,
-                                                                      tmp_path):
+def test_trainer_streams_an_object_store_manifest_from_forked_workers(
+    s3_bucket, video_dir, entry, small_config, tmp_path
+):
     remote = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "work")
     local = DataRoot(tmp_path / "local")
     curate_small(remote, entry, video_dir / "walk.mp4", small_config)
@@ -198,8 +204,9 @@ def test_trainer_streams_an_object_store_manifest_from_forked_workers(s3_bucket,
 
 
 @pytest.mark.slow
-def test_demo_flow_on_an_object_store_matches_local_disk(demo_run, demo_sources, s3_env, s3_bucket, s3_server,
-                                                          tmp_path, monkeypatch):
+def test_demo_flow_on_an_object_store_matches_local_disk(
+    demo_run, demo_sources, s3_env, s3_bucket, s3_server, tmp_path, monkeypatch
+):
     """The demo flow with an s3:// data root: same shards, same manifest, same training samples as on disk;
     a rerun writes nothing; the credentials appear nowhere."""
     from prefect import get_client
@@ -220,8 +227,9 @@ def test_demo_flow_on_an_object_store_matches_local_disk(demo_run, demo_sources,
     assert description["counts"] == local_description["counts"]
     assert remote.read_bytes(remote.manifest("demo")) == local.manifest("demo").read_bytes()
     assert verify_dataset(remote) == []
-    _assert_same_batches(_batches(local.manifest("demo"), 2, 8),
-                         _batches(remote.address(remote.manifest("demo")), 2, 8))
+    _assert_same_batches(
+        _batches(local.manifest("demo"), 2, 8), _batches(remote.address(remote.manifest("demo")), 2, 8)
+    )
 
     before = stamps(url)
     with recorded(s3_server) as log:
@@ -235,8 +243,12 @@ def test_demo_flow_on_an_object_store_matches_local_disk(demo_run, demo_sources,
         artifacts = json.dumps([a.model_dump(mode="json") for a in _all(client.read_artifacts)])
     assert f"into {url}" in logs  # the flow runs' logs as the server keeps them, naming the data root
     assert url in artifacts  # the contact-sheet links point into the bucket
-    written = [logs.encode(), artifacts.encode(), *objects(url).values(),
-               *(p.read_bytes() for p in remote.root.rglob("*") if p.is_file() and "demo_sources" not in p.parts)]
+    written = [
+        logs.encode(),
+        artifacts.encode(),
+        *objects(url).values(),
+        *(p.read_bytes() for p in remote.root.rglob("*") if p.is_file() and "demo_sources" not in p.parts),
+    ]
     for secret in (s3_env["AWS_ACCESS_KEY_ID"], s3_env["AWS_SECRET_ACCESS_KEY"]):
         assert not any(secret.encode() in data for data in written), secret
 

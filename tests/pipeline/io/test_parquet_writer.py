@@ -1,4 +1,5 @@
 """Tests for pipeline.io.parquet_writer: row-group bounds, part rolling, row positions, atomic publishing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,7 +90,10 @@ def test_positions_with_a_prefix_and_a_part_closing_on_the_row_that_fills_it(tmp
     assert positions[4] == ("frames-00001.parquet", 0)
     parts = writer.close()
     assert [(p.path.name, p.rows) for p in parts] == [
-        ("frames-00000.parquet", 4), ("frames-00001.parquet", 4), ("frames-00002.parquet", 2)]
+        ("frames-00000.parquet", 4),
+        ("frames-00001.parquet", 4),
+        ("frames-00002.parquet", 2),
+    ]
     for i, (name, row) in enumerate(positions):
         assert pq.read_table(tmp_path / name).column("id")[row].as_py() == i
 

@@ -1,4 +1,5 @@
 """Tests for pipeline.io.storage: atomic writes, idempotent rewrites, stale temp cleanup, hashing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,11 +50,10 @@ def test_atomic_path_leaves_no_temp_and_keeps_the_old_file_on_exception(tmp_path
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
     seen: list[Path] = []
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_path(target) as tmp:
-            seen.append(tmp)
-            tmp.write_bytes(b"half written")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        seen.append(tmp)
+        tmp.write_bytes(b"half written")
+        raise RuntimeError("boom")
     assert seen and not seen[0].exists()
     assert target.read_bytes() == b"old"
     assert _names(tmp_path) == ["out.bin"]
@@ -61,9 +61,8 @@ def test_atomic_path_leaves_no_temp_and_keeps_the_old_file_on_exception(tmp_path
 
 def test_atomic_path_exception_before_any_write_creates_nothing(tmp_path):
     target = tmp_path / "new.bin"
-    with pytest.raises(KeyError):
-        with atomic_path(target):
-            raise KeyError("x")
+    with pytest.raises(KeyError), atomic_path(target):
+        raise KeyError("x")
     assert _names(tmp_path) == []
 
 

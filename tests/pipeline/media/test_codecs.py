@@ -1,12 +1,18 @@
 """Tests for the image codecs: JPEG frames, 16-bit disparity PNG, 1-bit mask PNG."""
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.media.codecs import (decode_disparity_png, decode_mask_png, encode_disparity_png, encode_jpeg,
-                                   encode_mask_png)
+from pipeline.media.codecs import (
+    decode_disparity_png,
+    decode_mask_png,
+    encode_disparity_png,
+    encode_jpeg,
+    encode_mask_png,
+)
 
 
 def test_jpeg_round_trip_and_quality():

@@ -1,4 +1,5 @@
 """Tests for pipeline.media.decode: output sizing and the streaming ffmpeg FrameReader."""
+
 from __future__ import annotations
 
 import gc
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 import pipeline.media.decode as decode
-from pipeline.media.decode import DecodedFrame, FrameReader, output_size
 from pipeline.errors import VideoError
+from pipeline.media.decode import DecodedFrame, FrameReader, output_size
 
 SIZE = (160, 96)
 
@@ -51,18 +52,22 @@ def spawned(monkeypatch) -> list[subprocess.Popen]:
 
 # ------------------------------------------------------------------ output_size
 
-@pytest.mark.parametrize("width, height, max_height, expected", [
-    (1920, 1080, 720, (1280, 720)),
-    (1920, 1080, 360, (640, 360)),
-    (1080, 1920, 640, (360, 640)),  # portrait
-    (1000, 1001, 500, (500, 500)),  # 499.5 rounded to the nearest even width
-    (640, 480, 96, (128, 96)),
-    (160, 96, 96, (160, 96)),  # already at the bound
-    (160, 96, 720, (160, 96)),  # never upscaled
-    (1920, 1080, None, (1920, 1080)),  # no bound
-    (4000, 10, 5, (2000, 5)),
-    (10, 4000, 16, (2, 16)),  # at least 2 wide
-])
+
+@pytest.mark.parametrize(
+    "width, height, max_height, expected",
+    [
+        (1920, 1080, 720, (1280, 720)),
+        (1920, 1080, 360, (640, 360)),
+        (1080, 1920, 640, (360, 640)),  # portrait
+        (1000, 1001, 500, (500, 500)),  # 499.5 rounded to the nearest even width
+        (640, 480, 96, (128, 96)),
+        (160, 96, 96, (160, 96)),  # already at the bound
+        (160, 96, 720, (160, 96)),  # never upscaled
+        (1920, 1080, None, (1920, 1080)),  # no bound
+        (4000, 10, 5, (2000, 5)),
+        (10, 4000, 16, (2, 16)),  # at least 2 wide
+    ],
+)
 def test_output_size(width, height, max_height, expected):
     assert output_size(width, height, max_height) == expected
 
@@ -79,6 +84,7 @@ def test_output_size_is_even_aspect_keeping_and_never_up(width, height, max_heig
 
 
 # ------------------------------------------------------------------ FrameReader
+
 
 def test_frames_in_a_window(video_dir):
     reader = FrameReader(video_dir / "walk.mp4", fps=10, start_s=1.0, end_s=4.0, size=SIZE)
@@ -110,8 +116,7 @@ def test_window_frames_match_a_full_decode(video_dir):
 def test_images_are_bgr(tmp_path):
     # A pure blue clip must come out with the blue channel first (OpenCV's BGR order).
     path = tmp_path / "blue.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=64x48:r=10:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-            str(path))
+    _ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=64x48:r=10:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
     frames = list(FrameReader(path, fps=10, start_s=0.0, end_s=1.0, size=(64, 48)))
     b, g, r = frames[0].image.reshape(-1, 3).mean(axis=0)
     assert b > 200 and g < 40 and r < 40

@@ -1,4 +1,5 @@
 """Tests for pipeline.media.probe: stream facts of good videos, named reasons for bad ones."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,8 +24,21 @@ def made(video_dir, tmp_path_factory) -> Path:
     walk = str(video_dir / "walk.mp4")
     _ffmpeg("-i", walk, "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
     # Variable frame rate: keep 3 frames out of every 10 and let their timestamps through as they are.
-    _ffmpeg("-i", walk, "-vf", r"select=lt(mod(n\,10)\,3)", "-vsync", "vfr", "-c:v", "libx264",
-            "-preset", "ultrafast", "-threads", "1", str(d / "vfr.mp4"))
+    _ffmpeg(
+        "-i",
+        walk,
+        "-vf",
+        r"select=lt(mod(n\,10)\,3)",
+        "-vsync",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-threads",
+        "1",
+        str(d / "vfr.mp4"),
+    )
     (d / "empty.mp4").write_bytes(b"")
     (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
     (d / "truncated.mp4").write_bytes((video_dir / "walk.mp4").read_bytes()[:20_000])
@@ -59,8 +73,16 @@ def test_mpeg4_mkv(made):
 
 
 def test_as_dict_round_trips():
-    info = VideoInfo(duration_s=1.5, fps=10.0, width=4, height=2, codec="h264", rotation=270,
-                     variable_frame_rate=False, container="mp4")
+    info = VideoInfo(
+        duration_s=1.5,
+        fps=10.0,
+        width=4,
+        height=2,
+        codec="h264",
+        rotation=270,
+        variable_frame_rate=False,
+        container="mp4",
+    )
     assert VideoInfo(**info.as_dict()) == info
     assert info.display_size == (2, 4)
 
@@ -82,14 +104,17 @@ def test_variable_frame_rate_is_detected(made):
     assert info.duration_s > 4.0
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("empty.mp4", "unreadable_video"),
-    ("random.mp4", "unreadable_video"),
-    ("truncated.mp4", "unreadable_video"),
-    ("page.html", "unreadable_video"),
-    ("missing.mp4", "unreadable_video"),
-    ("audio.m4a", "no_video_stream"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("empty.mp4", "unreadable_video"),
+        ("random.mp4", "unreadable_video"),
+        ("truncated.mp4", "unreadable_video"),
+        ("page.html", "unreadable_video"),
+        ("missing.mp4", "unreadable_video"),
+        ("audio.m4a", "no_video_stream"),
+    ],
+)
 def test_bad_inputs_raise_named_reasons(made, name, reason):
     with pytest.raises(VideoError) as caught:
         probe_video(made / name)

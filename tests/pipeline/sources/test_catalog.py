@@ -35,15 +35,22 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def row(video_id: str = "v1", url: str = "https://example.com/v.mp4", dataset: str = "demo",
-        category: str = "natural", layout: str = "", trim_start: str = "",
-        intrinsics: str = ",,,", seq: str = "") -> str:
+def row(
+    video_id: str = "v1",
+    url: str = "https://example.com/v.mp4",
+    dataset: str = "demo",
+    category: str = "natural",
+    layout: str = "",
+    trim_start: str = "",
+    intrinsics: str = ",,,",
+    seq: str = "",
+) -> str:
     """One csv row in CATALOG_COLUMNS order."""
-    return (f"{seq},{video_id},{url},{dataset},{category},,{layout},{trim_start},,"
-            f"{intrinsics},,,")
+    return f"{seq},{video_id},{url},{dataset},{category},,{layout},{trim_start},,{intrinsics},,,"
 
 
 # --- slowtv.csv ------------------------------------------------------------------------
+
 
 def test_slowtv_csv_reads_cleanly():
     entries, problems = read_catalog(SLOWTV_CSV)
@@ -59,8 +66,7 @@ def test_slowtv_csv_reads_cleanly():
 def test_slowtv_csv_keeps_subcategories_and_odd_ids():
     entries, _ = read_catalog(SLOWTV_CSV)
     by_id = {e.video_id: e for e in entries}
-    assert Counter(e.subcategory for e in entries) == {
-        None: 29, "snow": 5, "tropical": 4, "rain": 1, "beach": 1}
+    assert Counter(e.subcategory for e in entries) == {None: 29, "snow": 5, "tropical": 4, "rain": 1, "beach": 1}
     assert by_id["APlmTDb5lC8"].subcategory == "rain"
     assert by_id["-tMVBF78RMU"].seq == 7
     assert by_id["-tMVBF78RMU"].url == "https://www.youtube.com/watch?v=-tMVBF78RMU"
@@ -126,43 +132,65 @@ def test_problem_message_names_the_offending_value(tmp_path):
 
 
 def test_duplicate_keeps_first_and_names_its_line(tmp_path):
-    path = write_lines(tmp_path / "c.csv", [
-        HEADER, row(video_id="a", url="https://example.com/first"), row(video_id="b"),
-        row(video_id="a", url="https://example.com/second"), row(video_id="a"),
-    ])
+    path = write_lines(
+        tmp_path / "c.csv",
+        [
+            HEADER,
+            row(video_id="a", url="https://example.com/first"),
+            row(video_id="b"),
+            row(video_id="a", url="https://example.com/second"),
+            row(video_id="a"),
+        ],
+    )
     entries, problems = read_catalog(path)
     assert [(e.video_id, e.url) for e in entries] == [
-        ("a", "https://example.com/first"), ("b", "https://example.com/v.mp4")]
+        ("a", "https://example.com/first"),
+        ("b", "https://example.com/v.mp4"),
+    ]
     assert [(p.line, p.reason) for p in problems] == [(4, "duplicate_id"), (5, "duplicate_id")]
     assert all("line 2" in p.message for p in problems)
 
 
 def test_blank_and_comment_lines_are_ignored_but_counted(tmp_path):
-    path = write_lines(tmp_path / "c.csv", [
-        "# catalog of test videos", HEADER, "", "  # indented comment", row(video_id="a"),
-        ",,,,", row(video_id="b", layout="bogus"),
-    ])
+    path = write_lines(
+        tmp_path / "c.csv",
+        [
+            "# catalog of test videos",
+            HEADER,
+            "",
+            "  # indented comment",
+            row(video_id="a"),
+            ",,,,",
+            row(video_id="b", layout="bogus"),
+        ],
+    )
     entries, problems = read_catalog(path)
     assert [(e.video_id, e.line) for e in entries] == [("a", 5)]
     assert [(p.line, p.reason) for p in problems] == [(7, "unknown_layout")]
 
 
 def test_cells_are_stripped_and_optional_columns_may_be_absent(tmp_path):
-    path = write_lines(tmp_path / "c.csv", [
-        " url , video_id , dataset , category , trim_end_s ",
-        " file:///data/a.mp4 , a , demo , driving , 12.5 ",
-        "/data/b.mp4,b,demo,driving,",
-    ])
+    path = write_lines(
+        tmp_path / "c.csv",
+        [
+            " url , video_id , dataset , category , trim_end_s ",
+            " file:///data/a.mp4 , a , demo , driving , 12.5 ",
+            "/data/b.mp4,b,demo,driving,",
+        ],
+    )
     entries, problems = read_catalog(path)
     assert problems == []
-    assert entries[0] == CatalogEntry(video_id="a", url="file:///data/a.mp4", dataset="demo",
-                                      category="driving", trim_end_s=12.5)
+    assert entries[0] == CatalogEntry(
+        video_id="a", url="file:///data/a.mp4", dataset="demo", category="driving", trim_end_s=12.5
+    )
     assert entries[1].layout == "mono" and entries[1].trim_end_s is None
 
 
 def test_extra_cells_beyond_header_are_a_problem(tmp_path):
-    path = write_lines(tmp_path / "c.csv", ["video_id,url,dataset,category",
-                                            "a,/x.mp4,demo,natural,surprise", "b,/y.mp4,demo,natural,,"])
+    path = write_lines(
+        tmp_path / "c.csv",
+        ["video_id,url,dataset,category", "a,/x.mp4,demo,natural,surprise", "b,/y.mp4,demo,natural,,"],
+    )
     entries, problems = read_catalog(path)
     assert [e.video_id for e in entries] == ["b"]
     assert [(p.line, p.reason, p.video_id) for p in problems] == [(2, "too_many_fields", "a")]
@@ -176,6 +204,7 @@ def test_every_layout_is_accepted(tmp_path):
 
 
 # --- file-level errors ------------------------------------------------------------------
+
 
 def test_unknown_header_column_is_an_error(tmp_path):
     path = write_lines(tmp_path / "c.csv", [HEADER + ",colour,fps", GOOD_ROW + ",red,30"])
@@ -212,14 +241,28 @@ def test_missing_file_is_an_error(tmp_path):
 
 # --- write_catalog ----------------------------------------------------------------------
 
+
 def full_entries() -> list[CatalogEntry]:
     """Entries that exercise every column, quoting and float formatting."""
     return [
-        CatalogEntry(video_id="a_1", url="https://example.com/a?x=1&y=2", dataset="demo",
-                     category="natural", seq=3, subcategory="snow", layout="sbs_half",
-                     trim_start_s=30.0, trim_end_s=0.1, fx=0.82, fy=1.4583333333333333,
-                     cx=0.5, cy=0.49, license="CC-BY 4.0", title='Say "hi", world',
-                     notes="two\nlines"),
+        CatalogEntry(
+            video_id="a_1",
+            url="https://example.com/a?x=1&y=2",
+            dataset="demo",
+            category="natural",
+            seq=3,
+            subcategory="snow",
+            layout="sbs_half",
+            trim_start_s=30.0,
+            trim_end_s=0.1,
+            fx=0.82,
+            fy=1.4583333333333333,
+            cx=0.5,
+            cy=0.49,
+            license="CC-BY 4.0",
+            title='Say "hi", world',
+            notes="two\nlines",
+        ),
         CatalogEntry(video_id="b-2", url="/data/b.mp4", dataset="demo", category="driving"),
     ]
 
@@ -260,17 +303,21 @@ def test_write_refuses_invalid_entries_and_keeps_old_file(tmp_path):
 
 # --- youtube_id / import_slowtv --------------------------------------------------------
 
-@pytest.mark.parametrize("url,expected", [
-    ("https://www.youtube.com/watch?v=-tMVBF78RMU", "-tMVBF78RMU"),
-    ("https://youtube.com/watch?feature=share&v=0_1PVGSF_BM", "0_1PVGSF_BM"),
-    ("https://youtu.be/KZsYLAy-qJI?t=30", "KZsYLAy-qJI"),
-    ("https://www.youtube.com/shorts/qkJMR-KSdic", "qkJMR-KSdic"),
-    ("youtu.be/oSmUI3m2kLk", "oSmUI3m2kLk"),
-    ("https://example.com/watch?v=oSmUI3m2kLk", None),
-    ("https://www.youtube.com/watch?v=short", None),
-    ("https://www.youtube.com/channel/UC123", None),
-    ("not a url", None),
-])
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("https://www.youtube.com/watch?v=-tMVBF78RMU", "-tMVBF78RMU"),
+        ("https://youtube.com/watch?feature=share&v=0_1PVGSF_BM", "0_1PVGSF_BM"),
+        ("https://youtu.be/KZsYLAy-qJI?t=30", "KZsYLAy-qJI"),
+        ("https://www.youtube.com/shorts/qkJMR-KSdic", "qkJMR-KSdic"),
+        ("youtu.be/oSmUI3m2kLk", "oSmUI3m2kLk"),
+        ("https://example.com/watch?v=oSmUI3m2kLk", None),
+        ("https://www.youtube.com/watch?v=short", None),
+        ("https://www.youtube.com/channel/UC123", None),
+        ("not a url", None),
+    ],
+)
 def test_youtube_id(url, expected):
     assert youtube_id(url) == expected
 
@@ -283,23 +330,30 @@ def slowtv_files(tmp_path: Path, pairs: list[tuple[str, str]]) -> tuple[Path, Pa
 
 
 def test_import_slowtv_matches_catalog(tmp_path):
-    pairs = SLOWTV_FIRST + [("-tMVBF78RMU", "natural"), ("APlmTDb5lC8", "Natural-Rain"),
-                            ("GtPj1MpM_PE", "NATURAL-snow")]
+    pairs = SLOWTV_FIRST + [
+        ("-tMVBF78RMU", "natural"),
+        ("APlmTDb5lC8", "Natural-Rain"),
+        ("GtPj1MpM_PE", "NATURAL-snow"),
+    ]
     urls, cats = slowtv_files(tmp_path, pairs)
     imported = import_slowtv(urls, cats)
     expected = read_catalog(SLOWTV_CSV)[0][:3]
     assert imported[:3] == expected
     assert [(e.seq, e.category, e.subcategory) for e in imported[3:]] == [
-        (3, "natural", None), (4, "natural", "rain"), (5, "natural", "snow")]
+        (3, "natural", None),
+        (4, "natural", "rain"),
+        (5, "natural", "snow"),
+    ]
 
 
 def test_import_slowtv_skips_blank_lines_and_falls_back_to_seq_ids(tmp_path):
-    urls = write_lines(tmp_path / "urls.txt", ["", "https://youtu.be/oSmUI3m2kLk", "",
-                                              "https://example.com/clip.mp4"])
+    urls = write_lines(tmp_path / "urls.txt", ["", "https://youtu.be/oSmUI3m2kLk", "", "https://example.com/clip.mp4"])
     cats = write_lines(tmp_path / "categories.txt", ["Natural", "Underwater"])
     entries = import_slowtv(urls, cats, dataset="mine")
     assert [(e.seq, e.video_id, e.category) for e in entries] == [
-        (0, "oSmUI3m2kLk", "natural"), (1, "mine_00001", "underwater")]
+        (0, "oSmUI3m2kLk", "natural"),
+        (1, "mine_00001", "underwater"),
+    ]
     assert entries[1].license is None
     out = write_catalog(entries, tmp_path / "mine.csv")
     assert read_catalog(out) == (entries, [])
@@ -315,11 +369,14 @@ def test_import_slowtv_rejects_mismatched_lengths(tmp_path):
         import_slowtv(urls, cats)
 
 
-@pytest.mark.parametrize("url,category,where", [
-    ("htp:/x", "Natural", r"urls\.txt: line 2"),
-    ("https://www.youtube.com/watch?v=oSmUI3m2kLk", "Natural-Snow-Deep", r"categories\.txt: line 2"),
-    ("https://www.youtube.com/watch?v=oSmUI3m2kLk", "Natural Snow", r"categories\.txt: line 2"),
-])
+@pytest.mark.parametrize(
+    "url,category,where",
+    [
+        ("htp:/x", "Natural", r"urls\.txt: line 2"),
+        ("https://www.youtube.com/watch?v=oSmUI3m2kLk", "Natural-Snow-Deep", r"categories\.txt: line 2"),
+        ("https://www.youtube.com/watch?v=oSmUI3m2kLk", "Natural Snow", r"categories\.txt: line 2"),
+    ],
+)
 def test_import_slowtv_rejects_unparsable_lines(tmp_path, url, category, where):
     urls = write_lines(tmp_path / "urls.txt", ["https://youtu.be/XCeeGLx_zX4", url])
     cats = write_lines(tmp_path / "categories.txt", ["Natural", category])
@@ -333,8 +390,17 @@ def test_import_slowtv_rejects_repeated_video(tmp_path):
         import_slowtv(urls, cats)
 
 
-@pytest.mark.parametrize("field, value", [("video_id", "../x"), ("video_id", "a/b"), ("video_id", ".."),
-                                          ("dataset", "../up"), ("dataset", "a/b"), ("category", "x/../y")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("video_id", "../x"),
+        ("video_id", "a/b"),
+        ("video_id", ".."),
+        ("dataset", "../up"),
+        ("dataset", "a/b"),
+        ("category", "x/../y"),
+    ],
+)
 def test_an_entry_that_would_leave_the_data_root_cannot_be_built(field, value):
     """Not from a catalog row, and not in code either: these names become path components."""
     fields = dict(video_id="v", url="https://example.com/v.mp4", dataset="demo", category="natural")
@@ -344,8 +410,9 @@ def test_an_entry_that_would_leave_the_data_root_cannot_be_built(field, value):
 
 def test_titles_are_kept_as_text_and_never_become_paths(tmp_path):
     def titled(video_id: str, title: str) -> str:
-        cells = dict(video_id=video_id, url="https://example.com/v.mp4", dataset="demo", category="natural",
-                     title=title)
+        cells = dict(
+            video_id=video_id, url="https://example.com/v.mp4", dataset="demo", category="natural", title=title
+        )
         return ",".join(cells.get(name, "") for name in CATALOG_COLUMNS)
 
     path = write_lines(tmp_path / "c.csv", [HEADER, titled("v1", "../../etc/passwd"), titled("v2", "a/b")])

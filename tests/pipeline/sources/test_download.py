@@ -1,4 +1,5 @@
 """Tests for pipeline.sources.download against loopback HTTP servers (no network)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,18 +8,18 @@ import json
 import shutil
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yt_dlp
 
 import pipeline.sources.download as download
-from pipeline.sources.catalog import CatalogEntry
 from pipeline.config import DownloadConfig
+from pipeline.errors import VideoError
+from pipeline.sources.catalog import CatalogEntry
 from pipeline.sources.download import DownloadArchive, DownloadResult, _classify, download_video
 from pipeline.synthetic.demo import serve_directory, serve_handler
-from pipeline.errors import VideoError
 
 CFG = DownloadConfig()
 
@@ -63,6 +64,7 @@ def _video_files(directory: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ successful downloads
+
 
 def test_downloads_into_videos_dir_named_by_catalog_id(http_root, video_dir, tmp_path):
     entry = _entry("walk_01", f"{http_root}/walk.mp4")
@@ -127,8 +129,12 @@ def test_same_file_name_under_different_urls_downloads_both(video_dir, tmp_path)
 
 def test_progress_ends_at_one(http_root, tmp_path):
     calls: list[tuple[float, str]] = []
-    download_video(_entry("walk", f"{http_root}/walk.mp4"), tmp_path, CFG,
-                   progress=lambda fraction, message: calls.append((fraction, message)))
+    download_video(
+        _entry("walk", f"{http_root}/walk.mp4"),
+        tmp_path,
+        CFG,
+        progress=lambda fraction, message: calls.append((fraction, message)),
+    )
     assert calls, "progress was never reported"
     assert calls[-1][0] == 1.0
     assert all(0.0 <= f <= 1.0 and isinstance(m, str) and m for f, m in calls)
@@ -136,6 +142,7 @@ def test_progress_ends_at_one(http_root, tmp_path):
 
 
 # ------------------------------------------------------------------ failures
+
 
 def test_http_404_is_a_final_download_failure(http_root, tmp_path):
     with pytest.raises(VideoError) as caught:
@@ -151,18 +158,16 @@ def test_http_404_is_a_final_download_failure(http_root, tmp_path):
 
 def test_html_page_is_not_a_video(tmp_path):
     page = b"<html><head><title>hello</title></head><body><p>no video here</p></body></html>"
-    with _server(lambda h: _send(h, 200, page, "text/html")) as (url, _):
-        with pytest.raises(VideoError) as caught:
-            download_video(_entry("page", f"{url}/page.html"), tmp_path, CFG)
+    with _server(lambda h: _send(h, 200, page, "text/html")) as (url, _), pytest.raises(VideoError) as caught:
+        download_video(_entry("page", f"{url}/page.html"), tmp_path, CFG)
     assert caught.value.reason == "not_a_video"
     assert caught.value.transient is False
     assert _video_files(tmp_path) == []
 
 
 def test_http_503_is_transient(tmp_path):
-    with _server(lambda h: _send(h, 503, b"")) as (url, log):
-        with pytest.raises(VideoError) as caught:
-            download_video(_entry("busy", f"{url}/busy.mp4"), tmp_path, CFG)
+    with _server(lambda h: _send(h, 503, b"")) as (url, log), pytest.raises(VideoError) as caught:
+        download_video(_entry("busy", f"{url}/busy.mp4"), tmp_path, CFG)
     assert caught.value.reason == "download_failed"
     assert caught.value.transient is True
     assert "503" in caught.value.message
@@ -182,9 +187,8 @@ def test_503_during_the_transfer_is_transient(video_dir, tmp_path):
         else:
             _send(h, 503, b"")
 
-    with _server(respond) as (url, log):
-        with pytest.raises(VideoError) as caught:
-            download_video(_entry("flaky", f"{url}/flaky.mp4"), tmp_path, CFG)
+    with _server(respond) as (url, log), pytest.raises(VideoError) as caught:
+        download_video(_entry("flaky", f"{url}/flaky.mp4"), tmp_path, CFG)
     assert caught.value.transient is True
     assert "503" in caught.value.message
     assert len(log) >= 3  # the transfer was retried before giving up
@@ -231,9 +235,8 @@ def test_a_server_that_stalls_mid_transfer_times_out(video_dir, tmp_path):
             release.wait(30)  # stall with the connection open
 
     try:
-        with _server(respond) as (url, log):
-            with pytest.raises(VideoError) as caught:
-                download_video(_entry("stall", f"{url}/stall.mp4"), tmp_path, DownloadConfig(socket_timeout_s=0.3))
+        with _server(respond) as (url, log), pytest.raises(VideoError) as caught:
+            download_video(_entry("stall", f"{url}/stall.mp4"), tmp_path, DownloadConfig(socket_timeout_s=0.3))
     finally:
         release.set()
     assert caught.value.reason == "download_failed" and caught.value.transient is True
@@ -248,32 +251,45 @@ class _Quiet:
     warning = info = error = debug
 
 
-@pytest.mark.parametrize("reason, expected, transient", [
-    ("Private video. Sign in if you've been granted access to this video", "video_unavailable", False),
-    ("Video unavailable. This video has been removed by the uploader", "video_unavailable", False),
-    ("Video unavailable. This video is no longer available because the YouTube account associated with this "
-     "video has been terminated.", "video_unavailable", False),
-    ("This video has been removed for violating YouTube's Terms of Service", "video_unavailable", False),
-    ("Video unavailable. This video is not available", "video_unavailable", False),
-    ("Sign in to confirm your age. This video may be inappropriate for some users.", "video_unavailable", False),
-    ("Join this channel to get access to members-only content like this video, and other exclusive perks.",
-     "video_unavailable", False),
-    ("Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser or --cookies for the authentication.",
-     "download_failed", True),
-])
+@pytest.mark.parametrize(
+    "reason, expected, transient",
+    [
+        ("Private video. Sign in if you've been granted access to this video", "video_unavailable", False),
+        ("Video unavailable. This video has been removed by the uploader", "video_unavailable", False),
+        (
+            "Video unavailable. This video is no longer available because the YouTube account associated with this "
+            "video has been terminated.",
+            "video_unavailable",
+            False,
+        ),
+        ("This video has been removed for violating YouTube's Terms of Service", "video_unavailable", False),
+        ("Video unavailable. This video is not available", "video_unavailable", False),
+        ("Sign in to confirm your age. This video may be inappropriate for some users.", "video_unavailable", False),
+        (
+            "Join this channel to get access to members-only content like this video, and other exclusive perks.",
+            "video_unavailable",
+            False,
+        ),
+        (
+            "Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser or --cookies for the authentication.",
+            "download_failed",
+            True,
+        ),
+    ],
+)
 def test_youtube_refusals_as_yt_dlp_reports_them(reason, expected, transient):
     """The error yt-dlp raises when its YouTube extractor gives up: its own exception classes and formatting."""
     from yt_dlp.utils import DownloadError, ExtractorError
 
-    with yt_dlp.YoutubeDL({"quiet": True, "logger": _Quiet()}) as ydl:
-        with pytest.raises(DownloadError) as raised:
-            ydl.report_error(str(ExtractorError(reason, expected=True, video_id="oSmUI3m2kLk", ie="youtube")))
+    with yt_dlp.YoutubeDL({"quiet": True, "logger": _Quiet()}) as ydl, pytest.raises(DownloadError) as raised:
+        ydl.report_error(str(ExtractorError(reason, expected=True, video_id="oSmUI3m2kLk", ie="youtube")))
     err = _classify(str(raised.value))
     assert (err.reason, err.transient) == (expected, transient)
     assert err.message.startswith("[youtube] oSmUI3m2kLk: ")
 
 
 # ------------------------------------------------------------------ options reach yt-dlp
+
 
 def _serve_video(data: bytes):
     return _server(lambda h: _send(h, 200, data))
@@ -283,8 +299,9 @@ def test_cookies_file_is_sent(video_dir, tmp_path):
     cookies = tmp_path / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tsession\tabc123\n")
     with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log):
-        result = download_video(_entry("walk", f"{url}/walk.mp4"), tmp_path / "videos",
-                                DownloadConfig(cookies_file=str(cookies)))
+        result = download_video(
+            _entry("walk", f"{url}/walk.mp4"), tmp_path / "videos", DownloadConfig(cookies_file=str(cookies))
+        )
     assert result.path.is_file()
     assert log and all(r["cookie"] == "session=abc123" for r in log)
 
@@ -298,10 +315,10 @@ def test_without_cookies_file_no_cookie_is_sent(video_dir, tmp_path):
 @pytest.mark.parametrize("where", ["missing.txt", "no_such_dir/cookies.txt"])
 def test_missing_cookies_file_is_a_clear_error_before_any_request(video_dir, tmp_path, where):
     cookies = tmp_path / where
-    with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log):
-        with pytest.raises(VideoError) as caught:
-            download_video(_entry("walk", f"{url}/walk.mp4"), tmp_path / "videos",
-                           DownloadConfig(cookies_file=str(cookies)))
+    with _serve_video((video_dir / "walk.mp4").read_bytes()) as (url, log), pytest.raises(VideoError) as caught:
+        download_video(
+            _entry("walk", f"{url}/walk.mp4"), tmp_path / "videos", DownloadConfig(cookies_file=str(cookies))
+        )
     assert caught.value.reason == "download_failed"
     assert "cookies file" in caught.value.message and str(cookies) in caught.value.message
     assert caught.value.transient is True  # fixing the config makes a rerun succeed
@@ -332,6 +349,7 @@ def test_rate_limit_reaches_yt_dlp(http_root, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ pieces
 
+
 def test_archive_lookup_and_add(tmp_path):
     archive = DownloadArchive(tmp_path / "v" / "archive.tsv")
     assert archive.lookup("a") is None  # no archive yet
@@ -355,8 +373,10 @@ def test_archive_lookup_and_add(tmp_path):
 
 def test_archive_add_is_safe_between_threads(tmp_path):
     archive = DownloadArchive(tmp_path / "archive.tsv")
-    threads = [threading.Thread(target=lambda i=i: [archive.add(f"id{i}_{k}", f"f{i}_{k}.mp4") for k in range(50)])
-               for i in range(8)]
+    threads = [
+        threading.Thread(target=lambda i=i: [archive.add(f"id{i}_{k}", f"f{i}_{k}.mp4") for k in range(50)])
+        for i in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -365,17 +385,20 @@ def test_archive_add_is_safe_between_threads(tmp_path):
     assert sorted(lines) == sorted(f"id{i}_{k}\tf{i}_{k}.mp4" for i in range(8) for k in range(50))
 
 
-@pytest.mark.parametrize("message, reason, transient", [
-    ("ERROR: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", "download_failed", False),
-    ("ERROR: Unsupported URL: http://example.com/page", "not_a_video", False),
-    ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "download_failed", True),
-    ("ERROR: HTTP Error 429: Too Many Requests", "download_failed", True),
-    ("ERROR: Read timed out. (read timeout=30)", "download_failed", True),
-    ("ERROR: [Errno 104] Connection reset by peer", "download_failed", True),
-    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "video_unavailable", False),
-    ("ERROR: [Errno 111] Connection refused", "download_failed", True),
-    ("ERROR: unable to write data: [Errno 28] No space left on device", "disk_full", True),
-])
+@pytest.mark.parametrize(
+    "message, reason, transient",
+    [
+        ("ERROR: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", "download_failed", False),
+        ("ERROR: Unsupported URL: http://example.com/page", "not_a_video", False),
+        ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "download_failed", True),
+        ("ERROR: HTTP Error 429: Too Many Requests", "download_failed", True),
+        ("ERROR: Read timed out. (read timeout=30)", "download_failed", True),
+        ("ERROR: [Errno 104] Connection reset by peer", "download_failed", True),
+        ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "video_unavailable", False),
+        ("ERROR: [Errno 111] Connection refused", "download_failed", True),
+        ("ERROR: unable to write data: [Errno 28] No space left on device", "disk_full", True),
+    ],
+)
 def test_classify(message, reason, transient):
     err = _classify(message)
     assert (err.reason, err.transient) == (reason, transient)

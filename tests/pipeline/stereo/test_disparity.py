@@ -1,4 +1,5 @@
 """Tests for disparity from stereo flow: checks and rejection rules."""
+
 from __future__ import annotations
 
 import cv2
@@ -44,7 +45,11 @@ def test_rendered_pair_gives_positive_disparity_matching_ground_truth(frame):
     # Nearer is larger: the bottom rows (ground at the feet) beat the rows just below the horizon.
     ground = result.valid & ~frame.sky_mask
     bottom = np.median(result.disparity[-10:][ground[-10:]])
-    middle = np.median(result.disparity[SPEC.height // 2 + 2 : SPEC.height // 2 + 8][ground[SPEC.height // 2 + 2 : SPEC.height // 2 + 8]])
+    middle = np.median(
+        result.disparity[SPEC.height // 2 + 2 : SPEC.height // 2 + 8][
+            ground[SPEC.height // 2 + 2 : SPEC.height // 2 + 8]
+        ]
+    )
     assert bottom > 8 and bottom > 2 * middle > 0
     assert 10 < result.disp_range_px < 30
 

@@ -1,4 +1,5 @@
 """Tests for the optical-flow backends (DIS, RAFT) and stereo flow pairing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -185,7 +186,10 @@ def test_make_flow_backend_builds_raft(raft_state, tmp_path):
 
     path = tmp_path / "raft_small.pt"
     torch.save(raft_state, path)
-    backend = make_flow_backend(OpticalFlowConfig(backend="raft", raft_checkpoint=str(path), raft_small=True,
-                                           raft_iterations=3, device="cpu", batch_size=4))
+    backend = make_flow_backend(
+        OpticalFlowConfig(
+            backend="raft", raft_checkpoint=str(path), raft_small=True, raft_iterations=3, device="cpu", batch_size=4
+        )
+    )
     assert isinstance(backend, RAFTFlow)
     assert (backend.iterations, backend.batch_size, backend.device.type) == (3, 4, "cpu")

@@ -22,7 +22,13 @@ from pipeline.stereo.packing import (
     plan_view_geometry,
     split_views,
 )
-from pipeline.synthetic.renderer import SceneSpec, encode_video, render_frames, render_stereo_frames, render_stereo_video
+from pipeline.synthetic.renderer import (
+    SceneSpec,
+    encode_video,
+    render_frames,
+    render_stereo_frames,
+    render_stereo_video,
+)
 
 CONVERGENCE = 4.0
 SPEC = SceneSpec(width=160, height=96, fps=10.0, duration_s=0.4, seed=0, baseline_m=0.3)
@@ -55,8 +61,12 @@ def pairs():
 def decoded(tmp_path_factory) -> dict[str, list[np.ndarray]]:
     """Decoded frames of SPEC encoded in every layout, plus two mono videos."""
     directory = tmp_path_factory.mktemp("stereo")
-    out = {layout: _decode(render_stereo_video(SPEC, directory / f"{layout}.mp4", layout=layout,
-                                               convergence_px=CONVERGENCE)) for layout in STEREO_LAYOUTS}
+    out = {
+        layout: _decode(
+            render_stereo_video(SPEC, directory / f"{layout}.mp4", layout=layout, convergence_px=CONVERGENCE)
+        )
+        for layout in STEREO_LAYOUTS
+    }
     out["mono"] = _decode(encode_video((f.image for f in render_frames(MONO)), directory / "mono.mp4", MONO.fps))
     # The adversarial mono case: two different canyons side by side share the same overall structure.
     other = SceneSpec(width=160, height=96, fps=10.0, duration_s=0.4, seed=12)
@@ -75,8 +85,10 @@ def test_pack_then_split_is_exact_for_full_layouts(pairs, layout):
     np.testing.assert_array_equal(right, pairs[0].right)
 
 
-@pytest.mark.parametrize(("layout", "packed_shape"), [("sbs_half", (96, 160, 3)), ("tab_half", (96, 160, 3)),
-                                                     ("sbs_full", (96, 320, 3)), ("tab_full", (192, 160, 3))])
+@pytest.mark.parametrize(
+    ("layout", "packed_shape"),
+    [("sbs_half", (96, 160, 3)), ("tab_half", (96, 160, 3)), ("sbs_full", (96, 320, 3)), ("tab_full", (192, 160, 3))],
+)
 def test_pack_gives_the_layout_geometry(pairs, layout, packed_shape):
     assert pack_views(pairs[0].left, pairs[0].right, layout).shape == packed_shape
 
@@ -111,7 +123,7 @@ def test_split_views_drops_an_odd_last_column_and_rejects_unknown_layouts():
 def test_detect_layout_finds_each_layout_in_decoded_video(decoded, layout):
     guess = detect_layout(decoded[layout][:3])
     assert guess.layout == layout, guess.scores
-    arrangement, other = (("sbs", "tab") if layout.startswith("sbs") else ("tab", "sbs"))
+    arrangement, other = ("sbs", "tab") if layout.startswith("sbs") else ("tab", "sbs")
     assert guess.scores[arrangement] > 0.8
     assert guess.scores[other] < 0.5
 
@@ -134,12 +146,15 @@ def test_looks_stereo_accepts_the_declared_layout_and_rejects_the_other_arrangem
     assert not looks_stereo(decoded[layout][:3], crossed[layout])[0]
 
 
-@pytest.mark.parametrize(("view", "layout"), [
-    ((240, 100), "sbs_half"),  # 2.4:1 content squeezed: a 1.2 view, still "half"
-    ((128, 96), "sbs_full"),  # 4:3 content: a 1.33 view, still "full"
-    ((128, 96), "tab_half"),  # 4:3 squeezed vertically: a 2.67 view
-    ((240, 100), "tab_full"),  # 2.4:1 content: a 2.4 view
-])
+@pytest.mark.parametrize(
+    ("view", "layout"),
+    [
+        ((240, 100), "sbs_half"),  # 2.4:1 content squeezed: a 1.2 view, still "half"
+        ((128, 96), "sbs_full"),  # 4:3 content: a 1.33 view, still "full"
+        ((128, 96), "tab_half"),  # 4:3 squeezed vertically: a 2.67 view
+        ((240, 100), "tab_full"),  # 2.4:1 content: a 2.4 view
+    ],
+)
 def test_full_vs_half_follows_the_view_aspect_at_the_extremes(view, layout):
     spec = SceneSpec(width=view[0], height=view[1], fps=10.0, duration_s=0.1, seed=3, baseline_m=0.3)
     frames = [pack_views(p.left, p.right, layout) for p in render_stereo_frames(spec, convergence_px=2.0)]
@@ -216,8 +231,9 @@ def test_centre_crop_box_keeps_what_fits_when_the_view_is_smaller():
 
 
 def test_plan_view_geometry_and_disparity_scale():
-    geometry = plan_view_geometry(1920, 1080, letterbox=CropBox(0, 140, 1920, 800), crop=(1880, 800),
-                                  output_size=(940, 400))
+    geometry = plan_view_geometry(
+        1920, 1080, letterbox=CropBox(0, 140, 1920, 800), crop=(1880, 800), output_size=(940, 400)
+    )
     assert geometry == ViewGeometry(CropBox(20, 140, 1880, 800), (940, 400))
     assert geometry.disparity_scale == pytest.approx(0.5)
     kept = plan_view_geometry(320, 180, letterbox=None, crop=None, output_size=None)

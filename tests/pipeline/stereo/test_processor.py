@@ -1,4 +1,5 @@
 """The stereo branch end to end on synthetic side-by-side videos: layout, geometry, checks, rejection rules."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,16 +8,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.catalog import CatalogEntry
 from pipeline.config import load_config
-from pipeline.media.codecs import decode_disparity_png, decode_mask_png
 from pipeline.errors import VideoError
-from pipeline.video.ingest import ingest_video
 from pipeline.io.data_root import DataRoot
+from pipeline.media.codecs import decode_disparity_png, decode_mask_png
 from pipeline.media.probe import probe_video
-from pipeline.stereo.processor import StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.sources.catalog import CatalogEntry
 from pipeline.stereo.packing import CropBox, ViewGeometry
-from pipeline.synthetic.renderer import SceneSpec, intrinsics, render_stereo_frames, render_stereo_video
+from pipeline.stereo.processor import StereoProcessor, crop_intrinsics, resolve_stereo_setup
+from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames, render_stereo_video
+from pipeline.video.ingest import ingest_video
 
 VIEW = dict(width=320, height=192, fps=20.0, baseline_m=0.3)
 
@@ -28,25 +29,30 @@ def stereo_videos(tmp_path_factory):
     return {
         "sbs_full": render_stereo_video(spec, directory / "full.mp4", layout="sbs_full", convergence_px=4.0),
         "tab_half": render_stereo_video(spec, directory / "tab.mp4", layout="tab_half", convergence_px=4.0),
-        "vertical": render_stereo_video(spec, directory / "vertical.mp4", layout="sbs_full", convergence_px=4.0,
-                                        vertical_px=4.0),
-        "flat": render_stereo_video(dataclasses.replace(spec, baseline_m=0.0), directory / "flat.mp4",
-                                    layout="sbs_full"),
+        "vertical": render_stereo_video(
+            spec, directory / "vertical.mp4", layout="sbs_full", convergence_px=4.0, vertical_px=4.0
+        ),
+        "flat": render_stereo_video(
+            dataclasses.replace(spec, baseline_m=0.0), directory / "flat.mp4", layout="sbs_full"
+        ),
     }
 
 
 @pytest.fixture
 def stereo_config():
-    return load_config(overrides={
-        "sample": {"trim": {"head_s": 0.5, "tail_s": 0.5}},
-        "split": {"gap_frames": 0},
-        "stereo": {"crop": None, "output_size": None, "jump_s": 0.5, "flow": {"batch_size": 3}},
-    })
+    return load_config(
+        overrides={
+            "sample": {"trim": {"head_s": 0.5, "tail_s": 0.5}},
+            "split": {"gap_frames": 0},
+            "stereo": {"crop": None, "output_size": None, "jump_s": 0.5, "flow": {"batch_size": 3}},
+        }
+    )
 
 
 def _entry(layout: str, video_id: str = "movie") -> CatalogEntry:
-    return CatalogEntry(video_id=video_id, url="http://127.0.0.1/x.mp4", dataset="movies", category="natural",
-                        layout=layout)
+    return CatalogEntry(
+        video_id=video_id, url="http://127.0.0.1/x.mp4", dataset="movies", category="natural", layout=layout
+    )
 
 
 def _setup(video, layout, cfg):

@@ -1,4 +1,5 @@
 """Sky detection: the weight-free detector against synthetic ground truth, and the TorchScript backend."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,7 @@ BASELINE_M = 0.3
 
 
 def _frame(width: int, height: int, seed: int, sky: bool = True):
-    spec = SceneSpec(width=width, height=height, seed=seed, duration_s=0.1, fps=10.0, baseline_m=BASELINE_M,
-                     sky=sky)
+    spec = SceneSpec(width=width, height=height, seed=seed, duration_s=0.1, fps=10.0, baseline_m=BASELINE_M, sky=sky)
     frame = next(render_frames(spec))
     # Ground-truth disparity of the left view: fx * baseline / depth, 0 for the sky (depth inf).
     disparity = (intrinsics(spec)[0, 0] * BASELINE_M / frame.depth).astype(np.float32)
@@ -149,14 +149,15 @@ class _DictOutput(torch.nn.Module):
 def _blue_left_red_right(height: int, width: int) -> np.ndarray:
     image = np.zeros((height, width, 3), np.uint8)
     image[:, : width // 2] = (255, 0, 0)  # BGR blue
-    image[:, width // 2:] = (0, 0, 255)  # BGR red
+    image[:, width // 2 :] = (0, 0, 255)  # BGR red
     return image
 
 
 def _segmenter(path, **kwargs) -> TorchScriptSkySegmenter:
     # Identity normalisation keeps the test's logits easy to reason about: x = pixel / 255.
-    return TorchScriptSkySegmenter(path, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(64, 48),
-                                   device="cpu", **kwargs)
+    return TorchScriptSkySegmenter(
+        path, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(64, 48), device="cpu", **kwargs
+    )
 
 
 def test_torchscript_segmenter_scripted_model(tmp_path):
@@ -206,8 +207,14 @@ def test_make_sky_detector_for_each_backend(tmp_path):
         make_sky_detector(SkyConfig(backend="torchscript"))
     path = tmp_path / "sky.pt"
     torch.jit.script(_BlueIsSky()).save(str(path))
-    cfg = SkyConfig(backend="torchscript", model_path=str(path), sky_class_id=2, input_size=(64, 48),
-                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    cfg = SkyConfig(
+        backend="torchscript",
+        model_path=str(path),
+        sky_class_id=2,
+        input_size=(64, 48),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     detector = make_sky_detector(cfg)
     assert isinstance(detector, TorchScriptSkySegmenter)
     assert detector.input_size == (64, 48) and detector.sky_class_id == 2

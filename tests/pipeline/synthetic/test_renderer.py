@@ -15,9 +15,9 @@ import pytest
 from pipeline.synthetic.renderer import (
     MovingObject,
     SceneSpec,
+    encode_stereo_video,
     encode_video,
     intrinsics,
-    encode_stereo_video,
     normalized_intrinsics,
     render_frames,
     render_stereo_frames,
@@ -56,9 +56,22 @@ def _project(points: np.ndarray, k: np.ndarray, pose: np.ndarray) -> tuple[np.nd
 
 def _probe(path: Path) -> dict:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-         "-show_entries", "stream=width,height,nb_read_frames,codec_name,pix_fmt", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,nb_read_frames,codec_name,pix_fmt",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out)["streams"][0]
 
@@ -66,7 +79,8 @@ def _probe(path: Path) -> dict:
 def _decode(path: Path, width: int, height: int) -> np.ndarray:
     raw = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
@@ -384,8 +398,9 @@ def test_stereo_disparity_sign_and_value(stereo_pairs):
         assert pair.sky_mask.any()
         np.testing.assert_array_equal(pair.disparity[pair.sky_mask], -CONVERGENCE)
         surface = ~pair.sky_mask
-        np.testing.assert_allclose(pair.disparity[surface], fx * 0.3 / pair.depth[surface] - CONVERGENCE, rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            pair.disparity[surface], fx * 0.3 / pair.depth[surface] - CONVERGENCE, rtol=1e-5, atol=1e-5
+        )
         assert (pair.disparity[-5:] > 0).all()  # the ground right below the camera is near
         assert (pair.disparity[surface] < 0).any()  # far walls and ground lie behind the zero-parallax plane
 
@@ -396,8 +411,16 @@ def test_stereo_disparity_agrees_with_the_images(stereo_pairs):
         assert visible.mean() > 0.4
         err = _warp_right_onto_left(pair)[visible]
         # The same lookup without the disparity (pure convergence) shows what a wrong map costs.
-        wrong = _warp_right_onto_left(type(pair)(pair.left, pair.right, np.full_like(pair.disparity, -CONVERGENCE),
-                                                 pair.occluded, pair.sky_mask, pair.depth))[visible]
+        wrong = _warp_right_onto_left(
+            type(pair)(
+                pair.left,
+                pair.right,
+                np.full_like(pair.disparity, -CONVERGENCE),
+                pair.occluded,
+                pair.sky_mask,
+                pair.depth,
+            )
+        )[visible]
         assert err.mean() < 3.0
         assert err.mean() < 0.3 * wrong.mean()
 
@@ -444,8 +467,10 @@ def test_zero_baseline_is_a_pure_convergence_shift():
     assert (next(render_stereo_frames(spec, convergence_px=2.0)).disparity == -2.0).all()
 
 
-@pytest.mark.parametrize(("layout", "size"), [("sbs_full", (320, 96)), ("sbs_half", (160, 96)),
-                                              ("tab_full", (160, 192)), ("tab_half", (160, 96))])
+@pytest.mark.parametrize(
+    ("layout", "size"),
+    [("sbs_full", (320, 96)), ("sbs_half", (160, 96)), ("tab_full", (160, 192)), ("tab_half", (160, 96))],
+)
 def test_encode_stereo_video_packs_the_layout(stereo_pairs, tmp_path, layout, size):
     path = encode_stereo_video(stereo_pairs, tmp_path / "s.mp4", STEREO.fps, layout)
     info = _probe(path)
@@ -454,8 +479,7 @@ def test_encode_stereo_video_packs_the_layout(stereo_pairs, tmp_path, layout, si
 
 
 def test_render_stereo_video_holds_both_views(stereo_pairs, tmp_path):
-    path = render_stereo_video(STEREO, tmp_path / "s.mkv", layout="sbs_full", convergence_px=CONVERGENCE,
-                               codec="mpeg4")
+    path = render_stereo_video(STEREO, tmp_path / "s.mkv", layout="sbs_full", convergence_px=CONVERGENCE, codec="mpeg4")
     decoded = _decode(path, 320, 96)
     assert decoded.shape[0] == len(stereo_pairs)
     for frame, pair in zip(decoded, stereo_pairs):
@@ -474,8 +498,7 @@ def test_encode_stereo_video_rejects_an_unknown_layout(stereo_pairs, tmp_path):
 ACROSS = MovingObject(size=(1.0, 1.0, 1.0), centre=(2.0, 0.5, 8.0), velocity=(-2.0, 0.0, 0.0))
 ONCOMING = MovingObject(size=(0.8, 1.2, 0.8), centre=(-1.5, 0.6, 14.0), velocity=(0.0, 0.0, -1.0))
 WITH_CAMERA = MovingObject(size=(0.8, 0.6, 0.5), centre=(0.6, 0.6, 3.0), attached=True)
-MOVING = SceneSpec(width=160, height=96, fps=10.0, duration_s=1.0, seed=0,
-                   objects=(ACROSS, ONCOMING, WITH_CAMERA))
+MOVING = SceneSpec(width=160, height=96, fps=10.0, duration_s=1.0, seed=0, objects=(ACROSS, ONCOMING, WITH_CAMERA))
 
 
 @pytest.fixture(scope="module")
@@ -553,5 +576,6 @@ def test_save_ground_truth_holds_the_moving_masks(moving_frames, tmp_path):
         np.testing.assert_array_equal(gt["moving"], index > 0)
         np.testing.assert_array_equal(gt["moving_attached"], index == 3)
         surface = index > 0
-        np.testing.assert_allclose(gt["depth"].astype(np.float32)[surface],
-                                   np.stack([f.depth for f in frames])[surface], rtol=1e-3)
+        np.testing.assert_allclose(
+            gt["depth"].astype(np.float32)[surface], np.stack([f.depth for f in frames])[surface], rtol=1e-3
+        )

@@ -6,11 +6,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.catalog import CatalogEntry
 from pipeline.errors import VideoError
-from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import sha256_file
+from pipeline.sources.catalog import CatalogEntry
+from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
 
 
 def test_ingest_writes_shards_frames_and_record(video_dir, entry, small_config, tmp_path):
@@ -19,7 +19,8 @@ def test_ingest_writes_shards_frames_and_record(video_dir, entry, small_config, 
     assert record["status"] == "ok" and record["error"] is None
     assert record["frames_decoded"] == 50 and 0 < record["frames_kept"] <= 50
     assert record["frames_decoded"] == record["frames_kept"] + sum(
-        v for k, v in record.items() if k.startswith("dropped_"))
+        v for k, v in record.items() if k.startswith("dropped_")
+    )
     (shard,) = record["shards"]
     assert shard["path"] == "shards/test/walk/part-00000.parquet"
     assert sha256_file(tmp_path / shard["path"]) == shard["sha256"]
@@ -53,8 +54,9 @@ def test_bad_file_becomes_a_failure_record_and_clears_old_output(video_dir, entr
 
 
 def test_transient_failures_are_retried_on_rerun(entry, small_config, tmp_path):
-    record = write_failure(entry, DataRoot(tmp_path), small_config,
-                           VideoError("download_failed", "HTTP Error 503", transient=True))
+    record = write_failure(
+        entry, DataRoot(tmp_path), small_config, VideoError("download_failed", "HTTP Error 503", transient=True)
+    )
     assert not is_finished(record, small_config)
     no_retry = small_config.model_copy(update={"run": small_config.run.model_copy(update={"retry_failed": False})})
     assert is_finished(record, no_retry)
@@ -100,8 +102,9 @@ print(json.dumps(ingest_video(entry, sys.argv[1], DataRoot(sys.argv[2]), cfg)))
 """
 
 
-def test_disk_full_while_writing_a_shard_is_recorded_and_a_rerun_with_space_finishes(video_dir, entry, small_config,
-                                                                                     tmp_path):
+def test_disk_full_while_writing_a_shard_is_recorded_and_a_rerun_with_space_finishes(
+    video_dir, entry, small_config, tmp_path
+):
     import subprocess
     import sys
 
@@ -109,8 +112,20 @@ def test_disk_full_while_writing_a_shard_is_recorded_and_a_rerun_with_space_fini
 
     cfg = with_overrides(small_config, {"write": {"row_group_bytes": 65536}})  # several row groups per shard
     root = DataRoot(tmp_path / "root")
-    child = subprocess.run([sys.executable, "-c", _LIMITED_CHILD, str(video_dir / "walk.mp4"), str(root.root),
-                            cfg.model_dump_json(), str(100_000)], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LIMITED_CHILD,
+            str(video_dir / "walk.mp4"),
+            str(root.root),
+            cfg.model_dump_json(),
+            str(100_000),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     record = json.loads(child.stdout)
     assert record["status"] == "disk_full" and "File too large" in record["error"] and record["retryable"]
     assert not list(root.root.rglob("*.parquet")) and not list(root.root.rglob(".*tmp-*"))  # nothing partial
@@ -121,11 +136,14 @@ def test_disk_full_while_writing_a_shard_is_recorded_and_a_rerun_with_space_fini
     assert sum(part["bytes"] for part in rerun["shards"]) > 100_000  # the limit did cut a shard short
 
 
-@pytest.mark.parametrize("size, layout, max_height, expected", [
-    ("121x67", "mono", 96, (121, 67)),  # odd and kept as it is
-    ("121x67", "mono", 48, (86, 48)),  # odd, resized to an even width
-    ("243x97", "sbs_full", 200, None),  # side by side with an odd total width: halves of 121.5 px
-])
+@pytest.mark.parametrize(
+    "size, layout, max_height, expected",
+    [
+        ("121x67", "mono", 96, (121, 67)),  # odd and kept as it is
+        ("121x67", "mono", 48, (86, 48)),  # odd, resized to an even width
+        ("243x97", "sbs_full", 200, None),  # side by side with an odd total width: halves of 121.5 px
+    ],
+)
 def test_odd_frame_sizes(video_dir, small_config, tmp_path, size, layout, max_height, expected):
     import subprocess
 
@@ -135,31 +153,57 @@ def test_odd_frame_sizes(video_dir, small_config, tmp_path, size, layout, max_he
     if layout == "mono":
         source = video_dir / "walk.mp4"
     else:
-        source = render_stereo_video(SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=14,
-                                               baseline_m=0.3), tmp_path / "sbs.mp4", layout="sbs_full")
+        source = render_stereo_video(
+            SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=14, baseline_m=0.3),
+            tmp_path / "sbs.mp4",
+            layout="sbs_full",
+        )
     odd = tmp_path / f"odd_{size}.mp4"  # 4:4:4, since 4:2:0 H.264 cannot carry odd sizes
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(source), "-vf",
-                    f"scale={size.replace('x', ':')}", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(odd)], check=True)
-    cfg = with_overrides(small_config, {"sample": {"max_height": max_height},
-                                        "stereo": {"crop": None, "output_size": None, "jump_s": 1.0}})
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(source),
+            "-vf",
+            f"scale={size.replace('x', ':')}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv444p",
+            str(odd),
+        ],
+        check=True,
+    )
+    cfg = with_overrides(
+        small_config,
+        {"sample": {"max_height": max_height}, "stereo": {"crop": None, "output_size": None, "jump_s": 1.0}},
+    )
     odd_entry = CatalogEntry(video_id="odd", url="file:///odd.mp4", dataset="test", category="natural", layout=layout)
     record = ingest_video(odd_entry, odd, DataRoot(tmp_path / "root"), cfg)
     assert record["status"] == "ok" and (record["width"], record["height"]) == tuple(map(int, size.split("x")))
     assert record["frames_decoded"] == record["frames_kept"] + sum(
-        v for k, v in record.items() if k.startswith("dropped_"))  # every frame accounted for
+        v for k, v in record.items() if k.startswith("dropped_")
+    )  # every frame accounted for
     if expected:
         rows = pq.read_table(tmp_path / "root" / record["shards"][0]["path"], columns=["width", "height"]).to_pylist()
         assert rows and all((r["width"], r["height"]) == expected for r in rows)
 
 
-def test_temporaries_of_a_killed_video_are_cleared_and_other_videos_are_spared(video_dir, entry, small_config,
-                                                                               tmp_path):
+def test_temporaries_of_a_killed_video_are_cleared_and_other_videos_are_spared(
+    video_dir, entry, small_config, tmp_path
+):
     from pipeline.io.storage import temp_path_for
 
     root = DataRoot(tmp_path)
     record, preview = root.video_record("test", "walk"), root.preview("test", "walk")
-    ours = [temp_path_for(record), temp_path_for(preview),
-            temp_path_for(root.shard_dir("test", "walk") / "part-00000.parquet")]
+    ours = [
+        temp_path_for(record),
+        temp_path_for(preview),
+        temp_path_for(root.shard_dir("test", "walk") / "part-00000.parquet"),
+    ]
     other = temp_path_for(root.video_record("test", "other"))  # another video's writer, maybe live
     for tmp in [*ours, other]:
         tmp.parent.mkdir(parents=True, exist_ok=True)

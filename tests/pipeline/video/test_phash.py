@@ -1,4 +1,5 @@
 """Tests for pipeline.video.phash: pHash robustness and discrimination, the HashIndex, batched find_many."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.media.decode import FrameReader
-from pipeline.video.phash import HashIndex, find_many, hamming, phash
 from pipeline.synthetic.renderer import SceneSpec, encode_video, render_frames
+from pipeline.video.phash import HashIndex, find_many, hamming, phash
 
 
 def _gray(bgr: np.ndarray) -> np.ndarray:
@@ -27,6 +28,7 @@ def _flip(value: int, bits: list[int]) -> int:
 
 
 # ------------------------------------------------------------------ phash
+
 
 def test_phash_is_a_deterministic_64_bit_int():
     gray = _gray(_first_frame(1))
@@ -52,8 +54,27 @@ def test_phash_is_stable_under_a_real_reencode(tmp_path):
     spec = SceneSpec(width=320, height=192, fps=10, duration_s=1.0, seed=5)
     original = encode_video((f.image for f in render_frames(spec)), tmp_path / "original.mp4", spec.fps)
     reupload = tmp_path / "reupload.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(original), "-vf", "scale=256:-2",
-                    "-c:v", "libx264", "-crf", "28", "-preset", "veryfast", str(reupload)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(original),
+            "-vf",
+            "scale=256:-2",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "28",
+            "-preset",
+            "veryfast",
+            str(reupload),
+        ],
+        check=True,
+    )
     a = list(FrameReader(original, fps=10, start_s=0.0, end_s=1.0, size=(320, 192)))
     b = list(FrameReader(reupload, fps=10, start_s=0.0, end_s=1.0, size=(256, 154)))
     assert len(a) == len(b) == 10
@@ -74,6 +95,7 @@ def test_hamming():
 
 
 # ------------------------------------------------------------------ HashIndex
+
 
 def test_empty_index_finds_nothing():
     index = HashIndex()
@@ -136,6 +158,7 @@ def test_high_bit_hashes():
 
 
 # ------------------------------------------------------------------ find_many
+
 
 def _brute_force(index: np.ndarray, queries: np.ndarray, max_distance: int) -> list[int]:
     out = []

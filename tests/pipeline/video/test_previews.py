@@ -1,12 +1,20 @@
 """Preview images: coloured disparity, contact sheets, atomic JPEG writes."""
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.video.previews import (GAP_PX, INVALID_BGR, LABEL_HEIGHT_PX, colorize_disparity, contact_sheet, mask_image,
-                               write_preview_jpeg)
+from pipeline.video.previews import (
+    GAP_PX,
+    INVALID_BGR,
+    LABEL_HEIGHT_PX,
+    colorize_disparity,
+    contact_sheet,
+    mask_image,
+    write_preview_jpeg,
+)
 
 
 def _ramp(height: int = 40, width: int = 100) -> np.ndarray:
@@ -70,13 +78,13 @@ def test_contact_sheet_dimensions():
     assert sheet.shape == (GAP_PX + 3 * (tile_height + GAP_PX), GAP_PX + 3 * (320 + GAP_PX), 3)
     assert sheet.dtype == np.uint8
     # The first tile sits one gap in from the corner and is the resized left view.
-    assert (sheet[GAP_PX:GAP_PX + tile_height, GAP_PX:GAP_PX + 320] == 200).all()
+    assert (sheet[GAP_PX : GAP_PX + tile_height, GAP_PX : GAP_PX + 320] == 200).all()
     assert (sheet[:GAP_PX] != 200).any()
 
     labelled = contact_sheet(rows, tile_width=320, labels=["left", "disparity", "sky"])
     assert labelled.shape[0] == sheet.shape[0] + LABEL_HEIGHT_PX + GAP_PX
     assert labelled.shape[1] == sheet.shape[1]
-    header = labelled[:LABEL_HEIGHT_PX + GAP_PX]
+    header = labelled[: LABEL_HEIGHT_PX + GAP_PX]
     assert (header > 200).any()  # the labels are drawn in light grey on the dark background
 
 

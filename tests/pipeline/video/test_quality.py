@@ -1,4 +1,5 @@
 """Tests for pipeline.video.quality: the analysis view, the dark/blank/blurry rules, camera motion."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import QualityConfig
-from pipeline.video.quality import FrameQuality, MotionMeter, analysis_view, measure_quality, quality_drop_reason
 from pipeline.synthetic.renderer import SceneSpec, render_frames
+from pipeline.video.quality import FrameQuality, MotionMeter, analysis_view, measure_quality, quality_drop_reason
 
 CFG = QualityConfig()
 
@@ -36,6 +37,7 @@ def _reason(gray: np.ndarray) -> str | None:
 
 # ------------------------------------------------------------------ analysis_view
 
+
 def test_analysis_view_scales_down_to_the_width_keeping_aspect(scene):
     view = analysis_view(scene, 256)
     assert view.shape == (154, 256, 3)  # 192 * 256 / 320 = 153.6
@@ -54,6 +56,7 @@ def test_analysis_view_of_gray_and_extreme_aspect():
 
 
 # ------------------------------------------------------------------ measures and rules
+
 
 def test_measure_quality_of_known_images():
     flat = np.full((40, 60), 100, np.uint8)
@@ -110,11 +113,13 @@ def test_thresholds_come_from_the_config():
     assert quality_drop_reason(q, QualityConfig(blank_max_std=12)) == "blank"
     assert quality_drop_reason(q, QualityConfig(blur_min_sharpness=60)) == "blurry"
     # at the threshold itself the frame passes (strictly below fails)
-    assert quality_drop_reason(q, QualityConfig(dark_max_brightness=20, blank_max_std=10,
-                                               blur_min_sharpness=50)) is None
+    assert (
+        quality_drop_reason(q, QualityConfig(dark_max_brightness=20, blank_max_std=10, blur_min_sharpness=50)) is None
+    )
 
 
 # ------------------------------------------------------------------ motion
+
 
 def test_identical_frames_have_no_motion(texture):
     meter = MotionMeter()
@@ -126,7 +131,7 @@ def test_identical_frames_have_no_motion(texture):
 def test_shift_is_measured_as_a_fraction_of_the_width(texture, shift):
     meter = MotionMeter()
     a = texture[:, :256].copy()
-    b = texture[:, shift:256 + shift].copy()  # the camera panned: content moves `shift` px left
+    b = texture[:, shift : 256 + shift].copy()  # the camera panned: content moves `shift` px left
     assert a.shape == b.shape == (160, 256)
     assert meter(a, b) == pytest.approx(shift / 256, rel=0.1)
     assert meter(b, a) == pytest.approx(shift / 256, rel=0.1)  # a magnitude: direction does not matter

@@ -11,13 +11,21 @@ from pipeline.config import load_config
 from pipeline.errors import VideoError
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.probe import VideoInfo, probe_video
-from pipeline.video.sampling import plan_sampling, sample_id, sample_video
 from pipeline.schema import FRAME_STATS_SCHEMA, SHARD_SCHEMA
+from pipeline.video.sampling import plan_sampling, sample_id, sample_video
 
 
 def _info(duration: float, width: int = 1280, height: int = 720, rotation: int = 0) -> VideoInfo:
-    return VideoInfo(duration_s=duration, fps=30.0, width=width, height=height, codec="h264",
-                     rotation=rotation, variable_frame_rate=False, container="mp4")
+    return VideoInfo(
+        duration_s=duration,
+        fps=30.0,
+        width=width,
+        height=height,
+        codec="h264",
+        rotation=rotation,
+        variable_frame_rate=False,
+        container="mp4",
+    )
 
 
 def test_default_trims_are_slowtvs_on_long_videos(entry):
@@ -54,8 +62,11 @@ def _run(video, entry, cfg, tmp_path):
     frames = PartWriter(tmp_path / "frames", FRAME_STATS_SCHEMA, prefix="frames")
     counts = sample_video(video, entry, probe_video(video), cfg, shards, frames)
     shards.close(), frames.close()
-    return (counts, pq.read_table(tmp_path / "shards" / "part-00000.parquet").to_pylist(),
-            pq.read_table(tmp_path / "frames" / "frames-00000.parquet").to_pylist())
+    return (
+        counts,
+        pq.read_table(tmp_path / "shards" / "part-00000.parquet").to_pylist(),
+        pq.read_table(tmp_path / "frames" / "frames-00000.parquet").to_pylist(),
+    )
 
 
 def test_every_decoded_frame_is_accounted_for(video_dir, entry, small_config, tmp_path):
@@ -91,8 +102,12 @@ def test_clips_never_cross_a_cut(video_dir, entry, small_config, tmp_path):
 
 
 def test_decimation_keeps_n_every_m_and_starts_new_clips(video_dir, entry, small_config, tmp_path):
-    cfg = load_config(overrides={**small_config.model_dump(), "sample": {
-        **small_config.sample.model_dump(), "decimate": {"keep": 10, "every": 25}}})
+    cfg = load_config(
+        overrides={
+            **small_config.model_dump(),
+            "sample": {**small_config.sample.model_dump(), "decimate": {"keep": 10, "every": 25}},
+        }
+    )
     counts, _, frame_rows = _run(video_dir / "walk.mp4", entry, cfg, tmp_path)
     decimated = [r for r in frame_rows if r["drop_reason"] == "decimated"]
     assert len(decimated) == 15 + 15  # frames 10..24 and 35..49 of the 50
@@ -103,8 +118,10 @@ def test_decimation_keeps_n_every_m_and_starts_new_clips(video_dir, entry, small
 def test_static_camera_frames_are_dropped(tmp_path, entry, small_config):
     from pipeline.synthetic.renderer import SceneSpec, render_video
 
-    video = render_video(SceneSpec(width=160, height=96, fps=10, duration_s=4, speed_mps=0,
-                                   yaw_amplitude_deg=0, seed=7), tmp_path / "tripod.mp4")
+    video = render_video(
+        SceneSpec(width=160, height=96, fps=10, duration_s=4, speed_mps=0, yaw_amplitude_deg=0, seed=7),
+        tmp_path / "tripod.mp4",
+    )
     counts, shard_rows, _ = _run(video, entry, small_config, tmp_path)
     # one frame per clip (train and val) survives; the rest of the static footage is dropped
     assert counts.kept == 2 and counts.dropped["static"] == counts.decoded - 2 - counts.dropped["split_gap"]

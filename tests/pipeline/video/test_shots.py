@@ -1,4 +1,5 @@
 """Tests for pipeline.video.shots: the streaming cut detector on real decodes and on controlled frames."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,10 @@ def _grey(level: int, shape=(24, 32)) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def decoded(video_dir) -> dict[str, list]:
-    return {name: list(FrameReader(video_dir / name, fps=10, start_s=0.0, end_s=6.0, size=(160, 96)))
-            for name in ("cut.mp4", "walk.mp4")}
+    return {
+        name: list(FrameReader(video_dir / name, fps=10, start_s=0.0, end_s=6.0, size=(160, 96)))
+        for name in ("cut.mp4", "walk.mp4")
+    }
 
 
 def test_one_cut_at_the_scene_change(decoded):
