@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -133,7 +134,7 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _run(command: list[str], env: dict | None = None, log: Path | None = None) -> None:
+def _run(command: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         server_log = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
@@ -215,26 +216,32 @@ def database_trouble(log: Path) -> list[str]:
 # ---------------------------------------------------------------- deployments
 
 
-def prefect_cli(env: dict, *args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def prefect_cli(
+    env: dict[str, str], *args: str, timeout: float = 300, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     """Run the prefect CLI; fail with its output unless it exits 0."""
     result = subprocess.run([PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-def deploy_all(env: dict, pool: str = "depthcurate") -> None:
+def deploy_all(env: dict[str, str], pool: str = "depthcurate") -> None:
     """Create the process work pool and register every deployment of prefect.yaml."""
     prefect_cli(env, "work-pool", "create", pool, "--type", "process")
     prefect_cli(env, "--no-prompt", "deploy", "--all")
 
 
-def create_flow_run(env: dict, name: str, *params: str) -> str:
+def create_flow_run(env: dict[str, str], name: str, *params: str) -> str:
     """Schedule a run of deployment `name` (params as key=value); returns its id."""
     created = prefect_cli(env, "deployment", "run", name, *[arg for p in params for arg in ("--param", p)]).stdout
-    return re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", created)
+    assert match is not None, f"prefect deployment run {name} printed no flow-run id:\n{created[-3000:]}"
+    return match.group(1)
 
 
-def run_flow_runs(env: dict, cwd: Path, run_ids: list[str], timeout: float = 420, pool: str = "depthcurate") -> Path:
+def run_flow_runs(
+    env: dict[str, str], cwd: Path, run_ids: list[str], timeout: float = 420, pool: str = "depthcurate"
+) -> Path:
     """One --run-once process worker takes every scheduled run; fail unless all of them complete.
 
     Returns the worker's log (`cwd`/worker.log: a file, since a full pipe would stall the worker)."""
@@ -268,7 +275,7 @@ def run_flow_runs(env: dict, cwd: Path, run_ids: list[str], timeout: float = 420
     return log
 
 
-def run_deployment(env: dict, cwd: Path, name: str, *params: str) -> str:
+def run_deployment(env: dict[str, str], cwd: Path, name: str, *params: str) -> str:
     """Run deployment `name` with a process worker that takes one run and exits; fail unless it completes.
 
     Returns the flow run's id."""
@@ -280,7 +287,7 @@ def run_deployment(env: dict, cwd: Path, name: str, *params: str) -> str:
 # ---------------------------------------------------------------- a load of small videos
 
 # Curate settings for 1-second videos: no trims, decimation or split gap; `run.workers` videos in flight.
-LOAD_CONFIG = {
+LOAD_CONFIG: dict[str, Any] = {
     "download": {"attempts": 1, "backoff_s": 0, "parallel": 4},
     "sample": {"fps": 5, "max_height": None, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
     "split": {"gap_frames": 0},

@@ -8,7 +8,7 @@ import re
 class VideoError(Exception):
     """A video that cannot be used; `reason` is the status recorded in stats/videos.parquet."""
 
-    def __init__(self, reason: str, message: str, *, transient: bool = False):
+    def __init__(self, reason: str, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

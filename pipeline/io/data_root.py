@@ -1,10 +1,13 @@
-"""Where everything lives under the data root (the data contract of DESIGN.md), and reading and writing it there.
+"""Where everything lives under the data root, and reading and writing it there.
+
+The data contract, the files under the data root and their columns, is manifests/SCHEMA.md.
 
 The data root is a local directory or an object-store URL (`s3://bucket/prefix`, any fsspec protocol). The layout
 methods return local paths either way: under the data root itself on disk, or, for a URL, under a local working
 directory that holds the downloads and the work in progress. The I/O methods below take those paths and act on
 the data root: on disk they are the plain file operations of before; for a URL they read the object store, and
-`upload` / `write_bytes` publish finished files to it atomically (pipeline/io/objectstore.py).
+`upload` / `write_bytes` publish finished files to it atomically (pipeline/io/objectstore.py; ARCHITECTURE.md,
+"Object-store data roots").
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, ContextManager
+from typing import BinaryIO
 
 from pipeline.io import objectstore
 from pipeline.io.storage import remove_stale_temps, sha256_file, write_bytes_atomic
@@ -27,7 +31,7 @@ class DataRoot:
     root: Path  # the data root on disk; for an object-store root, the local working directory
     url: str | None = None  # the object-store data root; None when the data lives on local disk
 
-    def __init__(self, root: str | Path, work_dir: str | Path | None = None):
+    def __init__(self, root: str | Path, work_dir: str | Path | None = None) -> None:
         if objectstore.is_remote(root):
             url = str(root).rstrip("/")
             objectstore.filesystem(url)  # refuses credentials in the URL, and unknown protocols, right away
@@ -137,11 +141,13 @@ class DataRoot:
     def sha256(self, path: Path) -> str:
         return objectstore.sha256(self.address(path)) if self.url else sha256_file(path)
 
-    def open(self, path: Path) -> ContextManager[Path | BinaryIO]:
+    def open(self, path: Path) -> AbstractContextManager[str | Path | BinaryIO]:
         """For pyarrow: footers, and streaming reads of whole files."""
         return objectstore.open_input(self.address(path) if self.url else path)
 
-    def open_parquet(self, path: Path, columns: list[str] | None = None) -> ContextManager[Path | BinaryIO]:
+    def open_parquet(
+        self, path: Path, columns: list[str] | None = None
+    ) -> AbstractContextManager[str | Path | BinaryIO]:
         """For pyarrow reads of some columns: an object store then sends only their byte ranges."""
         return objectstore.open_parquet(self.address(path) if self.url else path, columns=columns)
 

@@ -38,7 +38,7 @@ class PartWriter:
         row_group_rows: int = 100_000,
         part_bytes: int = 1 << 30,
         compression: str = "none",
-    ):
+    ) -> None:
         self.directory = Path(directory)
         self.schema = schema
         self.prefix = prefix
@@ -107,11 +107,13 @@ class PartWriter:
     def _publish(self) -> None:
         if self._writer is None:
             return
+        tmp = self._tmp
+        assert tmp is not None  # _flush sets it together with _writer
         self._writer.close()
         final = self.directory / self._part_name()
-        with open(self._tmp, "rb") as fh:
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(self._tmp, final)
+        os.replace(tmp, final)
         self.parts.append(PartFile(final, self._part_rows, final.stat().st_size, sha256_file(final)))
         self._writer, self._tmp, self._part_rows, self._part_bytes = None, None, 0, 0
 

@@ -47,9 +47,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, skip_if_same: bool = Tr
 
 
 def remove_stale_temps(directory: str | Path, name: str | None = None) -> int:
-    """Delete temporary files a killed writer left in `directory` (only those of file `name` if given); returns how many.
+    """Delete temporary files a killed writer left in `directory`; returns how many.
 
-    Pass `name` when other writers share the directory: their temporaries are live, not stale.
+    Given `name`, only the temporaries of that file go. Pass it when other writers share the
+    directory: their temporaries are live, not stale.
     """
     directory = Path(directory)
     if not directory.is_dir():

@@ -33,7 +33,7 @@ def output_size(width: int, height: int, max_height: int | None) -> tuple[int, i
 class FrameReader:
     """Iterate DecodedFrames of `path` between start_s and end_s at `fps`; one ffmpeg process, one frame in memory."""
 
-    def __init__(self, path: str | Path, *, fps: float, start_s: float, end_s: float, size: tuple[int, int]):
+    def __init__(self, path: str | Path, *, fps: float, start_s: float, end_s: float, size: tuple[int, int]) -> None:
         self.path = Path(path)
         self.fps = fps
         self.start_s = start_s
@@ -59,14 +59,16 @@ class FrameReader:
         proc = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # both were asked for with subprocess.PIPE
         stderr_tail: collections.deque[bytes] = collections.deque(maxlen=20)
         # Drain stderr on the side so a chatty ffmpeg never blocks on a full pipe.
-        drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
+        drain = threading.Thread(target=lambda: stderr_tail.extend(stderr), daemon=True)
         drain.start()
         finished = False
         try:
             while True:
-                buf = proc.stdout.read(frame_bytes)
+                buf = stdout.read(frame_bytes)
                 if len(buf) < frame_bytes:
                     finished = True
                     break
@@ -77,11 +79,11 @@ class FrameReader:
         finally:
             if not finished:  # the consumer stopped early: no need to decode the rest
                 proc.kill()
-            proc.stdout.close()
+            stdout.close()
             code = proc.wait()
             drain.join(timeout=5)
             if not drain.is_alive():
-                proc.stderr.close()
+                stderr.close()
         self._check(code, ffmpeg_message(b"".join(stderr_tail)))
 
     def _check(self, code: int, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -89,6 +89,9 @@ class CatalogProblem:
     video_id: str | None
     reason: str
     message: str
+    # Null from the parser (the stats tables have always shown catalog errors without one); a problem read back
+    # from stats/videos.parquet keeps what the table holds.
+    dataset: str | None = None
 
 
 class CatalogError(ValueError):
@@ -120,7 +123,8 @@ def youtube_id(url: str) -> str | None:
         candidate = parts[0]
     elif host in YOUTUBE_HOSTS:
         if parts == ["watch"]:
-            candidate = (parse_qs(parsed.query).get("v") or [None])[0]
+            values = parse_qs(parsed.query).get("v")
+            candidate = values[0] if values else None
         elif len(parts) >= 2 and parts[0] in ("shorts", "embed", "live", "v"):
             candidate = parts[1]
     if candidate and YOUTUBE_ID_RE.fullmatch(candidate):
@@ -184,9 +188,9 @@ def _intrinsics(cells: dict[str, str], line: int) -> dict[str, float | None]:
             f"got {', '.join(given)} without {', '.join(missing)}",
         )
     if given:
-        fx, fy, cx, cy = (values[n] for n in INTRINSICS)
+        fx, fy, cx, cy = (v for v in values.values() if v is not None)  # all four, in INTRINSICS order
         # Normalised by image size: focal lengths are positive, the principal point lies in the image.
-        if not (fx > 0 and fy > 0 and 0 <= cx <= 1 and 0 <= cy <= 1):  # type: ignore[operator]
+        if not (fx > 0 and fy > 0 and 0 <= cx <= 1 and 0 <= cy <= 1):
             shown = ", ".join(f"{n}={cells[n]}" for n in INTRINSICS)
             raise _RowError(
                 "bad_intrinsics", f"line {line}: intrinsics {shown} must be normalised (fx, fy > 0; cx, cy in [0, 1])"
@@ -255,7 +259,7 @@ def _is_skipped(row: list[str]) -> bool:
     return not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#")
 
 
-def _numbered_rows(handle) -> Iterable[tuple[int, list[str]]]:
+def _numbered_rows(handle: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
     """Yield (first physical line, cells) for rows that are not blank or comments."""
     reader = csv.reader(handle)
     start = 1
@@ -384,7 +388,9 @@ def parse_category(text: str) -> tuple[str, str | None]:
     return parts[0], parts[1] if len(parts) == 2 else None
 
 
-def _check_counts(urls_path: Path, urls: list, categories_path: Path, categories: list) -> None:
+def _check_counts(
+    urls_path: Path, urls: list[tuple[int, str]], categories_path: Path, categories: list[tuple[int, str]]
+) -> None:
     if len(urls) == len(categories):
         return
     longer_path, longer, shorter_path = (

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yt_dlp
 from yt_dlp.utils import DownloadError, parse_bytes
@@ -65,7 +66,7 @@ class DownloadArchive:
 
     _lock = threading.Lock()
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
 
     def lookup(self, video_id: str) -> Path | None:
@@ -130,8 +131,8 @@ def download_video(
 
 def _options(
     entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str], progress: ProgressFn | None
-) -> dict:
-    opts = {
+) -> dict[str, Any]:
+    opts: dict[str, Any] = {
         "format": cfg.format,
         "paths": {"home": str(videos_dir)},
         # File names come from catalog ids, never titles.
@@ -154,7 +155,7 @@ def _options(
     return opts
 
 
-def _downloaded_path(info: dict, ydl: yt_dlp.YoutubeDL) -> Path | None:
+def _downloaded_path(info: dict[str, Any], ydl: yt_dlp.YoutubeDL) -> Path | None:
     for item in info.get("requested_downloads") or []:
         if item.get("filepath"):
             return Path(item["filepath"])
@@ -190,7 +191,7 @@ def _classify(message: str) -> VideoError:
 class _ErrorLog:
     """yt-dlp logger that keeps error lines for the failure record and stays quiet otherwise."""
 
-    def __init__(self, sink: list[str]):
+    def __init__(self, sink: list[str]) -> None:
         self.sink = sink
 
     def debug(self, msg: str) -> None:
@@ -206,8 +207,8 @@ class _ErrorLog:
         self.sink.append(msg)
 
 
-def _progress_hook(progress: ProgressFn) -> Callable[[dict], None]:
-    def hook(status: dict) -> None:
+def _progress_hook(progress: ProgressFn) -> Callable[[dict[str, Any]], None]:
+    def hook(status: dict[str, Any]) -> None:
         total = status.get("total_bytes") or status.get("total_bytes_estimate")
         done = status.get("downloaded_bytes") or 0
         if status.get("status") == "finished":

@@ -50,7 +50,10 @@ class PixelChecks:
 
 
 def pixel_checks(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: StereoConfig) -> PixelChecks:
-    """Disparity = -u_LR; LR check |u_LR(p) + u_RL(p + f_LR(p))| <= lr_max_px; vertical check |v_LR| <= vertical_max_px."""
+    """Disparity = -u_LR; vertical check |v_LR| <= vertical_max_px.
+
+    LR check: |u_LR(p) + u_RL(p + f_LR(p))| <= lr_max_px.
+    """
     if flow_lr.ndim != 3 or flow_lr.shape[2] != 2 or flow_lr.shape != flow_rl.shape:
         raise ValueError(f"flows must both be HxWx2, got {flow_lr.shape} and {flow_rl.shape}")
     height, width = flow_lr.shape[:2]

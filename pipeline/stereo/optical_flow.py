@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from pipeline.config import OpticalFlowConfig
+
+if TYPE_CHECKING:
+    import torch
 
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -57,7 +60,7 @@ class DISFlow:
         self._make()  # fail on unknown overrides now, not at the first frame
 
     def _make(self) -> cv2.DISOpticalFlow:
-        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.preset])
+        dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[self.preset])
         for name, value in self.overrides.items():
             setter = getattr(dis, "set" + "".join(part.capitalize() for part in name.split("_")), None)
             if setter is None:
@@ -69,7 +72,8 @@ class DISFlow:
         _check_pairs(first, second)
         # A fresh instance per call: DIS keeps per-call buffers, so one shared object is not thread-safe.
         dis = self._make()
-        return [dis.calc(_gray(a), _gray(b), None) for a, b in zip(first, second)]
+        # The stubs want a flow array to refine; None (allocate a fresh one) is what the binding accepts too.
+        return [dis.calc(_gray(a), _gray(b), None) for a, b in zip(first, second)]  # type: ignore[call-overload]
 
 
 class RAFTFlow:
@@ -107,7 +111,7 @@ class RAFTFlow:
 
     def __call__(self, first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_pairs(first, second)
-        flows: list[np.ndarray | None] = [None] * len(first)
+        flows: dict[int, np.ndarray] = {}
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, image in enumerate(first):
             by_shape[image.shape[:2]].append(i)  # only same-sized pairs can share a batch
@@ -116,7 +120,7 @@ class RAFTFlow:
                 chunk = indices[start : start + self.batch_size]
                 for i, flow in zip(chunk, self._infer([first[i] for i in chunk], [second[i] for i in chunk])):
                     flows[i] = flow
-        return flows  # type: ignore[return-value]
+        return [flows[i] for i in range(len(first))]
 
     def _infer(self, first: list[np.ndarray], second: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -132,7 +136,7 @@ class RAFTFlow:
         flow = flow[:, :, pad[2] : pad[2] + height, pad[0] : pad[0] + width].float()
         return list(flow.permute(0, 2, 3, 1).cpu().numpy())
 
-    def _tensor(self, images: list[np.ndarray]):
+    def _tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         """BGR uint8 NHWC list -> RGB float NCHW in [-1, 1], the normalisation RAFT was trained with."""
         import torch
 

@@ -44,7 +44,10 @@ def _halves(frame: np.ndarray, arrangement: str) -> tuple[np.ndarray, np.ndarray
 
 
 def split_views(frame: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right views; half layouts are stretched back to the full aspect ratio (sbs_half: width x2, tab_half: height x2)."""
+    """Left and right views; half layouts are stretched back to the full aspect ratio.
+
+    sbs_half: width x2, tab_half: height x2.
+    """
     _check_layout(layout)
     left, right = _halves(frame, layout[:3])
     if layout == "sbs_half":
@@ -101,7 +104,7 @@ def detect_layout(frames: Sequence[np.ndarray], threshold: float = DEFAULT_STERE
     if scores[best] < threshold:
         return LayoutGuess("mono", scores)
     h, w = shape[:2]
-    if best == "sbs":
+    if best == "sbs":  # noqa: SIM108 - one branch per arrangement, each with its own aspect test, reads better
         half = (w // 2) / h < HALF_SBS_MAX_VIEW_ASPECT
     else:
         half = w / (h // 2) > HALF_TAB_MIN_VIEW_ASPECT
@@ -158,7 +161,10 @@ def _band_pass(view: np.ndarray) -> np.ndarray:
 
 
 def _tile_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per textured tile of a, the highest NCC against b over shifts (b ~ a moved left by d, and a little vertically)."""
+    """Per textured tile of a, the highest NCC against b over shifts.
+
+    b ~ a moved left by d, and a little vertically.
+    """
     h, w = a.shape
     max_dx = max(1, int(round(_MAX_SHIFT * w)))
     max_dy = int(round(_MAX_VERTICAL_SHIFT * h))
@@ -228,7 +234,9 @@ def find_letterbox(frames: Sequence[np.ndarray], black_level: int = 16) -> CropB
 
 
 def centre_crop_box(width: int, height: int, crop: tuple[int, int] | None, inside: CropBox | None = None) -> CropBox:
-    """Centre crop of size crop (w,h) inside `inside` (or the full view); a view smaller than the crop keeps what fits (crop dims clipped to the view).
+    """Centre crop of size crop (w,h) inside `inside` (or the full view).
+
+    A view smaller than the crop keeps what fits (crop dims clipped to the view).
 
     So a 1440x600 letterboxed view with crop (1880, 800) keeps all of its 1440x600: a dimension is
     never padded, only cut. crop None returns `inside` (or the full view) unchanged.
@@ -274,7 +282,7 @@ def plan_view_geometry(
 ) -> ViewGeometry:
     """Letterbox crop, then centre crop, then resize; output_size None keeps the cropped size."""
     box = centre_crop_box(view_width, view_height, crop, letterbox)
-    size = tuple(output_size) if output_size is not None else (box.width, box.height)
+    size = (output_size[0], output_size[1]) if output_size is not None else (box.width, box.height)
     if size[0] <= 0 or size[1] <= 0:
         raise ValueError(f"output_size must be positive, got {output_size}")
     return ViewGeometry(box, size)

@@ -81,7 +81,7 @@ def _probe_frames(video_path: str | Path, start_s: float, end_s: float, size: tu
 class StereoProcessor:
     """Flow both ways, checks, sky, rejection rules and PNG encoding for batches of view pairs."""
 
-    def __init__(self, cfg: StereoConfig, jpeg_quality: int = 95):
+    def __init__(self, cfg: StereoConfig, jpeg_quality: int = 95) -> None:
         self.cfg = cfg
         self.jpeg_quality = jpeg_quality
         self.flow = make_flow_backend(cfg.flow)
@@ -123,13 +123,16 @@ def crop_intrinsics(
     entry: CatalogEntry, view_size: tuple[int, int], geometry: ViewGeometry
 ) -> tuple[float | None, float | None, float | None, float | None]:
     """Catalog intrinsics (normalised to the full view) renormalised to the cropped view; resizing keeps them."""
-    if entry.fx is None:
+    fx, fy, cx, cy = entry.fx, entry.fy, entry.cx, entry.cy
+    if fx is None:
         return None, None, None, None
+    if fy is None or cx is None or cy is None:  # read_catalog rejects such rows; an entry built in code may not
+        raise ValueError(f"{entry.video_id}: intrinsics need all of fx, fy, cx, cy or none")
     width, height = view_size
     box = geometry.box
     return (
-        entry.fx * width / box.width,
-        entry.fy * height / box.height,
-        (entry.cx * width - box.x) / box.width,
-        (entry.cy * height - box.y) / box.height,
+        fx * width / box.width,
+        fy * height / box.height,
+        (cx * width - box.x) / box.width,
+        (cy * height - box.y) / box.height,
     )

@@ -51,7 +51,7 @@ class GradientSkyDetector:
         edge_margin: float = 8.0,
         disparity_margin_px: float = 1.0,
         disparity_margin_fraction: float = 0.5,
-    ):
+    ) -> None:
         self.analysis_width = analysis_width  # frames are analysed at this width: noise averages out
         self.blur_sigma = blur_sigma  # pre-blur of the texture measure, in analysis pixels
         # Smooth means texture below noise_factor * the frame's flattest texture (its 2nd percentile),
@@ -163,7 +163,7 @@ def texture_map(image: np.ndarray, blur_sigma: float = 1.25) -> np.ndarray:
     Second differences, not the gradient magnitude: a rendered or real sky brightens smoothly towards
     the horizon by about a grey level per pixel, as steep as fine texture, but its curvature is near zero.
     """
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grey: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     # Odd reflection continues a gradient linearly past the border; an even one would fold it into a ridge
     # along the top rows, exactly where every column's sky run starts.
     pad = int(np.ceil(3 * (blur_sigma + 1.5))) + 1
@@ -293,7 +293,7 @@ class TorchScriptSkySegmenter:
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         device: str = "auto",
-    ):
+    ) -> None:
         import torch
 
         path = Path(model_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +173,8 @@ def render_frames(spec: SceneSpec) -> Iterator[RenderedFrame]:
         pose = camera_pose(spec, i / spec.fps)
         objects = _placed_objects(spec.objects, pose, i / spec.fps)
         image, depth, sky, index = _render_view(scene, k, pose, spec.width, spec.height, objects)
-        right_image = right_depth = None
+        right_image: np.ndarray | None = None
+        right_depth: np.ndarray | None = None
         if spec.baseline_m > 0:
             right_pose = right_camera_pose(pose, spec.baseline_m)
             right_image, right_depth, _, _ = _render_view(scene, k, right_pose, spec.width, spec.height, objects)
@@ -301,6 +302,12 @@ def _boxes(rng: np.random.Generator, wall_pos: float, wall_neg: float, wall_heig
 
 # ---------------------------------------------------------------- ray casting
 
+# Ray casting works on planar per-axis arrays: ray directions are (dx, dy, dz) planes; an origin is
+# (ox, oy, oz), each a float (one camera) or a plane (per pixel, for pixels shaded in an object's frame).
+_Rays = Sequence[np.ndarray]
+_Origin = Sequence[float | np.ndarray]
+_Roi = tuple[slice, slice]  # (rows, columns) of the screen a box can cover
+
 
 def _render_view(
     scene: _Scene,
@@ -308,8 +315,8 @@ def _render_view(
     pose: np.ndarray,
     width: int,
     height: int,
-    objects: list[tuple[np.ndarray, np.ndarray]] = (),
-):
+    objects: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cast one ray per pixel; return (BGR uint8 image, depth float32, sky bool, object index uint8).
 
     objects are `_placed_objects`' boxes; the index is 0 on the scene and i + 1 on objects[i].
@@ -322,7 +329,7 @@ def _render_view(
     origin = tuple(float(v) for v in pose[:3, 3])
     boxes = [(box, roi) for box in scene.boxes if (roi := _box_roi(box, k, pose, width, height)) is not None]
     # Each object is ray cast in its own frame: the view's pose relative to it gives rays and screen area.
-    local = []
+    local: list[tuple[int, np.ndarray, np.ndarray, _Roi]] = []
     for i, (box, to_world) in enumerate(objects):
         view = np.linalg.solve(to_world, pose)
         if (roi := _box_roi(box, k, view, width, height)) is not None:
@@ -333,7 +340,8 @@ def _render_view(
         rows = slice(r0, min(r0 + band, height))
         rays = _world_rays(k, pose[:3, :3], width, rows)
         depth[rows], surf[rows] = _intersect(scene, rays, origin, boxes, rows)
-        shade_rays, shade_origin = rays, origin
+        shade_rays: _Rays = rays
+        shade_origin: _Origin = origin
         if local:
             shade_rays, shade_origin = _intersect_objects(
                 k, local, width, rows, depth[rows], surf[rows], index[rows], rays, origin
@@ -342,7 +350,17 @@ def _render_view(
     return image, depth, surf == _SKY, index
 
 
-def _intersect_objects(k, local, width: int, rows: slice, depth, surf, index, rays, origin):
+def _intersect_objects(
+    k: np.ndarray,
+    local: Sequence[tuple[int, np.ndarray, np.ndarray, _Roi]],
+    width: int,
+    rows: slice,
+    depth: np.ndarray,
+    surf: np.ndarray,
+    index: np.ndarray,
+    rays: _Rays,
+    origin: Sequence[float],
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """Ray cast moving objects into depth, surf and index (in place); return per-pixel shading rays and origin.
 
     A pixel on an object is shaded in the object's frame, so its texture moves with it; rays keep
@@ -378,7 +396,9 @@ def _world_rays(k: np.ndarray, rot: np.ndarray, width: int, rows: slice) -> tupl
     return tuple(r[i, 0] * a + r[i, 1] * b + r[i, 2] for i in range(3))
 
 
-def _intersect(scene: _Scene, rays, origin, boxes, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+def _intersect(
+    scene: _Scene, rays: _Rays, origin: _Origin, boxes: Sequence[tuple[np.ndarray, _Roi]], rows: slice
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest hit per ray: (depth, surface id), with inf and _SKY where nothing is hit."""
     dx, dy, dz = rays
     ox, oy, oz = origin
@@ -406,7 +426,7 @@ def _keep_nearest(depth: np.ndarray, surf: np.ndarray, sid: int, t: np.ndarray) 
     surf[hit] = sid
 
 
-def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, width: int, height: int) -> tuple[slice, slice] | None:
+def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, width: int, height: int) -> _Roi | None:
     """Screen rectangle a box can cover, so its ray test runs only on those pixels."""
     xs, ys, zs = np.meshgrid(box[[0, 3]], box[[1, 4]], box[[2, 5]], indexing="ij")
     corners = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
@@ -424,7 +444,9 @@ def _box_roi(box: np.ndarray, k: np.ndarray, pose: np.ndarray, width: int, heigh
     return slice(v0, v1), slice(u0, u1)
 
 
-def _intersect_box(box, rays, origin, depth, surf, roi) -> None:
+def _intersect_box(
+    box: np.ndarray, rays: _Rays, origin: _Origin, depth: np.ndarray, surf: np.ndarray, roi: _Roi
+) -> None:
     """Slab test against an axis-aligned box inside roi, updating depth and surf in place."""
     near = np.full(depth[roi].shape, -np.inf, np.float32)
     far = np.full(depth[roi].shape, np.inf, np.float32)
@@ -447,7 +469,7 @@ def _intersect_box(box, rays, origin, depth, surf, roi) -> None:
 # ---------------------------------------------------------------- shading
 
 
-def _shade(scene: _Scene, rays, origin, depth, surf, fx: float) -> np.ndarray:
+def _shade(scene: _Scene, rays: _Rays, origin: _Origin, depth: np.ndarray, surf: np.ndarray, fx: float) -> np.ndarray:
     """BGR uint8 colour: textured, sun-lit, fogged surfaces and a gradient sky."""
     finite = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
     hit = [origin[i] + finite * rays[i] for i in range(3)]
@@ -502,7 +524,7 @@ def _wrap(x: np.ndarray, period: float) -> np.ndarray:
     return x - np.floor(x * (1.0 / period)) * period
 
 
-def _sky_colour(scene: _Scene, rays) -> list[np.ndarray]:
+def _sky_colour(scene: _Scene, rays: _Rays) -> list[np.ndarray]:
     """Smooth B, G, R gradient planes by elevation angle: deliberately textureless."""
     elevation = rays[1] / np.sqrt(rays[0] ** 2 + rays[1] ** 2 + rays[2] ** 2)
     blend = np.clip(elevation * 2.0, 0.0, 1.0) ** 0.7
@@ -556,7 +578,9 @@ def _frames_with_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterato
     yield from rest
 
 
-def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_args: list[str]) -> None:
+def _run_ffmpeg(
+    frames: Iterable[np.ndarray], out: Path, width: int, height: int, fps: float, codec_args: list[str]
+) -> None:
     cmd = [
         "ffmpeg",
         "-nostdin",
@@ -603,13 +627,15 @@ def _run_ffmpeg(frames, out: Path, width: int, height: int, fps: float, codec_ar
             raise RuntimeError(f"ffmpeg exited with {code} writing {out}:\n{tail}")
 
 
-def _feed(proc: subprocess.Popen, frames: Iterable[np.ndarray], shape: tuple[int, int, int]) -> None:
+def _feed(proc: subprocess.Popen[bytes], frames: Iterable[np.ndarray], shape: tuple[int, int, int]) -> None:
+    stdin = proc.stdin
+    assert stdin is not None  # _run_ffmpeg opens it with subprocess.PIPE
     try:
         for frame in frames:
             if frame.shape != shape or frame.dtype != np.uint8:
                 raise ValueError(f"frame {frame.shape} {frame.dtype} differs from the first: {shape} uint8")
-            proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        proc.stdin.close()
+            stdin.write(np.ascontiguousarray(frame).tobytes())
+        stdin.close()
     except BrokenPipeError:
         pass  # ffmpeg died early; its exit status and stderr say why
 
@@ -644,7 +670,7 @@ def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
         if frame.object_index is not None:
             index.append(frame.object_index)
     n = len(poses)
-    arrays = {
+    arrays: dict[str, np.ndarray | np.generic] = {
         "depth": np.stack(depth) if n else np.zeros((0, spec.height, spec.width), np.float16),
         "poses": np.stack(poses) if n else np.zeros((0, 4, 4)),
         "K": intrinsics(spec),
@@ -660,7 +686,9 @@ def save_ground_truth(spec: SceneSpec, path: str | Path) -> Path:
         arrays["moving"] = index_stack > 0
         arrays["moving_attached"] = np.isin(index_stack, attached)
     with atomic_path(path) as tmp, open(tmp, "xb") as fh:  # a file object: savez appends no ".npz"
-        np.savez_compressed(fh, **arrays)
+        # allow_pickle is named so that no entry of arrays can stand for it; all arrays are numeric,
+        # so pickling never applied and the bytes written are the same.
+        np.savez_compressed(fh, allow_pickle=False, **arrays)
     return path
 
 
@@ -691,7 +719,9 @@ class StereoFrame:
 def render_stereo_frames(
     spec: SceneSpec, *, convergence_px: float = 0.0, vertical_px: float = 0.0
 ) -> Iterator[StereoFrame]:
-    """Yield stereo pairs of spec (baseline_m >= 0); the right view is shifted right by convergence_px and down by vertical_px.
+    """Yield stereo pairs of spec (baseline_m >= 0).
+
+    The right view is shifted right by convergence_px and down by vertical_px.
 
     Disparity is fx * baseline / depth - convergence_px, so with a convergence shift far points get
     negative disparity and near points positive, as in 3D movies; sky gets -convergence_px. The
@@ -707,7 +737,7 @@ def render_stereo_frames(
         parallax = np.where(np.isfinite(frame.depth), fx * spec.baseline_m / frame.depth, 0.0).astype(np.float32)
         occluded = _stereo_occlusion(frame.depth, right_depth, parallax, convergence_px, vertical_px)
         if convergence_px or vertical_px:
-            shift = np.float32([[1, 0, convergence_px], [0, 1, vertical_px]])
+            shift = np.array([[1, 0, convergence_px], [0, 1, vertical_px]], dtype=np.float32)
             right = cv2.warpAffine(
                 right, shift, (spec.width, spec.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )

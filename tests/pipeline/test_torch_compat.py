@@ -72,7 +72,8 @@ def test_fresh_interpreter_imports_torchvision():
     code = (
         "from pipeline.torch_compat import ensure_torchvision; native = ensure_torchvision(); "
         "import torch, torchvision; from torchvision.models.optical_flow import raft_small; "
-        "print(native, torchvision.ops.nms(torch.tensor([[0., 0, 1, 1], [0, 0, 1, 1]]), torch.tensor([1., 2]), 0.5).tolist())"
+        "print(native, torchvision.ops.nms("
+        "torch.tensor([[0., 0, 1, 1], [0, 0, 1, 1]]), torch.tensor([1., 2]), 0.5).tolist())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[-1] == "[1]"

@@ -100,6 +100,7 @@ BAD_ROWS = [
     ("bad_video_id", row(video_id="x" * 65), None),
     ("missing_field", row(url=""), "v1"),
     ("missing_field", row(video_id=""), None),
+    ("missing_field", row(dataset=""), "v1"),
     ("bad_number", row(trim_start="ten"), "v1"),
     ("bad_number", row(trim_start="-1"), "v1"),
     ("bad_number", row(trim_start="nan"), "v1"),
@@ -122,6 +123,7 @@ def test_bad_row_is_reported_and_good_rows_load(tmp_path, reason, bad, video_id)
     problem = problems[0]
     assert (problem.reason, problem.line, problem.video_id) == (reason, 3, video_id)
     assert "line 3" in problem.message
+    assert problem.dataset is None  # catalog errors have always been tabled without a dataset
 
 
 def test_problem_message_names_the_offending_value(tmp_path):

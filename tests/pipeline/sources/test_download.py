@@ -36,10 +36,8 @@ def _server(respond: Callable[[http.server.BaseHTTPRequestHandler], None]) -> It
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             log.append({"method": self.command, "path": self.path, "cookie": self.headers.get("Cookie")})
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 respond(self)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
         do_HEAD = do_GET
 
