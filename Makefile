@@ -3,7 +3,7 @@ VENV ?= .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo lint test test-fast bench
 setup:
 	VENV=$(VENV) scripts/setup.sh
 
@@ -18,7 +18,13 @@ demo: setup
 	$(VENV)/bin/python -m trainer evaluate --checkpoint $(DEMO_ROOT)/runs/demo/checkpoints/last.pt \
 		--manifest $(DEMO_ROOT)/manifest/demo.parquet
 
-test: setup
+# ruff (lint and format) over the tree, mypy over pipeline/, trainer/ and flows/ (settings in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the curate flow in-process (Prefect's ephemeral mode, or the "
         "server in PREFECT_API_URL): the same code path as the deployment.",
     )
-    curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md) or 'demo'")
+    curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md)")
     curate.add_argument("--data-root", required=True, help="output directory")
     curate.add_argument("--config", help="YAML config (see configs/); defaults from pipeline/config.py")
     curate.add_argument("--limit", type=int, help="only the first N catalog entries")
@@ -88,17 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_flow(catalog: str, data_root: str, config: str | None, limit: int | None) -> int:
+def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: int | None) -> int:
+    """The curate flow on `catalog`, or on the embedded demo when it is None."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate  # Prefect is slow to import; only the flow commands need it
 
-    curate(catalog=catalog, data_root=data_root, limit=limit, config=config)
+    curate(catalog=catalog, data_root=data_root, limit=limit, config=config, demo=catalog is None)
     print(format_summary(summarize(DataRoot(data_root))))
     return 0
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from pipeline.clip.curation import dedup_config
+    from pipeline.corpus.description import dedup_config
 
     root = DataRoot(args.data_root)
     try:
@@ -114,13 +115,13 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    code = _run_flow("demo", args.data_root, None, None)
+    code = _run_flow(None, args.data_root, None, None)
     print(f"\nThe demo dataset is in {DataRoot(args.data_root).name}: shards/, manifest/, stats/, dataset.json.")
     return code
 
 
 def _curate(args: argparse.Namespace) -> int:
-    if args.catalog != "demo" and not Path(args.catalog).is_file():
+    if not Path(args.catalog).is_file():
         print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
         return 2
     return _run_flow(args.catalog, args.data_root, args.config, args.limit)

@@ -11,23 +11,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.curate import (
-    MAX_WORKERS,
-    audit_artifacts,
-    bounded_map,
-    check_clip_model,
-    embed_task,
-    publish_task,
-    with_ray_address,
-)
+from flows.curate import with_ray_address
 from flows.runners import task_submitter, torch_devices
-from pipeline.clip.curation import dedup_config
+from flows.tasks import MAX_WORKERS, audit_artifacts, bounded_map, embed_task, publish_task
 from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.corpus.publish import load_records, previous_catalog_problems
+from pipeline.corpus.description import dedup_config
+from pipeline.corpus.publish import previous_catalog_problems
+from pipeline.driver import check_clip_model
 from pipeline.io.data_root import DataRoot
+from pipeline.video.record import load_records
 
 
-@flow(name="dedup", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+@flow(name="dedup", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)  # type: ignore[arg-type]
 def dedup(
     data_root: str = "data/demo",
     epsilon: float | None = None,
@@ -39,8 +34,8 @@ def dedup(
     logger = get_run_logger()
     root = DataRoot(data_root)
     cfg = with_ray_address(placed(dedup_config(root, config, epsilon), config), ray_address)
-    check_clip_model(cfg)
-    records = [r for r in load_records(root) if r["status"] == "ok"]
+    check_clip_model(cfg, logger)
+    records = [r for r in load_records(root) if r.ok]
     logger.info("corpus pass over %d videos in %s, epsilon %s", len(records), root.name, cfg.clip.semdedup.epsilon)
     with task_submitter(cfg) as submit:
         outcomes = bounded_map(

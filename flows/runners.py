@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,11 +20,9 @@ from prefect.runtime import flow_run
 from prefect.tasks import Task
 
 from pipeline.config import CurateConfig, RayConfig
+from pipeline.driver import local_download_slot
 
 Submit = Callable[[Task, dict[str, Any], tuple[str, ...]], PrefectFuture]
-
-_local_slots: dict[int, threading.Semaphore] = {}
-_local_slots_lock = threading.Lock()
 
 
 def torch_devices(cfg: CurateConfig, layout: str | None) -> tuple[str, ...]:
@@ -108,9 +105,7 @@ def ray_runner_settings(ray_cfg: RayConfig) -> dict[str, Any]:
 def download_slot(cfg: CurateConfig) -> Iterator[None]:
     """Hold one of the run's `download.parallel` download slots while the block runs."""
     if cfg.run.executor == "local":
-        with _local_slots_lock:
-            slots = _local_slots.setdefault(cfg.download.parallel, threading.Semaphore(cfg.download.parallel))
-        with slots:
+        with local_download_slot(cfg):
             yield
         return
     import ray
@@ -146,7 +141,8 @@ def cluster_download_slots(cfg: CurateConfig) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.kill(actor)
+        # Ray types .remote() as ActorHandle | type[_Slots] (so the class's methods type-check); it is a handle.
+        ray.kill(actor)  # type: ignore[arg-type]
 
 
 def _slots_actor_name() -> str:

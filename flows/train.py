@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_UI_URL
 
@@ -74,6 +75,7 @@ def train(
     with subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             tail.append(line.rstrip())
             if '"step"' in line or "trainer:" in line or "Error" in line:
@@ -119,6 +121,7 @@ def start_training(root: DataRoot, datasets: list[str], spec: dict[str, Any]) ->
             parameters[key] = spec[key]
     name = spec.get("deployment", DEFAULT_DEPLOYMENT)
     run = run_deployment(name, parameters=parameters, timeout=spec.get("wait", 0))
+    assert isinstance(run, FlowRun)  # called from a sync flow: Prefect runs the coroutine for us
     url = f"{PREFECT_UI_URL.value() or ''}/runs/flow-run/{run.id}"
     create_link_artifact(
         key="curate-training",

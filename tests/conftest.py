@@ -84,7 +84,7 @@ def demo_run(prefect_harness, demo_sources, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("demo_run")
     shutil.copytree(demo_sources, root / "demo_sources")
-    curate(catalog="demo", data_root=str(root))
+    curate(demo=True, data_root=str(root))
     return root
 
 
@@ -98,11 +98,10 @@ def train_root(tmp_path_factory) -> Path:
     """A small curated dataset for the trainer: two mono videos (one with a cut) and one stereo video.
 
     Rendered depth of `walk` is saved under <root>/ground_truth for the evaluation tests."""
-    from pipeline.corpus.publish import publish
+    from pipeline.driver import curate_entries
     from pipeline.io.data_root import DataRoot
     from pipeline.synthetic.demo import write_demo_catalog  # noqa: F401  (the demo module owns the dataset name)
     from pipeline.synthetic.renderer import normalized_intrinsics, render_stereo_video, save_ground_truth
-    from pipeline.video.ingest import ingest_video
 
     sources = tmp_path_factory.mktemp("train_sources")
     root = DataRoot(tmp_path_factory.mktemp("train_root"))
@@ -140,8 +139,8 @@ def train_root(tmp_path_factory) -> Path:
             "sbs_full",
         ),
     ]
-    for video_id, path, category, layout in videos:
-        entry = CatalogEntry(
+    entries = [
+        CatalogEntry(
             video_id=video_id,
             url=f"file://{path}",
             dataset="mono" if layout == "mono" else "stereo",
@@ -152,9 +151,10 @@ def train_root(tmp_path_factory) -> Path:
             cx=cx,
             cy=cy,
         )
-        record = ingest_video(entry, path, root, cfg)
-        assert record["status"] == "ok", record
-    publish(root, cfg)
+        for video_id, path, category, layout in videos
+    ]
+    result = curate_entries(entries, root, cfg)
+    assert [video.status for video in result.videos] == ["ok"] * len(entries), result.videos
     (root.root / "ground_truth").mkdir()
     save_ground_truth(mono, root.root / "ground_truth" / "walk.npz")
     return root.root
@@ -316,10 +316,8 @@ def ray_cluster() -> str:
         yield f"127.0.0.1:{port}"
     finally:
         head.send_signal(signal.SIGTERM)  # --block tears its processes down on SIGTERM
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)  # whatever of its group is left
         log.close()

@@ -8,7 +8,6 @@ epsilon re-runs this pass and nothing before it. Rule order, after the cross-vid
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,16 +17,16 @@ import pyarrow.compute as pc
 from pipeline.clip.embeddings import load_embeddings
 from pipeline.clip.model import ClipModel, get_model
 from pipeline.clip.semdedup import semdedup, unit_rows
-from pipeline.config import ClipConfig, CurateConfig, load_config, with_overrides
-from pipeline.corpus.verify import read_description
+from pipeline.config import ClipConfig
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import CLIP_JUNK, CLIP_SCORE_COLUMNS, CLIP_TAGS, FRAME_STATS_SCHEMA
+from pipeline.video.record import VideoRecord
 
 _SCORE_ROWS = 65536  # embeddings scored at a time
 
 
 def curate_frames(
-    root: DataRoot, records: list[dict[str, Any]], frames: pa.Table, cfg: ClipConfig
+    root: DataRoot, records: list[VideoRecord], frames: pa.Table, cfg: ClipConfig
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Frames with CLIP scores filled in and junk / semantic-duplicate drops applied; plus what dataset.json records."""
     model = get_model(cfg)
@@ -125,19 +124,3 @@ def _prompt_vector(model: ClipModel, prompts: tuple[str, ...]) -> np.ndarray:
     """One unit vector per class: the mean of its prompts' embeddings (CLIP's prompt ensembling)."""
     mean = model.embed_texts(prompts).mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
-
-
-def dedup_config(root: DataRoot, config: str | Path | None = None, epsilon: float | None = None) -> CurateConfig:
-    """The dataset's own configuration (dataset.json), CLIP on, with the clip section of `config` and `epsilon`.
-
-    Only the clip section is taken from `config`: everything else describes how the shards were made.
-    """
-    description = read_description(root)
-    cfg = CurateConfig.model_validate(description["config"])
-    clip = cfg.clip.model_dump()
-    if config is not None:
-        clip = load_config(config).clip.model_dump()
-    clip["enabled"] = True
-    if epsilon is not None:
-        clip["semdedup"] = {**clip["semdedup"], "epsilon": epsilon, "enabled": True}
-    return with_overrides(cfg, {"clip": clip})

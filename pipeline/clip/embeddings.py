@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,48 +14,45 @@ from pipeline.clip.model import ClipModel
 from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import atomic_path
 from pipeline.schema import EMBEDDING_MODEL_KEY, EMBEDDING_SOURCE_KEY, embedding_schema
+from pipeline.video.record import VideoRecord
 
 _ROW_GROUP_ROWS = 8192  # ~8 MB of 512-d float16 vectors per row group
 _READ_ROWS = 256  # shard rows read at a time: a few hundred JPEGs (720p q95: ~50 MB)
 
 
-def source_digest(record: dict[str, Any]) -> str:
-    """Fingerprint of a video's shards: embeddings of other shard bytes are stale."""
-    return hashlib.sha256("\n".join(part["sha256"] for part in record["shards"]).encode()).hexdigest()[:16]
-
-
-def is_current(root: DataRoot, record: dict[str, Any], model_hash: str) -> bool:
+def is_current(root: DataRoot, record: VideoRecord, model_hash: str) -> bool:
     """True when the video's embedding file exists and was made by this model from these shards."""
-    path = root.embeddings(record["dataset"], record["video_id"])
+    path = root.embeddings(record.dataset, record.video_id)
     try:
         with root.open(path) as source:
             metadata = pq.read_schema(source).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return False
-    return metadata.get(EMBEDDING_MODEL_KEY, b"").decode() == model_hash and metadata.get(
-        EMBEDDING_SOURCE_KEY, b""
-    ).decode() == source_digest(record)
+    return (
+        metadata.get(EMBEDDING_MODEL_KEY, b"").decode() == model_hash
+        and metadata.get(EMBEDDING_SOURCE_KEY, b"").decode() == record.shards_digest()
+    )
 
 
-def embed_video(root: DataRoot, record: dict[str, Any], model: ClipModel) -> bool:
+def embed_video(root: DataRoot, record: VideoRecord, model: ClipModel) -> bool:
     """Embed every shard row of a finished video into its embedding file; False when it was already current."""
-    if record["status"] != "ok":
-        raise ValueError(f"{record['dataset']}/{record['video_id']} has status {record['status']}: nothing to embed")
+    if not record.ok:
+        raise ValueError(f"{record.name} has status {record.status}: nothing to embed")
     if is_current(root, record, model.model_hash):
         return False
-    path = root.embeddings(record["dataset"], record["video_id"])
+    path = root.embeddings(record.dataset, record.video_id)
     root.remove_stale_temps(path.parent, path.name)  # the directory is shared with other videos' writers
     schema = embedding_schema(model.dim).with_metadata(
         {
             **embedding_schema(model.dim).metadata,
             EMBEDDING_MODEL_KEY: model.model_hash.encode(),
-            EMBEDDING_SOURCE_KEY: source_digest(record).encode(),
+            EMBEDDING_SOURCE_KEY: record.shards_digest().encode(),
         }
     )
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         pending: list[pa.Table] = []
-        for part in record["shards"]:
-            with root.open(root.root / part["path"]) as source:  # streamed: a part may be a gigabyte
+        for part in record.shards:
+            with root.open(root.root / part.path) as source:  # streamed: a part may be a gigabyte
                 shard = pq.ParquetFile(source)
                 # A few hundred JPEGs at a time: a long video costs time, not RAM.
                 for batch in shard.iter_batches(
@@ -86,16 +82,16 @@ class CorpusEmbeddings:
     missing: list[str]  # "<dataset>/<video_id>" of ok videos without current embeddings
 
 
-def load_embeddings(root: DataRoot, records: list[dict[str, Any]], model_hash: str, dim: int) -> CorpusEmbeddings:
+def load_embeddings(root: DataRoot, records: list[VideoRecord], model_hash: str, dim: int) -> CorpusEmbeddings:
     """Current embeddings of the ok videos, in record order, into one preallocated float16 matrix."""
     current, missing = [], []
     for record in records:
-        if record["status"] != "ok":
+        if not record.ok:
             continue
         if is_current(root, record, model_hash):
-            current.append(root.embeddings(record["dataset"], record["video_id"]))
+            current.append(root.embeddings(record.dataset, record.video_id))
         else:
-            missing.append(f"{record['dataset']}/{record['video_id']}")
+            missing.append(record.name)
     total = sum(_num_rows(root, p) for p in current)
     vectors = np.empty((total, dim), np.float16)
     ids, files, row = [], [], 0

@@ -21,9 +21,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.clip.embeddings import source_digest
 from pipeline.config import IntrinsicsConfig
 from pipeline.io.data_root import DataRoot
+from pipeline.video.record import VideoRecord
 
 CAMERA_MODEL = "SIMPLE_RADIAL"
 # Named reasons a video ends without an estimate (it stays usable; the trainer then learns its intrinsics).
@@ -38,33 +38,33 @@ def settings_hash(cfg: IntrinsicsConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_camera(root: DataRoot, record: dict[str, Any], cfg: IntrinsicsConfig) -> dict[str, Any] | None:
+def load_camera(root: DataRoot, record: VideoRecord, cfg: IntrinsicsConfig) -> dict[str, Any] | None:
     """The video's current estimate or failure; None when absent or made from other shards or settings."""
     try:
-        camera = json.loads(root.read_bytes(root.camera(record["dataset"], record["video_id"])))
+        camera = json.loads(root.read_bytes(root.camera(record.dataset, record.video_id)))
     except (OSError, ValueError):
         return None
-    current = camera.get("source") == source_digest(record) and camera.get("settings") == settings_hash(cfg)
+    current = camera.get("source") == record.shards_digest() and camera.get("settings") == settings_hash(cfg)
     return camera if current else None
 
 
-def estimate_video(root: DataRoot, record: dict[str, Any], cfg: IntrinsicsConfig) -> tuple[dict[str, Any], bool]:
+def estimate_video(root: DataRoot, record: VideoRecord, cfg: IntrinsicsConfig) -> tuple[dict[str, Any], bool]:
     """Estimate a finished video's intrinsics unless current; returns (camera, whether it was computed now)."""
-    if record["status"] != "ok":
-        raise ValueError(f"{record['dataset']}/{record['video_id']} has status {record['status']}: no frames")
+    if not record.ok:
+        raise ValueError(f"{record.name} has status {record.status}: no frames")
     existing = load_camera(root, record, cfg)
     if existing is not None:
         return existing, False
     clip_id, width, height, images = read_clip_frames(root, record, cfg.frames)
     camera = {
-        "dataset": record["dataset"],
-        "video_id": record["video_id"],
+        "dataset": record.dataset,
+        "video_id": record.video_id,
         "model": CAMERA_MODEL,
         "clip_id": clip_id,
         "width": width,
         "height": height,
         "frames": len(images),
-        "source": source_digest(record),
+        "source": record.shards_digest(),
         "settings": settings_hash(cfg),
     }
     if len(images) < cfg.min_frames:
@@ -75,19 +75,19 @@ def estimate_video(root: DataRoot, record: dict[str, Any], cfg: IntrinsicsConfig
         )
     else:
         camera.update(estimate_from_jpegs(images, cfg))
-    path = root.camera(record["dataset"], record["video_id"])
+    path = root.camera(record.dataset, record.video_id)
     root.remove_stale_temps(path.parent, path.name)  # the directory is shared with other videos' writers
     root.write_bytes(path, json.dumps(camera, indent=1, sort_keys=True).encode())
     return camera, True
 
 
-def read_clip_frames(root: DataRoot, record: dict[str, Any], limit: int) -> tuple[int | None, int, int, list[bytes]]:
+def read_clip_frames(root: DataRoot, record: VideoRecord, limit: int) -> tuple[int | None, int, int, list[bytes]]:
     """(clip_id, width, height, JPEGs) of the first `limit` kept frames of the video's longest clip."""
     rows = []  # (part index, row in part, clip_id), in shard order
     width = height = 0
-    for index, part in enumerate(record["shards"]):
+    for index, part in enumerate(record.shards):
         columns = ["clip_id", "width", "height"]
-        with root.open_parquet(root.root / part["path"], columns) as source:
+        with root.open_parquet(root.root / part.path, columns) as source:
             table = pq.read_table(source, columns=columns)
         if table.num_rows:
             width, height = table["width"][0].as_py(), table["height"][0].as_py()
@@ -104,7 +104,7 @@ def read_clip_frames(root: DataRoot, record: dict[str, Any], limit: int) -> tupl
             wanted.setdefault(index, []).append(row)
     images = []
     for index, part_rows in sorted(wanted.items()):
-        images += _read_images(root, record["shards"][index]["path"], part_rows)
+        images += _read_images(root, record.shards[index].path, part_rows)
     return clip_id, width, height, images
 
 
@@ -112,7 +112,9 @@ def _read_images(root: DataRoot, relative: str, rows: list[int]) -> list[bytes]:
     """The `image` cells of `rows` of one shard part, reading only the row groups that hold them."""
     with root.open(root.root / relative) as source:
         shard = pq.ParquetFile(source)
-        groups, first_row, start = [], None, 0
+        groups: list[int] = []
+        first_row: int | None = None
+        start = 0
         for group in range(shard.metadata.num_row_groups):
             end = start + shard.metadata.row_group(group).num_rows
             if start <= rows[-1] and end > rows[0]:
@@ -121,6 +123,7 @@ def _read_images(root: DataRoot, relative: str, rows: list[int]) -> list[bytes]:
             start = end
         table = shard.read_row_groups(groups, columns=["image"])
     column = table["image"]
+    assert first_row is not None, "rows lie inside the shard"
     return [column[row - first_row].as_py() for row in rows]
 
 

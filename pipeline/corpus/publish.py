@@ -6,6 +6,7 @@ import collections
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -28,16 +29,12 @@ from pipeline.schema import (
     SCHEMA_VERSION,
     VIDEO_STATS_SCHEMA,
 )
+from pipeline.sources.catalog import CatalogProblem
 from pipeline.video.phash import find_many
+from pipeline.video.record import VideoRecord, load_records
 
 
-def load_records(root: DataRoot) -> list[dict[str, Any]]:
-    """Every finished video's record, in (dataset, video_id) order: the order that decides dedup winners."""
-    records = [json.loads(data) for data in root.read_many(root.video_records())]
-    return sorted(records, key=lambda r: (r["dataset"], r["video_id"]))
-
-
-def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem] = ()) -> dict[str, Any]:
     """Write stats tables, manifests and dataset.json for everything finished under `root`; returns dataset.json."""
     records = load_records(root)
     frames = _load_frames(root, records)
@@ -63,8 +60,8 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
         )
     kept = _kept_by_video(frames)
     manifests = {}
-    for dataset in sorted({r["dataset"] for r in records}):
-        table = _manifest(root, [r for r in records if r["dataset"] == dataset and r["status"] == "ok"], kept, cameras)
+    for dataset in sorted({r.dataset for r in records}):
+        table = _manifest(root, [r for r in records if r.dataset == dataset and r.ok], kept, cameras)
         manifests[dataset] = table.num_rows
         outputs[root.manifest(dataset)] = _parquet_bytes(table)
     for path in [*outputs, root.dataset_json]:
@@ -78,12 +75,12 @@ def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: list[dict[str, 
     return description
 
 
-def _load_frames(root: DataRoot, records: list[dict[str, Any]]) -> pa.Table:
+def _load_frames(root: DataRoot, records: list[VideoRecord]) -> pa.Table:
     tables = [
-        _read_table(root, part["path"], schema=FRAME_STATS_SCHEMA)
+        _read_table(root, part.path, schema=FRAME_STATS_SCHEMA)
         for record in records
-        if record["status"] == "ok"
-        for part in record["frame_parts"]
+        if record.ok
+        for part in record.frame_parts
     ]
     if not tables:
         return FRAME_STATS_SCHEMA.empty_table()
@@ -120,7 +117,7 @@ def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table
     return frames.cast(FRAME_STATS_SCHEMA)
 
 
-def previous_catalog_problems(root: DataRoot) -> list[dict[str, Any]]:
+def previous_catalog_problems(root: DataRoot) -> list[CatalogProblem]:
     """The catalog problems the last publish recorded, so a corpus-only rerun (no catalog at hand) keeps them."""
     if not root.exists(root.videos_table):
         return []
@@ -131,56 +128,58 @@ def previous_catalog_problems(root: DataRoot) -> list[dict[str, Any]]:
     for row in table.filter(pc.equal(table["status"], "catalog_error")).to_pylist():
         reason, _, message = (row["error"] or "").partition(": ")  # written as f"{reason}: {message}"
         problems.append(
-            {
-                "dataset": row["dataset"],
-                "video_id": row["video_id"],
-                "line": row["catalog_line"],
-                "reason": reason,
-                "message": message,
-            }
+            CatalogProblem(
+                line=row["catalog_line"],
+                video_id=row["video_id"],
+                reason=reason,
+                message=message,
+                dataset=row["dataset"],
+            )
         )
     return problems
 
 
-def _recount(records: list[dict[str, Any]], frames: pa.Table) -> None:
+def _recount(records: list[VideoRecord], frames: pa.Table) -> None:
     """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
     late = frames.filter(pc.is_in(frames["drop_reason"], pa.array(PUBLISH_DROP_REASONS)))
     per_video = collections.Counter(
         zip(late["dataset"].to_pylist(), late["video_id"].to_pylist(), late["drop_reason"].to_pylist())
     )
     for record in records:
-        key = (record["dataset"], record["video_id"])
+        key = (record.dataset, record.video_id)
         counts = {reason: per_video.get((*key, reason), 0) for reason in PUBLISH_DROP_REASONS}
-        record.update({f"dropped_{reason}": n for reason, n in counts.items()})
+        record.dropped.update(counts)
         # The record's frames_kept is what ingest kept; records are re-read on every publish.
-        record["frames_kept"] = record["frames_kept"] - sum(counts.values()) if record["status"] == "ok" else 0
+        record.frames_kept = record.frames_kept - sum(counts.values()) if record.ok else 0
 
 
-def _videos_table(records: list[dict[str, Any]], catalog_problems: list[dict[str, Any]]) -> pa.Table:
+def _videos_table(records: list[VideoRecord], catalog_problems: Sequence[CatalogProblem]) -> pa.Table:
     rows = []
     for record in records:
-        row = {name: record.get(name) for name in VIDEO_STATS_SCHEMA.names}
-        row["shards"] = len(record["shards"])
-        row["shard_bytes"] = sum(p["bytes"] for p in record["shards"])
+        flat = record.flat()
+        row = {name: flat.get(name) for name in VIDEO_STATS_SCHEMA.names}
+        row["shards"] = len(record.shards)
+        row["shard_bytes"] = sum(p.bytes for p in record.shards)
         rows.append(row)
     for problem in catalog_problems:
         rows.append(
             {
-                "dataset": problem.get("dataset"),
-                "video_id": problem.get("video_id"),
-                "catalog_line": problem["line"],
+                "dataset": problem.dataset,
+                "video_id": problem.video_id,
+                "catalog_line": problem.line,
                 "status": "catalog_error",
-                "error": f"{problem['reason']}: {problem['message']}",
+                "error": f"{problem.reason}: {problem.message}",
             }
         )
     return pa.Table.from_pylist(rows, schema=VIDEO_STATS_SCHEMA)
 
 
-def _categories_table(records: list[dict[str, Any]]) -> pa.Table:
+def _categories_table(records: list[VideoRecord]) -> pa.Table:
     """Per (dataset, catalog category): videos, frames and drops by reason, summed over the video records."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
-        key = (record["dataset"], record["category"] or "")
+        flat = record.flat()
+        key = (record.dataset, record.category or "")
         row = groups.setdefault(
             key,
             {
@@ -192,9 +191,9 @@ def _categories_table(records: list[dict[str, Any]]) -> pa.Table:
             },
         )
         row["videos"] += 1
-        row["videos_ok"] += record["status"] == "ok"
+        row["videos_ok"] += record.ok
         for name in CATEGORY_STATS_SCHEMA.names[4:]:
-            row[name] += record.get(name) or 0
+            row[name] += flat.get(name) or 0
     return pa.Table.from_pylist([groups[key] for key in sorted(groups)], schema=CATEGORY_STATS_SCHEMA)
 
 
@@ -211,7 +210,7 @@ def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
     }
 
 
-def _cameras(root: DataRoot, records: list[dict[str, Any]], cfg: CurateConfig) -> dict[tuple[str, str], dict]:
+def _cameras(root: DataRoot, records: list[VideoRecord], cfg: CurateConfig) -> dict[tuple[str, str], dict]:
     """Current intrinsics estimates (or failures) of the ok videos, when the stage is on; stale ones are left out."""
     if not cfg.intrinsics.enabled:
         return {}
@@ -219,10 +218,10 @@ def _cameras(root: DataRoot, records: list[dict[str, Any]], cfg: CurateConfig) -
 
     found = {}
     for record in records:
-        if record["status"] == "ok":
+        if record.ok:
             camera = load_camera(root, record, cfg.intrinsics)
             if camera is not None:
-                found[(record["dataset"], record["video_id"])] = camera
+                found[(record.dataset, record.video_id)] = camera
     return found
 
 
@@ -245,7 +244,7 @@ def _with_intrinsics(table: pa.Table, camera: dict[str, Any] | None) -> pa.Table
 
 def _manifest(
     root: DataRoot,
-    records: list[dict[str, Any]],
+    records: list[VideoRecord],
     kept: dict[tuple[str, str], pa.Table],
     cameras: dict[tuple[str, str], dict],
 ) -> pa.Table:
@@ -259,17 +258,17 @@ def _manifest(
     )
     for record in records:
         # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
-        video_kept = kept.get((record["dataset"], record["video_id"]), empty)
-        for part in record["shards"]:
-            table = _read_table(root, part["path"], columns=list(SAMPLE_COLUMNS))
-            table = table.append_column("shard", pa.array([part["path"]] * table.num_rows, pa.string()))
+        video_kept = kept.get((record.dataset, record.video_id), empty)
+        for part in record.shards:
+            table = _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))
+            table = table.append_column("shard", pa.array([part.path] * table.num_rows, pa.string()))
             table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
             position = pc.index_in(table["sample_id"], value_set=video_kept["sample_id"])
             table = table.filter(pc.is_valid(position))
             scores = video_kept.take(position.drop_null())
             for name in CLIP_SCORE_COLUMNS:
                 table = table.append_column(name, scores[name])
-            tables.append(_with_intrinsics(table, cameras.get((record["dataset"], record["video_id"]))))
+            tables.append(_with_intrinsics(table, cameras.get((record.dataset, record.video_id))))
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
@@ -292,7 +291,7 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 def _description(
     root: DataRoot,
     cfg: CurateConfig,
-    records: list[dict[str, Any]],
+    records: list[VideoRecord],
     frames: pa.Table,
     outputs: dict,
     manifests: dict[str, int],
@@ -307,7 +306,7 @@ def _description(
         "config_hash": cfg.full_hash(),
         "processing_hash": cfg.processing_hash(),
         "counts": {
-            "videos": dict(sorted(collections.Counter(r["status"] for r in records).items())),
+            "videos": dict(sorted(collections.Counter(r.status for r in records).items())),
             "frames_decoded": frames.num_rows,
             "frames_kept": int(pc.sum(frames["kept"]).as_py() or 0),
             "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
@@ -318,7 +317,7 @@ def _description(
                 else {}
             ),
         },
-        "shards": [part for r in records if r["status"] == "ok" for part in r["shards"]],
+        "shards": [part.model_dump() for r in records if r.ok for part in r.shards],
         "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off
         "tables": {root.relative(path): _sha256(data) for path, data in sorted(outputs.items())},
     }

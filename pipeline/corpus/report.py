@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.corpus.verify import read_description
+from pipeline.corpus.description import read_description
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import DROP_REASONS
 

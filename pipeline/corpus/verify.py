@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pyarrow.parquet as pq
 
+from pipeline.corpus.description import read_description
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import (
     CATEGORY_STATS_SCHEMA,
@@ -15,18 +14,8 @@ from pipeline.schema import (
     VIDEO_STATS_SCHEMA,
     SchemaVersionError,
     check_version,
-    check_version_string,
     embedding_schema,
 )
-
-
-def read_description(root: DataRoot) -> dict:
-    """dataset.json, after checking its schema version is one this code reads."""
-    if not root.exists(root.dataset_json):
-        raise FileNotFoundError(f"no dataset.json under {root.name}: not a depthcurate dataset, or never published")
-    description = json.loads(root.read_bytes(root.dataset_json))
-    check_version_string(str(description.get("schema_version", "none")), "dataset.json")
-    return description
 
 
 def verify_dataset(root: DataRoot) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,15 @@ SKY_ALPHA = 0.7
 GAP_PX = 4
 BACKGROUND_BGR = (32, 32, 32)
 LABEL_HEIGHT_PX = 22
+
+
+@dataclass(frozen=True)
+class PreviewFrame:
+    """A kept frame chosen for the video's contact sheet (the first kept frame of each of its first clips)."""
+
+    clip_id: int
+    image: np.ndarray  # BGR, as written to the shard
+    stereo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # disparity, valid, sky; None for mono
 
 
 def colorize_disparity(
@@ -87,6 +97,18 @@ def contact_sheet(
             sheet[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
         y += row_height + GAP_PX
     return sheet
+
+
+def video_sheet(frames: Sequence[PreviewFrame]) -> np.ndarray:
+    """One row per previewed clip: the frame, and for stereo its coloured disparity and sky mask."""
+    rows = []
+    for frame in frames:
+        if frame.stereo is None:
+            rows.append([frame.image])
+        else:
+            disparity, valid, sky = frame.stereo
+            rows.append([frame.image, colorize_disparity(disparity, valid, sky), mask_image(sky)])
+    return contact_sheet(rows)
 
 
 def write_preview_jpeg(image: np.ndarray, path: str | Path, quality: int = 90) -> Path:

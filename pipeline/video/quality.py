@@ -47,9 +47,9 @@ class MotionMeter:
 
     def __init__(self) -> None:
         # DIS ultrafast: about a millisecond at the analysis width, and robust enough for a median.
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
     def __call__(self, previous_gray: np.ndarray, gray: np.ndarray) -> float:
-        flow = self._dis.calc(previous_gray, gray, None)
+        flow = self._dis.calc(previous_gray, gray, None)  # type: ignore[call-overload]  # OpenCV takes None
         magnitude = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
         return float(np.median(magnitude)) / gray.shape[1]

@@ -24,6 +24,7 @@ from pipeline.sources.catalog import CatalogEntry
 from pipeline.stereo.packing import split_views
 from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.video.phash import HashIndex, phash
+from pipeline.video.previews import PreviewFrame
 from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
 from pipeline.video.shots import CutDetector
 
@@ -53,7 +54,7 @@ class SampleCounts:
     layout: str = "mono"
     dropped: collections.Counter = field(default_factory=collections.Counter)
     warning: str | None = None
-    previews: list[tuple] = field(default_factory=list)  # a few kept frames for the contact sheet
+    previews: list[PreviewFrame] = field(default_factory=list)  # a few kept frames for the contact sheet
 
 
 def sample_id(dataset: str, video_id: str, frame_index: int) -> str:
@@ -68,7 +69,7 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
     """
     if stereo:
         fps = cfg.stereo.clip_frames / cfg.stereo.clip_span_s
-        decimate = (
+        decimate: tuple[int, int] | None = (
             cfg.stereo.clip_frames,
             max(cfg.stereo.clip_frames, round((cfg.stereo.clip_span_s + cfg.stereo.jump_s) * fps)),
         )
@@ -106,12 +107,12 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
 class _ClipTracker:
     """Numbers clips: a new one starts at a scene cut, a new decimation window, or the split boundary."""
 
-    def __init__(self, plan: SamplingPlan):
+    def __init__(self, plan: SamplingPlan) -> None:
         self.decimate = plan.decimate
         self.first_index = int(round(plan.start_s * plan.fps))
         self.clip_id = -1
-        self._window = None
-        self._split = None
+        self._window: int | None = None
+        self._split: str | None = None
 
     def update(self, index: int, split: str, cut: bool) -> tuple[int, bool]:
         """(clip_id, inside the keep window) for the frame at `index`."""
@@ -124,6 +125,24 @@ class _ClipTracker:
             self.clip_id += 1
         self._window, self._split = window, split
         return self.clip_id, inside
+
+
+@dataclass
+class _Pending:
+    """A decoded frame on its way to the frame stats (and, when kept, the shards), in decode order."""
+
+    row: dict[str, Any]
+    image: np.ndarray | None = None  # None: dropped before any check that could wait
+    right: np.ndarray | None = None  # a stereo candidate's right view, until its batch is checked
+    outcome: StereoOutcome | None = None
+
+    @property
+    def awaiting_checks(self) -> bool:
+        return self.right is not None and self.outcome is None
+
+    @property
+    def ready(self) -> bool:
+        return self.image is None or self.outcome is not None
 
 
 class _RowSink:
@@ -143,17 +162,17 @@ class _RowSink:
         self.entry, self.shards, self.frames, self.counts = entry, shards, frames, counts
         self.processor, self.batch_size, self.jpeg_quality = processor, batch_size, jpeg_quality
         self.max_previews = max_previews
-        self._queue: list[list] = []  # [row, image, right view or None, outcome]
+        self._queue: collections.deque[_Pending] = collections.deque()
         self._waiting = 0
 
     def drop(self, row: dict[str, Any], reason: str) -> None:
         row["drop_reason"] = reason
-        self._queue.append([row, None, None, None])
+        self._queue.append(_Pending(row))
         self._drain()
 
     def keep(self, row: dict[str, Any], image: np.ndarray, right: np.ndarray | None = None) -> None:
         """Keep a mono frame now, or queue a stereo pair for the checks (which may still reject it)."""
-        self._queue.append([row, image, right, None if right is not None else StereoOutcome(None)])
+        self._queue.append(_Pending(row, image, right, None if right is not None else StereoOutcome(None)))
         if right is not None:
             self._waiting += 1
             if self._waiting >= self.batch_size:
@@ -161,23 +180,25 @@ class _RowSink:
         self._drain()
 
     def flush(self) -> None:
-        waiting = [item for item in self._queue if item[3] is None and item[2] is not None]
+        waiting = [item for item in self._queue if item.awaiting_checks]
         if waiting:
-            outcomes = self.processor.process([i[1] for i in waiting], [i[2] for i in waiting])
+            assert self.processor is not None, "stereo pairs are queued only when a processor exists"
+            outcomes = self.processor.process([i.image for i in waiting], [i.right for i in waiting])  # type: ignore[misc]  # awaiting_checks: both set
             for item, outcome in zip(waiting, outcomes):
-                item[3] = outcome
+                item.outcome = outcome
             self._waiting = 0
         self._drain()
 
     def _drain(self) -> None:
-        while self._queue and (self._queue[0][3] is not None or self._queue[0][1] is None):
-            row, image, _, outcome = self._queue.pop(0)
-            if outcome is not None:
-                row.update({k: v for k, v in outcome.columns.items() if k in STEREO_QUALITY_COLUMNS})
-                if outcome.reason is not None:
-                    row["drop_reason"] = outcome.reason
+        while self._queue and self._queue[0].ready:
+            item = self._queue.popleft()
+            row = item.row
+            if item.outcome is not None and item.image is not None:
+                row.update({k: v for k, v in item.outcome.columns.items() if k in STEREO_QUALITY_COLUMNS})
+                if item.outcome.reason is not None:
+                    row["drop_reason"] = item.outcome.reason
                 else:
-                    self._write_kept(row, image, outcome)
+                    self._write_kept(row, item.image, item.outcome)
             if row.get("drop_reason"):
                 self.counts.dropped[row["drop_reason"]] += 1
             self.frames.add(row)
@@ -190,39 +211,40 @@ class _RowSink:
         if self.processor is not None:
             shard_row["layout"] = self.counts.layout
         self.shards.add(shard_row)
-        if len(self.counts.previews) < self.max_previews and (
-            not self.counts.previews or self.counts.previews[-1][0] != row["clip_id"]
-        ):
-            self.counts.previews.append((row["clip_id"], image.copy(), outcome.preview))
+        previews = self.counts.previews
+        if len(previews) < self.max_previews and (not previews or previews[-1].clip_id != row["clip_id"]):
+            previews.append(PreviewFrame(row["clip_id"], image.copy(), outcome.preview))
 
 
 def sample_video(
     video_path: str | Path,
     entry: CatalogEntry,
     info: VideoInfo,
+    plan: SamplingPlan,
     cfg: CurateConfig,
     shards: PartWriter,
     frames: PartWriter,
     *,
     progress: ProgressFn | None = None,
 ) -> SampleCounts:
-    """Stream the video once; every decoded frame becomes a stats row, every kept one also a shard row."""
+    """Stream the video once; every decoded frame becomes a stats row, every kept one also a shard row.
+
+    `plan` is plan_sampling's for the catalog's layout; a video declared `auto` that turns out mono is re-planned
+    as mono (its only second plan).
+    """
     counts = SampleCounts()
     setup = None
     if entry.layout != "mono":
-        probe_plan = plan_sampling(info, entry, cfg, stereo=True)
-        setup = resolve_stereo_setup(
-            video_path, entry, probe_plan.start_s, probe_plan.end_s, probe_plan.size, cfg.stereo
-        )
-    plan = plan_sampling(info, entry, cfg, stereo=setup is not None)
+        setup = resolve_stereo_setup(video_path, entry, plan.start_s, plan.end_s, plan.size, cfg.stereo)
+        if setup is None:
+            plan = plan_sampling(info, entry, cfg, stereo=False)
     counts.layout = setup.layout if setup else "mono"
     processor = StereoProcessor(cfg.stereo, cfg.sample.jpeg_quality) if setup else None
     sink = _RowSink(entry, shards, frames, counts, processor, cfg.stereo.flow.batch_size, cfg.sample.jpeg_quality)
     if setup is not None:
         view_size = split_views(np.zeros((plan.size[1], plan.size[0], 3), np.uint8), setup.layout)[0].shape[1::-1]
-        entry = dataclasses.replace(
-            entry, **dict(zip(("fx", "fy", "cx", "cy"), crop_intrinsics(entry, view_size, setup.geometry)))
-        )
+        fx, fy, cx, cy = crop_intrinsics(entry, view_size, setup.geometry)
+        entry = dataclasses.replace(entry, fx=fx, fy=fy, cx=cx, cy=cy)
         sink.entry = entry
     reader = FrameReader(video_path, fps=plan.fps, start_s=plan.start_s, end_s=plan.end_s, size=plan.size)
     clips = _ClipTracker(plan)

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.corpus.verify import verify_dataset
-from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry
 
@@ -104,7 +103,7 @@ def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
         }
 
     before = snapshot()
-    state = curate(catalog="demo", data_root=str(demo_run), return_state=True)
+    state = curate(demo=True, data_root=str(demo_run), return_state=True)
     result = state.result()
     # Skipped: the task returned before its download task and before ingest (probe, ffmpeg decode) ran.
     assert all(v["skipped"] for v in result["videos"])
@@ -116,22 +115,6 @@ def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
     assert names and not [n for n in names if n.startswith(("download-", "embed-"))]
     assert len([n for n in names if n.startswith("curate-")]) == len(result["videos"])
     assert snapshot() == before
-
-
-@pytest.mark.parametrize(
-    "error, retried",
-    [
-        (VideoError("download_failed", "HTTP Error 503", transient=True), True),
-        (VideoError("download_failed", "HTTP Error 404", transient=False), False),
-        (VideoError("not_a_video", "Unsupported URL"), False),
-    ],
-)
-def test_only_transient_download_failures_are_retried(error, retried):
-    from prefect.states import Failed
-
-    from flows.curate import _retry_transient
-
-    assert _retry_transient(None, None, Failed(data=error)) is retried
 
 
 def test_stereo_videos_yield_checked_disparity(demo_run, videos):

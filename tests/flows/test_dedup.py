@@ -15,6 +15,7 @@ from flows.cli import main
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry, write_catalog
+from pipeline.video.record import load_records
 
 VIDEOS = ("walk.mp4", "walk.mkv", "cut.mp4")
 
@@ -72,9 +73,9 @@ def clip_run(prefect_harness, http_root, clip_settings, tmp_path_factory):
 def test_curate_with_clip_embeds_every_kept_frame_and_tags_the_manifest(clip_run):
     description = json.loads(clip_run.dataset_json.read_text())
     assert description["counts"]["videos"] == {"ok": 3}
-    for record in (json.loads(p.read_text()) for p in clip_run.video_records()):
-        embedded = pq.read_table(clip_run.embeddings(record["dataset"], record["video_id"]), columns=["sample_id"])
-        shard = pq.read_table(clip_run.root / record["shards"][0]["path"], columns=["sample_id"])
+    for record in load_records(clip_run):
+        embedded = pq.read_table(clip_run.embeddings(record.dataset, record.video_id), columns=["sample_id"])
+        shard = pq.read_table(clip_run.root / record.shards[0].path, columns=["sample_id"])
         assert embedded["sample_id"].equals(shard["sample_id"])
     manifest = pq.read_table(clip_run.manifest("clip"))
     assert manifest.num_rows > 0 and manifest.column("clip_tag").null_count == 0

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.clip.curation import dedup_config
 from pipeline.clip.embeddings import embed_video
 from pipeline.clip.model import get_model
 from pipeline.config import load_config
+from pipeline.corpus.description import dedup_config
 from pipeline.corpus.publish import publish
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot

@@ -43,7 +43,7 @@ def test_one_unit_float16_vector_per_shard_row(ingested, clip_settings):
     path = root.embeddings("test", "a")
     table = pq.read_table(path)
     check_version(table.schema, "embeddings")
-    shard = pq.read_table(root.root / records[0]["shards"][0]["path"], columns=["sample_id", "image"])
+    shard = pq.read_table(root.root / records[0].shards[0].path, columns=["sample_id", "image"])
     assert table["sample_id"].to_pylist() == shard["sample_id"].to_pylist()
     vectors = table["embedding"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
     assert vectors.dtype == np.float16 and vectors.shape[1] == model.dim
@@ -65,7 +65,7 @@ def test_rerun_skips_a_current_file_and_redoes_a_stale_one(ingested, clip_settin
     other_model = get_model(ClipConfig(**{**clip_settings, "checkpoint": str(other)}))
     assert not is_current(root, records[1], other_model.model_hash)
     assert embed_video(root, records[1], other_model) is True
-    reshot = {**records[1], "shards": [{**records[1]["shards"][0], "sha256": "0" * 64}]}
+    reshot = records[1].model_copy(update={"shards": [records[1].shards[0].model_copy(update={"sha256": "0" * 64})]})
     assert not is_current(root, reshot, other_model.model_hash)  # other shard bytes: stale too
     embed_video(root, records[1], model)  # back to the fixture's model for the other tests
     assert not list(path.parent.glob(".*"))  # no temporary left behind
@@ -76,12 +76,12 @@ def test_load_embeddings_in_record_order_and_names_missing_videos(ingested, clip
     model = get_model(ClipConfig(**clip_settings))
     for record in records:
         embed_video(root, record, model)
-    absent = {**records[1], "video_id": "never_embedded"}
+    absent = records[1].model_copy(update={"video_id": "never_embedded"})
     corpus = load_embeddings(root, [*records, absent], model.model_hash, model.dim)
     expected = [
         sid
         for r in records
-        for sid in pq.read_table(root.root / r["shards"][0]["path"], columns=["sample_id"])["sample_id"].to_pylist()
+        for sid in pq.read_table(root.root / r.shards[0].path, columns=["sample_id"])["sample_id"].to_pylist()
     ]
     assert corpus.sample_ids.to_pylist() == expected
     assert corpus.vectors.shape == (len(expected), model.dim) and corpus.vectors.dtype == np.float16
@@ -92,7 +92,9 @@ def test_load_embeddings_in_record_order_and_names_missing_videos(ingested, clip
 def test_failed_videos_are_not_embedded(ingested, clip_settings):
     root, records = ingested
     with pytest.raises(ValueError, match="download_failed"):
-        embed_video(root, {**records[0], "status": "download_failed"}, get_model(ClipConfig(**clip_settings)))
+        embed_video(
+            root, records[0].model_copy(update={"status": "download_failed"}), get_model(ClipConfig(**clip_settings))
+        )
 
 
 def test_small_reads_and_row_groups_give_the_same_file_content(ingested, clip_settings, monkeypatch):

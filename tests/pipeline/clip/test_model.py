@@ -82,8 +82,8 @@ def test_clip_settings_leave_the_processing_hash_alone(clip_settings):
 
 def test_pipeline_does_not_import_torch_when_clip_is_off():
     code = (
-        "import sys; import pipeline.corpus.publish, pipeline.video.ingest, pipeline.video.sampling, pipeline.corpus.verify, "
-        "pipeline.clip.curation, flows.curate, flows.dedup, flows.cli; "
+        "import sys; import pipeline.corpus.publish, pipeline.video.ingest, pipeline.video.sampling, "
+        "pipeline.corpus.verify, pipeline.clip.curation, pipeline.driver, flows.curate, flows.dedup, flows.cli; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

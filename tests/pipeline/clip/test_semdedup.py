@@ -88,7 +88,7 @@ def test_kmeans_finds_separated_clusters():
     x = unit_rows(centres[truth] + rng.normal(size=(400, 64)) * 0.05).astype(np.float16)
     labels, sims = assign(x, kmeans(x, 4, seed=0))
     # one label per true cluster, up to renaming
-    assert len({(t, l) for t, l in zip(truth, labels)}) == 4 and (sims > 0.8).all()
+    assert len({(t, label) for t, label in zip(truth, labels)}) == 4 and (sims > 0.8).all()
 
 
 def test_empty_and_tiny_inputs():

@@ -9,7 +9,6 @@ import cv2
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.clip.embeddings import source_digest
 from pipeline.config import IntrinsicsConfig, load_config
 from pipeline.corpus.intrinsics import FAILED, TOO_FEW_FRAMES, estimate_from_jpegs, estimate_video
 from pipeline.corpus.publish import publish
@@ -39,7 +38,7 @@ def curated(tmp_path_factory):
     root = DataRoot(directory / "root")
     entry = CatalogEntry(video_id="canyon", url="http://127.0.0.1/canyon.mp4", dataset="test", category="driving")
     record = ingest_video(entry, video, root, cfg)
-    assert record["status"] == "ok", record
+    assert record.status == "ok", record
     camera, computed = estimate_video(root, record, cfg.intrinsics)
     return root, cfg, entry, video, record, camera, computed
 
@@ -53,7 +52,7 @@ def test_focal_length_within_tolerance_of_the_truth(curated):
     assert camera["fx"] * camera["width"] == pytest.approx(camera["fy"] * camera["height"])  # one focal length
     assert (camera["cx"], camera["cy"]) == pytest.approx((cx, cy), abs=0.05)
     assert abs(camera["k1"]) < 0.1  # the renderer is a pinhole
-    assert camera["registered"] >= 0.5 * camera["frames"] and camera["frames"] == record["frames_kept"]
+    assert camera["registered"] >= 0.5 * camera["frames"] and camera["frames"] == record.frames_kept
     assert camera["model"] == "SIMPLE_RADIAL" and "skew" not in camera
 
 
@@ -84,7 +83,7 @@ def test_catalog_intrinsics_take_precedence(curated, tmp_path):
     given = dataclasses.replace(entry, fx=0.9, fy=1.6, cx=0.5, cy=0.5)
     record = ingest_video(given, video, root, cfg)
     # The estimate made from the same frames, current for these shards (COLMAP itself is tested above).
-    root.write_bytes(root.camera("test", "canyon"), json.dumps({**camera, "source": source_digest(record)}).encode())
+    root.write_bytes(root.camera("test", "canyon"), json.dumps({**camera, "source": record.shards_digest()}).encode())
     assert estimate_video(root, record, cfg.intrinsics)[1] is False
     publish(root, cfg)
     manifest = pq.read_table(root.manifest("test")).to_pylist()

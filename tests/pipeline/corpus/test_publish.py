@@ -10,7 +10,10 @@ import pytest
 from pipeline.corpus.publish import previous_catalog_problems, publish
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import DROP_REASONS
+from pipeline.sources.catalog import CatalogProblem
 from pipeline.video.ingest import ingest_video
+
+PROBLEMS = [CatalogProblem(line=7, video_id="dup", reason="duplicate_id", message="line 7: video_id 'dup' ...")]
 
 
 @pytest.fixture
@@ -39,8 +42,7 @@ def published(video_dir, entry, small_config, tmp_path):
         ("c_other", video_dir / "walk.mkv"),
     ]:
         ingest_video(dataclasses.replace(entry, video_id=video_id), path, root, small_config)
-    problems = [{"line": 7, "video_id": "dup", "reason": "duplicate_id", "message": "line 7: video_id 'dup' ..."}]
-    return root, publish(root, small_config, problems)
+    return root, publish(root, small_config, PROBLEMS)
 
 
 def test_reuploaded_footage_ends_up_once(published):
@@ -90,8 +92,7 @@ def test_republishing_changes_no_byte(published, small_config):
     root, description = published
     files = [root.dataset_json, root.videos_table, root.frames_table, root.manifest("test")]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
-    problems = [{"line": 7, "video_id": "dup", "reason": "duplicate_id", "message": "line 7: video_id 'dup' ..."}]
-    assert publish(root, small_config, problems) == description
+    assert publish(root, small_config, PROBLEMS) == description
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
     assert json.loads(root.dataset_json.read_text()) == description
 
@@ -117,15 +118,7 @@ def test_cross_video_dedup_can_be_switched_off(published, small_config):
 def test_catalog_problems_survive_a_corpus_only_republish(published, small_config):
     root, description = published
     problems = previous_catalog_problems(root)
-    assert problems == [
-        {
-            "dataset": None,
-            "video_id": "dup",
-            "line": 7,
-            "reason": "duplicate_id",
-            "message": "line 7: video_id 'dup' ...",
-        }
-    ]
+    assert problems == PROBLEMS
     assert publish(root, small_config, problems) == description  # byte-identical tables, as with the catalog
 
 

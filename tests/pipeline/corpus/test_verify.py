@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.corpus.description import read_description
 from pipeline.corpus.publish import publish
-from pipeline.corpus.verify import read_description, verify_dataset
+from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot
 from pipeline.schema import SchemaVersionError
 from pipeline.video.ingest import ingest_video

@@ -19,7 +19,8 @@ from pipeline.corpus.publish import publish
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io import objectstore
 from pipeline.io.data_root import WORK_DIR_ENV, DataRoot
-from pipeline.video.ingest import ingest_video, is_finished, load_record
+from pipeline.video.ingest import ingest_video
+from pipeline.video.record import is_finished, load_record
 from trainer.config import load_train_config
 from trainer.data import ShardStream, make_loader
 from trainer.manifest import check_shards, data_root_of, load_manifests
@@ -65,7 +66,7 @@ def stamps(url: str) -> dict[str, tuple]:
 
 def curate_small(root: DataRoot, entry, video: Path, cfg) -> dict:
     record = ingest_video(entry, video, root, cfg)
-    assert record["status"] == "ok", record
+    assert record.status == "ok", record
     return publish(root, cfg)
 
 
@@ -145,7 +146,7 @@ def test_same_bytes_as_local_disk_and_resumable_from_another_machine(
     ]:
         assert remote.read_bytes(remote.root / local.relative(path)) == path.read_bytes()
     elsewhere = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "other-machine")
-    assert is_finished(load_record(elsewhere, entry), small_config)
+    assert is_finished(load_record(elsewhere, entry.dataset, entry.video_id), small_config)
     before = stamps(remote.url)
     assert publish(elsewhere, small_config) == remote_description  # a rerun rewrites nothing
     assert stamps(remote.url) == before
@@ -218,7 +219,7 @@ def test_demo_flow_on_an_object_store_matches_local_disk(
     remote, local = DataRoot(url), DataRoot(demo_run)
     assert remote.root.is_relative_to(tmp_path / "work")
     shutil.copytree(demo_sources, remote.root / "demo_sources")  # rendered once per session
-    result = curate(catalog="demo", data_root=url)
+    result = curate(demo=True, data_root=url)
     assert result["data_root"] == url and result["counts"]["videos"]["ok"] == 6
 
     local_description = json.loads(local.dataset_json.read_text())
@@ -233,7 +234,7 @@ def test_demo_flow_on_an_object_store_matches_local_disk(
 
     before = stamps(url)
     with recorded(s3_server) as log:
-        rerun = curate(catalog="demo", data_root=url)
+        rerun = curate(demo=True, data_root=url)
     assert all(v["skipped"] for v in rerun["videos"])
     assert not [r for r in log if r["method"] in {"PUT", "POST", "DELETE"}]  # nothing written, copied or removed
     assert stamps(url) == before

@@ -96,27 +96,27 @@ def _ingest(video, layout, cfg, tmp_path, video_id="movie"):
 
 def test_movie_sampling_takes_short_clips_and_jumps(stereo_videos, stereo_config, tmp_path):
     root, record, frames = _ingest(stereo_videos["sbs_full"], "sbs_full", stereo_config, tmp_path)
-    assert record["status"] == "ok" and record["detected_layout"] == "sbs_full"
+    assert record.status == "ok" and record.detected_layout == "sbs_full"
     kept = [f for f in frames if f["kept"]]
     assert kept and all(f["lr_pass_fraction"] >= 0.7 for f in kept)
     # 4 fps, 4 frames a clip then a 0.5 s jump: every clip holds at most 4 consecutive frames within 1 s
     for clip in {f["clip_id"] for f in kept}:
         times = [f["timestamp_s"] for f in kept if f["clip_id"] == clip]
         assert len(times) <= 4 and max(times) - min(times) <= 1.0
-    assert record["dropped_decimated"] > 0
+    assert record.dropped["decimated"] > 0
     assert root.preview("movies", "movie").is_file()
 
 
 def test_vertical_misalignment_rejects_frames_by_name(stereo_videos, stereo_config, tmp_path):
     _, record, frames = _ingest(stereo_videos["vertical"], "sbs_full", stereo_config, tmp_path)
-    assert record["status"] == "ok" and record["frames_kept"] == 0
-    assert record["dropped_stereo_vertical"] > 0
+    assert record.status == "ok" and record.frames_kept == 0
+    assert record.dropped["stereo_vertical"] > 0
     assert all(f["vertical_fail_fraction"] > 0.1 for f in frames if f["drop_reason"] == "stereo_vertical")
 
 
 def test_zero_baseline_is_rejected_for_range(stereo_videos, stereo_config, tmp_path):
     _, record, _ = _ingest(stereo_videos["flat"], "sbs_full", stereo_config, tmp_path)
-    assert record["frames_kept"] == 0 and record["dropped_stereo_range"] > 0
+    assert record.frames_kept == 0 and record.dropped["stereo_range"] > 0
 
 
 def test_crop_intrinsics_follow_the_crop():

@@ -6,27 +6,25 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import sha256_file
 from pipeline.sources.catalog import CatalogEntry
-from pipeline.video.ingest import damaged_outputs, ingest_video, is_finished, load_record, write_failure
+from pipeline.video.ingest import ingest_video
+from pipeline.video.record import VideoRecord, is_finished, load_record
 
 
 def test_ingest_writes_shards_frames_and_record(video_dir, entry, small_config, tmp_path):
     root = DataRoot(tmp_path)
     record = ingest_video(entry, video_dir / "walk.mp4", root, small_config)
-    assert record["status"] == "ok" and record["error"] is None
-    assert record["frames_decoded"] == 50 and 0 < record["frames_kept"] <= 50
-    assert record["frames_decoded"] == record["frames_kept"] + sum(
-        v for k, v in record.items() if k.startswith("dropped_")
-    )
-    (shard,) = record["shards"]
-    assert shard["path"] == "shards/test/walk/part-00000.parquet"
-    assert sha256_file(tmp_path / shard["path"]) == shard["sha256"]
-    assert pq.ParquetFile(tmp_path / shard["path"]).metadata.num_rows == record["frames_kept"]
-    assert load_record(root, entry) == json.loads(json.dumps(record, default=str))
-    assert is_finished(load_record(root, entry), small_config)
+    assert record.status == "ok" and record.error is None
+    assert record.frames_decoded == 50 and 0 < record.frames_kept <= 50
+    assert record.frames_decoded == record.frames_kept + sum(record.dropped.values())
+    (shard,) = record.shards
+    assert shard.path == "shards/test/walk/part-00000.parquet"
+    assert sha256_file(tmp_path / shard.path) == shard.sha256
+    assert pq.ParquetFile(tmp_path / shard.path).metadata.num_rows == record.frames_kept
+    assert load_record(root, entry.dataset, entry.video_id) == record
+    assert is_finished(load_record(root, entry.dataset, entry.video_id), small_config)
     assert not list(tmp_path.rglob(".*tmp-*"))
 
 
@@ -34,9 +32,9 @@ def test_changed_processing_settings_mean_not_finished(video_dir, entry, small_c
     root = DataRoot(tmp_path)
     ingest_video(entry, video_dir / "walk.mp4", root, small_config)
     changed = small_config.model_copy(update={"sample": small_config.sample.model_copy(update={"fps": 5})})
-    assert not is_finished(load_record(root, entry), changed)
+    assert not is_finished(load_record(root, entry.dataset, entry.video_id), changed)
     rerun = ingest_video(entry, video_dir / "walk.mp4", root, changed)
-    assert rerun["frames_decoded"] == 25
+    assert rerun.frames_decoded == 25
 
 
 def test_bad_file_becomes_a_failure_record_and_clears_old_output(video_dir, entry, small_config, tmp_path):
@@ -47,43 +45,16 @@ def test_bad_file_becomes_a_failure_record_and_clears_old_output(video_dir, entr
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00" * 1000)
     record = ingest_video(entry, garbage, root, small_config)
-    assert record["status"] == "unreadable_video" and "garbage.mp4" in record["error"]
+    assert record.status == "unreadable_video" and "garbage.mp4" in record.error
     assert not root.shard_dir("test", "walk").exists() and not root.embeddings("test", "walk").exists()
-    assert record["retryable"] is False
+    assert record.retryable is False
     assert is_finished(record, small_config)  # a permanent failure is not retried on rerun
-
-
-def test_transient_failures_are_retried_on_rerun(entry, small_config, tmp_path):
-    record = write_failure(
-        entry, DataRoot(tmp_path), small_config, VideoError("download_failed", "HTTP Error 503", transient=True)
-    )
-    assert not is_finished(record, small_config)
-    no_retry = small_config.model_copy(update={"run": small_config.run.model_copy(update={"retry_failed": False})})
-    assert is_finished(record, no_retry)
 
 
 def test_too_short_for_catalog_trims(video_dir, entry, small_config, tmp_path):
     trimmed = dataclasses.replace(entry, trim_start_s=4.0, trim_end_s=3.0)
     record = ingest_video(trimmed, video_dir / "walk.mp4", DataRoot(tmp_path), small_config)
-    assert record["status"] == "too_short" and "6.0s" in record["error"]
-
-
-def test_damaged_outputs_names_changed_truncated_and_missing_files(video_dir, entry, small_config, tmp_path):
-    root = DataRoot(tmp_path)
-    record = ingest_video(entry, video_dir / "walk.mp4", root, small_config)
-    assert damaged_outputs(root, record, small_config) == []
-    shard = tmp_path / record["shards"][0]["path"]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
-    (problem,) = damaged_outputs(root, record, small_config)
-    assert record["shards"][0]["path"] in problem and "sha256" in problem
-    size_only = small_config.model_copy(update={"run": small_config.run.model_copy(update={"resume_check": "size"})})
-    assert damaged_outputs(root, record, size_only) == []  # a stat cannot see a flipped byte ...
-    shard.write_bytes(bytes(data[:-10]))
-    assert "bytes" in damaged_outputs(root, record, size_only)[0]  # ... but sees a truncated file
-    (tmp_path / record["frame_parts"][0]["path"]).unlink()
-    assert any("missing" in p for p in damaged_outputs(root, record, size_only))
+    assert record.status == "too_short" and "6.0s" in record.error
 
 
 _LIMITED_CHILD = """
@@ -98,7 +69,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 cfg = CurateConfig.model_validate_json(sys.argv[3])
 entry = CatalogEntry(video_id="walk", url="file:///walk.mp4", dataset="test", category="natural")
-print(json.dumps(ingest_video(entry, sys.argv[1], DataRoot(sys.argv[2]), cfg)))
+print(ingest_video(entry, sys.argv[1], DataRoot(sys.argv[2]), cfg).to_json().decode())
 """
 
 
@@ -126,14 +97,14 @@ def test_disk_full_while_writing_a_shard_is_recorded_and_a_rerun_with_space_fini
         text=True,
         check=True,
     )
-    record = json.loads(child.stdout)
-    assert record["status"] == "disk_full" and "File too large" in record["error"] and record["retryable"]
+    record = VideoRecord.from_flat(json.loads(child.stdout))
+    assert record.status == "disk_full" and "File too large" in record.error and record.retryable
     assert not list(root.root.rglob("*.parquet")) and not list(root.root.rglob(".*tmp-*"))  # nothing partial
-    assert not is_finished(load_record(root, entry), cfg)
+    assert not is_finished(load_record(root, entry.dataset, entry.video_id), cfg)
     rerun = ingest_video(entry, video_dir / "walk.mp4", root, cfg)
     clean = ingest_video(entry, video_dir / "walk.mp4", DataRoot(tmp_path / "clean"), cfg)
-    assert rerun["status"] == "ok" and rerun["shards"] == clean["shards"]
-    assert sum(part["bytes"] for part in rerun["shards"]) > 100_000  # the limit did cut a shard short
+    assert rerun.status == "ok" and rerun.shards == clean.shards
+    assert sum(part.bytes for part in rerun.shards) > 100_000  # the limit did cut a shard short
 
 
 @pytest.mark.parametrize(
@@ -183,12 +154,10 @@ def test_odd_frame_sizes(video_dir, small_config, tmp_path, size, layout, max_he
     )
     odd_entry = CatalogEntry(video_id="odd", url="file:///odd.mp4", dataset="test", category="natural", layout=layout)
     record = ingest_video(odd_entry, odd, DataRoot(tmp_path / "root"), cfg)
-    assert record["status"] == "ok" and (record["width"], record["height"]) == tuple(map(int, size.split("x")))
-    assert record["frames_decoded"] == record["frames_kept"] + sum(
-        v for k, v in record.items() if k.startswith("dropped_")
-    )  # every frame accounted for
+    assert record.status == "ok" and (record.info.width, record.info.height) == tuple(map(int, size.split("x")))
+    assert record.frames_decoded == record.frames_kept + sum(record.dropped.values())  # every frame accounted for
     if expected:
-        rows = pq.read_table(tmp_path / "root" / record["shards"][0]["path"], columns=["width", "height"]).to_pylist()
+        rows = pq.read_table(tmp_path / "root" / record.shards[0].path, columns=["width", "height"]).to_pylist()
         assert rows and all((r["width"], r["height"]) == expected for r in rows)
 
 
@@ -208,5 +177,5 @@ def test_temporaries_of_a_killed_video_are_cleared_and_other_videos_are_spared(
     for tmp in [*ours, other]:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(b"left by a kill")
-    assert ingest_video(entry, video_dir / "walk.mp4", root, small_config)["status"] == "ok"
+    assert ingest_video(entry, video_dir / "walk.mp4", root, small_config).status == "ok"
     assert not [tmp for tmp in ours if tmp.exists()] and other.exists()

@@ -60,7 +60,9 @@ def test_resize_keeps_aspect_and_rotation(entry):
 def _run(video, entry, cfg, tmp_path):
     shards = PartWriter(tmp_path / "shards", SHARD_SCHEMA)
     frames = PartWriter(tmp_path / "frames", FRAME_STATS_SCHEMA, prefix="frames")
-    counts = sample_video(video, entry, probe_video(video), cfg, shards, frames)
+    info = probe_video(video)
+    plan = plan_sampling(info, entry, cfg, stereo=entry.layout != "mono")
+    counts = sample_video(video, entry, info, plan, cfg, shards, frames)
     shards.close(), frames.close()
     return (
         counts,

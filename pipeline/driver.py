@@ -1,0 +1,263 @@
+"""Curate catalog entries into a data root without Prefect.
+
+`curate_video` is everything one video goes through: skip it when its record says it is finished (and its files
+still match), download, ingest, record a failure, then the side tables computed from its shards (intrinsics, CLIP
+embeddings). The Prefect flow's `curate-<video_id>` task calls it too, handing in its own `VideoSteps` so that
+the download and the side tables run as Prefect tasks with retries. `curate_entries` runs it over a local thread
+pool and publishes: what tests, benchmarks and notebooks use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import CurateConfig
+from pipeline.corpus.publish import publish
+from pipeline.errors import VideoError, redact_secrets
+from pipeline.io.data_root import DataRoot
+from pipeline.sources.catalog import CatalogEntry, CatalogProblem, read_catalog
+from pipeline.sources.download import DownloadResult, download_video
+from pipeline.video.ingest import ingest_video
+from pipeline.video.record import VideoRecord, damaged_outputs, is_finished, load_record, write_failure
+
+Logger = logging.Logger | logging.LoggerAdapter
+ProgressFn = Callable[[float, str], None]
+DownloadStep = Callable[[CatalogEntry, DataRoot, CurateConfig], DownloadResult]
+SideTableStep = Callable[[VideoRecord, DataRoot, CurateConfig], str]
+SlotFn = Callable[[CurateConfig], AbstractContextManager[None]]
+
+LOG = logging.getLogger("depthcurate")
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    """What curating one catalog entry came to: the row of a run's summary."""
+
+    dataset: str
+    video_id: str
+    status: str  # "ok" or the failure reason
+    error: str | None
+    frames_decoded: int
+    frames_kept: int  # as ingest kept them; publish's corpus-level drops come on top
+    skipped: bool  # finished by an earlier run; nothing was redone
+
+    @classmethod
+    def of(cls, record: VideoRecord, skipped: bool) -> VideoOutcome:
+        return cls(
+            record.dataset,
+            record.video_id,
+            record.status,
+            record.error,
+            record.frames_decoded,
+            record.frames_kept,
+            skipped,
+        )
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    videos: list[VideoOutcome]  # catalog order
+    description: dict[str, Any]  # dataset.json as publish wrote it
+
+
+class ThrottledProgress:
+    """Turn fine-grained progress callbacks into at most one call of `emit` every `interval_s` seconds."""
+
+    def __init__(self, emit: Callable[[int, str], None], interval_s: float = 10.0) -> None:
+        self.emit = emit
+        self.interval_s = interval_s
+        self.last_time = time.monotonic()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if time.monotonic() - self.last_time >= self.interval_s:
+            self.last_time = time.monotonic()
+            self.emit(int(fraction * 100), message)
+
+
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.Semaphore] = {}
+
+
+@contextlib.contextmanager
+def local_download_slot(cfg: CurateConfig) -> Iterator[None]:
+    """Hold one of this process's `download.parallel` download slots while the block runs."""
+    with _slots_lock:
+        slots = _slots.setdefault(cfg.download.parallel, threading.Semaphore(cfg.download.parallel))
+    with slots:
+        yield
+
+
+def download_logged(
+    entry: CatalogEntry,
+    root: DataRoot,
+    cfg: CurateConfig,
+    log: Logger = LOG,
+    slot: Callable[[CurateConfig], AbstractContextManager[None]] = local_download_slot,
+) -> DownloadResult:
+    """One download attempt in a download slot (`slot`: this process's, or a cluster-wide one), logged."""
+    reporter = ThrottledProgress(lambda pct, msg: log.info("%s download %3d%% %s", entry.video_id, pct, msg))
+    with slot(cfg):
+        result = download_video(entry, root.videos_dir(entry.dataset), cfg.download, progress=reporter)
+    log.info("%s: %s %s", entry.video_id, "already downloaded" if result.cached else "downloaded", result.path.name)
+    return result
+
+
+def download_with_retries(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> DownloadResult:
+    """`download.attempts` attempts while the failure is transient, with exponential backoff (as the flow's task)."""
+    for attempt in range(cfg.download.attempts):
+        try:
+            return download_logged(entry, root, cfg)
+        except VideoError as exc:
+            if not exc.transient or attempt + 1 == cfg.download.attempts:
+                raise
+            LOG.warning("%s: %s; retrying", entry.video_id, exc.message)
+            time.sleep(cfg.download.backoff_s * 2**attempt)
+    raise AssertionError("download.attempts is at least 1")
+
+
+def estimate_intrinsics(record: VideoRecord, root: DataRoot, cfg: CurateConfig, log: Logger = LOG) -> str:
+    """COLMAP intrinsics of a finished video unless current; returns its status (ok or a named reason)."""
+    from pipeline.corpus.intrinsics import estimate_video  # pycolmap only when the stage is on
+
+    try:
+        camera, computed = estimate_video(root, record, cfg.intrinsics)
+    except Exception:  # noqa: BLE001 - an unreadable shard must not sink the run; the video keeps null intrinsics
+        log.error("%s: intrinsics failed\n%s", record.video_id, traceback.format_exc())
+        return "error"
+    if not computed:
+        log.info("%s: intrinsics current (%s), skipped", record.video_id, camera["status"])
+    elif camera["status"] == "ok":
+        log.info(
+            "%s: intrinsics fx=%.4f fy=%.4f cx=%.4f cy=%.4f k1=%.4f (%d/%d frames registered)",
+            record.video_id,
+            camera["fx"],
+            camera["fy"],
+            camera["cx"],
+            camera["cy"],
+            camera["k1"],
+            camera["registered"],
+            camera["frames"],
+        )
+    else:
+        log.warning(
+            "%s: %s (%s); the trainer learns its intrinsics", record.video_id, camera["status"], camera["error"]
+        )
+    return str(camera["status"])
+
+
+def embed_clip(record: VideoRecord, root: DataRoot, cfg: CurateConfig, log: Logger = LOG) -> str:
+    """CLIP-embed a finished video's shard rows unless current; a failure is logged, and publish reports the gap."""
+    from pipeline.clip.embeddings import embed_video  # torch only when CLIP curation is on
+    from pipeline.clip.model import get_model
+
+    try:
+        written = embed_video(root, record, get_model(cfg.clip))
+    except Exception:  # noqa: BLE001 - one unreadable shard must not sink the run; dataset.json lists the video
+        log.error("%s: embedding failed\n%s", record.video_id, traceback.format_exc())
+        return "failed"
+    log.info("%s: %s", record.video_id, "embedded" if written else "embeddings current, skipped")
+    return "embedded" if written else "current"
+
+
+@dataclass(frozen=True)
+class VideoSteps:
+    """The steps of one video that an orchestrator may run its own way (the flow: as Prefect tasks)."""
+
+    download: DownloadStep = download_with_retries
+    intrinsics: SideTableStep = estimate_intrinsics
+    embed: SideTableStep = embed_clip
+
+
+LOCAL_STEPS = VideoSteps()
+
+
+def curate_video(
+    entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, *, steps: VideoSteps = LOCAL_STEPS, log: Logger = LOG
+) -> VideoOutcome:
+    """Download and ingest one video unless it is finished; never raises for bad input (or for a bug)."""
+    record = load_record(root, entry.dataset, entry.video_id)
+    if record is not None and is_finished(record, cfg):
+        damaged = damaged_outputs(root, record, cfg) if record.ok else []
+        if not damaged:
+            log.info("%s: finished earlier (%s), skipped", entry.video_id, record.status)
+            side_tables(record, root, cfg, steps)  # switched on (or changed) since: from the shards
+            return VideoOutcome.of(record, skipped=True)
+        log.warning("%s: finished earlier, but %s: rebuilding it", entry.video_id, "; ".join(damaged))
+    try:
+        downloaded = steps.download(entry, root, cfg)
+        reporter = ThrottledProgress(lambda pct, msg: log.info("%s decode %3d%% %s", entry.video_id, pct, msg))
+        record = ingest_video(entry, downloaded.path, root, cfg, progress=reporter)
+    except VideoError as exc:
+        record = write_failure(entry, root, cfg, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
+        log.error("%s: unexpected error\n%s", entry.video_id, redact_secrets(traceback.format_exc()))
+        record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
+    if record.ok:
+        log.info("%s: ok, kept %d/%d frames", entry.video_id, record.frames_kept, record.frames_decoded)
+    else:
+        log.warning("%s: %s (%s)", entry.video_id, record.status, record.error)
+    side_tables(record, root, cfg, steps)
+    return VideoOutcome.of(record, skipped=False)
+
+
+def side_tables(record: VideoRecord, root: DataRoot, cfg: CurateConfig, steps: VideoSteps) -> None:
+    """The per-video files computed from a finished video's shards: camera intrinsics, CLIP embeddings."""
+    if not record.ok:
+        return
+    if cfg.intrinsics.enabled:
+        steps.intrinsics(record, root, cfg)
+    if cfg.clip.enabled:
+        steps.embed(record, root, cfg)
+
+
+def check_clip_model(cfg: CurateConfig, log: Logger = LOG) -> None:
+    """Load the CLIP model now when curation needs it: a bad checkpoint fails the run before any download."""
+    if cfg.clip.enabled:
+        from pipeline.clip.model import get_model
+
+        model = get_model(cfg.clip)
+        log.info("CLIP curation with %s (%s) on %s", model.name, model.model_hash, model.device)
+
+
+def load_catalog(path: str | Path, limit: int | None = None) -> tuple[list[CatalogEntry], list[CatalogProblem]]:
+    """The first `limit` entries of a catalog CSV, and its problem rows (their messages name the file)."""
+    path = Path(path)
+    entries, problems = read_catalog(path)
+    problems = [dataclasses.replace(p, message=f"{path.name}: {p.message}") for p in problems]
+    return (entries[:limit] if limit is not None else entries), problems
+
+
+def curate_entries(
+    entries: Sequence[CatalogEntry],
+    root: DataRoot,
+    cfg: CurateConfig,
+    *,
+    catalog_problems: Sequence[CatalogProblem] = (),
+    log: Logger = LOG,
+) -> CurateResult:
+    """Curate `entries` with at most `run.workers` videos in flight in this process, then publish the corpus."""
+    check_clip_model(cfg, log)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.run.workers), thread_name_prefix="curate") as pool:
+        videos = list(pool.map(lambda entry: curate_video(entry, root, cfg, log=log), entries))
+    return CurateResult(videos, publish(root, cfg, catalog_problems))
+
+
+def curate_catalog(
+    catalog: str | Path, root: DataRoot, cfg: CurateConfig, *, limit: int | None = None, log: Logger = LOG
+) -> CurateResult:
+    """`curate_entries` over a catalog CSV; its problem rows end up in the videos table as catalog errors."""
+    entries, problems = load_catalog(catalog, limit)
+    for problem in problems:
+        log.warning("catalog %s", problem.message)
+    return curate_entries(entries, root, cfg, catalog_problems=problems, log=log)
