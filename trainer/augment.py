@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,6 +29,14 @@ class Geometry:
     flip: bool
 
 
+class BatchShape(NamedTuple):
+    """The augmented shape every sample of one batch is cropped and resized to."""
+
+    height: int
+    width: int
+    aspect: float  # width / height
+
+
 # No augmented side goes below this: a stride-32 encoder's deepest level then keeps 2 pixels, which its
 # reflection padding needs (a 32-px side crashes it).
 MIN_SIDE = 64
@@ -35,15 +44,15 @@ MIN_SIDE = 64
 
 def batch_shape(
     rng: np.random.Generator, cfg: AugmentConfig, height: int, width: int, train: bool = True
-) -> tuple[int, int, float]:
-    """(height, width, aspect) of one batch: about height*width pixels, sides multiples of 32, at least MIN_SIDE."""
+) -> BatchShape:
+    """One batch's shape: about height*width pixels, sides multiples of 32, at least MIN_SIDE."""
     aspect = width / height
     if train and cfg.aspect_ratios and rng.random() < cfg.aspect_prob:
         aspect = float(cfg.aspect_ratios[int(rng.integers(len(cfg.aspect_ratios)))])
     pixels = height * width
     out_h = max(MIN_SIDE, int(round(math.sqrt(pixels / aspect) / 32)) * 32)
     out_w = max(MIN_SIDE, int(round(out_h * aspect / 32)) * 32)
-    return out_h, out_w, out_w / out_h
+    return BatchShape(out_h, out_w, out_w / out_h)
 
 
 def centre_crop_box(src_height: int, src_width: int, aspect: float) -> tuple[int, int, int, int]:
@@ -69,7 +78,11 @@ def zoomed_size(size: tuple[int, int], zoom: float) -> tuple[int, int]:
     """
     if zoom >= 1:
         return size
-    return tuple(min(side, max(MIN_SIDE, int(round(side * zoom / 32)) * 32)) for side in size)  # type: ignore[return-value]
+
+    def shrunk(side: int) -> int:
+        return min(side, max(MIN_SIDE, int(round(side * zoom / 32)) * 32))
+
+    return shrunk(size[0]), shrunk(size[1])
 
 
 def zoom_box(
@@ -97,8 +110,10 @@ def apply(image: np.ndarray, geometry: Geometry, nearest: bool = False) -> np.nd
     crop = image[y0 : y0 + h, x0 : x0 + w]
     if nearest:
         interpolation = cv2.INTER_NEAREST
+    elif out_w < w:
+        interpolation = cv2.INTER_AREA
     else:
-        interpolation = cv2.INTER_AREA if out_w < w else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_LINEAR
     resized = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
     return np.ascontiguousarray(resized[:, ::-1]) if geometry.flip else resized
 
@@ -159,7 +174,7 @@ class ColourJitter:
             return rgb
         # One new array, then in-place steps: the same float32 operations in the same order as
         # out = (out - mean) * contrast + mean etc., without an allocation per step (a loader hot spot).
-        out = (rgb * self.brightness).astype(np.float32, copy=False)
+        out: np.ndarray = (rgb * self.brightness).astype(np.float32, copy=False)
         mean = (out @ _LUMA).mean()
         out -= mean
         out *= self.contrast

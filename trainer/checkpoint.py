@@ -1,4 +1,7 @@
-"""Checkpoints: written atomically, enough to resume exactly or to run the model alone."""
+"""Checkpoint files: written atomically, enough to resume exactly or to run the model alone.
+
+Pure I/O of the file's dict; building a model from one is `DepthTraining.from_checkpoint`'s job.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import torch
 
 from pipeline.io.storage import atomic_path
 from trainer.config import TrainConfig
-from trainer.objective import DepthTraining
 
 FORMAT = 1
 
@@ -52,6 +54,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict save_checkpoint wrote, tensors on map_location; anything else is a ValueError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -62,18 +65,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the RNG states a checkpoint recorded (CUDA's only where CUDA is there to take them)."""
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthTraining, TrainConfig]:
-    """The trained networks of a checkpoint in eval mode, and the config they were trained with."""
-    state = load_checkpoint(path, map_location=device)
-    cfg = TrainConfig.model_validate(state["config"])
-    model = DepthTraining(cfg.model, cfg.loss, load_encoders=False)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg

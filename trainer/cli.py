@@ -104,13 +104,13 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.torch_compat import resolve_device
-    from trainer.checkpoint import load_model
     from trainer.evaluate import evaluate_model, format_metrics, open_ground_truth
     from trainer.manifest import load_manifests
+    from trainer.objective import DepthTraining
     from trainer.plan import EpochPlan
 
     device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, device)
+    model, cfg = DepthTraining.from_checkpoint(args.checkpoint, device)
     frame = load_manifests(args.manifest, args.split or cfg.data.val_split, cfg.data.filters)
     # A path given here is the user's (from the working directory); the config's is from the data root.
     truth = open_ground_truth(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,16 @@ def next_uses(rows: np.ndarray) -> np.ndarray:
     return nxt
 
 
+@dataclass(frozen=True)
+class BatchDraws:
+    """A batch's first random draws: the ones that decide which frames it decodes, made before any is read."""
+
+    rng: np.random.Generator  # the batch's generator; each sample's own draws continue from it
+    kind: str  # "video" or "stereo"
+    shape: augment.BatchShape
+    supports: tuple[np.ndarray, np.ndarray] | None  # rows of the supports t-k and t+k of each target
+
+
 class BatchBuilder:
     """Reads, decodes and augments the rows of a planned batch into tensors."""
 
@@ -169,24 +180,23 @@ class BatchBuilder:
         self._videos = frame["video_id"].to_numpy()
         self._times = frame["timestamp_s"].to_numpy()
 
-    def _draw(
-        self, batch: Batch
-    ) -> tuple[np.random.Generator, str, int, int, float, tuple[np.ndarray, np.ndarray] | None]:
-        """The batch's RNG, kind, shape and support rows: the draws that decide which frames it decodes."""
+    def _draw(self, batch: Batch) -> BatchDraws:
+        """The draws that decide which frames `batch` decodes (so `decodes` and `__call__` agree)."""
         rng = np.random.default_rng(batch.seed)
-        kind = self.plan.sources[batch.source][1]
-        height, width, aspect = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width, self.train)
+        kind = self.plan.sources[batch.source].kind
+        shape = augment.batch_shape(rng, self.cfg.augment, self.cfg.height, self.cfg.width, self.train)
         supports = None
         if kind == "video" and self.with_supports:
             supports = self.plan.supports(batch.targets, float(rng.random()))
-        return rng, kind, height, width, aspect, supports
+        return BatchDraws(rng, kind, shape, supports)
 
     def decodes(self, batch: Batch) -> tuple[np.ndarray, bool]:
         """The rows `self(batch)` decodes, in that order, and whether they are read as stereo rows."""
-        _, kind, _, _, _, supports = self._draw(batch)
-        if supports is None:
-            return np.asarray(batch.targets, np.int64), kind == "stereo"
-        return np.stack([batch.targets, supports[0], supports[1]], axis=1).reshape(-1), False
+        draws = self._draw(batch)
+        if draws.supports is None:
+            return np.asarray(batch.targets, np.int64), draws.kind == "stereo"
+        before, after = draws.supports
+        return np.stack([batch.targets, before, after], axis=1).reshape(-1), False
 
     def plan_ahead(self, batches: list[Batch]) -> None:
         """Tell the builder the batches it will be called with, in order: decoded frames are then reused
@@ -201,102 +211,109 @@ class BatchBuilder:
         self._release_at = {position: key for key, position in last.items()}
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
-        rng, kind, height, width, aspect, supports = self._draw(batch)
-        zoom = augment.draw_zoom(rng, self.cfg.augment, self.train)  # after _draw: the rows decoded stay
+        draws = self._draw(batch)
+        zoom = augment.draw_zoom(draws.rng, self.cfg.augment, self.train)  # after _draw: the rows decoded stay
+        supports = draws.supports
         samples = [
-            self._sample(
-                index,
-                (height, width),
-                aspect,
-                rng,
-                kind,
-                None if supports is None else (supports[0][j], supports[1][j]),
-                zoom,
-            )
+            self._sample(index, draws, None if supports is None else (supports[0][j], supports[1][j]), zoom)
             for j, index in enumerate(batch.targets)
         ]
         out: dict[str, Any] = {
             key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)([s[key] for s in samples]))
             for key in samples[0]
         }
-        out["kind"] = kind
+        out["kind"] = draws.kind
         out["source"] = self.plan.source_names()[batch.source]
         out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
         return out
 
     def _sample(
-        self,
-        index: int,
-        size: tuple[int, int],
-        aspect: float,
-        rng: np.random.Generator,
-        kind: str,
-        support_rows: tuple[int, int] | None,
-        zoom: float = 1.0,
+        self, index: int, draws: BatchDraws, support_rows: tuple[int, int] | None, zoom: float = 1.0
     ) -> dict[str, np.ndarray]:
+        """One target's arrays (frames HxWx3), augmented with the batch's draws and then its own."""
         src_h, src_w = (int(v) for v in self._sizes[index])
-        flip = self.train and rng.random() < self.cfg.augment.flip_prob
-        geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, aspect), size, bool(flip))
-        resize = None
-        if self.train and self.cfg.augment.resize_prob > 0:
-            reference = geometry
-            zoomed = augment.zoomed_size(size, zoom)
-            box = augment.zoom_box(rng, src_h, src_w, zoomed[1] / zoomed[0] if zoom < 1 else aspect, zoom)
-            geometry = augment.Geometry(box, zoomed, bool(flip))
-            resize = np.float32(augment.zoom_factor(geometry, reference))
-            size = zoomed
-        jitter = augment.ColourJitter.draw(rng, self.cfg.augment) if self.train else augment.ColourJitter()
-        rgb, row = self._decode(index, stereo=kind == "stereo")
+        geometry, resize = self._geometry(draws, src_h, src_w, zoom)
+        jitter = augment.ColourJitter.draw(draws.rng, self.cfg.augment) if self.train else augment.ColourJitter()
+        rgb, row = self._read_stereo(index) if draws.kind == "stereo" else (self._decode(index), None)
         sample = {"image": jitter(augment.apply(rgb, geometry))}  # HxWx3: made CxHxW once, when stacked
-        k_norm = self._k_norm[index]
-        if np.all(np.isfinite(k_norm)):
-            k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
-            sample["intrinsics"] = augment.normalised_intrinsics(k, *size)
-        else:
-            sample["intrinsics"] = np.full(4, np.nan, np.float32)
+        sample["intrinsics"] = self._intrinsics(index, src_h, src_w, geometry)
         if resize is not None:
             sample["resize_factor"] = resize
         if support_rows is not None:
-            sample["supports"] = np.stack(
-                [jitter(augment.apply(self._decode(r, stereo=False)[0], geometry)) for r in support_rows]
-            )
+            sample["supports"] = np.stack([jitter(augment.apply(self._decode(r), geometry)) for r in support_rows])
         if self.ground_truth is not None:
             depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
             sample["gt_depth"] = (
                 augment.apply(depth, geometry, nearest=True)[None]
                 if depth is not None
-                else np.full((1, *size), np.nan, np.float32)
+                else np.full((1, *geometry.size), np.nan, np.float32)
             )
-        if kind == "stereo":
-            disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
-            sample["disparity"] = augment.apply_disparity(disparity.astype(np.float32), geometry)[None]
-            sample["valid"] = augment.apply(
-                decode_mask_png(row["valid_mask"]).astype(np.uint8), geometry, nearest=True
-            )[None].astype(bool)
-            sky = row["sky_mask"]
-            sky_mask = decode_mask_png(sky) if sky is not None else np.zeros((src_h, src_w), bool)
-            sample["sky"] = augment.apply(sky_mask.astype(np.uint8), geometry, nearest=True)[None].astype(bool)
+        if row is not None:
+            sample.update(_stereo_labels(row, geometry, src_h, src_w))
         return sample
 
-    def _decode(self, index: int, stereo: bool) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """Float RGB of a row, and the row itself when it had to be read (always for stereo rows)."""
+    def _geometry(
+        self, draws: BatchDraws, src_h: int, src_w: int, zoom: float
+    ) -> tuple[augment.Geometry, np.ndarray | None]:
+        """A sample's crop, resize and flip, and the zoom it shows (a 0-d float32; None with the option off)."""
+        size = (draws.shape.height, draws.shape.width)
+        flip = bool(self.train and draws.rng.random() < self.cfg.augment.flip_prob)
+        geometry = augment.Geometry(augment.centre_crop_box(src_h, src_w, draws.shape.aspect), size, flip)
+        if not (self.train and self.cfg.augment.resize_prob > 0):
+            return geometry, None
+        zoomed = augment.zoomed_size(size, zoom)
+        aspect = zoomed[1] / zoomed[0] if zoom < 1 else draws.shape.aspect
+        resized = augment.Geometry(augment.zoom_box(draws.rng, src_h, src_w, aspect, zoom), zoomed, flip)
+        return resized, np.array(augment.zoom_factor(resized, geometry), np.float32)
+
+    def _intrinsics(self, index: int, src_h: int, src_w: int, geometry: augment.Geometry) -> np.ndarray:
+        """The row's normalised intrinsics after the augmentation; NaN where the manifest has none."""
+        k_norm = self._k_norm[index]
+        if not np.all(np.isfinite(k_norm)):
+            return np.full(4, np.nan, np.float32)
+        k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
+        return augment.normalised_intrinsics(k, *geometry.size)
+
+    def _decode(self, index: int) -> np.ndarray:
+        """Float RGB of a video row, from the decoded frames kept for this use when the plan kept it."""
         frames = self.frames
-        rgb8 = frames.get(index) if frames is not None and not stereo else None
-        row = None
+        rgb8 = frames.get(index) if frames is not None else None
         if rgb8 is None:
-            row = self._row(index, stereo)
-            rgb8 = decode_rgb8(row["image"])
-        if frames is not None:
-            position = frames.done(index, rgb8)
-            key = self._release_at.pop(position, None)
-            if key is not None:
-                self.reader.release(*key)
+            rgb8 = decode_rgb8(self._row(index, stereo=False)["image"])
+        self._decoded(index, rgb8)
+        return to_float(rgb8)
+
+    def _read_stereo(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Float RGB of a stereo row, and the row (its disparity and masks are decoded from it too)."""
+        row = self._row(index, stereo=True)
+        rgb8 = decode_rgb8(row["image"])
+        self._decoded(index, rgb8)
         return to_float(rgb8), row
+
+    def _decoded(self, index: int, rgb8: np.ndarray) -> None:
+        """Record a decode against the plan: the frame is kept for its next use, finished row groups go."""
+        if self.frames is None:
+            return
+        key = self._release_at.pop(self.frames.done(index, rgb8), None)
+        if key is not None:
+            self.reader.release(*key)
 
     def _row(self, index: int, stereo: bool) -> dict[str, Any]:
         return self.reader.row(
             self._paths[index], int(self.plan.row_group[index]), int(self.plan.row_in_group[index]), stereo
         )
+
+
+def _stereo_labels(row: dict[str, Any], geometry: augment.Geometry, src_h: int, src_w: int) -> dict[str, np.ndarray]:
+    """A stereo row's disparity, valid mask and sky mask, augmented as its image."""
+    disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
+    valid = decode_mask_png(row["valid_mask"])
+    sky = decode_mask_png(row["sky_mask"]) if row["sky_mask"] is not None else np.zeros((src_h, src_w), bool)
+    return {
+        "disparity": augment.apply_disparity(disparity.astype(np.float32), geometry)[None],
+        "valid": augment.apply(valid.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
+        "sky": augment.apply(sky.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
+    }
 
 
 class GroundTruth:

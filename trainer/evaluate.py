@@ -19,6 +19,7 @@ from trainer.config import TrainConfig
 from trainer.data import BatchBuilder, GroundTruth
 from trainer.manifest import data_root_of
 from trainer.metrics import MetricAccumulator, depth_metrics, disparity_metrics
+from trainer.objective import DepthTraining
 from trainer.plan import Batch, EpochPlan
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "log_rmse", "a1", "a2", "a3")
@@ -68,7 +69,7 @@ def evaluation_batches(
     size = cfg.data.batch_size
     covered = plan.frame["video_id"].astype(str).isin(ground_truth.videos if ground_truth else []).to_numpy()
     for source in range(len(plan.sources)):
-        rows = np.flatnonzero((plan.source_of == source) & (covered | (plan.sources[source][1] != "video")))
+        rows = np.flatnonzero((plan.source_of == source) & (covered | (plan.sources[source].kind != "video")))
         for count, start in enumerate(range(0, len(rows), size)):
             if max_batches is not None and count >= max_batches:
                 break
@@ -77,7 +78,7 @@ def evaluation_batches(
 
 @torch.no_grad()
 def evaluate_model(
-    model: torch.nn.Module,
+    model: DepthTraining,
     plan: EpochPlan,
     cfg: TrainConfig,
     device: torch.device | str,
@@ -85,7 +86,9 @@ def evaluate_model(
     max_batches: int | None = None,
     predict: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists."""
+    """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists.
+
+    predict: scores another predictor of disparity in place of model.predict_disparity."""
     was_training = model.training
     model.eval()
     predict = predict or model.predict_disparity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def load_manifests(paths: list[str | Path], split: str | None, filters: FilterConfig) -> pd.DataFrame:
+def load_manifests(paths: Sequence[str | Path], split: str | None, filters: FilterConfig) -> pd.DataFrame:
     """All rows of `paths` that pass `filters` (and belong to `split` when given), in manifest order."""
     if not paths:
         raise ManifestError("no manifest given")

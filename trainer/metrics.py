@@ -30,9 +30,9 @@ def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
 
-def _as_maps(*xs: Tensor) -> tuple[Tensor, ...]:
+def _as_map(x: Tensor) -> Tensor:
     """[B,N] -> [B,1,1,N], the map layout align_scale_shift works on."""
-    return tuple(x.view(x.shape[0], 1, 1, -1) for x in xs)
+    return x.view(x.shape[0], 1, 1, -1)
 
 
 def _masked_median(x: Tensor, valid: Tensor) -> Tensor:
@@ -43,8 +43,8 @@ def _align_depth(pred: Tensor, gt: Tensor, valid: Tensor, alignment: str, min_de
     """pred depth aligned to gt as alignment says, then clipped to [min_depth, max_depth]."""
     if alignment == "lsq_disparity":
         # MiDaS evaluation: fit scale and shift in disparity, cap disparity at 1/max_depth, invert.
-        maps = _as_maps(1.0 / pred.clamp(min=1e-12), 1.0 / gt.clamp(min=1e-12), valid)
-        aligned = align_scale_shift(*maps, "lsq").view_as(pred)
+        inverse_pred, inverse_gt = 1.0 / pred.clamp(min=1e-12), 1.0 / gt.clamp(min=1e-12)
+        aligned = align_scale_shift(_as_map(inverse_pred), _as_map(inverse_gt), _as_map(valid), "lsq").view_as(pred)
         pred = 1.0 / aligned.clamp(min=1.0 / max_depth)
     elif alignment == "median":
         ratio = _masked_median(gt, valid) / _masked_median(pred, valid)
@@ -123,7 +123,7 @@ def disparity_metrics(pred_disp: Tensor, gt_disp: Tensor, mask: Tensor, min_abs_
     pred, gt = _flat64(pred_disp), _flat64(gt_disp)
     valid = _flat64(mask).bool() & torch.isfinite(gt) & (gt.abs() > min_abs_gt)
     gt = torch.where(valid, gt, torch.ones_like(gt))
-    pred = align_scale_shift(*_as_maps(pred, gt, valid), "lsq").view_as(gt)
+    pred = align_scale_shift(_as_map(pred), _as_map(gt), _as_map(valid), "lsq").view_as(gt)
     err = pred - gt
     same_sign = pred * gt > 0
     ratio = torch.where(same_sign, torch.maximum(pred / gt, gt / pred), torch.full_like(gt, float("inf")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from trainer.geometry import pose_vec_to_matrix
 ensure_torchvision()  # timm imports torchvision, which fails on a CPU torch without this
 
 import timm  # noqa: E402
-from timm.models import adapt_input_conv  # noqa: E402
+from timm.models import FeatureInfo, adapt_input_conv  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
+    state: object  # whatever the file holds, until checked below
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -66,14 +68,27 @@ def _is_head_key(key: str, classifiers: tuple[str, ...]) -> bool:
     return key.split(".")[0] in _HEAD_NAMES or any(key.startswith(c + ".") for c in classifiers)
 
 
-def _names(cfg: dict, field: str) -> tuple[str, ...]:
+def _names(cfg: dict[str, Any], field: str) -> tuple[str, ...]:
     value = cfg.get(field) or ()
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """timm's metadata of a model (input statistics, stem and head names, input size); {} if it has none."""
+    return getattr(model, "pretrained_cfg", None) or {}
+
+
+def feature_pyramid(encoder: nn.Module) -> tuple[list[int], list[int]]:
+    """(channels, strides) of a timm features_only encoder's levels, shallow to deep."""
+    # timm sets feature_info on every features_only model; mypy sees any attribute torch does not know
+    # of as Tensor | Module, hence the cast.
+    info = cast(FeatureInfo, encoder.feature_info)
+    return list(info.channels()), list(info.reduction())
+
+
 def _fit_checkpoint(model: nn.Module, state: dict[str, Tensor], in_chans: int, where: str) -> dict[str, Tensor]:
     """state checked against a full timm model: head keys may differ, a 3-channel stem is adapted."""
-    cfg = model.pretrained_cfg
+    cfg = _pretrained_cfg(model)
     classifiers = _names(cfg, "classifier")
     stems = {name + ".weight" for name in _names(cfg, "first_conv")}
     own = model.state_dict()
@@ -127,7 +142,7 @@ def build_encoder(name: str, checkpoint: str | None = None, in_chans: int = 3) -
     full.load_state_dict(_fit_checkpoint(full, state, in_chans, where))
     # timm wraps a full model into its feature extractor (flattening module names as it goes) only
     # while loading "pretrained" weights; handing it the exact state dict keeps that step lossless.
-    input_size = (in_chans, *tuple(full.pretrained_cfg.get("input_size", (3, 224, 224)))[1:])
+    input_size = (in_chans, *tuple(_pretrained_cfg(full).get("input_size", (3, 224, 224)))[1:])
     overlay = {"state_dict": full.state_dict(), "source": "", "input_size": input_size}
     return timm.create_model(
         name, features_only=True, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=overlay
@@ -137,9 +152,12 @@ def build_encoder(name: str, checkpoint: str | None = None, in_chans: int = 3) -
 class _Normalize(nn.Module):
     """Maps [0, 1] images to the encoder's input statistics (ImageNet for timm's ImageNet models)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, encoder: nn.Module):
         super().__init__()
-        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        cfg = _pretrained_cfg(encoder)
         mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         # Not persistent: state dicts stay independent of which statistics a timm version reports.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -229,8 +247,7 @@ class DepthNet(nn.Module):
         super().__init__()
         self.encoder = build_encoder(encoder, checkpoint)
         self.normalize = _Normalize(self.encoder)
-        channels = self.encoder.feature_info.channels()
-        reductions = self.encoder.feature_info.reduction()
+        channels, reductions = feature_pyramid(self.encoder)
         self.stride = reductions[-1]
         levels_ = int(math.log2(self.stride))
         if 2**levels_ != self.stride or any(2 ** int(math.log2(r)) != r for r in reductions):
@@ -288,7 +305,7 @@ class DepthNet(nn.Module):
                 x = torch.cat([x, features[self.skip_index[i]]], 1)
             x = self.upconv1[str(i)](x)
             if self.position is not None:
-                x = x + self.position[str(i)](normalised_grid(*x.shape[-2:], x, offset))
+                x = x + self.position[str(i)](normalised_grid(x.shape[-2], x.shape[-1], x, offset))
             if i < self.scales:
                 head = self.dispconv[str(i)](x)
                 out[i] = torch.sigmoid(head) if self.head == "sigmoid" else head
@@ -298,8 +315,16 @@ class DepthNet(nn.Module):
 # ---------------------------------------------------------------- pose and intrinsics
 
 
+class PoseOutput(NamedTuple):
+    """PoseNet's estimate for one image pair."""
+
+    transform: Tensor  # [B,4,4] mapping target-camera points to the source camera
+    intrinsics: Tensor | None  # [B,4] normalised (fx/W, fy/H, cx/W, cy/H); None without the intrinsics head
+    explainability: Tensor | None = None  # [B,1,H,W] in (0, 1), when asked for
+
+
 class PoseNet(nn.Module):
-    """Image pair -> (target-to-source [B,4,4], normalised intrinsics [B,4] or None)."""
+    """Image pair -> PoseOutput: target-to-source transform, learned intrinsics, explainability mask."""
 
     def __init__(
         self,
@@ -312,7 +337,8 @@ class PoseNet(nn.Module):
         # A 3-channel checkpoint's stem is repeated and halved for the 6-channel pair (Monodepth2).
         self.encoder = build_encoder(encoder, checkpoint, in_chans=6)
         self.normalize = _Normalize(self.encoder)
-        c = self.encoder.feature_info.channels()[-1]
+        channels, _ = feature_pyramid(self.encoder)
+        c = channels[-1]
         self.squeeze = nn.Sequential(nn.Conv2d(c, 256, 1), nn.ReLU(inplace=True))
         self.pose = nn.Sequential(
             nn.Conv2d(256, 256, 3, padding=1),
@@ -328,11 +354,9 @@ class PoseNet(nn.Module):
             # 0.5 for the principal point; the head moves away from there as training needs.
             nn.init.zeros_(self.intrinsics.weight)
             nn.init.zeros_(self.intrinsics.bias)
-        self.explain = ExplainabilityDecoder(self.encoder.feature_info.channels()) if explainability else None
+        self.explain = ExplainabilityDecoder(channels) if explainability else None
 
-    def forward(
-        self, target: Tensor, source: Tensor, source_first: bool = False, explain: bool = False
-    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+    def forward(self, target: Tensor, source: Tensor, source_first: bool = False, explain: bool = False) -> PoseOutput:
         """Transform mapping target-camera points to the source camera, and (fx/W, fy/H, cx/W, cy/H).
 
         source_first=True feeds the pair as (source, target) and inverts the predicted motion, so the
@@ -350,10 +374,10 @@ class PoseNet(nn.Module):
             raw = self.intrinsics(x.mean((2, 3)))
             k_norm = torch.cat([F.softplus(raw[:, :2]), torch.sigmoid(raw[:, 2:])], 1)
         if not explain:
-            return transform, k_norm
+            return PoseOutput(transform, k_norm)
         if self.explain is None:
             raise ValueError("PoseNet was built without explainability=True")
-        return transform, k_norm, self.explain(features, target.shape[-2:])
+        return PoseOutput(transform, k_norm, self.explain(features, target.shape[-2:]))
 
 
 class ExplainabilityDecoder(nn.Module):
@@ -368,8 +392,9 @@ class ExplainabilityDecoder(nn.Module):
     def __init__(self, channels: list[int], width: int = 16):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.out = nn.Sequential(nn.ELU(), nn.Conv2d(width, 1, 3, padding=1, padding_mode="reflect"))
-        nn.init.constant_(self.out[1].bias, self._INIT_BIAS)
+        conv = nn.Conv2d(width, 1, 3, padding=1, padding_mode="reflect")
+        nn.init.constant_(cast(Tensor, conv.bias), self._INIT_BIAS)  # a Conv2d built with bias has one
+        self.out = nn.Sequential(nn.ELU(), conv)
 
     def forward(self, features: list[Tensor], size: tuple[int, int]) -> Tensor:
         total = sum(

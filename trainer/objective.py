@@ -10,13 +10,16 @@ positional encoding (model), SfMLearner's explainability mask and SPIMO's moving
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.config import LossConfig, ModelConfig
+from trainer.checkpoint import load_checkpoint
+from trainer.config import LossConfig, ModelConfig, TrainConfig
 from trainer.geometry import intrinsics_matrix, warp
 from trainer.losses import (
     disp_to_depth,
@@ -27,10 +30,21 @@ from trainer.losses import (
     smoothness_loss,
     ssi_loss,
 )
-from trainer.models import DepthNet, PoseNet
+from trainer.models import DepthNet, PoseNet, PoseOutput
+
+
+@dataclass(frozen=True)
+class SupportMotion:
+    """What the pose net finds between a batch's target and each support (t-k, then t+k)."""
+
+    transforms: list[Tensor]  # target-to-source [B,4,4], translation divided by the batch's resize factor
+    intrinsics: Tensor  # [B,4] learned normalised intrinsics, the mean over the supports
+    explainability: list[Tensor] | None  # [B,1,H,W] per support, when the mask is enabled
 
 
 class DepthTraining(nn.Module):
+    spimo_teacher: DepthNet | None  # SPIMO's frozen first stage; None with loss.spimo off
+
     def __init__(self, model: ModelConfig, loss: LossConfig, load_encoders: bool = True):
         super().__init__()
         self.model_cfg, self.loss_cfg = model, loss
@@ -48,10 +62,22 @@ class DepthTraining(nn.Module):
         if loss.spimo.enabled:
             # The first stage's depth net, frozen. A saved second-stage run carries its weights, so the
             # first-stage file is only read for a fresh run.
-            self.spimo_teacher = self._depth_net(model, None, 1, positional_encoding=True)
+            teacher = self._depth_net(model, None, 1, positional_encoding=True)
             if load_encoders:
-                self._load_teacher(loss.spimo.first_stage_checkpoint)
-            self.spimo_teacher.requires_grad_(False)
+                path = loss.spimo.first_stage_checkpoint
+                assert path is not None  # SpimoConfig requires it when enabled
+                _load_first_stage(teacher, path)
+            teacher.requires_grad_(False)
+            self.spimo_teacher = teacher
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthTraining, TrainConfig]:
+        """The trained networks of a checkpoint in eval mode, and the config they were trained with."""
+        state = load_checkpoint(path, map_location=device)
+        cfg = TrainConfig.model_validate(state["config"])
+        model = cls(cfg.model, cfg.loss, load_encoders=False)
+        model.load_state_dict(state["model"])
+        return model.to(device).eval(), cfg
 
     @staticmethod
     def _depth_net(model: ModelConfig, checkpoint: str | None, scales: int, positional_encoding: bool) -> DepthNet:
@@ -66,30 +92,21 @@ class DepthTraining(nn.Module):
             positional_encoding=positional_encoding,
         )
 
-    def _load_teacher(self, path: str) -> None:
-        """The depth weights of a first-stage run (same model section, positional_encoding: true)."""
-        from trainer.checkpoint import load_checkpoint  # trainer.checkpoint imports this module
-
-        state = load_checkpoint(path)["model"]
-        depth = {k[len("depth.") :]: v for k, v in state.items() if k.startswith("depth.")}
-        own = self.spimo_teacher.state_dict()
-        depth = {k: v for k, v in depth.items() if k in own or not k.startswith("dispconv.")}  # coarser heads
-        try:
-            self.spimo_teacher.load_state_dict(depth)
-        except RuntimeError as err:
-            raise ValueError(
-                f"SPIMO first stage {path} does not fit this model section with positional_encoding: true: {err}"
-            ) from err
+    def _teacher(self) -> DepthNet:
+        """The frozen first-stage depth net, in eval mode: its batch-norm statistics stay the first stage's."""
+        if self.spimo_teacher is None:
+            raise ValueError("no SPIMO first stage: loss.spimo.enabled is false")
+        return self.spimo_teacher.eval()
 
     @torch.no_grad()
     def spimo_keep(self, image: Tensor) -> Tensor:
         """[B,1,H,W] bool: pixels whose first-stage depth holds still under the positional offsets."""
         cfg = self.loss_cfg.spimo
-        self.spimo_teacher.eval()  # frozen: batch-norm statistics stay the first stage's
+        teacher = self._teacher()
         depths = torch.stack(
             [
                 disp_to_depth(
-                    self.spimo_teacher(image, offset=(du, dv))[0].float(),
+                    teacher(image, offset=(du, dv))[0].float(),
                     self.model_cfg.min_depth,
                     self.model_cfg.max_depth,
                 )[1]
@@ -102,8 +119,8 @@ class DepthTraining(nn.Module):
     def spimo_boost_target(self, image: Tensor) -> Tensor:
         """The first stage's normalised disparity [B,1,H,W], averaged over its estimates at boost_scales."""
         height, width = image.shape[-2:]
-        stride = self.spimo_teacher.stride
-        self.spimo_teacher.eval()
+        teacher = self._teacher()
+        stride = teacher.stride
         estimates = []
         for factor in self.loss_cfg.spimo.boost_scales:
             size = (
@@ -115,21 +132,22 @@ class DepthTraining(nn.Module):
                 if size == (height, width)
                 else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
             )
-            disp = self.spimo_teacher(resized)[0].float()
+            disp = teacher(resized)[0].float()
             estimates.append(F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False))
         return torch.stack(estimates).mean(0)
 
-    def support_motion(self, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor, list[Tensor] | None]:
-        """Per support: target-to-source transforms (translation divided by the batch's resize factor,
-        once), the mean learned intrinsics, and explainability masks when enabled."""
+    def support_motion(self, batch: dict[str, Any]) -> SupportMotion:
+        """The pose net on each support; translations are divided by the batch's resize factor here, once."""
         image, supports = batch["image"], batch["supports"]
         explain = self.loss_cfg.explainability.enabled
-        transforms, learned, masks = [], [], []
+        transforms: list[Tensor] = []
+        learned: list[Tensor] = []
+        masks: list[Tensor] = []
         factor = batch.get("resize_factor")
         for s in range(supports.shape[1]):
             # Frames go to the pose net in time order (Monodepth2): supports[:, 0] is t-k, before the target.
-            out = self.pose(image, supports[:, s], source_first=s == 0, explain=explain)
-            transform = out[0]
+            out: PoseOutput = self.pose(image, supports[:, s], source_first=s == 0, explain=explain)
+            transform = out.transform
             if factor is not None:
                 # Zooming by f makes the scene look f times nearer; the depth net is to predict that, so
                 # the camera must have moved f times less for the same image motion (depth-cue preserving).
@@ -137,10 +155,11 @@ class DepthTraining(nn.Module):
                 scale[:, :3, 3] = 1.0 / factor.to(transform.dtype).view(-1, 1)
                 transform = transform * scale
             transforms.append(transform)
-            learned.append(out[1])
-            if explain:
-                masks.append(out[2])
-        return transforms, torch.stack(learned).mean(0), masks if explain else None
+            assert out.intrinsics is not None  # the pose net is built with learn_intrinsics=True
+            learned.append(out.intrinsics)
+            if out.explainability is not None:
+                masks.append(out.explainability)
+        return SupportMotion(transforms, torch.stack(learned).mean(0), masks if explain else None)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if batch["kind"] == "stereo":
@@ -150,7 +169,9 @@ class DepthTraining(nn.Module):
     def video_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image, supports = batch["image"], batch["supports"]
         _, _, height, width = image.shape
-        transforms, k_norm, explain_masks = self.support_motion(batch)
+        motion = self.support_motion(batch)
+        explain_masks = motion.explainability
+        k_norm = motion.intrinsics
         keep = self.spimo_keep(image) if self.spimo_teacher is not None else None
         given = batch["intrinsics"].to(k_norm.dtype)
         if self.model_cfg.intrinsics == "given":
@@ -170,7 +191,7 @@ class DepthTraining(nn.Module):
                 sources = [F.interpolate(src, size=disp.shape[-2:], mode="area") for src in sources]
             _, depth = disp_to_depth(disp_at.float(), self.model_cfg.min_depth, self.model_cfg.max_depth)
             k = intrinsics_matrix(k_norm.float(), *depth.shape[-2:])
-            warped, valid = zip(*(warp(src, depth, t.float(), k) for src, t in zip(sources, transforms)))
+            warped, valid = zip(*(warp(src, depth, t.float(), k) for src, t in zip(sources, motion.transforms)))
             weights = keep_at = None
             size = tuple(target.shape[-2:])
             if explain_masks is not None:
@@ -240,3 +261,17 @@ class DepthTraining(nn.Module):
     def predict_disparity(self, image: Tensor) -> Tensor:
         """Full-resolution normalised disparity (relative inverse depth) for images in [0, 1]."""
         return self.depth(image)[0]
+
+
+def _load_first_stage(teacher: DepthNet, path: str) -> None:
+    """The depth weights of a first-stage run (same model section, positional_encoding: true) into teacher."""
+    state = load_checkpoint(path)["model"]
+    depth = {k[len("depth.") :]: v for k, v in state.items() if k.startswith("depth.")}
+    own = teacher.state_dict()
+    depth = {k: v for k, v in depth.items() if k in own or not k.startswith("dispconv.")}  # coarser heads
+    try:
+        teacher.load_state_dict(depth)
+    except RuntimeError as err:
+        raise ValueError(
+            f"SPIMO first stage {path} does not fit this model section with positional_encoding: true: {err}"
+        ) from err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,13 @@ from pipeline.io import objectstore
 from trainer.config import DataConfig, SupportConfig
 
 KINDS = ("video", "stereo")
+
+
+class Source(NamedTuple):
+    """What a batch draws from: one dataset's rows of one kind."""
+
+    dataset: str
+    kind: str  # "video" or "stereo"
 
 
 @dataclass(frozen=True)
@@ -45,15 +53,15 @@ class EpochPlan:
         self.avail = _clip_availability(self.frame)
         self.sources = _sources(self.frame)
         self.source_of = np.empty(len(self.frame), np.int64)
-        for index, (dataset, kind) in enumerate(self.sources):
-            rows = ((self.frame["dataset"] == dataset) & (self.frame["kind"] == kind)).to_numpy()
+        for index, source in enumerate(self.sources):
+            rows = ((self.frame["dataset"] == source.dataset) & (self.frame["kind"] == source.kind)).to_numpy()
             self.source_of[rows] = index
         is_video = (self.frame["kind"] == "video").to_numpy()
         # A video target needs a support on each side at the smallest offset its clip allows.
         self.eligible = ~is_video | (self.avail >= self.k_range[:, 0])
 
     def source_names(self) -> list[str]:
-        return [f"{dataset}/{kind}" for dataset, kind in self.sources]
+        return [f"{source.dataset}/{source.kind}" for source in self.sources]
 
     def units(self, source: int) -> list[np.ndarray]:
         """Eligible target rows of one source, grouped by the shard row group they are read from."""
@@ -78,7 +86,7 @@ class EpochPlan:
             ]
             per_worker.append(streams)
             counts.append(min(len(s) for s in streams) // cfg.batch_size)
-        counts = _mix(counts, [self.sources[s][0] for s in range(len(self.sources))], cfg.mix)
+        counts = _mix(counts, [source.dataset for source in self.sources], cfg.mix)
         schedule = rng.permutation(np.repeat(np.arange(len(counts)), counts))
         plan: list[list[Batch]] = []
         for g in range(global_workers):
@@ -152,9 +160,9 @@ def _clip_availability(frame: pd.DataFrame) -> np.ndarray:
     return np.minimum(position, length - 1 - position).astype(np.int64)
 
 
-def _sources(frame: pd.DataFrame) -> list[tuple[str, str]]:
+def _sources(frame: pd.DataFrame) -> list[Source]:
     pairs = frame[["dataset", "kind"]].drop_duplicates()
-    return sorted(map(tuple, pairs.itertuples(index=False)))
+    return sorted(Source(dataset, kind) for dataset, kind in pairs.itertuples(index=False))
 
 
 def _deal(units: list[np.ndarray], workers: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -13,8 +13,8 @@ from pipeline.io.storage import write_bytes_atomic
 from pipeline.media.codecs import encode_jpeg
 from pipeline.media.decode import FrameReader
 from pipeline.media.probe import probe_video
-from trainer.checkpoint import load_model
 from trainer.losses import disp_to_depth
+from trainer.objective import DepthTraining
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -24,7 +24,7 @@ def predict_paths(
 ) -> list[Path]:
     """Write <stem>[_<frame>]_depth.png (uint16 depth, millimetres of the model's relative scale) and
     <stem>[_<frame>]_depth.jpg (colour-mapped disparity) for every image, and video frames at `fps`."""
-    model, cfg = load_model(checkpoint, device)
+    model, cfg = DepthTraining.from_checkpoint(checkpoint, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -40,7 +40,7 @@ def predict_paths(
 
 
 def predict_disparity(
-    model: torch.nn.Module, rgb: np.ndarray, height: int, width: int, device: str | torch.device
+    model: DepthTraining, rgb: np.ndarray, height: int, width: int, device: str | torch.device
 ) -> np.ndarray:
     """Sigmoid disparity at the input's resolution; the network sees the training size (multiples of 32)."""
     src_h, src_w = rgb.shape[:2]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,27 @@ from trainer.plan import EpochPlan
 LAST = "last.pt"
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run: rank 0 of 1 without torchrun."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What fit evaluates on, checked before any training."""
+
+    rows: pd.DataFrame | str  # the val split's rows, or why there are none
+    truth: GroundTruth | None  # rendered depth to score video frames against (eval.ground_truth)
+
+
 def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train, checkpoint and evaluate; returns {checkpoint, step, metrics} (on every rank)."""
-    rank, world_size, device = _setup_distributed(cfg.run.device)
+    proc = _setup_distributed(cfg.run.device)
+    rank, world_size, device = proc.rank, proc.world_size, proc.device
     out_dir = Path(cfg.run.out_dir)
     checkpoint_path = out_dir / "checkpoints" / LAST
     torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
@@ -43,24 +62,24 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     frame = load_manifests(manifests, cfg.data.split, cfg.data.filters)
     check_shards(frame)
     plan = EpochPlan(frame, cfg.data)
-    val, truth = _evaluation_data(manifests, cfg)  # before any training: a bad ground truth fails at once
+    held_out = _held_out(manifests, cfg)  # before any training: a bad ground truth fails at once
 
-    model = DepthTraining(cfg.model, cfg.loss).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    core = DepthTraining(cfg.model, cfg.loss).to(device)
+    optimizer = torch.optim.AdamW(core.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     step = batches = 0
     state = load_checkpoint(checkpoint_path, map_location=device) if resume and checkpoint_path.is_file() else None
     if state is not None:
-        model.load_state_dict(state["model"])
+        core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, batches = state["step"], state["batches"]
+    model: torch.nn.Module = core  # what the loop calls: core, or DDP around it
     if world_size > 1:
         # Stereo batches leave the pose network unused; every rank gets the same kind at each step.
         model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            core, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    core = model.module if isinstance(model, DistributedDataParallel) else model
 
     stream = ShardStream(plan, cfg.data, rank=rank, world_size=world_size, start_batch=batches)
     batch_iter = iter(make_loader(stream))  # draws the loader's base seed from the global RNG
@@ -117,7 +136,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
             )
         last = step == cfg.optim.max_steps
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
-            metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
+            metrics = _evaluate(core, held_out, cfg, proc, log, step)
             model.train()
         if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
             save_checkpoint(
@@ -130,7 +149,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                 cfg=cfg,
                 metrics=metrics,
             )
-    metrics = _evaluate(core, val, truth, cfg, device, rank, log, step)
+    metrics = _evaluate(core, held_out, cfg, proc, log, step)
     if rank == 0:
         save_checkpoint(
             checkpoint_path,
@@ -146,7 +165,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
             "step": step,
             "metrics": metrics,
             "evaluated_against": references(metrics),
-            "ground_truth": str(truth.directory) if truth is not None else None,
+            "ground_truth": str(held_out.truth.directory) if held_out.truth is not None else None,
         }
         write_bytes_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
     log.close()
@@ -163,35 +182,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return factor * cfg.optim.decay_gamma ** sum(step >= s for s in cfg.optim.decay_steps)
 
 
-def _evaluation_data(manifests: list[str], cfg: TrainConfig) -> tuple[pd.DataFrame | str, GroundTruth | None]:
+def _held_out(manifests: list[str], cfg: TrainConfig) -> HeldOut:
     """The held-out rows (or why there are none) and the checked `eval.ground_truth`, on every rank alike."""
     try:
         val: pd.DataFrame | str = load_manifests(manifests, cfg.data.val_split, cfg.data.filters)
     except ManifestError as exc:
         val = str(exc)
     truth = open_ground_truth(cfg.eval.ground_truth, manifests, val if isinstance(val, pd.DataFrame) else None)
-    return val, truth
+    return HeldOut(val, truth)
 
 
 def _evaluate(
-    model: DepthTraining,
-    val: pd.DataFrame | str,
-    truth: GroundTruth | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    rank: int,
-    log: RunLog,
-    step: int,
+    model: DepthTraining, held_out: HeldOut, cfg: TrainConfig, proc: Distributed, log: RunLog, step: int
 ) -> dict[str, Any]:
     """`trainer evaluate`'s metrics on at most run.eval_batches batches per source (rank 0 only)."""
     metrics: dict[str, Any] = {}
-    if rank == 0:  # a bounded pass on one rank; the others wait at the barrier
-        if isinstance(val, str):
-            metrics = {"skipped": val}
+    if proc.rank == 0:  # a bounded pass on one rank; the others wait at the barrier
+        if isinstance(held_out.rows, str):
+            metrics = {"skipped": held_out.rows}
         else:
-            metrics = evaluate_model(
-                model, EpochPlan(val, cfg.data), cfg, device, truth, max_batches=cfg.run.eval_batches
-            )
+            plan = EpochPlan(held_out.rows, cfg.data)
+            metrics = evaluate_model(model, plan, cfg, proc.device, held_out.truth, max_batches=cfg.run.eval_batches)
             log.write(
                 step,
                 {
@@ -205,9 +216,10 @@ def _evaluate(
     return metrics
 
 
-def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+def _setup_distributed(device_name: str) -> Distributed:
+    """One process (no torchrun, or a world of 1), or this rank of a process group it joins here."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, torch.device(resolve_device(device_name))
+        return Distributed(0, 1, torch.device(resolve_device(device_name)))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and device_name in ("auto", "cuda"):
         torch.cuda.set_device(local_rank)
@@ -216,7 +228,7 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     else:
         dist.init_process_group("gloo")
         device = torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
+    return Distributed(dist.get_rank(), dist.get_world_size(), device)
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -254,7 +266,7 @@ class RunLog:
             else []
         )
         write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
-        self.jsonl = open(path, "a", encoding="utf-8")
+        self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run; close() closes it)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when wanted
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import timm  # noqa: E402  (after trainer.models, which makes torchvision importable first)
 import torch
 
-from trainer.models import DepthNet, PoseNet, build_encoder
+# timm as trainer.models imports it: after the torchvision fix a CPU torch needs (pipeline/torch_compat.py).
+from trainer.models import DepthNet, PoseNet, build_encoder, timm
 
 H, W = 64, 96
 
@@ -149,7 +149,7 @@ def _assert_rigid(transform: torch.Tensor) -> None:
 def test_posenet_predicts_a_rigid_transform_and_plausible_intrinsics(name):
     net = PoseNet(encoder=name)
     target, source = _image(seed=1), _image(seed=2)
-    transform, k_norm = net(target, source)
+    transform, k_norm, _ = net(target, source)
     assert transform.shape == (2, 4, 4) and k_norm.shape == (2, 4)
     _assert_rigid(transform)
     assert transform[:, :3, 3].abs().max() < 0.1  # Monodepth2's 0.01 scaling: near identity at init
@@ -166,9 +166,9 @@ def test_posenet_source_first_inverts_the_motion_of_the_swapped_pair():
         for p in net.pose[-1].parameters():
             p.normal_(0, 1.0)  # a visible motion, so the check is not identity == identity
         target, source = _image(1, seed=1), _image(1, seed=2)
-        forward, k_norm = net(target, source)
+        forward, k_norm, _ = net(target, source)
         assert k_norm is None
-        swapped, _ = net(source, target, source_first=True)  # the network sees (target, source) again
+        swapped = net(source, target, source_first=True).transform  # the network sees (target, source) again
         _assert_rigid(swapped)
         assert forward[:, :3, 3].abs().max() > 1e-3
         torch.testing.assert_close(swapped @ forward, torch.eye(4)[None], atol=1e-5, rtol=0)
@@ -267,6 +267,6 @@ def test_posenet_explainability_mask_has_the_image_shape_and_learns():
     assert mask.mean() > 0.8  # starts by explaining nearly everything
     mask.mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.explain.parameters())
-    assert len(net(target, source)) == 2
+    assert net(target, source).explainability is None  # only when asked for
     with pytest.raises(ValueError, match="explainability"):
         PoseNet(encoder="test_resnet")(target, source, explain=True)

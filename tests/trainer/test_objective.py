@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer import objective
-from trainer.checkpoint import load_model, save_checkpoint
+from trainer.checkpoint import save_checkpoint
 from trainer.config import load_train_config
 from trainer.objective import DepthTraining
 
@@ -130,7 +130,7 @@ def test_spimo_second_stage_loads_the_frozen_first_stage_and_masks_moving_pixels
     # A saved second-stage run carries the teacher: loading it needs no first-stage file.
     saved = _save(tmp_path / "second.pt", second, second_cfg)
     path.unlink()
-    loaded, _ = load_model(saved)
+    loaded, _ = DepthTraining.from_checkpoint(saved)
     for key, value in loaded.spimo_teacher.state_dict().items():
         torch.testing.assert_close(value, teacher.state_dict()[key])
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import load_checkpoint, load_model
+from trainer.checkpoint import load_checkpoint
 from trainer.cli import main
 from trainer.config import load_train_config
 from trainer.evaluate import METRIC_NAMES
+from trainer.objective import DepthTraining
 from trainer.train import fit, lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_fit_logs_checkpoints_and_evaluates(train_root, tmp_path, capsys):
     state = load_checkpoint(result["checkpoint"])
     assert state["step"] == 4 and state["batches"] == 4
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    model, cfg = load_model(result["checkpoint"])
+    model, cfg = DepthTraining.from_checkpoint(result["checkpoint"])
     assert cfg.model.encoder == "test_convnext"
     assert model.predict_disparity(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
 
@@ -267,5 +268,5 @@ def test_fit_with_the_literature_options_then_a_spimo_second_stage(train_root, t
     assert [r["step"] for r in rows] == [1, 2]
     video = [r for r in rows if r["kind"] == "video"]
     assert video and all(0 <= r["moving_fraction"] <= 1 and r["spimo_boost"] >= 0 for r in video)
-    model, cfg = load_model(second["checkpoint"])
+    model, cfg = DepthTraining.from_checkpoint(second["checkpoint"])
     assert cfg.loss.spimo.enabled and model.spimo_teacher is not None
