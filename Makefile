@@ -31,4 +31,4 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(VENV)/bin/python benchmarks/bench_sampling.py
+	$(VENV)/bin/python -m benchmarks.bench_sampling

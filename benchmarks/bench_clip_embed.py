@@ -1,6 +1,6 @@
 """CLIP embedding throughput (frames/s) of pipeline/clip/model.py on this machine's CPU (and GPU when there is one).
 
-    python benchmarks/bench_clip_embed.py [--frames 256] [--vit-frames 64] [--batch-size 64]
+    python -m benchmarks.bench_clip_embed [--frames 256] [--vit-frames 64] [--batch-size 64] [--out FILE]
 
 Inputs are what the embed stage reads from shards: 1280x720 JPEGs (q95) of the synthetic renderer. Models are
 randomly initialised and loaded from a local checkpoint, the route a real one takes (speed does not depend on
@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.clip.model import TINY_ARCHITECTURE, ClipModel, save_random_checkpoint  # noqa: E402
-from pipeline.config import ClipConfig  # noqa: E402
-from pipeline.synthetic.renderer import SceneSpec, render_frames  # noqa: E402
+from benchmarks.common import add_out_argument, best_of, emit, meta
+from pipeline.clip.model import TINY_ARCHITECTURE, ClipModel, save_random_checkpoint
+from pipeline.config import ClipConfig
+from pipeline.synthetic.renderer import SceneSpec, render_frames
 
 
 def jpegs(n: int) -> list[bytes]:
@@ -47,12 +44,7 @@ def measure(model: ClipModel, data: list[bytes], repeats: int) -> dict:
             model._encode_images(tensors[start : start + model.batch_size])
 
     def best_fps(fn) -> float:  # best of `repeats`: the machine is shared, slower runs measure the neighbours
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return round(len(data) / min(times), 1)
+        return round(len(data) / best_of(fn, repeats), 1)
 
     params = sum(p.numel() for p in model.model.visual.parameters())
     return {
@@ -74,7 +66,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="each figure is the best of this many runs")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta("open_clip_torch")
     import torch
 
     results = {"input": "1280x720 JPEG q95", "batch_size": args.batch_size}
@@ -98,7 +92,7 @@ def main() -> None:
         if torch.cuda.is_available()
         else "not measured: no CUDA device on this machine"
     )
-    print(json.dumps(results, indent=2))
+    emit(results, args.out, run_meta)
 
 
 if __name__ == "__main__":

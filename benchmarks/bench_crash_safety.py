@@ -1,6 +1,6 @@
 """Crash safety: kill -9 the curate flow at random points, rerun, compare with an uninterrupted run. Prints JSON.
 
-    python benchmarks/bench_crash_safety.py [--points 20] [--seed 0] [--workdir DIR] [--ephemeral]
+    python -m benchmarks.bench_crash_safety [--points 20] [--seed 0] [--workdir DIR] [--ephemeral]
                                             [--out benchmarks/results/crash_safety.json]
 
 A small catalog (synthetic videos on a loopback HTTP server, downloads rate-limited so a download lasts long
@@ -20,12 +20,14 @@ result compared with the uninterrupted run:
 Points are stratified over the uninterrupted run's timeline: 3/4 at a uniform delay after the first download
 shows (up to the time the last video record took in the uninterrupted run: downloads, decoding, shard writes
 overlap there, two workers), the rest at a delay after the last record (publish: stats tables, manifests,
-dataset.json). Delays count from those events, not from the process start, whose length varies. The stage a kill actually hit is read
-from the files it left (`.part` download, hidden shard temporary, downloaded but unrecorded video, all records
-but no dataset.json, or none of these: between steps), so jitter between runs cannot mislabel a point.
+dataset.json). Delays count from those events, not from the process start, whose length varies. The stage a
+kill actually hit is read from the files it left (`.part` download, hidden shard temporary, downloaded but
+unrecorded video, all records but no dataset.json, or none of these: between steps), so jitter between runs
+cannot mislabel a point.
 
-By default a Prefect server is started on 127.0.0.1 for all runs (a killed run stays "Running" there,
-harmlessly); --ephemeral uses Prefect's per-process ephemeral mode instead (8-10 s more per run).
+By default a Prefect server is started on 127.0.0.1 for all runs (flows/local_services.py; a killed run stays
+"Running" there, harmlessly); --ephemeral uses Prefect's per-process ephemeral mode instead (8-10 s more per
+run).
 """
 
 from __future__ import annotations
@@ -36,28 +38,23 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import pyarrow.parquet as pq
 
-import pyarrow.parquet as pq  # noqa: E402
-
-from pipeline.corpus.verify import verify_dataset  # noqa: E402
-from pipeline.io.data_root import DataRoot  # noqa: E402
-from pipeline.io.storage import TMP_MARK  # noqa: E402
-from pipeline.sources.catalog import CatalogEntry, write_catalog  # noqa: E402
-from pipeline.synthetic.demo import serve_directory  # noqa: E402
-from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
+from benchmarks.common import REPO, add_out_argument, add_workdir_argument, emit, meta, work_directory
+from flows.local_services import prefect_server
+from pipeline.corpus.verify import verify_dataset
+from pipeline.io.data_root import DataRoot
+from pipeline.io.storage import TMP_MARK
+from pipeline.sources.catalog import CatalogEntry, write_catalog
+from pipeline.synthetic.demo import serve_directory
+from pipeline.synthetic.renderer import SceneSpec, render_video
 
 DATASET = "crash"
 CONFIG = """\
@@ -103,58 +100,6 @@ def write_bench_catalog(path: Path, base_url: str, names: list[tuple[str, str]])
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[dict[str, str]]:
-    """A Prefect server on loopback for the duration; yields the environment pointing at it."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home.parent / "prefect-server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start; see {log.name}")
-            time.sleep(0.5)
-        yield {"PREFECT_API_URL": url}
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
 def curate_command(catalog: Path, root: Path, config: Path) -> list[str]:
     return [
         sys.executable,
@@ -171,12 +116,9 @@ def curate_command(catalog: Path, root: Path, config: Path) -> list[str]:
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    """The curate command's environment (it runs as `python -m flows.cli` in the repository root, which puts the
+    project on its path): no API URL of the caller's, plus `extra`."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("PREFECT_API_URL", None)
     env.update(extra)
     return env
@@ -400,14 +342,14 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each rendered video")
     parser.add_argument("--rate-limit", default="400K", help="yt-dlp rate limit, so downloads can be interrupted")
-    parser.add_argument("--workdir", type=Path, help="kept after the run (default: a temporary directory)")
+    add_workdir_argument(parser, "the videos, data roots and logs")
     parser.add_argument("--ephemeral", action="store_true", help="Prefect ephemeral mode instead of a server")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta("prefect", "yt-dlp")
     rng = random.Random(args.seed)
     with ExitStack() as stack:
-        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crash-")))
-        work.mkdir(parents=True, exist_ok=True)
+        work = stack.enter_context(work_directory(args.workdir, prefix="crash-"))
         names = build_catalog(work / "sources", args.videos, args.seconds)
         base_url = stack.enter_context(serve_directory(work / "sources"))
         catalog = write_bench_catalog(work / "catalog.csv", base_url, names)
@@ -415,8 +357,9 @@ def main() -> None:
         config.write_text(CONFIG % args.rate_limit)
         extra = {}
         if not args.ephemeral:
-            (work / "prefect_home").mkdir(exist_ok=True)
-            extra = stack.enter_context(prefect_server(work / "prefect_home"))
+            # The runs need only the API URL: their PREFECT_HOME stays the caller's, as in ephemeral mode.
+            server = stack.enter_context(prefect_server(work / "prefect_home"))
+            extra = {"PREFECT_API_URL": server.env["PREFECT_API_URL"]}
         env = child_env(extra)
         n_videos = len(names)
         clean = work / "clean"
@@ -477,11 +420,7 @@ def main() -> None:
         "ratio_killed_plus_rerun_to_uninterrupted": round(sum(crash_cost) / len(crash_cost) / uninterrupted.wall_s, 3),
         "details": points,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out, run_meta)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Does the bundled trainer learn depth? Short CPU runs on rendered scenes with exact depth. Prints JSON.
 
-    python benchmarks/bench_learning.py [--steps 1000] [--stereo-steps 200] [--scenes 4] [--only PART] [--quick]
-                                        [--workdir DIR]
+    python -m benchmarks.bench_learning [--steps 1000] [--stereo-steps 200] [--scenes 4] [--only PART] [--quick]
+                                        [--workdir DIR] [--out FILE]
 
-A curated dataset is built without Prefect (ingest + publish, as tests/conftest.py's `train_root`) from
-synthetic canyon videos: `--scenes` mono scenes of which the last `--val-scenes` are held out whole (split
-"val"), the others are all "train"; rendered depth goes to <root>/ground_truth/<video_id>.npz. Then, on the
-held-out scenes, AbsRel and friends after least-squares scale-and-shift alignment in disparity (MiDaS):
+A curated dataset is built without Prefect (`pipeline.driver.curate_entries`: download of the file://
+sources, ingest, publish) from synthetic canyon videos: `--scenes` mono scenes of which the last `--val-scenes`
+are held out whole (split "val"), the others are all "train"; rendered depth goes to
+<root>/ground_truth/<video_id>.npz. Then, on the held-out scenes, AbsRel and friends after least-squares
+scale-and-shift alignment in disparity (MiDaS):
 (a) the untrained network (the exact initial weights of the run: same seed);
 (b) a constant prediction: lsq alignment of a constant is degenerate and maps it to each image's mean
     true disparity (an oracle constant); median scaling of a constant is reported too; and, as a stronger
@@ -29,36 +30,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.torch_compat import ensure_torchvision  # noqa: E402
+from pipeline.torch_compat import ensure_torchvision
 
 ensure_torchvision()  # before anything imports timm / torchvision on a CPU torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import Stopwatch, add_out_argument, add_workdir_argument, emit, meta, work_directory  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.driver import curate_entries  # noqa: E402
 from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.sources.catalog import CatalogEntry  # noqa: E402
-from pipeline.synthetic.renderer import (
+from pipeline.synthetic.renderer import (  # noqa: E402
     MovingObject,
     SceneSpec,
     normalized_intrinsics,
-    render_stereo_video,  # noqa: E402
+    render_stereo_video,
     render_video,
     save_ground_truth,
 )
-from pipeline.video.ingest import ingest_video  # noqa: E402
-from trainer.checkpoint import load_model  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
 from trainer.evaluate import evaluate_model, evaluation_batches  # noqa: E402
@@ -103,7 +100,10 @@ def build_dataset(
     speed_mps: float,
     objects: bool = False,
 ) -> dict[str, Any]:
-    """Render, ingest and publish the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
+    """Render and curate the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
+
+    The split is per video (train_fraction 1 or 0), so train and val videos are curated with their own config,
+    val first: the train run's publish, with the train config, is the one that stays.
 
     objects: the mono scenes get `moving_objects` and their ground truth the moving-object masks."""
     sources = root_dir / "sources"
@@ -143,7 +143,7 @@ def build_dataset(
             width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=stereo_seconds, baseline_m=0.3
         )
         videos.append((f"pair{i}", spec, split, "sbs_full"))
-    records = {}
+    entries: dict[str, list[CatalogEntry]] = {"train": [], "val": []}
     for video_id, spec, split, layout in videos:
         path = sources / f"{video_id}.mp4"
         if layout == "mono":
@@ -152,22 +152,28 @@ def build_dataset(
         else:
             render_stereo_video(spec, path, layout=layout)
         fx, fy, cx, cy = normalized_intrinsics(spec)
-        entry = CatalogEntry(
-            video_id=video_id,
-            url=f"file://{path}",
-            dataset="synth" if layout == "mono" else "synth3d",
-            category="natural",
-            layout=layout,
-            fx=fx,
-            fy=fy,
-            cx=cx,
-            cy=cy,
+        entries[split].append(
+            CatalogEntry(
+                video_id=video_id,
+                url=f"file://{path}",
+                dataset="synth" if layout == "mono" else "synth3d",
+                category="natural",
+                layout=layout,
+                fx=fx,
+                fy=fy,
+                cx=cx,
+                cy=cy,
+            )
         )
-        record = ingest_video(entry, path, root, configs[split])
-        if record["status"] != "ok":
-            raise RuntimeError(f"ingest of {video_id} failed: {record}")
-        records[video_id] = {"split": split, "kept": record["frames_kept"], "decoded": record["frames_decoded"]}
-    publish(root, configs["train"])
+    outcomes = {}
+    for split in ("val", "train"):
+        if not entries[split]:
+            continue
+        for video in curate_entries(entries[split], root, configs[split]).videos:
+            if video.status != "ok":
+                raise RuntimeError(f"curating {video.video_id} failed: {video}")
+            outcomes[video.video_id] = {"split": split, "kept": video.frames_kept, "decoded": video.frames_decoded}
+    records = {video_id: outcomes[video_id] for video_id, *_ in videos}  # in rendering order, as before
     return {"root": str(root.root), "videos": records}
 
 
@@ -248,7 +254,7 @@ def run_fit(cfg: TrainConfig, paths: list[str]) -> tuple[DepthTraining, dict[str
     start = time.perf_counter()
     result = fit(paths, cfg)
     wall = time.perf_counter() - start
-    model, _ = load_model(result["checkpoint"])
+    model, _ = DepthTraining.from_checkpoint(result["checkpoint"])
     rows = [json.loads(line) for line in (Path(cfg.run.out_dir) / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     steps = [r for r in rows if "step_s" in r]
@@ -381,17 +387,17 @@ def main() -> None:
         "motion (support mode motion), full (category at full photometric resolution), stereo",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, short scenes")
-    parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
+    add_workdir_argument(parser, "the dataset and runs")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta("torchvision", "timm")
     if args.quick:
         args.steps, args.stereo_steps, args.seconds, args.val_seconds, args.stereo_seconds = 20, 20, 8.0, 5.0, 5.0
     parts = set(args.only or ("video", "stereo", "motion", "full"))
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
+    started = Stopwatch()
+    with work_directory(args.workdir, prefix="bench-learning-") as work:
+        build = Stopwatch()
         key = [
             args.scenes,
             args.val_scenes,
@@ -419,7 +425,7 @@ def main() -> None:
             )
             cache.write_text(json.dumps({"key": key, "dataset": dataset}))
         data_root = Path(dataset["root"])
-        build_s = time.perf_counter() - t0
+        build_s = build.s
         out: dict[str, Any] = {
             "setup": {
                 "render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps",
@@ -512,8 +518,8 @@ def main() -> None:
                 # The stereo-trained net on the held-out mono scenes' rendered depth (lsq-aligned AbsRel).
                 "on_mono_val_depth": {"untrained": pick(base, "synth/video"), "trained": pick(trained, "synth/video")},
             }
-        out["wall_s"] = round(time.perf_counter() - started, 1)
-        print(json.dumps(out, indent=2))
+        out["wall_s"] = round(started.s, 1)
+        emit(out, args.out, run_meta)
 
 
 if __name__ == "__main__":

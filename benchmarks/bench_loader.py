@@ -1,10 +1,12 @@
 """Training-batch throughput of the Parquet shard loader against a folder-of-JPEG loader. Prints JSON.
 
-    python benchmarks/bench_loader.py [--videos 4] [--seconds 50] [--size 640x384] [--batches 200] [--workdir DIR]
+    python -m benchmarks.bench_loader [--videos 4] [--seconds 50] [--size 640x384] [--batches 200] [--workdir DIR]
+                                      [--out FILE]
 
-A curated dataset is built without Prefect (render, ingest, publish) from synthetic canyon videos, every
-frame kept (no trims, no decimation). Its frames are then also written out in SlowTV's on-disk layout, one
-JPEG per frame at <folder>/<video_id>/<frame_index:06d>.jpg, with the very JPEG bytes the shards hold.
+A curated dataset is built without Prefect (render, then `pipeline.driver.curate_entries`: download of the
+file:// sources, ingest, publish) from synthetic canyon videos, every frame kept (no trims, no decimation).
+Its frames are then also written out in SlowTV's on-disk layout, one JPEG per frame at
+<folder>/<video_id>/<frame_index:06d>.jpg, with the very JPEG bytes the shards hold.
 (a) shard: what training reads, `trainer.data.ShardStream` + `make_loader` (video batches with their two
     supports, augmented, batch_size and num_workers as given);
 (b) folder: a map-style torch Dataset fed shuffled target indices a batch at a time, which reads the target
@@ -30,16 +32,13 @@ import itertools
 import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.torch_compat import ensure_torchvision  # noqa: E402
+from pipeline.torch_compat import ensure_torchvision
 
 ensure_torchvision()  # before anything imports timm / torchvision on a CPU torch
 
@@ -48,12 +47,21 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
+from benchmarks.common import (  # noqa: E402
+    Stopwatch,
+    add_out_argument,
+    add_workdir_argument,
+    emit,
+    meta,
+    proc_cpu_s,
+    proc_kb,
+    work_directory,
+)
 from pipeline.config import load_config  # noqa: E402
-from pipeline.corpus.publish import publish  # noqa: E402
+from pipeline.driver import curate_entries  # noqa: E402
 from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.synthetic.renderer import SceneSpec, normalized_intrinsics, render_video  # noqa: E402
-from pipeline.video.ingest import ingest_video  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, ShardReader, ShardStream, make_loader  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
@@ -63,7 +71,7 @@ FPS = 10.0
 
 
 def build_dataset(work: Path, videos: int, seconds: float, width: int, height: int) -> tuple[Path, dict[str, Any]]:
-    """Render, ingest (every frame kept, split train) and publish; returns the manifest and counts."""
+    """Render, curate (every frame kept, split train) and publish; returns the manifest and counts."""
     sources = work / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     root = DataRoot(work / "data")
@@ -73,19 +81,21 @@ def build_dataset(work: Path, videos: int, seconds: float, width: int, height: i
             "split": {"train_fraction": 1.0, "gap_frames": 0},
         }
     )
-    kept = 0
+    entries = []
     for i in range(videos):
         spec = SceneSpec(width=width, height=height, fps=FPS, duration_s=seconds, seed=300 + i)
         path = render_video(spec, sources / f"v{i}.mp4")
         fx, fy, cx, cy = normalized_intrinsics(spec)
-        entry = CatalogEntry(
-            video_id=f"v{i}", url=f"file://{path}", dataset="bench", category="natural", fx=fx, fy=fy, cx=cx, cy=cy
+        entries.append(
+            CatalogEntry(
+                video_id=f"v{i}", url=f"file://{path}", dataset="bench", category="natural", fx=fx, fy=fy, cx=cx, cy=cy
+            )
         )
-        record = ingest_video(entry, path, root, cfg)
-        if record["status"] != "ok":
-            raise RuntimeError(f"ingest of v{i} failed: {record}")
-        kept += record["frames_kept"]
-    publish(root, cfg)
+    result = curate_entries(entries, root, cfg)
+    failed = [video for video in result.videos if video.status != "ok"]
+    if failed:
+        raise RuntimeError(f"curating failed: {failed}")
+    kept = sum(video.frames_kept for video in result.videos)
     manifest = root.manifest("bench")
     shards = sorted({p for p in pq.read_table(manifest, columns=["shard"])["shard"].to_pylist()})
     groups = sum(pq.ParquetFile(root.root / s).metadata.num_row_groups for s in shards)
@@ -161,19 +171,6 @@ def folder_loader(plan: EpochPlan, cfg: TrainConfig, paths: np.ndarray) -> DataL
     )
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, float]:
     """Seconds to the first batch, then the rate over `batches` batches after `warmup` (>= 1) skipped, the
     CPU seconds per batch of the workers and the main process in that window, and the workers' peak RSS."""
@@ -184,7 +181,7 @@ def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, floa
     for _ in range(warmup - 1):
         next(iterator)
     pids = [w.pid for w in getattr(iterator, "_workers", [])]  # DataLoader internals: a benchmark may peek
-    cpu_from = sum(_proc_cpu_s(pid) for pid in pids) + time.process_time()
+    cpu_from = sum(proc_cpu_s(pid) for pid in pids) + time.process_time()
     timed_from = time.perf_counter()
     samples = 0
     for _ in range(batches):
@@ -192,8 +189,8 @@ def time_loader(loader: DataLoader, warmup: int, batches: int) -> dict[str, floa
         assert batch["kind"] == "video" and batch["supports"].shape[1] == 2
         samples += batch["image"].shape[0]
     elapsed = time.perf_counter() - timed_from
-    cpu = sum(_proc_cpu_s(pid) for pid in pids) + time.process_time() - cpu_from
-    peak = max((_proc_peak_rss_mb(pid) for pid in pids), default=float("nan"))
+    cpu = sum(proc_cpu_s(pid) for pid in pids) + time.process_time() - cpu_from
+    peak = max((proc_kb(f"/proc/{pid}/status", "VmHWM", float("nan")) / 1024 for pid in pids), default=float("nan"))
     del iterator  # shuts the workers down
     return {
         "first_batch_s": first,
@@ -287,25 +284,25 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=2, help="training steps timed for context (0: skip)")
     parser.add_argument("--encoder", default="convnext_atto", help="depth encoder of the training step")
     parser.add_argument("--pose-encoder", default="resnet18")
-    parser.add_argument("--workdir", type=Path, help="keep the dataset here between runs (default: a temp dir)")
+    add_workdir_argument(parser, "the dataset")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta("torchvision", "timm")
     args.warmup = max(1, args.warmup)
     width, height = (int(v) for v in args.size.lower().split("x"))
     train_h, train_w = (int(v) for v in args.train_size.lower().split("x"))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    started = Stopwatch()
+    with work_directory(args.workdir, prefix="bench-loader-") as work:
         key = [args.videos, args.seconds, width, height]
         cache = work / "dataset.json"
-        t0 = time.perf_counter()
+        build = Stopwatch()
         if cache.is_file() and json.loads(cache.read_text())["key"] == key:  # --workdir: reuse what is built
             stored = json.loads(cache.read_text())
             manifest, dataset = Path(stored["manifest"]), stored["dataset"]
         else:
             manifest, dataset = build_dataset(work, args.videos, args.seconds, width, height)
             cache.write_text(json.dumps({"key": key, "manifest": str(manifest), "dataset": dataset}))
-        build_s = time.perf_counter() - t0
+        build_s = build.s
         data = {"height": train_h, "width": train_w, "batch_size": args.batch_size, "num_workers": args.workers}
         if args.decode_cache_mb is not None:
             data["decode_cache_mb"] = args.decode_cache_mb
@@ -365,8 +362,8 @@ def main() -> None:
             step = train_step_time(cfg, args.train_steps, args.encoder, args.pose_encoder)
             step["loader_headroom_shard"] = round(step["step_s"] / result["shard"]["s_per_batch"], 1)
             out["train_step_cpu"] = step
-        out["wall_s"] = round(time.perf_counter() - started, 1)
-        print(json.dumps(out, indent=2))
+        out["wall_s"] = round(started.s, 1)
+        emit(out, args.out, run_meta)
 
 
 if __name__ == "__main__":

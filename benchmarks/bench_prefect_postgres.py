@@ -1,6 +1,6 @@
 """A Prefect server on PostgreSQL against the default SQLite server under the same load. Prints JSON.
 
-    python benchmarks/bench_prefect_postgres.py [--videos 200] [--second 20] [--workers 4] [--out FILE]
+    python -m benchmarks.bench_prefect_postgres [--videos 200] [--second 20] [--workers 4] [--out FILE]
 
 For each backend, in the same run: a fresh `prefect server start` on 127.0.0.1 (SQLite in its PREFECT_HOME, or a
 throw-away PostgreSQL from flows/local_services.py), every deployment of prefect.yaml registered, then two
@@ -10,31 +10,27 @@ videos (loopback HTTP, yt-dlp, ffmpeg, Parquet; `run.workers` in flight) and a c
 finished, the flow runs' own durations, records ok, database error lines in the server log, peak RSS of the
 server's process tree (sampled every 0.25 s) and of its main process (VmHWM), and for PostgreSQL the peak of
 the summed RSS and PSS of all its processes (PSS counts shared buffers once); CPU seconds of the server and of
-PostgreSQL from their start to the end of the load (steadier than wall time on a shared machine). Ratios are PostgreSQL / SQLite.
+PostgreSQL from their start to the end of the load (steadier than wall time on a shared machine). Ratios are
+PostgreSQL / SQLite. The JSON goes to --out (default benchmarks/results/prefect_postgres.json) and stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
+from benchmarks.common import RESULTS, Stopwatch, add_out_argument, emit, meta, proc_cpu_s, proc_kb, proc_stat
 from flows.local_services import (
     build_load_sources,
     create_flow_run,
     database_trouble,
-    deploy_all,  # noqa: E402
+    deploy_all,
     install_postgres,
     postgres_server,
     prefect_server,
@@ -42,7 +38,7 @@ from flows.local_services import (
     write_load_catalog,
     write_load_config,
 )
-from pipeline.synthetic.demo import serve_directory  # noqa: E402
+from pipeline.synthetic.demo import serve_directory
 
 MB = 2**20
 
@@ -51,9 +47,8 @@ def process_tree(root: int) -> list[int]:
     """`root` and all its descendants, from /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = proc_stat(int(stat.parent.name))
+        if fields is None:
             continue  # exited meanwhile
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     tree, todo = [], [root]
@@ -66,31 +61,14 @@ def process_tree(root: int) -> list[int]:
 
 def tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system) of `root`'s tree, with its reaped children (PostgreSQL's exited backends)."""
-    ticks = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_kb(path: str, key: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return sum(proc_cpu_s(pid, children=True) for pid in process_tree(root))
 
 
 def tree_memory(root: int) -> dict[str, float]:
     pids = process_tree(root)
     return {
-        "rss_mb": sum(_proc_kb(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024,
-        "pss_mb": sum(_proc_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids) / 1024,
+        "rss_mb": sum(proc_kb(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024,
+        "pss_mb": sum(proc_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids) / 1024,
         "processes": len(pids),
     }
 
@@ -145,11 +123,10 @@ def run_load(
             roots = {"server": lambda: server.pid}
             if database:
                 roots["postgres"] = database.pid
-            with PeakSampler(roots) as sampler:
-                start = time.perf_counter()
+            with PeakSampler(roots) as sampler, Stopwatch() as watch:
                 run_flow_runs(server.env, work, runs, timeout=1800)
-                wall = time.perf_counter() - start
-            server_hwm_mb = _proc_kb(f"/proc/{server.pid}/status", "VmHWM") / 1024
+            wall = watch.s
+            server_hwm_mb = proc_kb(f"/proc/{server.pid}/status", "VmHWM") / 1024
             cpu = {name: tree_cpu_s(root()) for name, root in roots.items()}
             details = [flow_run(server.env["PREFECT_API_URL"], run_id) for run_id in runs]
         trouble = database_trouble(server.log)
@@ -181,8 +158,6 @@ def run_load(
 
 
 def _database(backend: str, pg_bin: Path | None):
-    import contextlib
-
     return postgres_server(pg_bin) if backend == "postgres" else contextlib.nullcontext(None)
 
 
@@ -191,8 +166,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--second", type=int, default=20, help="videos of the concurrent second flow run")
     parser.add_argument("--workers", type=int, default=4, help="run.workers: videos in flight per flow run")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "prefect_postgres.json")
+    add_out_argument(parser, default=RESULTS / "prefect_postgres.json")
     args = parser.parse_args()
+    run_meta = meta("prefect", "yt-dlp")
     pg_bin = install_postgres()
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
         sources = Path(tmp) / "sources"
@@ -220,10 +196,7 @@ def main() -> None:
             "server_plus_database_cpu_s": round((pg["server_cpu_s"] + pg["postgres_cpu_s"]) / lite["server_cpu_s"], 3),
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(report, args.out, run_meta)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Sampling-stage throughput against ffmpeg decode-only, and peak memory against video length. Prints JSON.
 
-    python benchmarks/bench_sampling.py [--seconds 60] [--long-minutes 10] [--workdir DIR]
+    python -m benchmarks.bench_sampling [--seconds 60] [--long-minutes 10] [--workdir DIR] [--out FILE]
 
 (a) decode-only: `ffmpeg -i video -f null -` on a synthetic 1280x720 30 fps H.264 video;
 (b) this project's sampling stage end to end on the same file (decode at 10 fps, cut detection, filters,
     pHash, JPEG encode, Parquet write), with no trims and no decimation so every sampled frame is worked on.
+    It calls `ingest_video` on the file itself, not `pipeline.driver.curate_entries`: the driver's download
+    (a copy of the file) and publish would fall inside the timed window and the peak RSS.
 Both are reported as source-video seconds per wall-clock second, run back to back, with their ratio.
 (c) peak RSS of the sampling stage on a short and a long (>= 10 min) video: it should not grow with length.
 """
@@ -16,12 +18,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.synthetic.renderer import SceneSpec, render_video  # noqa: E402
+from benchmarks.common import REPO, Stopwatch, add_out_argument, add_workdir_argument, emit, meta
+from pipeline.synthetic.renderer import SceneSpec, render_video
 
 _CHILD = """
 import json, resource, sys, time
@@ -35,9 +35,9 @@ entry = CatalogEntry(video_id="bench", url="file:///bench", dataset="bench", cat
 start = time.perf_counter()
 record = ingest_video(entry, sys.argv[1], DataRoot(sys.argv[2]), cfg)
 wall = time.perf_counter() - start
-assert record["status"] == "ok", record
-print(json.dumps({"wall_s": wall, "frames_decoded": record["frames_decoded"], "frames_kept": record["frames_kept"],
-                  "duration_s": record["duration_s"],
+assert record.ok, record
+print(json.dumps({"wall_s": wall, "frames_decoded": record.frames_decoded, "frames_kept": record.frames_kept,
+                  "duration_s": record.info.duration_s,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "ffmpeg_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -72,9 +72,9 @@ def make_video(workdir: Path, name: str, width: int, height: int, seconds: float
 
 
 def decode_only(video: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(video), "-f", "null", "-"], check=True)
-    return time.perf_counter() - start
+    with Stopwatch() as watch:
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(video), "-f", "null", "-"], check=True)
+    return watch.s
 
 
 def sampling_stage(video: Path, out: Path) -> dict:
@@ -83,7 +83,7 @@ def sampling_stage(video: Path, out: Path) -> dict:
         check=True,
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -92,8 +92,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput video")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the long memory video")
-    parser.add_argument("--workdir", type=Path, help="keep videos here between runs (default: a temp dir)")
+    add_workdir_argument(parser, "the rendered videos")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -126,10 +128,10 @@ def main() -> None:
                 }
             )
         memory_growth = round(memory[1]["peak_rss_mb"] / memory[0]["peak_rss_mb"], 3)
-        print(
-            json.dumps(
-                {"throughput": throughput, "memory": memory, "peak_rss_ratio_long_to_short": memory_growth}, indent=2
-            )
+        emit(
+            {"throughput": throughput, "memory": memory, "peak_rss_ratio_long_to_short": memory_growth},
+            args.out,
+            run_meta,
         )
 
 

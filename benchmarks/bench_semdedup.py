@@ -1,7 +1,7 @@
 """SemDeDup: wall time and peak memory against n, a brute-force baseline, and quality on planted duplicates.
 
-    python benchmarks/bench_semdedup.py [--sizes 10000 30000 100000 300000 1000000] [--brute-max 30000]
-                                        [--blas-threads 1]
+    python -m benchmarks.bench_semdedup [--sizes 10000 30000 100000 300000 1000000] [--brute-max 30000]
+                                        [--blas-threads 1] [--out FILE]
 
 Synthetic 512-d unit embeddings stored as float16, as publish holds them: a mixture of 2000 "scenes" (rows of
 one scene at cosine ~0.8 to each other, ~0.9 to its centre, like CLIP embeddings of frames of one video), with
@@ -27,13 +27,11 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.clip.semdedup import greedy_dedup, semdedup, unit_rows  # noqa: E402
+from benchmarks.common import REPO, add_out_argument, emit, meta
+from pipeline.clip.semdedup import greedy_dedup, semdedup, unit_rows
 
 DIM = 512
 SCENES = 2000
@@ -145,6 +143,7 @@ def main() -> None:
     parser.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS_NUM_THREADS of the measurements")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--quality", action="store_true", help=argparse.SUPPRESS)
+    add_out_argument(parser)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.child <= args.brute_max)))
@@ -152,12 +151,14 @@ def main() -> None:
     if args.quality:
         print(json.dumps(planted_quality()))
         return
+    run_meta = meta()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads), "OMP_NUM_THREADS": str(args.blas_threads)}
 
     def child(*flags: str) -> dict:
         out = subprocess.run(
-            [sys.executable, __file__, *flags, "--brute-max", str(args.brute_max)],
+            [sys.executable, "-m", "benchmarks.bench_semdedup", *flags, "--brute-max", str(args.brute_max)],
             env=env,
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=True,
@@ -172,17 +173,16 @@ def main() -> None:
         current["time_exponent_vs_previous"] = round(
             float(np.log(current["seconds"] / previous["seconds"]) / np.log(current["n"] / previous["n"])), 2
         )
-    print(
-        json.dumps(
-            {
-                "dim": DIM,
-                "epsilon": 0.01,
-                "blas_threads": args.blas_threads,
-                "scaling": scaling,
-                "quality": child("--quality"),
-            },
-            indent=2,
-        )
+    emit(
+        {
+            "dim": DIM,
+            "epsilon": 0.01,
+            "blas_threads": args.blas_threads,
+            "scaling": scaling,
+            "quality": child("--quality"),
+        },
+        args.out,
+        run_meta,
     )
 
 

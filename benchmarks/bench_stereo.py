@@ -1,6 +1,6 @@
 """Stereo branch: disparity accuracy against ground truth (vs OpenCV StereoSGBM) and speed. Prints JSON.
 
-    python benchmarks/bench_stereo.py [--scenes 6] [--speed-pairs 10]
+    python -m benchmarks.bench_stereo [--scenes 6] [--speed-pairs 10] [--out FILE]
 
 Accuracy: synthetic canyon pairs at 940x400 (baseline 0.1 m, 4 px convergence shift, so disparities of both
 signs; sensor noise and JPEG q90 on both views). On the pixels each method keeps: mean end-point error, the
@@ -14,26 +14,21 @@ stage (flows, checks, sky, disparity and mask PNGs, JPEG, Parquet row), in the s
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.config import load_config  # noqa: E402
-from pipeline.io.parquet_writer import PartWriter  # noqa: E402
-from pipeline.media.codecs import encode_jpeg  # noqa: E402
-from pipeline.schema import SHARD_SCHEMA  # noqa: E402
-from pipeline.stereo.disparity import pixel_checks, summarize  # noqa: E402
-from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows  # noqa: E402
-from pipeline.stereo.processor import StereoProcessor  # noqa: E402
-from pipeline.stereo.sky import make_sky_detector  # noqa: E402
-from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames  # noqa: E402
+from benchmarks.common import Stopwatch, add_out_argument, emit, meta
+from pipeline.config import load_config
+from pipeline.io.parquet_writer import PartWriter
+from pipeline.media.codecs import encode_jpeg
+from pipeline.schema import SHARD_SCHEMA
+from pipeline.stereo.disparity import pixel_checks, summarize
+from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows
+from pipeline.stereo.processor import StereoProcessor
+from pipeline.stereo.sky import make_sky_detector
+from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -143,13 +138,13 @@ def speed(width: int, height: int, n_pairs: int) -> dict:
     flow = make_flow_backend(cfg.flow)
     processor = StereoProcessor(cfg)
     processor.process([pairs[0][0]], [pairs[0][1]])  # warm-up
-    start = time.perf_counter()
-    for left, right in pairs:
-        flow([left, right], [right, left])
-    bare = time.perf_counter() - start
+    with Stopwatch() as watch:
+        for left, right in pairs:
+            flow([left, right], [right, left])
+    bare = watch.s
     with tempfile.TemporaryDirectory() as tmp:
         writer = PartWriter(tmp, SHARD_SCHEMA)
-        start = time.perf_counter()
+        watch = Stopwatch()
         for i, (left, right) in enumerate(pairs):
             (outcome,) = processor.process([left], [right])
             jpeg = encode_jpeg(left)
@@ -170,7 +165,7 @@ def speed(width: int, height: int, n_pairs: int) -> dict:
                 }
             )
         writer.close()
-        full = time.perf_counter() - start
+        full = watch.s
     return {
         "size": f"{width}x{height}",
         "pairs": n_pairs,
@@ -184,15 +179,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--speed-pairs", type=int, default=10)
+    add_out_argument(parser)
     args = parser.parse_args()
-    print(
-        json.dumps(
-            {
-                "accuracy_940x400": accuracy(args.scenes),
-                "speed": [speed(940, 400, args.speed_pairs), speed(1880, 800, max(3, args.speed_pairs // 3))],
-            },
-            indent=2,
-        )
+    run_meta = meta()
+    emit(
+        {
+            "accuracy_940x400": accuracy(args.scenes),
+            "speed": [speed(940, 400, args.speed_pairs), speed(1880, 800, max(3, args.speed_pairs // 3))],
+        },
+        args.out,
+        run_meta,
     )
 
 

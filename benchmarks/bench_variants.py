@@ -1,6 +1,6 @@
 """Do the trainer's variants help on independently moving objects? Same short CPU budget each. Prints JSON.
 
-    python benchmarks/bench_variants.py [--steps 500] [--only NAME] [--quick] [--workdir DIR] [--out FILE]
+    python -m benchmarks.bench_variants [--steps 500] [--only NAME] [--quick] [--workdir DIR] [--out FILE]
 
 The dataset is bench_learning's (its `build_dataset`, mono scenes only) with `objects`: boxes crossing the
 canyon, boxes coming towards the camera and one box fixed in the camera frame (`moving_objects`), which
@@ -28,17 +28,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from bench_learning import (
+from benchmarks.bench_learning import (  # before trainer: it makes torchvision importable (ensure_torchvision)
     FPS,
     RENDER_H,
     RENDER_W,
@@ -50,15 +46,14 @@ from bench_learning import (
     train_config,
     untrained,
 )
-
-from pipeline.io.storage import write_bytes_atomic  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import GroundTruth, resize_nearest  # noqa: E402
-from trainer.evaluate import evaluation_batches  # noqa: E402
-from trainer.manifest import load_manifests  # noqa: E402
-from trainer.metrics import depth_metrics_per_image  # noqa: E402
-from trainer.plan import EpochPlan  # noqa: E402
-from trainer.train import LAST  # noqa: E402
+from benchmarks.common import Stopwatch, add_out_argument, add_workdir_argument, emit, meta, work_directory
+from trainer.config import TrainConfig
+from trainer.data import GroundTruth, resize_nearest
+from trainer.evaluate import evaluation_batches
+from trainer.manifest import load_manifests
+from trainer.metrics import depth_metrics_per_image
+from trainer.plan import EpochPlan
+from trainer.train import LAST
 
 VARIANTS = ("baseline", "explainability", "aquanet", "zoom", "positional", "spimo")
 REGIONS = ("overall", "moving", "moving_world", "with_camera")
@@ -141,9 +136,10 @@ def main() -> None:
     parser.add_argument("--resize-prob", type=float, default=0.5, help="data.augment.resize_prob of `zoom`")
     parser.add_argument("--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, short scenes")
-    parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here (default: a temp dir)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here (e.g. benchmarks/results/variants.json)")
+    add_workdir_argument(parser, "the dataset and runs")
+    add_out_argument(parser)
     args = parser.parse_args()
+    run_meta = meta("torchvision", "timm")
     # The baseline's figures are the reference; SlowTV's loss with the scale-wise photometric comparison.
     args.automask, args.photometric_resolution = True, "scale"
     if args.quick:
@@ -152,13 +148,11 @@ def main() -> None:
     if "spimo" in names and "positional" not in names:
         names.insert(names.index("spimo"), "positional")  # its first stage
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    started = Stopwatch()
+    with work_directory(args.workdir, prefix="bench-variants-") as work:
         key = ["objects", args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.max_height, args.speed]
         cache = work / "dataset.json"
-        t0 = time.perf_counter()
+        build = Stopwatch()
         if cache.is_file() and json.loads(cache.read_text())["key"] == key:
             dataset = json.loads(cache.read_text())["dataset"]
         else:
@@ -191,7 +185,7 @@ def main() -> None:
                 "seed": args.seed,
                 "eval_alignment": "lsq_disparity",
                 "videos": dataset["videos"],
-                "build_s": round(time.perf_counter() - t0, 1),
+                "build_s": round(build.s, 1),
                 "threads": torch.get_num_threads(),
             },
         }
@@ -223,11 +217,8 @@ def main() -> None:
             for name, v in variants.items()
             if name != "baseline"
         }
-        out["wall_s"] = round(time.perf_counter() - started, 1)
-        text = json.dumps(out, indent=2)
-        print(text)
-        if args.out:
-            write_bytes_atomic(args.out, (text + "\n").encode())
+        out["wall_s"] = round(started.s, 1)
+        emit(out, args.out, run_meta)
 
 
 if __name__ == "__main__":
