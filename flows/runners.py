@@ -71,25 +71,31 @@ def task_submitter(cfg: CurateConfig) -> Iterator[Submit]:
         )
 
         def submit(task: Task, parameters: dict[str, Any], devices: tuple[str, ...]) -> PrefectFuture:
-            _ship_path_loaded_module(task)
+            _ship_path_loaded_modules(task)
             with remote_options(**ray_resources(devices, gpus, cfg.run.ray.gpus_per_task)):
                 return runner.submit(task, parameters)
 
         yield submit
 
 
-def _ship_path_loaded_module(task: Task) -> None:
-    """Pickle `task`'s module by value when the flow's process loaded it from its file path.
+def _ship_path_loaded_modules(task: Task) -> None:
+    """Pickle by value the modules the flow's process loaded from their file path: the task's and the flow's.
 
     A deployment loads its entrypoint (flows/curate.py) as a module named `curate`, which Ray workers cannot
-    import, so the task's helpers would not unpickle there; imported as a package module (`flows.curate`) the
-    name has a dot, and workers import it like any other.
+    import. The run context Prefect ships with every task carries the flow, so the flow's module must travel
+    by value even when the task itself lives in an importable module (flows.tasks); a package module
+    (`flows.curate`) has a dot in its name, and workers import it like any other.
     """
     import ray.cloudpickle
+    from prefect.context import FlowRunContext
 
-    name = task.fn.__module__
-    if "." not in name and name in sys.modules:
-        ray.cloudpickle.register_pickle_by_value(sys.modules[name])
+    names = {task.fn.__module__}
+    context = FlowRunContext.get()
+    if context is not None and context.flow is not None:
+        names.add(context.flow.fn.__module__)
+    for name in names:
+        if "." not in name and name in sys.modules:
+            ray.cloudpickle.register_pickle_by_value(sys.modules[name])
 
 
 def ray_runner_settings(ray_cfg: RayConfig) -> dict[str, Any]:
