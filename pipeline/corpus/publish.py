@@ -30,7 +30,7 @@ from pipeline.schema import (
     VIDEO_STATS_SCHEMA,
 )
 from pipeline.sources.catalog import CatalogProblem
-from pipeline.video.phash import find_many
+from pipeline.video.phash import HammingIndex
 from pipeline.video.record import VideoRecord, load_records
 
 
@@ -92,21 +92,29 @@ def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table
     kept = frames["kept"].to_numpy(zero_copy_only=False)
     if not kept.any():
         return frames
-    video = np.asarray(pc.binary_join_element_wise(frames["dataset"], frames["video_id"], "/"))
+    video = np.asarray(pc.binary_join_element_wise(frames["dataset"], frames["video_id"], "/"), dtype=object)
     hashes = frames["phash"].fill_null(0).to_numpy().astype(np.uint64)
     sample_ids = frames["sample_id"].to_numpy(zero_copy_only=False)
     reason = frames["drop_reason"].to_numpy(zero_copy_only=False).astype(object)
     duplicate_of = frames["duplicate_of"].to_numpy(zero_copy_only=False).astype(object)
-    index_rows = np.empty(0, np.int64)
-    for name in dict.fromkeys(video):  # video order as loaded: (dataset, video_id)
-        rows = np.flatnonzero((video == name) & kept)
-        match = find_many(hashes[index_rows], hashes[rows], max_hamming)
+    # Each video's rows are contiguous, in (dataset, video_id) order as loaded.
+    starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]])
+    ends = np.r_[starts[1:], len(video)]
+    index = HammingIndex()
+    index_rows = np.empty(int(kept.sum()), np.int64)  # frame row of each index position
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        rows = start + np.flatnonzero(kept[start:end])
+        if len(rows) == 0:
+            continue
+        match = index.nearest(hashes[rows], max_hamming)
         hit = match >= 0
         dup_rows = rows[hit]
         kept[dup_rows] = False
         reason[dup_rows] = "duplicate_cross_video"
         duplicate_of[dup_rows] = sample_ids[index_rows[match[hit]]]
-        index_rows = np.concatenate([index_rows, rows[~hit]])
+        fresh = rows[~hit]
+        index_rows[len(index) : len(index) + len(fresh)] = fresh
+        index.add(hashes[fresh])
     frames = frames.set_column(frames.schema.get_field_index("kept"), "kept", pa.array(kept))
     frames = frames.set_column(
         frames.schema.get_field_index("drop_reason"), "drop_reason", pa.array(reason, pa.string())

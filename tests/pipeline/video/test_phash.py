@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.media.decode import FrameReader
 from pipeline.synthetic.renderer import SceneSpec, encode_video, render_frames
-from pipeline.video.phash import HashIndex, find_many, hamming, phash
+from pipeline.video.phash import HammingIndex, HashIndex, find_many, hamming, phash
 
 
 def _gray(bgr: np.ndarray) -> np.ndarray:
@@ -205,3 +205,99 @@ def test_find_many_empty_inputs():
     assert find_many(none, some, 64).tolist() == [-1, -1, -1]
     assert find_many(some, none, 64).shape == (0,)
     assert find_many(none, none, 64).shape == (0,)
+
+
+# ------------------------------------------------------------------ HammingIndex (multi-index hashing)
+
+
+def _flip_bits(values: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`values` with counts[i] distinct random bits of values[i] flipped."""
+    out = values.copy()
+    for i, k in enumerate(counts.tolist()):
+        for bit in rng.choice(64, size=k, replace=False):
+            out[i] ^= np.uint64(1) << np.uint64(bit)
+    return out
+
+
+def _indexed(stored: np.ndarray) -> HammingIndex:
+    index = HammingIndex()
+    index.add(stored)
+    return index
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 10, 20])
+@pytest.mark.parametrize("size, seed", [(1, 0), (37, 1), (500, 2), (3000, 3), (12000, 4)])
+def test_hamming_index_equals_find_many_on_random_sets(size, seed, max_distance):
+    rng = np.random.default_rng(seed)
+    stored = rng.integers(0, 2**64, size=size, dtype=np.uint64)
+    picks = rng.integers(0, size, size=300)
+    near = _flip_bits(stored[picks], rng.integers(0, max_distance + 3, size=300), rng)
+    queries = np.concatenate([near, stored[:50], rng.integers(0, 2**64, size=200, dtype=np.uint64)])
+    result = _indexed(stored).nearest(queries, max_distance)
+    assert result.dtype == np.int64 and result.shape == (len(queries),)
+    assert result.tolist() == find_many(stored, queries, max_distance).tolist()
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 2, 3, 4, 5, 6, 8, 10, 12])
+def test_hamming_index_finds_planted_near_duplicates(max_distance):
+    rng = np.random.default_rng(100 + max_distance)
+    stored = rng.integers(0, 2**64, size=5000, dtype=np.uint64)
+    index = _indexed(stored)
+    assert index.plan(max_distance) is not None  # the banded path, not the scan
+    picks = rng.integers(0, len(stored), size=400)
+    within = _flip_bits(stored[picks], rng.integers(0, max_distance + 1, size=400), rng)
+    beyond = _flip_bits(stored[picks], rng.integers(max_distance + 1, max_distance + 4, size=400), rng)
+    found = index.nearest(within, max_distance)
+    assert (found >= 0).all()  # every copy within reach is found ...
+    assert found.tolist() == find_many(stored, within, max_distance).tolist()  # ... at the nearest position
+    assert index.nearest(beyond, max_distance).tolist() == find_many(stored, beyond, max_distance).tolist()
+
+
+@pytest.mark.parametrize("max_distance", [2, 4, 10])
+def test_hamming_index_ties_go_to_the_lowest_position(max_distance):
+    rng = np.random.default_rng(7)
+    filler = rng.integers(0, 2**64, size=4000, dtype=np.uint64)
+    base = np.uint64(0x0123_4567_89AB_CDEF)
+    one, two = np.uint64(1) << np.uint64(3), np.uint64(1) << np.uint64(40)  # both one bit from `base`
+    stored = np.concatenate([filler[:1500], [base ^ two], filler[1500:3000], [base ^ one], [base ^ two], filler[3000:]])
+    index = _indexed(stored.astype(np.uint64))
+    assert index.plan(max_distance) is not None
+    assert index.nearest(np.array([base], np.uint64), max_distance).tolist() == [1500]
+    exact = np.array([base ^ one], np.uint64)  # distance 0 beats the earlier distance-2 entry
+    assert index.nearest(exact, max_distance).tolist() == [3001]
+
+
+@pytest.mark.parametrize("max_distance", [0, 4, 10, 20])
+def test_hamming_index_adds_between_queries(max_distance):
+    rng = np.random.default_rng(11)
+    index = HammingIndex()
+    stored = np.empty(0, np.uint64)
+    for _ in range(40):  # past several flushes of the unindexed tail and merges of runs
+        fresh = rng.integers(0, 2**64, size=int(rng.integers(0, 400)), dtype=np.uint64)
+        if len(stored):
+            copies = stored[rng.integers(0, len(stored), size=len(fresh) // 4)]
+            fresh[: len(copies)] = _flip_bits(copies, rng.integers(0, max_distance + 3, size=len(copies)), rng)
+        queries = np.concatenate([fresh, rng.integers(0, 2**64, size=20, dtype=np.uint64)])
+        assert index.nearest(queries, max_distance).tolist() == find_many(stored, queries, max_distance).tolist()
+        index.add(fresh)
+        stored = np.concatenate([stored, fresh])
+        assert len(index) == len(stored) and index.hashes.tolist() == stored.tolist()
+
+
+def test_hamming_index_switching_distances_stays_exact():
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, 2**64, size=6000, dtype=np.uint64)
+    queries = _flip_bits(stored[rng.integers(0, 6000, size=500)], rng.integers(0, 9, size=500), rng)
+    index = _indexed(stored)
+    for max_distance in (4, 1, 8, 0, 4, 64, -1):
+        assert index.nearest(queries, max_distance).tolist() == find_many(stored, queries, max_distance).tolist()
+
+
+def test_hamming_index_empty_inputs():
+    index = HammingIndex()
+    assert index.nearest(np.array([1, 2], np.uint64), 4).tolist() == [-1, -1]
+    index.add(np.array([1, 2, 3], np.uint64))
+    assert index.nearest(np.array([], np.uint64), 4).shape == (0,)
+    index.add(np.array([], np.uint64))
+    assert len(index) == 3
+    assert index.nearest(np.array([2**64 - 1], np.uint64), 64).tolist() == [2]  # 3 = 0b11: 62 bits away
