@@ -28,7 +28,9 @@ _SCORE_ROWS = 65536  # embeddings scored at a time
 def curate_frames(
     root: DataRoot, records: list[VideoRecord], frames: pa.Table, cfg: ClipConfig
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Frames with CLIP scores filled in and junk / semantic-duplicate drops applied; plus what dataset.json records."""
+    """`frames` (any subset of the frame-stats columns that includes sample_id, kept, drop_reason, duplicate_of and
+    the score columns) with CLIP scores filled in and junk / semantic-duplicate drops applied; plus what dataset.json
+    records."""
     model = get_model(cfg)
     corpus = load_embeddings(root, records, model.model_hash, model.dim)
     position = pc.index_in(frames["sample_id"], value_set=corpus.sample_ids).fill_null(-1).to_numpy()
@@ -88,7 +90,7 @@ def curate_frames(
         "semdedup": dedup_info,
         "embeddings": corpus.files,
     }
-    return frames.cast(FRAME_STATS_SCHEMA), info
+    return frames.cast(pa.schema([FRAME_STATS_SCHEMA.field(name) for name in frames.column_names])), info
 
 
 def zero_shot_scores(vectors: np.ndarray, model: ClipModel, cfg: ClipConfig) -> dict[str, np.ndarray]:

@@ -1,4 +1,12 @@
-"""Corpus-level step after all videos: cross-video dedup, CLIP curation, manifests, stats tables, dataset.json."""
+"""Corpus-level step after all videos: cross-video dedup, CLIP curation, manifests, stats tables, dataset.json.
+
+Out of core: the corpus decisions come first (cross-video duplicates from the kept frames' hashes only, kept and
+reused between runs: pipeline/corpus/cross_video.py; the CLIP pass over the shard rows when it is on), then one
+pass over the videos, in (dataset, video_id) order, streams each video's frame rows into stats/frames.parquet and
+its kept shard rows into its dataset's manifest, a row group at a time. Memory holds one video's rows and the
+decisions, not the corpus. A rerun whose inputs (records, config, catalog problems, camera files) are unchanged
+and whose outputs are all in place returns the dataset.json it wrote last time and writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,10 @@ import collections
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig
+from pipeline.corpus.cross_video import VideoDuplicates, cross_video_duplicates
 from pipeline.io.data_root import DataRoot
+from pipeline.io.parquet_writer import TableStream
+from pipeline.io.storage import sha256_file, temp_path_for
 from pipeline.schema import (
     CAMERA_SCHEMA,
     CATEGORY_STATS_SCHEMA,
@@ -30,99 +43,71 @@ from pipeline.schema import (
     VIDEO_STATS_SCHEMA,
 )
 from pipeline.sources.catalog import CatalogProblem
-from pipeline.video.phash import HammingIndex
 from pipeline.video.record import VideoRecord, load_records
+
+_ROW_GROUP_ROWS = 1_000_000  # of the stats tables and manifests
+_INPUTS_STATE = "inputs.json"
+VideoKey = tuple[str, str]
+
+
+@dataclass
+class _Tally:
+    """What the streaming pass counted: for dataset.json and for each video's record."""
+
+    frames: int = 0
+    kept: int = 0
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    publish_drops: dict[VideoKey, collections.Counter[str]] = field(default_factory=dict)
+    manifests: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _ClipPass:
+    """The CLIP pass's decisions for the frames ingest kept (the shard rows), in corpus order."""
+
+    table: pa.Table  # kept, drop_reason, duplicate_of and the score columns
+    offsets: dict[VideoKey, int]  # where each video's rows start
+    info: dict[str, Any]
 
 
 def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem] = ()) -> dict[str, Any]:
     """Write stats tables, manifests and dataset.json for everything finished under `root`; returns dataset.json."""
     records = load_records(root)
-    frames = _load_frames(root, records)
-    if cfg.dedup.across_videos:
-        frames = _drop_cross_video_duplicates(frames, cfg.dedup.max_hamming)
-    clip_info = None
-    if cfg.clip.enabled:
-        from pipeline.clip.curation import curate_frames  # imports torch: only when CLIP curation is on
-
-        frames, clip_info = curate_frames(root, records, frames, cfg.clip)
-    _recount(records, frames)
-    outputs = {
-        root.frames_table: _parquet_bytes(frames),
+    datasets = sorted({r.dataset for r in records})
+    final = [root.frames_table, root.videos_table, root.categories_table, root.cameras_table, root.dataset_json]
+    for path in [*final, *(root.manifest(d) for d in datasets)]:
+        # A publish killed mid-write left its temporary; unchanged bytes are not rewritten, so clear it here.
+        root.remove_stale_temps(path.parent, path.name)
+    inputs = _inputs_digest(root, records, cfg, catalog_problems)
+    unchanged = _unchanged_description(root, inputs)
+    if unchanged is not None:
+        return unchanged
+    videos = [r for r in records if r.ok]
+    duplicates = cross_video_duplicates(root, records, cfg.dedup) if cfg.dedup.across_videos else {}
+    clip = _clip_pass(root, records, videos, duplicates, cfg) if cfg.clip.enabled else None
+    cameras = _cameras(root, records, cfg)
+    tally = _Tally()
+    streamed = _stream_frames_and_manifests(root, datasets, videos, duplicates, clip, cameras, tally)
+    _recount(records, tally)
+    small = {
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
         root.categories_table: _parquet_bytes(_categories_table(records)),
     }
-    cameras = _cameras(root, records, cfg)
     if cfg.intrinsics.enabled:
-        outputs[root.cameras_table] = _parquet_bytes(
-            pa.Table.from_pylist(
-                [{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()], schema=CAMERA_SCHEMA
-            )
-        )
-    kept = _kept_by_video(frames)
-    manifests = {}
-    for dataset in sorted({r.dataset for r in records}):
-        table = _manifest(root, [r for r in records if r.dataset == dataset and r.ok], kept, cameras)
-        manifests[dataset] = table.num_rows
-        outputs[root.manifest(dataset)] = _parquet_bytes(table)
-    for path in [*outputs, root.dataset_json]:
-        # A publish killed mid-write left its temporary; unchanged bytes are not rewritten, so clear it here.
-        root.remove_stale_temps(path.parent, path.name)
+        rows = [{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()]
+        small[root.cameras_table] = _parquet_bytes(pa.Table.from_pylist(rows, schema=CAMERA_SCHEMA))
+    digests = {path: _sha256(data) for path, data in small.items()}
+    digests.update({path: sha256_file(tmp) for path, tmp in streamed.items()})
     # The manifests go last: a reader who finds one can rely on everything it points to.
-    for path in sorted(outputs, key=lambda p: p.parent.name == "manifest"):
-        root.write_bytes(path, outputs[path])
-    description = _description(root, cfg, records, frames, outputs, manifests, clip_info, cameras)
+    for path in sorted([*small, *streamed], key=lambda p: p.parent.name == "manifest"):
+        if path in small:
+            root.write_bytes(path, small[path])
+        else:
+            root.publish_file(streamed[path], path)
+    description = _description(root, cfg, records, tally, digests, clip.info if clip else None, cameras)
     root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+    _save_inputs(root, inputs, digests)
     return description
-
-
-def _load_frames(root: DataRoot, records: list[VideoRecord]) -> pa.Table:
-    tables = [
-        _read_table(root, part.path, schema=FRAME_STATS_SCHEMA)
-        for record in records
-        if record.ok
-        for part in record.frame_parts
-    ]
-    if not tables:
-        return FRAME_STATS_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
-
-
-def _drop_cross_video_duplicates(frames: pa.Table, max_hamming: int) -> pa.Table:
-    """Mark kept frames that repeat a kept frame of an earlier video; the earlier one stays."""
-    kept = frames["kept"].to_numpy(zero_copy_only=False)
-    if not kept.any():
-        return frames
-    video = np.asarray(pc.binary_join_element_wise(frames["dataset"], frames["video_id"], "/"), dtype=object)
-    hashes = frames["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    sample_ids = frames["sample_id"].to_numpy(zero_copy_only=False)
-    reason = frames["drop_reason"].to_numpy(zero_copy_only=False).astype(object)
-    duplicate_of = frames["duplicate_of"].to_numpy(zero_copy_only=False).astype(object)
-    # Each video's rows are contiguous, in (dataset, video_id) order as loaded.
-    starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]])
-    ends = np.r_[starts[1:], len(video)]
-    index = HammingIndex()
-    index_rows = np.empty(int(kept.sum()), np.int64)  # frame row of each index position
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        rows = start + np.flatnonzero(kept[start:end])
-        if len(rows) == 0:
-            continue
-        match = index.nearest(hashes[rows], max_hamming)
-        hit = match >= 0
-        dup_rows = rows[hit]
-        kept[dup_rows] = False
-        reason[dup_rows] = "duplicate_cross_video"
-        duplicate_of[dup_rows] = sample_ids[index_rows[match[hit]]]
-        fresh = rows[~hit]
-        index_rows[len(index) : len(index) + len(fresh)] = fresh
-        index.add(hashes[fresh])
-    frames = frames.set_column(frames.schema.get_field_index("kept"), "kept", pa.array(kept))
-    frames = frames.set_column(
-        frames.schema.get_field_index("drop_reason"), "drop_reason", pa.array(reason, pa.string())
-    )
-    frames = frames.set_column(
-        frames.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(duplicate_of, pa.string())
-    )
-    return frames.cast(FRAME_STATS_SCHEMA)
 
 
 def previous_catalog_problems(root: DataRoot) -> list[CatalogProblem]:
@@ -147,18 +132,203 @@ def previous_catalog_problems(root: DataRoot) -> list[CatalogProblem]:
     return problems
 
 
-def _recount(records: list[VideoRecord], frames: pa.Table) -> None:
-    """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
-    late = frames.filter(pc.is_in(frames["drop_reason"], pa.array(PUBLISH_DROP_REASONS)))
-    per_video = collections.Counter(
-        zip(late["dataset"].to_pylist(), late["video_id"].to_pylist(), late["drop_reason"].to_pylist())
+# ---------------------------------------------------------------- the streaming pass
+
+
+def _stream_frames_and_manifests(
+    root: DataRoot,
+    datasets: list[str],
+    videos: list[VideoRecord],
+    duplicates: dict[VideoKey, VideoDuplicates],
+    clip: _ClipPass | None,
+    cameras: dict[VideoKey, dict[str, Any]],
+    tally: _Tally,
+) -> dict[Path, Path]:
+    """Every ok video's frame rows into the frames table and its kept shard rows into its dataset's manifest;
+    returns the finished temporaries by the path each replaces."""
+    frames = TableStream(temp_path_for(root.frames_table), FRAME_STATS_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
+    streamed = {}
+    by_dataset = collections.defaultdict(list)
+    for video in videos:
+        by_dataset[video.dataset].append(video)
+    for dataset in datasets:
+        path = root.manifest(dataset)
+        manifest = TableStream(temp_path_for(path), MANIFEST_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
+        for video in by_dataset[dataset]:
+            key = (video.dataset, video.video_id)
+            table = _decided_frames(root, video, duplicates.get(key), clip)
+            frames.write(table)
+            _count(tally, key, table)
+            for rows in _manifest_rows(root, video, table, cameras.get(key)):
+                manifest.write(rows)
+        tally.manifests[dataset] = manifest.rows
+        streamed[path] = manifest.close()
+    streamed[root.frames_table] = frames.close()
+    return streamed
+
+
+def _decided_frames(
+    root: DataRoot, video: VideoRecord, duplicates: VideoDuplicates | None, clip: _ClipPass | None
+) -> pa.Table:
+    """The video's frame rows with the corpus decisions applied (kept, drop_reason, duplicate_of, CLIP scores)."""
+    tables = [_read_table(root, part.path, schema=FRAME_STATS_SCHEMA) for part in video.frame_parts]
+    table = pa.concat_tables(tables) if tables else FRAME_STATS_SCHEMA.empty_table()
+    if clip is not None:  # its decisions include the cross-video ones
+        return _with_clip(table, clip, clip.offsets[(video.dataset, video.video_id)])
+    if duplicates is None or len(duplicates.rows) == 0:
+        return table
+    mask = np.zeros(table.num_rows, bool)
+    mask[duplicates.rows] = True
+    reasons = pa.array(["duplicate_cross_video"] * len(duplicates.rows), pa.string())
+    return _set_rows(table, mask, reasons, pa.array(duplicates.duplicate_of, pa.string()))
+
+
+def _set_rows(table: pa.Table, mask: np.ndarray, reasons: pa.Array, duplicate_of: pa.Array) -> pa.Table:
+    """Drop the masked rows with these reasons and duplicate_of values (one per masked row, in row order)."""
+    selected = pa.array(mask)
+    updates = {
+        "kept": pc.and_(table["kept"].combine_chunks(), pa.array(~mask)),
+        "drop_reason": pc.replace_with_mask(table["drop_reason"].combine_chunks(), selected, reasons),
+        "duplicate_of": pc.replace_with_mask(table["duplicate_of"].combine_chunks(), selected, duplicate_of),
+    }
+    for name, column in updates.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def _with_clip(table: pa.Table, clip: _ClipPass, offset: int) -> pa.Table:
+    """Apply the CLIP pass's rows (this video's shard rows, from `offset`) to the frame rows ingest kept."""
+    ingest_kept = np.flatnonzero(table["kept"].to_numpy(zero_copy_only=False))
+    decided = clip.table.slice(offset, len(ingest_kept))
+    mask = np.zeros(table.num_rows, bool)
+    mask[ingest_kept] = True
+    dropped = ~decided["kept"].to_numpy(zero_copy_only=False)
+    drop_mask = np.zeros(table.num_rows, bool)
+    drop_mask[ingest_kept[dropped]] = True
+    table = _set_rows(
+        table,
+        drop_mask,
+        decided["drop_reason"].filter(pa.array(dropped)).combine_chunks(),
+        decided["duplicate_of"].filter(pa.array(dropped)).combine_chunks(),
     )
+    where = np.full(table.num_rows, -1, np.int64)
+    where[ingest_kept] = np.arange(len(ingest_kept))
+    for name in CLIP_SCORE_COLUMNS:
+        # Rows ingest dropped have no embedding: null, as take() of a null index gives.
+        column = decided[name].take(pa.array(where, mask=where < 0))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def _manifest_rows(
+    root: DataRoot, video: VideoRecord, frames: pa.Table, camera: dict[str, Any] | None
+) -> Iterator[pa.Table]:
+    """Kept rows of the video's shards, no pixels, with where they are, their CLIP scores and intrinsics."""
+    kept = frames.filter(frames["kept"]).select(["sample_id", *CLIP_SCORE_COLUMNS])
+    for part in video.shards:
+        table = _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))
+        table = table.append_column("shard", pa.array([part.path] * table.num_rows, pa.string()))
+        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+        position = pc.index_in(table["sample_id"], value_set=kept["sample_id"])
+        table = table.filter(pc.is_valid(position))
+        scores = kept.take(position.drop_null())
+        for name in CLIP_SCORE_COLUMNS:
+            table = table.append_column(name, scores[name])
+        yield _with_intrinsics(table, camera)
+
+
+def _count(tally: _Tally, key: VideoKey, frames: pa.Table) -> None:
+    tally.frames += frames.num_rows
+    tally.kept += int(pc.sum(frames["kept"]).as_py() or 0)
+    reasons = {
+        str(r["values"]): int(r["counts"])
+        for r in pc.value_counts(frames["drop_reason"]).to_pylist()
+        if r["values"] is not None
+    }
+    tally.reasons.update(reasons)
+    tally.publish_drops[key] = collections.Counter({r: n for r, n in reasons.items() if r in PUBLISH_DROP_REASONS})
+
+
+# ---------------------------------------------------------------- corpus decisions
+
+
+def _clip_pass(
+    root: DataRoot,
+    records: list[VideoRecord],
+    videos: list[VideoRecord],
+    duplicates: dict[VideoKey, VideoDuplicates],
+    cfg: CurateConfig,
+) -> _ClipPass:
+    """Tags, junk and SemDeDup over the frames ingest kept, after the cross-video decisions."""
+    from pipeline.clip.curation import curate_frames  # imports torch: only when CLIP curation is on
+
+    tables, offsets, offset = [], {}, 0
+    for video in videos:
+        key = (video.dataset, video.video_id)
+        table = _decided_frames(root, video, duplicates.get(key), None)
+        ingest_kept = _ingest_kept(table, duplicates.get(key))
+        offsets[key] = offset
+        offset += ingest_kept.num_rows
+        tables.append(ingest_kept)
+    shard_rows = pa.concat_tables(tables) if tables else _slim(FRAME_STATS_SCHEMA.empty_table())
+    decided, info = curate_frames(root, records, shard_rows, cfg.clip)
+    return _ClipPass(decided, offsets, info)
+
+
+def _ingest_kept(table: pa.Table, duplicates: VideoDuplicates | None) -> pa.Table:
+    """The rows ingest kept (kept now, or dropped as cross-video duplicates since), slimmed to what CLIP reads."""
+    ingest_kept = table["kept"].to_numpy(zero_copy_only=False).copy()
+    if duplicates is not None:
+        ingest_kept[duplicates.rows] = True
+    return _slim(table.filter(pa.array(ingest_kept)))
+
+
+def _slim(table: pa.Table) -> pa.Table:
+    return table.select(["sample_id", "kept", "drop_reason", "duplicate_of", *CLIP_SCORE_COLUMNS])
+
+
+def _recount(records: list[VideoRecord], tally: _Tally) -> None:
+    """Bring each record's kept/dropped counts in line with the corpus-level decisions."""
     for record in records:
-        key = (record.dataset, record.video_id)
-        counts = {reason: per_video.get((*key, reason), 0) for reason in PUBLISH_DROP_REASONS}
-        record.dropped.update(counts)
+        counts = tally.publish_drops.get((record.dataset, record.video_id), collections.Counter())
+        record.dropped.update({reason: counts.get(reason, 0) for reason in PUBLISH_DROP_REASONS})
         # The record's frames_kept is what ingest kept; records are re-read on every publish.
         record.frames_kept = record.frames_kept - sum(counts.values()) if record.ok else 0
+
+
+def _cameras(root: DataRoot, records: list[VideoRecord], cfg: CurateConfig) -> dict[VideoKey, dict[str, Any]]:
+    """Current intrinsics estimates (or failures) of the ok videos, when the stage is on; stale ones are left out."""
+    if not cfg.intrinsics.enabled:
+        return {}
+    from pipeline.corpus.intrinsics import load_camera  # pycolmap itself is imported only to estimate
+
+    found = {}
+    for record in records:
+        if record.ok:
+            camera = load_camera(root, record, cfg.intrinsics)
+            if camera is not None:
+                found[(record.dataset, record.video_id)] = camera
+    return found
+
+
+def _with_intrinsics(table: pa.Table, camera: dict[str, Any] | None) -> pa.Table:
+    """Mark where a video's fx fy cx cy come from; fill them (and k1) from its estimate when the catalog gave none."""
+    n = table.num_rows
+    if n and table["fx"].null_count < n:
+        source, k1 = "catalog", None
+    elif camera is not None and camera["status"] == "ok":
+        source, k1 = "colmap", camera["k1"]
+        for name in ("fx", "fy", "cx", "cy"):
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pa.array([camera[name]] * n, pa.float32())
+            )
+    else:
+        source, k1 = None, None
+    table = table.append_column("k1", pa.array([k1] * n, pa.float32()))
+    return table.append_column("intrinsics_source", pa.array([source] * n, pa.string()))
+
+
+# ---------------------------------------------------------------- the small tables
 
 
 def _videos_table(records: list[VideoRecord], catalog_problems: Sequence[CatalogProblem]) -> pa.Table:
@@ -205,83 +375,6 @@ def _categories_table(records: list[VideoRecord]) -> pa.Table:
     return pa.Table.from_pylist([groups[key] for key in sorted(groups)], schema=CATEGORY_STATS_SCHEMA)
 
 
-def _kept_by_video(frames: pa.Table) -> dict[tuple[str, str], pa.Table]:
-    """Kept frames (sample_id and CLIP scores) per (dataset, video_id): each video's rows are contiguous."""
-    kept = frames.filter(frames["kept"])
-    video = np.asarray(pc.binary_join_element_wise(kept["dataset"], kept["video_id"], "/"), dtype=object)
-    starts = np.flatnonzero(np.r_[True, video[1:] != video[:-1]]) if len(video) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(video)].astype(np.int64)
-    kept = kept.select(["dataset", "video_id", "sample_id", *CLIP_SCORE_COLUMNS])
-    return {
-        (kept["dataset"][int(a)].as_py(), kept["video_id"][int(a)].as_py()): kept.slice(int(a), int(b - a))
-        for a, b in zip(starts, ends)
-    }
-
-
-def _cameras(root: DataRoot, records: list[VideoRecord], cfg: CurateConfig) -> dict[tuple[str, str], dict]:
-    """Current intrinsics estimates (or failures) of the ok videos, when the stage is on; stale ones are left out."""
-    if not cfg.intrinsics.enabled:
-        return {}
-    from pipeline.corpus.intrinsics import load_camera  # pycolmap itself is imported only to estimate
-
-    found = {}
-    for record in records:
-        if record.ok:
-            camera = load_camera(root, record, cfg.intrinsics)
-            if camera is not None:
-                found[(record.dataset, record.video_id)] = camera
-    return found
-
-
-def _with_intrinsics(table: pa.Table, camera: dict[str, Any] | None) -> pa.Table:
-    """Mark where a video's fx fy cx cy come from; fill them (and k1) from its estimate when the catalog gave none."""
-    n = table.num_rows
-    if n and table["fx"].null_count < n:
-        source, k1 = "catalog", None
-    elif camera is not None and camera["status"] == "ok":
-        source, k1 = "colmap", camera["k1"]
-        for name in ("fx", "fy", "cx", "cy"):
-            table = table.set_column(
-                table.schema.get_field_index(name), name, pa.array([camera[name]] * n, pa.float32())
-            )
-    else:
-        source, k1 = None, None
-    table = table.append_column("k1", pa.array([k1] * n, pa.float32()))
-    return table.append_column("intrinsics_source", pa.array([source] * n, pa.string()))
-
-
-def _manifest(
-    root: DataRoot,
-    records: list[VideoRecord],
-    kept: dict[tuple[str, str], pa.Table],
-    cameras: dict[tuple[str, str], dict],
-) -> pa.Table:
-    """Kept rows of the records' shards, no pixels, with where they are, their CLIP scores and intrinsics."""
-    tables = []
-    empty = pa.table(
-        {
-            "sample_id": pa.array([], pa.string()),
-            **{name: pa.array([], MANIFEST_SCHEMA.field(name).type) for name in CLIP_SCORE_COLUMNS},
-        }
-    )
-    for record in records:
-        # Looked up in the video's own kept frames: a hash set of the whole corpus per shard would be O(n^2).
-        video_kept = kept.get((record.dataset, record.video_id), empty)
-        for part in record.shards:
-            table = _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))
-            table = table.append_column("shard", pa.array([part.path] * table.num_rows, pa.string()))
-            table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-            position = pc.index_in(table["sample_id"], value_set=video_kept["sample_id"])
-            table = table.filter(pc.is_valid(position))
-            scores = video_kept.take(position.drop_null())
-            for name in CLIP_SCORE_COLUMNS:
-                table = table.append_column(name, scores[name])
-            tables.append(_with_intrinsics(table, cameras.get((record.dataset, record.video_id))))
-    if not tables:
-        return MANIFEST_SCHEMA.empty_table()
-    return pa.concat_tables(tables).cast(MANIFEST_SCHEMA)
-
-
 def _read_table(
     root: DataRoot, relative: str, columns: list[str] | None = None, schema: pa.Schema | None = None
 ) -> pa.Table:
@@ -292,21 +385,22 @@ def _read_table(
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=1_000_000)
+    pq.write_table(table, sink, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
     return sink.getvalue()
+
+
+# ---------------------------------------------------------------- dataset.json and the rerun check
 
 
 def _description(
     root: DataRoot,
     cfg: CurateConfig,
     records: list[VideoRecord],
-    frames: pa.Table,
-    outputs: dict,
-    manifests: dict[str, int],
+    tally: _Tally,
+    digests: dict[Path, str],
     clip_info: dict[str, Any] | None,
-    cameras: dict[tuple[str, str], dict],
+    cameras: dict[VideoKey, dict[str, Any]],
 ) -> dict[str, Any]:
-    reasons = collections.Counter(r for r in frames["drop_reason"].to_pylist() if r)
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"depthcurate {_version()}",
@@ -315,10 +409,10 @@ def _description(
         "processing_hash": cfg.processing_hash(),
         "counts": {
             "videos": dict(sorted(collections.Counter(r.status for r in records).items())),
-            "frames_decoded": frames.num_rows,
-            "frames_kept": int(pc.sum(frames["kept"]).as_py() or 0),
-            "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
-            "samples": manifests,
+            "frames_decoded": tally.frames,
+            "frames_kept": tally.kept,
+            "dropped": {reason: tally.reasons.get(reason, 0) for reason in DROP_REASONS},
+            "samples": tally.manifests,
             **(
                 {"cameras": dict(sorted(collections.Counter(c["status"] for c in cameras.values()).items()))}
                 if cfg.intrinsics.enabled
@@ -327,8 +421,54 @@ def _description(
         },
         "shards": [part.model_dump() for r in records if r.ok for part in r.shards],
         "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off
-        "tables": {root.relative(path): _sha256(data) for path, data in sorted(outputs.items())},
+        "tables": {root.relative(path): digest for path, digest in sorted(digests.items())},
     }
+
+
+def _inputs_digest(
+    root: DataRoot, records: list[VideoRecord], cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem]
+) -> str | None:
+    """A digest of everything publish reads, or None when an input cannot be fingerprinted cheaply (CLIP's
+    embedding files): then publish always runs. Records carry their parts' sha256, so their bytes cover the
+    frame parts and shards."""
+    if cfg.clip.enabled:
+        return None
+    digest = hashlib.sha256(f"{SCHEMA_VERSION}\n{_version()}\n{cfg.full_hash()}\n".encode())
+    for record in records:
+        digest.update(record.to_json())
+    for problem in catalog_problems:
+        digest.update(repr(problem).encode())
+    if cfg.intrinsics.enabled:
+        for record in records:
+            path = root.camera(record.dataset, record.video_id)
+            digest.update(root.read_bytes(path) if record.ok and root.exists(path) else b"-")
+    return digest.hexdigest()
+
+
+def _unchanged_description(root: DataRoot, inputs: str | None) -> dict[str, Any] | None:
+    """Last run's dataset.json when its inputs were these and every output it wrote is in place, at its size."""
+    if inputs is None:
+        return None
+    try:
+        state = json.loads(root.read_bytes(root.publish_state(_INPUTS_STATE)))
+        if state["inputs"] != inputs:
+            return None
+        for relative, size in state["sizes"].items():
+            if root.size(root.root / relative) != size:
+                return None
+        description: dict[str, Any] = json.loads(root.read_bytes(root.dataset_json))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return description
+
+
+def _save_inputs(root: DataRoot, inputs: str | None, digests: dict[Path, str]) -> None:
+    if inputs is None:
+        root.remove(root.publish_state(_INPUTS_STATE))
+        return
+    sizes = {root.relative(path): root.size(path) for path in [*digests, root.dataset_json]}
+    state = {"inputs": inputs, "sizes": sizes}
+    root.write_bytes(root.publish_state(_INPUTS_STATE), json.dumps(state, indent=1, sort_keys=True).encode())
 
 
 def _sha256(data: bytes) -> str:

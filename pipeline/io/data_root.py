@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.io import objectstore
-from pipeline.io.storage import remove_stale_temps, sha256_file, write_bytes_atomic
+from pipeline.io.storage import move_if_changed, remove_stale_temps, sha256_file, write_bytes_atomic
 
 WORK_DIR_ENV = "DEPTHCURATE_WORK_DIR"  # where working directories of object-store roots go
 
@@ -98,6 +98,10 @@ class DataRoot:
     def categories_table(self) -> Path:
         return self.root / "stats" / "categories.parquet"
 
+    def publish_state(self, name: str) -> Path:
+        """Publish's own state (cross-video decisions and their index), kept so a rerun redoes only what changed."""
+        return self.root / "state" / "publish" / name
+
     @property
     def dataset_json(self) -> Path:
         return self.root / "dataset.json"
@@ -156,6 +160,21 @@ class DataRoot:
         if self.url:
             return objectstore.write_bytes_atomic(self.address(path), data)
         return write_bytes_atomic(path, data)
+
+    def publish_file(self, local: Path, path: Path) -> bool:
+        """Put a finished temporary file (written next to `path`, e.g. by TableStream) in its place, atomically;
+        False, and the temporary deleted, when `path` already held exactly its bytes."""
+        if not self.url:
+            return move_if_changed(local, path)
+        url = self.address(path)
+        try:
+            same_size = objectstore.exists(url) and objectstore.size(url) == local.stat().st_size
+            if same_size and objectstore.sha256(url) == sha256_file(local):
+                return False
+            objectstore.put_file_atomic(local, url)
+            return True
+        finally:
+            local.unlink(missing_ok=True)
 
     def upload(self, *paths: Path) -> None:
         """Publish finished files of the working directory to an object-store root, then drop the local copies.

@@ -121,3 +121,50 @@ class PartWriter:
 def _statistics_columns(schema: pa.Schema) -> list[str]:
     # Min/max of pixel bytes helps nobody; keep statistics on the columns readers filter by.
     return [f.name for f in schema if not pa.types.is_binary(f.type)]
+
+
+class TableStream:
+    """One Parquet file written from tables as they come, in row groups of exactly `row_group_rows` rows.
+
+    The file holds the bytes `pq.write_table(concat(tables), row_group_size=row_group_rows)` would write, while
+    memory holds at most one row group: what lets publish stream tables of every frame of a corpus.
+    """
+
+    def __init__(
+        self, path: str | Path, schema: pa.Schema, *, row_group_rows: int = 1_000_000, compression: str = "zstd"
+    ) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.path, schema, compression=compression)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.cast(self.schema))
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def close(self) -> Path:
+        """Write what is left and the footer; returns the file's path."""
+        if self._pending_rows or self.rows == 0:
+            # An empty table still gets the one empty row group write_table gives it.
+            self._flush(self._pending_rows)
+        self._writer.close()
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+    def _flush(self, rows: int) -> None:
+        buffered = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        self._writer.write_table(buffered.slice(0, rows), row_group_size=self.row_group_rows)
+        rest = buffered.slice(rows)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows

@@ -46,6 +46,20 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, skip_if_same: bool = Tr
     return True
 
 
+def move_if_changed(tmp: str | Path, path: str | Path) -> bool:
+    """Rename a finished temporary onto `path` atomically; False, and the temporary deleted, when `path` already
+    held exactly its bytes (compared by size, then sha256, streaming: for files too large to hold in memory)."""
+    tmp, path = Path(tmp), Path(path)
+    if path.is_file() and path.stat().st_size == tmp.stat().st_size and sha256_file(path) == sha256_file(tmp):
+        tmp.unlink()
+        return False
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return True
+
+
 def remove_stale_temps(directory: str | Path, name: str | None = None) -> int:
     """Delete temporary files a killed writer left in `directory`; returns how many.
 

@@ -248,8 +248,8 @@ def demo_digest(root: str | Path) -> dict[str, str]:
     digests = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative.split("/")[0] in ("videos", "demo_sources", "runs"):
-            continue  # inputs, not outputs
+        if relative.split("/")[0] in ("videos", "demo_sources", "runs", "state"):
+            continue  # inputs, and publish's own state: not outputs
         data = path.read_bytes()
         if relative == "stats/videos.parquet":
             data = json.dumps(pq.read_table(path).to_pylist(), sort_keys=True, default=str).encode()

@@ -4,18 +4,14 @@ import dataclasses
 import json
 import subprocess
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus.publish import _drop_cross_video_duplicates, previous_catalog_problems, publish
+from pipeline.corpus.publish import previous_catalog_problems, publish
 from pipeline.io.data_root import DataRoot
-from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA
+from pipeline.schema import DROP_REASONS
 from pipeline.sources.catalog import CatalogProblem
 from pipeline.video.ingest import ingest_video
-from pipeline.video.phash import find_many
 
 PROBLEMS = [CatalogProblem(line=7, video_id="dup", reason="duplicate_id", message="line 7: video_id 'dup' ...")]
 
@@ -136,82 +132,3 @@ def test_categories_table_sums_the_video_table(published):
     assert row["dropped_duplicate_cross_video"] == videos.dropped_duplicate_cross_video.sum() > 0
     manifest = pq.read_table(root.manifest("test"))
     assert manifest.column("tag_natural").null_count == manifest.num_rows  # CLIP off: the columns stay empty
-
-
-def _frames_with_cross_video_copies(seed: int, videos: int = 60) -> pa.Table:
-    """Frame rows of `videos` videos in (dataset, video_id) order: random pHashes, a fifth of the rows near-copies
-    (0 to 6 bits flipped) of rows of earlier videos, some rows already dropped, some videos with nothing kept."""
-    rng = np.random.default_rng(seed)
-    names = sorted((f"ds{rng.integers(0, 3)}", f"v{i:03d}") for i in range(videos))
-    sizes = rng.integers(0, 120, size=videos)
-    total = int(sizes.sum())
-    hashes = rng.integers(0, 2**64, size=total, dtype=np.uint64)
-    video_of = np.repeat(np.arange(videos), sizes)
-    first_row = np.r_[0, np.cumsum(sizes)[:-1]]
-    for row in rng.choice(total, size=total // 5, replace=False):
-        if video_of[row] == 0:
-            continue
-        source = hashes[rng.integers(0, first_row[video_of[row]])]
-        for bit in rng.choice(64, size=int(rng.integers(0, 7)), replace=False):
-            source ^= np.uint64(1) << np.uint64(bit)
-        hashes[row] = source
-    kept = rng.random(total) < 0.8
-    kept[video_of == 3] = False
-    columns = {
-        "dataset": [names[v][0] for v in video_of],
-        "video_id": [names[v][1] for v in video_of],
-        "frame_index": np.arange(total) - first_row[video_of],
-        "timestamp_s": np.zeros(total),
-        "clip_id": np.zeros(total, np.int32),
-        "split": ["train"] * total,
-        "kept": kept,
-        "drop_reason": [None if k else "blurry" for k in kept],
-        "duplicate_of": [None] * total,
-        "sample_id": [f"s{i:06d}" for i in range(total)],
-        "phash": pa.array(hashes, pa.uint64(), mask=rng.random(total) < 0.01),  # a few frames without a hash
-    }
-    return pa.table(
-        {
-            f.name: pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(total, f.type)
-            for f in FRAME_STATS_SCHEMA
-        },
-        schema=FRAME_STATS_SCHEMA,
-    )
-
-
-def _brute_force_cross_video(frames: pa.Table, max_hamming: int) -> pa.Table:
-    """The pass as it was before the index: find_many against every earlier video's kept rows."""
-    kept = frames["kept"].to_numpy(zero_copy_only=False)
-    video = np.asarray(pc.binary_join_element_wise(frames["dataset"], frames["video_id"], "/"))
-    hashes = frames["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    sample_ids = frames["sample_id"].to_numpy(zero_copy_only=False)
-    reason = frames["drop_reason"].to_numpy(zero_copy_only=False).astype(object)
-    duplicate_of = frames["duplicate_of"].to_numpy(zero_copy_only=False).astype(object)
-    index_rows = np.empty(0, np.int64)
-    for name in dict.fromkeys(video):
-        rows = np.flatnonzero((video == name) & kept)
-        match = find_many(hashes[index_rows], hashes[rows], max_hamming)
-        hit = match >= 0
-        kept[rows[hit]] = False
-        reason[rows[hit]] = "duplicate_cross_video"
-        duplicate_of[rows[hit]] = sample_ids[index_rows[match[hit]]]
-        index_rows = np.concatenate([index_rows, rows[~hit]])
-    return pa.table(
-        {"kept": kept, "drop_reason": pa.array(reason, pa.string()), "dup": pa.array(duplicate_of, pa.string())}
-    )
-
-
-@pytest.mark.parametrize("max_hamming", [0, 2, 4, 10, 20])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_indexed_cross_video_pass_equals_brute_force(seed, max_hamming):
-    frames = _frames_with_cross_video_copies(seed)
-    expected = _brute_force_cross_video(frames, max_hamming)
-    got = _drop_cross_video_duplicates(frames, max_hamming)
-    assert got.schema == FRAME_STATS_SCHEMA
-    assert got["kept"].to_pylist() == expected["kept"].to_pylist()
-    assert got["drop_reason"].to_pylist() == expected["drop_reason"].to_pylist()
-    assert got["duplicate_of"].to_pylist() == expected["dup"].to_pylist()
-    assert expected["drop_reason"].to_pylist().count("duplicate_cross_video") > 50  # the copies were planted
-    assert got.drop(["kept", "drop_reason", "duplicate_of"]).equals(
-        frames.drop(["kept", "drop_reason", "duplicate_of"])
-    )
