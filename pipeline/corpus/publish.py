@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -147,34 +148,60 @@ def _stream_frames_and_manifests(
     """Every ok video's frame rows into the frames table and its kept shard rows into its dataset's manifest;
     returns the finished temporaries by the path each replaces."""
     frames = TableStream(temp_path_for(root.frames_table), FRAME_STATS_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
+    manifests = {
+        d: TableStream(temp_path_for(root.manifest(d)), MANIFEST_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
+        for d in datasets
+    }
+    for video, read in _read_ahead(root, videos):
+        key = (video.dataset, video.video_id)
+        table = _decide(read.frames, duplicates.get(key), clip, key)
+        frames.write(table)
+        _count(tally, key, table)
+        for rows in _manifest_rows(read.shards, table, cameras.get(key)):
+            manifests[video.dataset].write(rows)
     streamed = {}
-    by_dataset = collections.defaultdict(list)
-    for video in videos:
-        by_dataset[video.dataset].append(video)
-    for dataset in datasets:
-        path = root.manifest(dataset)
-        manifest = TableStream(temp_path_for(path), MANIFEST_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
-        for video in by_dataset[dataset]:
-            key = (video.dataset, video.video_id)
-            table = _decided_frames(root, video, duplicates.get(key), clip)
-            frames.write(table)
-            _count(tally, key, table)
-            for rows in _manifest_rows(root, video, table, cameras.get(key)):
-                manifest.write(rows)
+    for dataset, manifest in manifests.items():
         tally.manifests[dataset] = manifest.rows
-        streamed[path] = manifest.close()
+        streamed[root.manifest(dataset)] = manifest.close()
     streamed[root.frames_table] = frames.close()
     return streamed
 
 
-def _decided_frames(
-    root: DataRoot, video: VideoRecord, duplicates: VideoDuplicates | None, clip: _ClipPass | None
-) -> pa.Table:
-    """The video's frame rows with the corpus decisions applied (kept, drop_reason, duplicate_of, CLIP scores)."""
+@dataclass
+class _VideoTables:
+    frames: pa.Table  # every frame row, as ingest wrote them
+    shards: list[tuple[str, pa.Table]]  # (part path, its sample columns)
+
+
+def _read_video(root: DataRoot, video: VideoRecord) -> _VideoTables:
+    shards = [(part.path, _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))) for part in video.shards]
+    return _VideoTables(_read_frames(root, video), shards)
+
+
+def _read_frames(root: DataRoot, video: VideoRecord) -> pa.Table:
     tables = [_read_table(root, part.path, schema=FRAME_STATS_SCHEMA) for part in video.frame_parts]
-    table = pa.concat_tables(tables) if tables else FRAME_STATS_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else FRAME_STATS_SCHEMA.empty_table()
+
+
+def _read_ahead(root: DataRoot, videos: list[VideoRecord]) -> Iterator[tuple[VideoRecord, _VideoTables]]:
+    """The videos' tables in order, the next one read while the caller encodes this one (Arrow releases the
+    GIL in both), so reading and compressing overlap: two videos' rows in memory at most."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-read") as pool:
+        pending: collections.deque[tuple[VideoRecord, Future[_VideoTables]]] = collections.deque()
+        for video in videos:
+            pending.append((video, pool.submit(_read_video, root, video)))
+            if len(pending) > 1:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def _decide(table: pa.Table, duplicates: VideoDuplicates | None, clip: _ClipPass | None, key: VideoKey) -> pa.Table:
+    """A video's frame rows with the corpus decisions applied (kept, drop_reason, duplicate_of, CLIP scores)."""
     if clip is not None:  # its decisions include the cross-video ones
-        return _with_clip(table, clip, clip.offsets[(video.dataset, video.video_id)])
+        return _with_clip(table, clip, clip.offsets[key])
     if duplicates is None or len(duplicates.rows) == 0:
         return table
     mask = np.zeros(table.num_rows, bool)
@@ -221,13 +248,12 @@ def _with_clip(table: pa.Table, clip: _ClipPass, offset: int) -> pa.Table:
 
 
 def _manifest_rows(
-    root: DataRoot, video: VideoRecord, frames: pa.Table, camera: dict[str, Any] | None
+    shards: list[tuple[str, pa.Table]], frames: pa.Table, camera: dict[str, Any] | None
 ) -> Iterator[pa.Table]:
     """Kept rows of the video's shards, no pixels, with where they are, their CLIP scores and intrinsics."""
     kept = frames.filter(frames["kept"]).select(["sample_id", *CLIP_SCORE_COLUMNS])
-    for part in video.shards:
-        table = _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))
-        table = table.append_column("shard", pa.array([part.path] * table.num_rows, pa.string()))
+    for path, table in shards:
+        table = table.append_column("shard", pa.array([path] * table.num_rows, pa.string()))
         table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
         position = pc.index_in(table["sample_id"], value_set=kept["sample_id"])
         table = table.filter(pc.is_valid(position))
@@ -265,7 +291,7 @@ def _clip_pass(
     tables, offsets, offset = [], {}, 0
     for video in videos:
         key = (video.dataset, video.video_id)
-        table = _decided_frames(root, video, duplicates.get(key), None)
+        table = _decide(_read_frames(root, video), duplicates.get(key), None, key)
         ingest_kept = _ingest_kept(table, duplicates.get(key))
         offsets[key] = offset
         offset += ingest_kept.num_rows
