@@ -78,6 +78,8 @@ _BRUTE_COST = 0.25  # ... and one stored hash compared by the brute-force scan (
 _TAIL = 2048  # hashes added since the last flush are scanned by brute force until this many
 _MERGE_FACTOR = 8  # a run is merged into the one before it once that one is at most this many times larger
 _POSITION_BITS = 56  # best-candidate keys: distance << 56 | position
+_TABLE_MAX_BITS = 24  # direct-address tables for bands up to this wide (2**24 int64 = 128 MB) ...
+_TABLE_PER_ENTRY = 4  # ... whose 2**width entries are at most this many per indexed hash
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,14 @@ def _layouts(max_distance: int) -> list[BandLayout]:
 
 @dataclass
 class _Run:
-    """Positions [start, stop) indexed: per band, the sorted band keys and the positions in that order."""
+    """Positions [start, stop) indexed: per band, the sorted band keys and the positions in that order, and for a
+    run large against its band's key space, a direct-address table: where each key's entries start."""
 
     start: int
     stop: int
     keys: list[np.ndarray]
     order: list[np.ndarray]
+    starts: list[np.ndarray | None]
 
 
 class HammingIndex:
@@ -209,10 +213,10 @@ class HammingIndex:
             sort = np.argsort(band, kind="stable")
             keys.append(band[sort])
             order.append(sort.astype(np.int64) + start)
-        self._runs.append(_Run(start, stop, keys, order))
+        self._runs.append(_Run(start, stop, keys, order, [_starts(k, w) for k, w in zip(keys, self._layout.widths)]))
         while len(self._runs) > 1 and self._size_of(-2) <= _MERGE_FACTOR * self._size_of(-1):
             last, before = self._runs.pop(), self._runs.pop()
-            self._runs.append(_merge(before, last))
+            self._runs.append(_merge(before, last, self._layout.widths))
 
     def _size_of(self, run: int) -> int:
         return self._runs[run].stop - self._runs[run].start
@@ -238,7 +242,7 @@ def _band(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
     return (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
 
 
-def _merge(before: _Run, after: _Run) -> _Run:
+def _merge(before: _Run, after: _Run, widths: tuple[int, ...]) -> _Run:
     """One run of two adjacent ones (timsort merges the two sorted halves in linear time)."""
     keys, order = [], []
     for k1, o1, k2, o2 in zip(before.keys, before.order, after.keys, after.order):
@@ -246,18 +250,33 @@ def _merge(before: _Run, after: _Run) -> _Run:
         sort = np.argsort(both, kind="stable")
         keys.append(both[sort])
         order.append(np.concatenate([o1, o2])[sort])
-    return _Run(before.start, after.stop, keys, order)
+    return _Run(before.start, after.stop, keys, order, [_starts(k, w) for k, w in zip(keys, widths)])
+
+
+def _starts(sorted_keys: np.ndarray, width: int) -> np.ndarray | None:
+    """Where each band key's entries begin in `sorted_keys` (one more for the end), when the table of 2**width
+    entries is small next to the run; a lookup is then two reads instead of two binary searches."""
+    if width > _TABLE_MAX_BITS or (1 << width) > _TABLE_PER_ENTRY * len(sorted_keys):
+        return None
+    counts = np.bincount(sorted_keys.astype(np.int64), minlength=1 << width)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def _candidates(run: _Run, band: int, query_keys: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(query index, stored position) of every stored hash in `run` whose band key equals a probe of the query's."""
     needles = (query_keys[:, None] ^ probes[None, :]).ravel()
-    sort = np.argsort(needles)  # sorted needles walk the run in order: far fewer cache misses
-    needles = needles[sort]
-    keys = run.keys[band]
-    lo = np.searchsorted(keys, needles, "left")
-    counts = np.searchsorted(keys, needles, "right") - lo
-    hit = sort[np.flatnonzero(counts)]
+    table = run.starts[band]
+    if table is not None:
+        at = needles.astype(np.int64)
+        lo = table[at]
+        counts = table[at + 1] - lo
+        hit = np.flatnonzero(counts)
+    else:
+        sort = np.argsort(needles)  # sorted needles walk the run in order: far fewer cache misses
+        keys = run.keys[band]
+        lo = np.searchsorted(keys, needles[sort], "left")
+        counts = np.searchsorted(keys, needles[sort], "right") - lo
+        hit = sort[np.flatnonzero(counts)]
     lo, counts = lo[counts > 0], counts[counts > 0]
     total = int(counts.sum())
     # Expand each probe's range [lo, lo + count) of the sorted run into one flat array of offsets.
