@@ -1,7 +1,12 @@
-"""Per-video CLIP embedding files: computed from the shards' JPEGs, resumable, read back for the corpus pass."""
+"""Per-video CLIP embedding files: computed from the shards' JPEGs, resumable, read back for the corpus pass.
+
+The corpus pass streams them (`current_files`, `read_sample_ids`, `iter_vectors`: a row group at a time);
+`load_embeddings` reads every one into one matrix, for small corpora and as the reference in tests.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +88,9 @@ class CorpusEmbeddings:
 
 
 def load_embeddings(root: DataRoot, records: list[VideoRecord], model_hash: str, dim: int) -> CorpusEmbeddings:
-    """Current embeddings of the ok videos, in record order, into one preallocated float16 matrix."""
-    current, missing = [], []
-    for record in records:
-        if not record.ok:
-            continue
-        if is_current(root, record, model_hash):
-            current.append(root.embeddings(record.dataset, record.video_id))
-        else:
-            missing.append(record.name)
+    """Current embeddings of the ok videos, in record order, into one preallocated float16 matrix (N x dim x 2
+    bytes: 10 GB for 10M x 512; the publish pass streams instead, see pipeline/clip/curation.py)."""
+    current, missing = current_files(root, records, model_hash)
     total = sum(_num_rows(root, p) for p in current)
     vectors = np.empty((total, dim), np.float16)
     ids, files, row = [], [], 0
@@ -101,10 +100,43 @@ def load_embeddings(root: DataRoot, records: list[VideoRecord], model_hash: str,
         n = table.num_rows
         vectors[row : row + n] = _vectors(table["embedding"], dim)
         ids.append(table["sample_id"].combine_chunks())
-        files.append({"path": root.relative(path), "rows": n, "bytes": root.size(path), "sha256": root.sha256(path)})
+        files.append(file_info(root, path, n))
         row += n
     sample_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
     return CorpusEmbeddings(sample_ids, vectors, files, missing)
+
+
+def current_files(root: DataRoot, records: list[VideoRecord], model_hash: str) -> tuple[list[Path], list[str]]:
+    """Embedding files of the ok videos that are current, in record order, and "<dataset>/<video_id>" of the ok
+    videos without one."""
+    current, missing = [], []
+    for record in records:
+        if not record.ok:
+            continue
+        if is_current(root, record, model_hash):
+            current.append(root.embeddings(record.dataset, record.video_id))
+        else:
+            missing.append(record.name)
+    return current, missing
+
+
+def file_info(root: DataRoot, path: Path, rows: int) -> dict[str, Any]:
+    """What dataset.json lists of an embedding file read: path, rows, bytes, sha256."""
+    return {"path": root.relative(path), "rows": rows, "bytes": root.size(path), "sha256": root.sha256(path)}
+
+
+def read_sample_ids(root: DataRoot, path: Path) -> pa.Array:
+    """The sample_id column of an embedding file (its rows, in order), without the vectors."""
+    with root.open_parquet(path, ["sample_id"]) as source:
+        return pq.read_table(source, columns=["sample_id"])["sample_id"].combine_chunks()
+
+
+def iter_vectors(root: DataRoot, path: Path, dim: int, batch_rows: int | None = None) -> Iterator[np.ndarray]:
+    """The file's float16 vectors in row order, `batch_rows` at a time (default `_ROW_GROUP_ROWS`: 8 MB at 512-d)."""
+    batch_rows = batch_rows or _ROW_GROUP_ROWS
+    with root.open_parquet(path, ["embedding"]) as source:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows, columns=["embedding"]):
+            yield _vectors(batch.column("embedding"), dim)
 
 
 def _num_rows(root: DataRoot, path: Path) -> int:
@@ -116,6 +148,8 @@ def _vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float16()), vectors.shape[1])
 
 
-def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, dim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.clip.semdedup import assign, greedy_dedup, kmeans, semdedup, unit_rows
+from pipeline.clip.semdedup import assign, greedy_dedup, kmeans, semdedup, semdedup_file, unit_rows
 
 
 def _near(rng: np.random.Generator, base: np.ndarray, angle: float) -> np.ndarray:
@@ -95,3 +95,48 @@ def test_empty_and_tiny_inputs():
     assert semdedup(np.zeros((0, 8), np.float16), 0.01).duplicate_of.shape == (0,)
     single = semdedup(unit_rows(np.ones((1, 8))), 0.01)
     assert single.duplicate_of.tolist() == [-1] and single.clusters == 1
+
+
+# ---------------------------------------------------------------- the streamed form: the same decisions from a file
+
+
+def _streamed(tmp_path, vectors: np.ndarray, epsilon: float, **kwargs):
+    path = tmp_path / "rows.f16"
+    vectors.astype(np.float16).tofile(path)
+    return semdedup_file(path, len(vectors), vectors.shape[1], epsilon, workdir=tmp_path, **kwargs)
+
+
+def _same(a, b) -> None:
+    assert a.clusters == b.clusters
+    assert np.array_equal(a.duplicate_of, b.duplicate_of) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.similarity, b.similarity)
+
+
+@pytest.mark.parametrize(("rows", "clusters", "block_rows"), [(3300, None, 64), (900, 3, 50), (3300, 20, 100000)])
+def test_streamed_equals_in_memory_on_planted_duplicates(planted, tmp_path, rows, clusters, block_rows):
+    vectors = planted[0][:rows]
+    expected = semdedup(vectors, 0.01, clusters=clusters, seed=5)
+    assert (expected.duplicate_of >= 0).sum() > 0
+    # block_rows 50-64: far smaller than a cluster, so every cluster is spilled in many runs
+    _same(_streamed(tmp_path, vectors, 0.01, clusters=clusters, seed=5, block_rows=block_rows), expected)
+    assert not [p for p in tmp_path.iterdir() if p.name != "rows.f16"]  # the spill is removed
+
+
+def test_streamed_kmeans_sample_and_float16_fit(planted, tmp_path, monkeypatch):
+    import pipeline.clip.semdedup as module
+
+    vectors = planted[0]
+    # 2 x 8 sampled rows per cluster: the sample is a strict subset, read from the file by index
+    expected = semdedup(vectors, 0.02, clusters=40, sample_per_cluster=8, seed=1)
+    monkeypatch.setattr(module, "_FIT_BYTES", 0)  # the fit kept in float16 and converted per chunk
+    _same(semdedup(vectors, 0.02, clusters=40, sample_per_cluster=8, seed=1), expected)
+    _same(_streamed(tmp_path, vectors, 0.02, clusters=40, sample_per_cluster=8, seed=1, block_rows=333), expected)
+
+
+def test_streamed_empty_and_tiny(tmp_path):
+    empty = _streamed(tmp_path, np.zeros((0, 8), np.float16), 0.01)
+    assert empty.duplicate_of.shape == (0,) and empty.clusters == 0
+    single = _streamed(tmp_path, unit_rows(np.ones((1, 8))), 0.01)
+    assert single.duplicate_of.tolist() == [-1] and single.clusters == 1
+    x = np.repeat(unit_rows(np.random.default_rng(2).normal(size=(3, 8))), 4, axis=0).astype(np.float16)
+    _same(_streamed(tmp_path, x, 2.0, clusters=1, block_rows=5), semdedup(x, 2.0, clusters=1))
