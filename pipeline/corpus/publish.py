@@ -219,7 +219,8 @@ def _set_rows(table: pa.Table, mask: np.ndarray, reasons: pa.Array, duplicate_of
         "duplicate_of": pc.replace_with_mask(table["duplicate_of"].combine_chunks(), selected, duplicate_of),
     }
     for name, column in updates.items():
-        table = table.set_column(table.schema.get_field_index(name), name, column)
+        index = table.schema.get_field_index(name)  # the field itself, so `kept` stays non-nullable
+        table = table.set_column(index, table.schema.field(index), column)
     return table
 
 

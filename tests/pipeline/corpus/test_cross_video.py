@@ -240,3 +240,15 @@ def test_appending_a_video_decides_only_that_video(tmp_path, monkeypatch):
     publish(root, CFG)
     assert read == ["d"]
     assert outputs(root) == from_scratch(root, tmp_path)
+
+
+def test_clip_pass_takes_videos_with_and_without_cross_video_duplicates(tmp_path, clip_settings):
+    """The CLIP pass stacks every video's shard rows: a video that lost frames to another and one that did not
+    must stack (the kept column keeps its non-null type), and without embeddings nothing else changes."""
+    from pipeline.config import with_overrides
+
+    root = make_corpus(tmp_path / "root", ["a", "b", "c"])
+    plain = publish(root, CFG)["counts"]
+    with_clip = publish(root, with_overrides(CFG, {"clip": clip_settings}))
+    assert with_clip["counts"]["dropped"] == plain["dropped"] and plain["dropped"]["duplicate_cross_video"] > 0
+    assert with_clip["clip"]["missing_embeddings"] == ["gen/a", "gen/b", "gen/c"]
