@@ -115,6 +115,7 @@ def build_dataset(
         "split": {"gap_frames": 0},
         "write": {"row_group_bytes": 1 << 20},
         "stereo": {"crop": None, "output_size": None, "jump_s": 0.0, "clip_frames": 10, "clip_span_s": 1.0},
+        "download": {"local_roots": [str(sources)]},
     }
     configs = {
         split: load_config(

@@ -79,6 +79,7 @@ def build_dataset(work: Path, videos: int, seconds: float, width: int, height: i
         overrides={
             "sample": {"fps": FPS, "max_height": None, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None},
             "split": {"train_fraction": 1.0, "gap_frames": 0},
+            "download": {"local_roots": [str(sources)]},
         }
     )
     entries = []

@@ -114,6 +114,7 @@ def main() -> None:
                     "sample": {"fps": 10, "trim": {"head_s": 0, "tail_s": 0}, "decimate": None, "max_height": height},
                     "split": {"train_fraction": 1.0, "gap_frames": 0},
                     "run": {"workers": 1},  # one video at a time, as the figures before the driver
+                    "download": {"local_roots": [str(work / "src")]},
                 }
             )
             entries = []

@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-hash every shard and table against dataset.json")
     verify.add_argument("--data-root", required=True)
     verify.set_defaults(func=_verify)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine: ffmpeg, yt-dlp and its JS runtime, torch, Prefect, the data root",
+        description="Check what the pipeline needs here: ffmpeg/ffprobe and codecs, yt-dlp (age, EJS scripts, "
+        "JS runtime), torch, the Prefect API in PREFECT_API_URL, the data root, optional parts. "
+        "Exits 1 when a blocker fails.",
+    )
+    doctor.add_argument("--data-root", default="data", help="data root to check (default: data)")
+    doctor.add_argument("--config", help="YAML config whose download section is used (JS runtime)")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    doctor.set_defaults(func=_doctor)
     return parser
 
 
@@ -135,6 +147,24 @@ def _import_slowtv(args: argparse.Namespace) -> int:
     write_catalog(entries, args.output)
     print(f"wrote {len(entries)} entries to {args.output}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError, load_config
+    from pipeline.doctor import as_json, has_blocker, run_checks
+
+    try:
+        download = load_config(args.config).download
+    except ConfigError as exc:
+        return _error(exc)
+    checks = run_checks(args.data_root, download)
+    if args.json:
+        print(json.dumps(as_json(checks), indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for check in checks:
+            print(f"{check.status.upper():<5} {check.name:<{width}}  {check.detail}")
+    return 1 if has_blocker(checks) else 0
 
 
 def _error(exc: Exception) -> int:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
+
+from pipeline.errors import redact_secrets
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -27,9 +29,29 @@ class DownloadConfig(_Section):
     attempts: int = Field(3, ge=1)
     backoff_s: float = Field(2.0, ge=0)
     socket_timeout_s: float = Field(30.0, gt=0)
-    rate_limit: str | None = None  # yt-dlp syntax, e.g. "2M"
-    cookies_file: str | None = None
+    rate_limit: str | None = None  # bandwidth per download, yt-dlp syntax, e.g. "2M"
+    cookies_file: str | None = None  # Netscape cookies.txt: YouTube's bot check, age-restricted, members-only
     parallel: int = Field(2, ge=1)  # concurrent downloads; YouTube throttles many parallel ones
+    # YouTube needs a JavaScript runtime (plus the EJS scripts of the yt-dlp-ejs package) to solve its
+    # challenges. "deno" without a path is the binary of the `deno` package of this environment, found from
+    # Python, so PATH does not matter; other runtimes, or a path, are passed to yt-dlp as given. None: none.
+    js_runtime: Literal["deno", "node", "bun", "quickjs"] | None = "deno"
+    js_runtime_path: str | None = None
+    # yt-dlp's extractor arguments, e.g. {"youtube": {"player_client": ["default", "web_safari"]}}; a PO-token
+    # provider plugin (bgutil-ytdlp-pot-provider) is configured here too ("youtubepot-bgutilhttp": {...}).
+    extractor_args: dict[str, dict[str, list[str]]] = {}
+    proxy: str | None = None  # e.g. "socks5://127.0.0.1:1080"; credentials are redacted where it is recorded
+    sleep_requests_s: float = Field(0.0, ge=0)  # pause between yt-dlp's requests during extraction
+    # Per host (youtube.com, youtu.be and www.youtube.com count as one): at least this many seconds between the
+    # starts of two downloads in one process (each Ray worker process keeps its own clock).
+    host_interval_s: float = Field(0.0, ge=0)
+    # Local sources (absolute paths, file:// URLs) are linked in place, never copied, and only from under
+    # these directories (symlinks resolved first); empty: every local source is refused (local_path_refused).
+    local_roots: list[str] = []
+
+    @field_serializer("proxy", when_used="json")
+    def _redact_proxy(self, proxy: str | None) -> str | None:
+        return redact_secrets(proxy) if proxy else proxy
 
 
 class TrimConfig(_Section):

@@ -111,6 +111,7 @@ def train_root(tmp_path_factory) -> Path:
             "split": {"train_fraction": 0.75, "gap_frames": 1},
             "write": {"row_group_bytes": 65536},
             "stereo": {"crop": None, "output_size": None, "jump_s": 1.0},
+            "download": {"local_roots": [str(sources)]},  # the renders below, linked in place
         }
     )
     mono = SceneSpec(width=160, height=96, fps=20.0, duration_s=5.0, seed=11)

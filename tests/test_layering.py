@@ -19,7 +19,7 @@ LAYERS = [
     {"pipeline.video", "pipeline.synthetic"},
     {"pipeline.clip"},
     {"pipeline.corpus"},
-    {"pipeline.driver"},
+    {"pipeline.driver", "pipeline.doctor"},
 ]
 TRAINER_MAY_IMPORT = {"pipeline.io", "pipeline.media", "pipeline.schema", "pipeline.config", "pipeline.torch_compat"}
 

@@ -1,13 +1,23 @@
-"""Fetch one catalog entry with yt-dlp's Python API into videos/<dataset>/<video_id>.<ext>."""
+"""Fetch one catalog entry with yt-dlp's Python API into videos/<dataset>/<video_id>.<ext>.
+
+Local sources (an absolute path or a file:// URL) never go through yt-dlp: they are hard-linked into the
+videos directory (a symlink when the data root is on another filesystem), only from under
+`download.local_roots`.
+"""
 
 from __future__ import annotations
 
+import copy
+import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yt_dlp
 from yt_dlp.utils import DownloadError, parse_bytes
@@ -27,30 +37,82 @@ _TRANSIENT = (
     "timeout",
     "temporary failure",
     "http error 5",
-    "http error 429",
     "connection reset",
     "remote end closed",
     "incompleteread",
-    "too many requests",
     "connection refused",
-    "not a bot",
     "try again later",
 )
-# What YouTube (through yt-dlp) says about a video nobody may download: private, removed, gone with its
-# account, blocked for this country, age-gated, members only.
-_UNAVAILABLE = (
-    "private video",
-    "video is private",
-    "video unavailable",
-    "removed by the uploader",
-    "no longer available",
-    "account associated with this video has been terminated",
-    "has been removed for violating",
-    "not available from your location",
-    "not made this video available in your country",
-    "confirm your age",
-    "members-only",
-    "available to this channel's members",
+
+_COOKIES = "set download.cookies_file to a cookies.txt exported from a browser signed in to YouTube"
+_SLOW_DOWN = "slow down: download.parallel: 1, download.sleep_requests_s and download.host_interval_s of a few seconds"
+_UPGRADE = "upgrade yt-dlp (pip install -U 'yt-dlp[default]'; `depthcurate doctor` shows its age)"
+
+# (reason, substrings of yt-dlp's error, lower case, transient, what to do): the first match names the failure.
+# The texts are YouTube's playability reasons as yt-dlp's YouTube extractor reports them (plus its own hints).
+_NAMED: tuple[tuple[str, tuple[str, ...], bool, str], ...] = (
+    (
+        "youtube_bot_check",
+        ("not a bot", "captcha challenge"),
+        True,
+        f"YouTube's bot check: {_COOKIES}; {_SLOW_DOWN}; {_UPGRADE}",
+    ),
+    (
+        "http_429",
+        ("http error 429", "too many requests", "rate-limited by youtube", "this content isn't available, try again"),
+        True,
+        f"rate limited (HTTP 429): {_SLOW_DOWN}; a later run retries it",
+    ),
+    (
+        "http_403",
+        ("http error 403", "403: forbidden"),
+        True,
+        f"refused (HTTP 403): on YouTube usually an outdated yt-dlp or a missing JS runtime or PO token: {_UPGRADE}, "
+        "run `depthcurate doctor`; a later run retries it",
+    ),
+    (
+        "members_only",
+        ("members-only", "channel's members", "join this channel", "premium members"),
+        False,
+        f"members only: {_COOKIES} (of an account with the membership)",
+    ),
+    ("private_video", ("private video", "video is private"), False, "private: only its owner can share it"),
+    (
+        "age_restricted",
+        ("confirm your age", "age-restricted", "age restricted", "inappropriate for some users"),
+        False,
+        f"age-restricted: {_COOKIES} (an adult, age-verified account)",
+    ),
+    (
+        "geo_blocked",
+        ("not available from your location", "available in your country", "geo restriction", "geo-restricted"),
+        False,
+        "blocked in this country: set download.proxy to a proxy in a country where it plays",
+    ),
+    (
+        "not_yet_available",
+        ("live event will begin", "premieres in", "premiere will begin", "scheduled to start"),
+        True,
+        "a premiere or live stream that has not started: a later run retries it",
+    ),
+    (
+        "video_removed",
+        (
+            "removed by the uploader",
+            "has been terminated",
+            "removed for violating",
+            "no longer available",
+            "video has been removed",
+            "copyright claim",
+        ),
+        False,
+        "removed from the site: drop it from the catalog",
+    ),
+    ("video_unavailable", ("video unavailable", "video is unavailable"), False, ""),
+)
+_FORMAT_HINT = (
+    "no format matched download.format: on YouTube often a missing JS runtime or EJS scripts "
+    f"(`depthcurate doctor`) or an outdated yt-dlp: {_UPGRADE}"
 )
 
 
@@ -100,6 +162,9 @@ def download_video(
 ) -> DownloadResult:
     """One download attempt; raises VideoError (transient=True when a retry may succeed)."""
     videos_dir = Path(videos_dir)
+    source = local_source(entry.url)
+    if source is not None:
+        return link_local(entry, source, videos_dir, cfg)
     archive = DownloadArchive(videos_dir / "archive.tsv")
     if (done := archive.lookup(entry.video_id)) is not None:
         return DownloadResult(done, _info_path(done), cached=True)
@@ -108,14 +173,18 @@ def download_video(
         # Transient: the record stays retryable, so a rerun with the path fixed fetches the video.
         raise VideoError("download_failed", f"cookies file {cfg.cookies_file} does not exist", transient=True)
     videos_dir.mkdir(parents=True, exist_ok=True)
+    _host_pace(entry.url, cfg.host_interval_s)
     errors: list[str] = []
-    with yt_dlp.YoutubeDL(_options(entry, videos_dir, cfg, errors, progress)) as ydl:
+    refused: list[VideoError] = []
+    with yt_dlp.YoutubeDL(_options(entry, videos_dir, cfg, errors, progress, refused)) as ydl:
         try:
             info = ydl.extract_info(entry.url, download=True)
         except DownloadError as exc:
             raise _classify(str(exc) or "; ".join(errors)) from exc
         except Exception as exc:  # yt-dlp raises a wide range of types on odd input
             raise _classify(f"{type(exc).__name__}: {exc}") from exc
+    if refused:
+        raise refused[0]
     if info is None or "entries" in info:
         raise VideoError("download_failed", f"{entry.url} is not a single video (playlist or nothing)")
     path = _downloaded_path(info, ydl)
@@ -129,8 +198,116 @@ def download_video(
     return DownloadResult(path, info_path, cached=False)
 
 
+# ------------------------------------------------------------------ local sources
+
+
+def local_source(url: str) -> Path | None:
+    """The path of a local source (an absolute path or a file:// URL), None for anything else."""
+    if url.startswith("/"):
+        return Path(url)
+    parsed = urlparse(url)
+    if parsed.scheme.lower() != "file":
+        return None
+    if parsed.netloc not in ("", "localhost"):
+        raise VideoError("local_path_refused", f"{url}: a file:// URL naming a host is not a local file")
+    return Path(url2pathname(parsed.path))
+
+
+def allowed_local_path(path: Path, cfg: DownloadConfig) -> Path:
+    """`path` with symlinks and `..` resolved, when that lies under one of `cfg.local_roots`; else refused."""
+    resolved = Path(os.path.realpath(path))
+    roots = [Path(os.path.realpath(Path(root).expanduser())) for root in cfg.local_roots]
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        where = ", ".join(map(str, roots)) if roots else "none configured"
+        raise VideoError(
+            "local_path_refused",
+            f"{path} (resolved: {resolved}) is not under download.local_roots ({where}): add its directory there "
+            "to use local files",
+        )
+    return resolved
+
+
+def link_local(entry: CatalogEntry, source: Path, videos_dir: Path, cfg: DownloadConfig) -> DownloadResult:
+    """Make videos_dir/<video_id><suffix> the file `source` without copying it: a hard link on the same
+    filesystem, else a symlink (read in place). Nothing is created unless `source` is allowed."""
+    resolved = allowed_local_path(source, cfg)
+    if not resolved.exists():
+        raise VideoError("download_failed", f"local file {source} does not exist")
+    if not resolved.is_file():
+        raise VideoError("not_a_video", f"{source} is not a regular file")
+    target = videos_dir / f"{entry.video_id}{resolved.suffix}"
+    archive = DownloadArchive(videos_dir / "archive.tsv")
+    if target.is_file() and os.path.samefile(target, resolved) and archive.lookup(entry.video_id) == target:
+        return DownloadResult(target, None, cached=True)
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    temp = videos_dir / f".{entry.video_id}.link-{os.getpid()}-{threading.get_ident()}"
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(resolved, temp)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise VideoError("download_failed", f"cannot link {source}: {exc}") from exc
+        os.symlink(resolved, temp)  # another filesystem (or no hard links there): read it in place
+    os.replace(temp, target)
+    archive.add(entry.video_id, target.name)
+    return DownloadResult(target, None, cached=False)
+
+
+# ------------------------------------------------------------------ yt-dlp options
+
+
+def js_runtimes(cfg: DownloadConfig) -> dict[str, dict[str, str]]:
+    """yt-dlp's `js_runtimes`: the configured runtime with an explicit path where one is known."""
+    if cfg.js_runtime is None:
+        return {}
+    path = cfg.js_runtime_path
+    if path is None and cfg.js_runtime == "deno":
+        path = bundled_deno()
+    return {cfg.js_runtime: {"path": str(Path(path).expanduser())} if path else {}}
+
+
+def bundled_deno() -> str | None:
+    """The Deno binary of the `deno` package in this environment (found from Python, not from PATH)."""
+    try:
+        import deno  # type: ignore[import-not-found, unused-ignore]
+
+        return str(deno.find_deno_bin())
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+_host_lock = threading.Lock()
+_host_next: dict[str, float] = {}
+
+
+def host_key(url: str) -> str:
+    """The host a pace applies to: www./m. dropped, YouTube's short and embed hosts counted as youtube.com."""
+    host = (urlparse(url).hostname or "").lower()
+    for prefix in ("www.", "m.", "music."):
+        host = host.removeprefix(prefix)
+    return "youtube.com" if host in ("youtu.be", "youtube-nocookie.com") else host
+
+
+def _host_pace(url: str, interval_s: float) -> None:
+    """Wait until `interval_s` has passed since the last download start from the same host (this process)."""
+    if interval_s <= 0:
+        return
+    key = host_key(url)
+    with _host_lock:
+        now = time.monotonic()
+        start = max(now, _host_next.get(key, now))
+        _host_next[key] = start + interval_s  # reserve the slot, then sleep outside the lock
+    if start > now:
+        time.sleep(start - now)
+
+
 def _options(
-    entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, errors: list[str], progress: ProgressFn | None
+    entry: CatalogEntry,
+    videos_dir: Path,
+    cfg: DownloadConfig,
+    errors: list[str],
+    progress: ProgressFn | None,
+    refused: list[VideoError] | None = None,
 ) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "format": cfg.format,
@@ -144,7 +321,10 @@ def _options(
         "no_warnings": True,
         "retries": 2,
         "socket_timeout": cfg.socket_timeout_s,
-        "enable_file_urls": entry.url.startswith("file:"),
+        # Local files never reach yt-dlp (see link_local); a redirect to file:// must not read the disk either.
+        "enable_file_urls": False,
+        "js_runtimes": js_runtimes(cfg),
+        "match_filter": _refuse_live(refused if refused is not None else []),
         "logger": _ErrorLog(errors),
         "progress_hooks": [_progress_hook(progress)] if progress else [],
     }
@@ -152,7 +332,41 @@ def _options(
         opts["ratelimit"] = parse_bytes(cfg.rate_limit)
     if cfg.cookies_file:
         opts["cookiefile"] = cfg.cookies_file
+    if cfg.extractor_args:
+        opts["extractor_args"] = copy.deepcopy(cfg.extractor_args)
+    if cfg.proxy:
+        opts["proxy"] = cfg.proxy
+    if cfg.sleep_requests_s:
+        opts["sleep_interval_requests"] = cfg.sleep_requests_s
     return opts
+
+
+def _refuse_live(refused: list[VideoError]) -> Callable[..., str | None]:
+    """yt-dlp match filter: a live stream would record until it ends, an upcoming one has nothing yet."""
+
+    def check(info: dict[str, Any], *, incomplete: bool = False) -> str | None:
+        status = info.get("live_status") or ("is_live" if info.get("is_live") else None)
+        if status == "is_live":
+            refused.append(
+                VideoError(
+                    "live_stream",
+                    f"{info.get('id')} is live now: a later run fetches the recording once the stream has ended",
+                    transient=True,
+                )
+            )
+        elif status in ("is_upcoming", "post_live"):
+            refused.append(
+                VideoError(
+                    "not_yet_available",
+                    f"{info.get('id')} is {status.replace('_', ' ')}: not downloadable yet; a later run retries it",
+                    transient=True,
+                )
+            )
+        else:
+            return None
+        return refused[-1].message
+
+    return check
 
 
 def _downloaded_path(info: dict[str, Any], ydl: yt_dlp.YoutubeDL) -> Path | None:
@@ -178,13 +392,16 @@ def _redact_info_json(path: Path) -> None:
 
 def _classify(message: str) -> VideoError:
     text = redact_secrets(message.replace("ERROR: ", "").strip())
-    lower = text.lower()
+    lower = text.lower().replace("\u2019", "'")
     if "unsupported url" in lower:
         return VideoError("not_a_video", text)
-    if any(key in lower for key in _UNAVAILABLE):
-        return VideoError("video_unavailable", text)
+    for reason, keys, transient, advice in _NAMED:
+        if any(key in lower for key in keys):
+            return VideoError(reason, f"{text} ({advice})" if advice else text, transient=transient)
     if "no space left on device" in lower or "file too large" in lower:
         return VideoError("disk_full", text, transient=True)  # same reason as a full disk while writing shards
+    if "requested format is not available" in lower:
+        return VideoError("download_failed", f"{text} ({_FORMAT_HINT})")
     return VideoError("download_failed", text, transient=any(key in lower for key in _TRANSIENT))
 
 

@@ -205,3 +205,38 @@ def test_killed_at_three_points_then_rerun_matches_an_uninterrupted_run(http_roo
     assert _published(crashed) == _published(tmp_path / "clean")
     assert not [p for p in crashed.rglob(".*") if p.is_file() and "tmp-" in p.name]
     assert main(["verify", "--data-root", str(crashed)]) == 0
+
+
+# ------------------------------------------------------------------ doctor
+
+
+def test_doctor_json_shape(tmp_path, capsys, monkeypatch):
+    import deno
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if "venv" not in p))
+    code = main(["doctor", "--json", "--data-root", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"ok", "checks"} and report["ok"] is True and code == 0
+    assert all(set(c) == {"name", "status", "detail"} for c in report["checks"])
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["js_runtime"]["status"] == "ok" and deno.find_deno_bin() in by_name["js_runtime"]["detail"]
+    assert by_name["data_root"]["detail"].startswith(str(tmp_path))
+
+
+def test_doctor_fails_on_an_unwritable_data_root(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    code = main(["doctor", "--data-root", str(tmp_path / "file" / "data")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert any(line.startswith("FAIL") and "data_root" in line for line in out.splitlines())
+
+
+def test_doctor_reads_the_js_runtime_from_the_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("download:\n  js_runtime: null\n")
+    assert main(["doctor", "--json", "--config", str(config), "--data-root", str(tmp_path)]) == 0
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["js_runtime"]["status"] == "warn"
+    config.write_text("download:\n  js_runtimes: {}\n")  # unknown key
+    assert main(["doctor", "--config", str(config)]) == 1

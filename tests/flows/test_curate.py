@@ -244,7 +244,7 @@ def test_refused_and_stalled_downloads_are_named_and_the_rest_is_written(small_f
                 ("odd", odd.as_uri()),
             )
         ]
-        path, result = small_flow(entries, {"download": {"socket_timeout_s": 0.3}})
+        path, result = small_flow(entries, {"download": {"socket_timeout_s": 0.3, "local_roots": [str(tmp_path)]}})
     assert {v["video_id"]: v["status"] for v in result["videos"]} == {
         "walk": "ok",
         "refused": "download_failed",
