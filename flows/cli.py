@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from pipeline.corpus.report import format_summary, summarize
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
+
+PREFECT_HELP = "run the Prefect flow (a temporary Prefect server when PREFECT_API_URL is not set)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,22 +35,27 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="render a demo catalog, serve it on loopback, curate it",
         description="Render a small catalog of synthetic videos (good and deliberately "
-        "broken ones), serve it from a loopback HTTP server and run the real "
-        "curate flow on it: yt-dlp downloads, ffmpeg decodes, Parquet comes out.",
+        "broken ones), serve it from a loopback HTTP server and curate it for real: "
+        "yt-dlp downloads, ffmpeg decodes, Parquet comes out.",
     )
     demo.add_argument("--data-root", default="data/demo", help="output directory (default: data/demo)")
+    demo.add_argument("--prefect", action="store_true", help=PREFECT_HELP)
     demo.set_defaults(func=_demo)
 
     curate = commands.add_parser(
         "curate",
-        help="run the curate flow locally on a catalog",
-        description="Run the curate flow in-process (Prefect's ephemeral mode, or the "
-        "server in PREFECT_API_URL): the same code path as the deployment.",
+        help="curate a catalog into a data root",
+        description="Curate a catalog: with the Prefect-free driver (a local thread pool, "
+        "no server start), or as the curate flow when PREFECT_API_URL names a server, the "
+        "config runs on Ray, or --prefect is given. Both write the same bytes.",
     )
     curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md)")
     curate.add_argument("--data-root", required=True, help="output directory")
     curate.add_argument("--config", help="YAML config (see configs/); defaults from pipeline/config.py")
     curate.add_argument("--limit", type=int, help="only the first N catalog entries")
+    curate.add_argument(
+        "--prefect", action="store_true", help="run the Prefect flow (a temporary server if none is set)"
+    )
     curate.set_defaults(func=_curate)
 
     dedup = commands.add_parser(
@@ -100,12 +109,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: int | None) -> int:
-    """The curate flow on `catalog`, or on the embedded demo when it is None."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.curate import curate  # Prefect is slow to import; only the flow commands need it
+def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: int | None, prefect: bool) -> int:
+    """Curate `catalog`, or the embedded demo when it is None: through the Prefect flow when a server is set
+    (PREFECT_API_URL), the config runs on Ray, or `prefect` asks for it; otherwise with the Prefect-free driver,
+    which writes the same bytes without the ~10 s of a temporary Prefect server."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.driver import curate_catalog
+    from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
+    from pipeline.synthetic.demo import demo_catalog
 
-    curate(catalog=catalog, data_root=data_root, limit=limit, config=config, demo=catalog is None)
+    try:
+        cfg = load_config(config or (DEMO_CONFIG if catalog is None else None))
+    except ConfigError as exc:
+        print(f"depthcurate: {exc}", file=sys.stderr)
+        return 2
+    if prefect or os.environ.get("PREFECT_API_URL") or cfg.run.executor != "local":
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.curate import curate  # Prefect is slow to import; only the flow path needs it
+
+        curate(catalog=catalog, data_root=data_root, limit=limit, config=config, demo=catalog is None)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+        root = DataRoot(data_root)
+        with demo_catalog(root) if catalog is None else contextlib.nullcontext(Path(catalog)) as path:
+            curate_catalog(path, root, cfg, limit=limit)
     print(format_summary(summarize(DataRoot(data_root))))
     return 0
 
@@ -127,7 +154,7 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    code = _run_flow(None, args.data_root, None, None)
+    code = _run_flow(None, args.data_root, None, None, args.prefect)
     print(f"\nThe demo dataset is in {DataRoot(args.data_root).name}: shards/, manifest/, stats/, dataset.json.")
     return code
 
@@ -136,7 +163,7 @@ def _curate(args: argparse.Namespace) -> int:
     if not Path(args.catalog).is_file():
         print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
         return 2
-    return _run_flow(args.catalog, args.data_root, args.config, args.limit)
+    return _run_flow(args.catalog, args.data_root, args.config, args.limit, args.prefect)
 
 
 def _import_slowtv(args: argparse.Namespace) -> int:

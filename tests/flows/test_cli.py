@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from pipeline.corpus.verify import verify_dataset
+from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry, read_catalog, write_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,3 +242,30 @@ def test_doctor_reads_the_js_runtime_from_the_config(tmp_path, capsys):
     assert checks["js_runtime"]["status"] == "warn"
     config.write_text("download:\n  js_runtimes: {}\n")  # unknown key
     assert main(["doctor", "--config", str(config)]) == 1
+
+
+def test_curate_without_a_server_runs_the_driver_without_importing_prefect(http_root, tmp_path, cli_config):
+    """No PREFECT_API_URL: the Prefect-free driver, so no temporary server start; the dataset is complete."""
+    catalog = write_catalog(
+        [CatalogEntry(video_id="walk", url=f"{http_root}/walk.mp4", dataset="cli", category="natural")],
+        tmp_path / "catalog.csv",
+    )
+    code = (
+        "import sys; from flows.cli import main; "
+        f"rc = main(['curate', '--catalog', {str(catalog)!r}, '--data-root', {str(tmp_path / 'root')!r}, "
+        f"'--config', {str(cli_config)!r}]); print('prefect' in sys.modules); sys.exit(rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False"
+    assert "videos: 1 ok" in run.stdout and verify_dataset(DataRoot(tmp_path / "root")) == []
+
+
+def test_a_bad_config_is_one_clear_line_before_anything_runs(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("sample: {fpss: 10}\n")
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("video_id,url,dataset,category\n")
+    assert main(["curate", "--catalog", str(catalog), "--data-root", str(tmp_path / "r"), "--config", str(config)]) == 2
+    assert "fpss" in capsys.readouterr().err and not (tmp_path / "r").exists()
