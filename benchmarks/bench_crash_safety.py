@@ -112,6 +112,7 @@ def curate_command(catalog: Path, root: Path, config: Path) -> list[str]:
         str(root),
         "--config",
         str(config),
+        "--prefect",  # the flow, as deployed; with --ephemeral, in Prefect's ephemeral mode
     ]
 
 
