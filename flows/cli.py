@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline import package_version
 from pipeline.corpus.report import format_summary, summarize
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthcurate", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -86,13 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     slowtv.add_argument("-o", "--output", required=True, help="catalog CSV to write")
     slowtv.set_defaults(func=_import_slowtv)
 
-    stats = commands.add_parser("stats", help="summary of a dataset: videos by status, frames, drops by reason")
-    stats.add_argument("--data-root", required=True)
+    stats = commands.add_parser(
+        "stats",
+        help="summary of a dataset: videos by status, frames, drops by reason",
+        description="Summarise a published dataset from its stats tables and dataset.json: videos by status, "
+        "frames decoded and kept, frames dropped by reason, and every failed video with its message.",
+    )
+    stats.add_argument("--data-root", required=True, help="a published data root (a directory or an s3:// URL)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=_stats)
 
-    verify = commands.add_parser("verify", help="re-hash every shard and table against dataset.json")
-    verify.add_argument("--data-root", required=True)
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash every shard and table against dataset.json",
+        description="Check a published dataset against its dataset.json: every shard's and table's size and "
+        "sha256, schemas and row counts. Prints one FAIL line per problem; exit code 1 when there is one.",
+    )
+    verify.add_argument("--data-root", required=True, help="a published data root (a directory or an s3:// URL)")
     verify.set_defaults(func=_verify)
 
     doctor = commands.add_parser(

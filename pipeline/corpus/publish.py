@@ -17,7 +17,6 @@ import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import package_version
 from pipeline.config import CurateConfig
 from pipeline.corpus.cross_video import VideoDuplicates, cross_video_duplicates
 from pipeline.io.data_root import DataRoot
@@ -430,7 +430,7 @@ def _description(
 ) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
-        "generator": f"depthcurate {_version()}",
+        "generator": f"depthcurate {package_version()}",
         "config": cfg.recorded(),
         "config_hash": cfg.full_hash(),
         "processing_hash": cfg.processing_hash(),
@@ -460,7 +460,7 @@ def _inputs_digest(
     frame parts and shards."""
     if cfg.clip.enabled:
         return None
-    digest = hashlib.sha256(f"{SCHEMA_VERSION}\n{_version()}\n{cfg.full_hash()}\n".encode())
+    digest = hashlib.sha256(f"{SCHEMA_VERSION}\n{package_version()}\n{cfg.full_hash()}\n".encode())
     for record in records:
         digest.update(record.to_json())
     for problem in catalog_problems:
@@ -500,10 +500,3 @@ def _save_inputs(root: DataRoot, inputs: str | None, digests: dict[Path, str]) -
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _version() -> str:
-    try:
-        return metadata.version("depthcurate")
-    except metadata.PackageNotFoundError:
-        return "unknown"

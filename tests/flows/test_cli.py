@@ -269,3 +269,9 @@ def test_a_bad_config_is_one_clear_line_before_anything_runs(tmp_path, capsys):
     catalog.write_text("video_id,url,dataset,category\n")
     assert main(["curate", "--catalog", str(catalog), "--data-root", str(tmp_path / "r"), "--config", str(config)]) == 2
     assert "fpss" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("depthcurate ")
