@@ -59,16 +59,18 @@ class _State:
     chunks: list[_Entries]  # the index entries, a chunk per decision run (joined once, not per video)
 
     def entries(self) -> _Entries:
-        return _Entries(
-            *(
-                np.concatenate([getattr(c, name) for c in self.chunks] or [empty])
-                for name, empty in (
-                    ("hashes", np.empty(0, np.uint64)),
-                    ("video", np.empty(0, np.int32)),
-                    ("frame_index", np.empty(0, np.int32)),
+        """All index entries in insertion order; the chunks are joined on the first call, then kept joined."""
+        if len(self.chunks) != 1:
+            empty = _Entries(np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int32))
+            chunks = self.chunks or [empty]
+            self.chunks = [
+                _Entries(
+                    np.concatenate([c.hashes for c in chunks]),
+                    np.concatenate([c.video for c in chunks]),
+                    np.concatenate([c.frame_index for c in chunks]),
                 )
-            )
-        )
+            ]
+        return self.chunks[0]
 
 
 def cross_video_duplicates(
