@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,16 @@ def moving_objects(seconds: float, speed_mps: float, seed: int) -> tuple[MovingO
     # Fixed in the camera frame, low on the right: photometrically it never moves (plain training: infinite depth).
     objects.append(MovingObject(size=(0.7, 0.5, 0.5), centre=(0.9, 0.9, 3.5), attached=True))
     return tuple(objects)
+
+
+def cached_dataset(work: Path, key: list[Any], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`build()`'s dataset, or the one an earlier run with the same `key` built in `work` (--workdir reuses it)."""
+    cache = work / "dataset.json"
+    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
+        return json.loads(cache.read_text())["dataset"]
+    dataset = build()
+    cache.write_text(json.dumps({"key": key, "dataset": dataset}))
+    return dataset
 
 
 def build_dataset(
@@ -399,7 +410,7 @@ def main() -> None:
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-learning-") as work:
         build = Stopwatch()
-        key = [
+        shape = [
             args.scenes,
             args.val_scenes,
             args.seconds,
@@ -409,22 +420,7 @@ def main() -> None:
             args.max_height,
             args.speed,
         ]
-        cache = work / "dataset.json"
-        if cache.is_file() and json.loads(cache.read_text())["key"] == key:  # --workdir: reuse what is built
-            dataset = json.loads(cache.read_text())["dataset"]
-        else:
-            dataset = build_dataset(
-                work,
-                args.scenes,
-                args.val_scenes,
-                args.seconds,
-                args.val_seconds,
-                args.stereo_scenes,
-                args.stereo_seconds,
-                args.max_height,
-                args.speed,
-            )
-            cache.write_text(json.dumps({"key": key, "dataset": dataset}))
+        dataset = cached_dataset(work, shape, lambda: build_dataset(work, *shape))
         data_root = Path(dataset["root"])
         build_s = build.s
         out: dict[str, Any] = {

@@ -40,6 +40,7 @@ from benchmarks.bench_learning import (  # before trainer: it makes torchvision 
     RENDER_W,
     add_training_arguments,
     build_dataset,
+    cached_dataset,
     manifests,
     pose_check,
     run_fit,
@@ -151,12 +152,11 @@ def main() -> None:
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-variants-") as work:
         key = ["objects", args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.max_height, args.speed]
-        cache = work / "dataset.json"
         build = Stopwatch()
-        if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-            dataset = json.loads(cache.read_text())["dataset"]
-        else:
-            dataset = build_dataset(
+        dataset = cached_dataset(
+            work,
+            key,
+            lambda: build_dataset(
                 work,
                 args.scenes,
                 args.val_scenes,
@@ -167,8 +167,8 @@ def main() -> None:
                 args.max_height,
                 args.speed,
                 objects=True,
-            )
-            cache.write_text(json.dumps({"key": key, "dataset": dataset}))
+            ),
+        )
         data_root = Path(dataset["root"])
         out: dict[str, Any] = {
             "setup": {
