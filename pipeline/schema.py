@@ -11,6 +11,7 @@ SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 
 # Why a decoded frame was not kept; stats tables count each one under its own name.
 DROP_REASONS: tuple[str, ...] = (
+    "decode_error",  # decoded from damaged data, or predicted from it, up to the next clean keyframe
     "decimated",  # outside the keep-N-every-M window
     "split_gap",  # inside the gap around the train/val boundary
     "dark",
@@ -161,6 +162,8 @@ VIDEO_STATS_SCHEMA = _with_version(
         pa.field("container", pa.string()),
         pa.field("rotation", pa.int32()),
         pa.field("variable_frame_rate", pa.bool_()),
+        pa.field("field_order", pa.string()),  # ffprobe's; interlaced sources (tt, bb, tb, bt) are deinterlaced
+        pa.field("truncated_at_s", pa.float64()),  # where a file cut short really ends; trims and split follow it
         pa.field("trim_start_s", pa.float64()),
         pa.field("trim_end_s", pa.float64()),
         pa.field("frames_decoded", pa.int64()),

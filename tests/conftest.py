@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -35,6 +37,43 @@ def video_dir(tmp_path_factory) -> Path:
         cut_to=SceneSpec(width=160, height=96, fps=20.0, duration_s=3.0, seed=4),
     )
     return directory
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="session")
+def damaged_media(tmp_path_factory) -> dict[str, Path]:
+    """One 6 s 320x180 20 fps clip with a keyframe every second, clean and damaged the ways real files are.
+
+    `overwritten`: the middle 5% of its bytes replaced by noise (whole packets lost); `flipped`: one byte in 2 KiB
+    inverted over the middle 10% (the decoder conceals); `cut`: a streamable MP4 cut at 55% of its bytes (its header
+    still says 6 s); `interlaced`: the clip woven into top-field-first fields at 10 frames/s.
+    """
+    directory = tmp_path_factory.mktemp("damaged")
+    rendered = render_video(SceneSpec(width=320, height=180, fps=20.0, duration_s=6.0, seed=5), directory / "r.mp4")
+    clean = directory / "clean.mp4"
+    _ffmpeg("-i", str(rendered), "-c:v", "libx264", "-g", "20", "-preset", "veryfast", "-crf", "20", str(clean))
+    data = clean.read_bytes()
+    rng = np.random.default_rng(0)
+    overwritten = bytearray(data)
+    a, b = int(len(data) * 0.475), int(len(data) * 0.525)
+    overwritten[a:b] = rng.bytes(b - a)
+    flipped = bytearray(data)
+    for position in range(int(len(data) * 0.45), int(len(data) * 0.55), 2048):
+        flipped[position] ^= 0xFF
+    (directory / "overwritten.mp4").write_bytes(overwritten)
+    (directory / "flipped.mp4").write_bytes(flipped)
+    _ffmpeg("-i", str(clean), "-c", "copy", "-movflags", "+faststart", str(directory / "faststart.mp4"))
+    whole = (directory / "faststart.mp4").read_bytes()
+    (directory / "cut.mp4").write_bytes(whole[: int(len(whole) * 0.55)])
+    _ffmpeg(
+        "-i", str(rendered), "-vf", "tinterlace=mode=interleave_top", "-c:v", "libx264",
+        "-flags", "+ilme+ildct", "-top", "1", "-x264-params", "tff=1", str(directory / "interlaced.mp4"),
+    )  # fmt: skip
+    names = ("clean", "overwritten", "flipped", "cut", "interlaced")
+    return {name: directory / f"{name}.mp4" for name in names}
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,7 @@ def _ingest(
         root.upload(preview)
     record = VideoRecord.new(entry, cfg, "ok", info=info, trims=_trims(info, plan))
     _count_into(record, counts)
+    record.warning = "; ".join(w for w in (_truncation_warning(info), counts.warning) if w) or None
     record.shards = [_part_ref(root, p) for p in shard_parts]
     record.frame_parts = [_part_ref(root, p) for p in frame_parts]
     write_record(root, record)
@@ -100,13 +101,22 @@ def _trims(info: VideoInfo | None, plan: SamplingPlan | None) -> tuple[float, fl
     """Seconds trimmed at the start and the end, once the video is known to be long enough to plan."""
     if info is None or plan is None:
         return None
-    return plan.start_s, info.duration_s - plan.end_s
+    return plan.start_s, info.usable_duration_s - plan.end_s
+
+
+def _truncation_warning(info: VideoInfo) -> str | None:
+    if info.truncated_at_s is None:
+        return None
+    return (
+        f"file cut short: its data ends at {info.truncated_at_s:.1f}s of the {info.duration_s:.1f}s its header "
+        "gives; trims and split follow the data"
+    )
 
 
 def _count_into(record: VideoRecord, counts: SampleCounts) -> None:
     record.frames_decoded, record.frames_kept, record.clips = counts.decoded, counts.kept, counts.clips
     record.dropped = {reason: counts.dropped.get(reason, 0) for reason in DROP_REASONS}
-    record.warning, record.detected_layout = counts.warning, counts.layout
+    record.detected_layout = counts.layout
 
 
 def _out_of_space(exc: OSError) -> bool:

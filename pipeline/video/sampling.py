@@ -17,7 +17,7 @@ from pipeline.config import CurateConfig
 from pipeline.errors import VideoError
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.codecs import encode_jpeg
-from pipeline.media.decode import FrameReader, output_size
+from pipeline.media.decode import FrameReader, deinterlace_parity, output_size
 from pipeline.media.probe import VideoInfo
 from pipeline.schema import STEREO_QUALITY_COLUMNS
 from pipeline.sources.catalog import CatalogEntry
@@ -79,18 +79,16 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
     trim = cfg.sample.trim
     explicit = entry.trim_start_s is not None or entry.trim_end_s is not None
     # Catalog trims are honoured exactly; the config default shrinks for short videos.
-    head = (
-        entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * info.duration_s)
-    )
-    tail = entry.trim_end_s if entry.trim_end_s is not None else min(trim.tail_s, trim.max_fraction * info.duration_s)
+    duration = info.usable_duration_s  # a file cut short is planned on what it holds, not on its header
+    head = entry.trim_start_s if entry.trim_start_s is not None else min(trim.head_s, trim.max_fraction * duration)
+    tail = entry.trim_end_s if entry.trim_end_s is not None else min(trim.tail_s, trim.max_fraction * duration)
     # Snap the start onto the sampling grid so frame_index == round(timestamp_s * fps) names one picture.
-    start, end = math.ceil(head * fps - 1e-6) / fps, info.duration_s - tail
+    start, end = math.ceil(head * fps - 1e-6) / fps, duration - tail
     if end - start < 1.0 / fps:
         source = "catalog" if explicit else "config"
         raise VideoError(
             "too_short",
-            f"video lasts {info.duration_s:.1f}s, shorter than its {source} trims "
-            f"({head:.1f}s head + {tail:.1f}s tail)",
+            f"video lasts {duration:.1f}s, shorter than its {source} trims ({head:.1f}s head + {tail:.1f}s tail)",
         )
     width, height = info.display_size
     return SamplingPlan(
@@ -246,31 +244,39 @@ def sample_video(
         fx, fy, cx, cy = crop_intrinsics(entry, view_size, setup.geometry)
         entry = dataclasses.replace(entry, fx=fx, fy=fy, cx=cx, cy=cy)
         sink.entry = entry
-    reader = FrameReader(video_path, fps=plan.fps, start_s=plan.start_s, end_s=plan.end_s, size=plan.size)
+    reader = FrameReader(
+        video_path,
+        fps=plan.fps,
+        start_s=plan.start_s,
+        end_s=plan.end_s,
+        size=plan.size,
+        parity=deinterlace_parity(info.field_order),
+    )
     clips = _ClipTracker(plan)
     cuts = CutDetector(cfg.shots)
     motion_meter = MotionMeter()
     seen = HashIndex()
     previous_kept: tuple[int, np.ndarray] | None = None  # (clip_id, analysis gray), mono only
     expected = max(1, int((plan.end_s - plan.start_s) * plan.fps))
+    after_damage = False
     for frame in reader:
         counts.decoded += 1
+        if progress and counts.decoded % 200 == 0:
+            progress(min(1.0, counts.decoded / expected), f"{counts.decoded}/{expected} frames")
+        split = "train" if frame.timestamp_s < plan.boundary_s else "val"
+        if frame.damaged:
+            # Smeared decoder output: nothing measured on it, and the next clean frame starts a new clip.
+            row = _frame_row(entry, frame.index, frame.timestamp_s, clips.update(frame.index, split, False)[0], split)
+            sink.drop(row, "decode_error")
+            after_damage = True
+            continue
         image, right = setup.views(frame.image) if setup else (frame.image, None)
         small = analysis_view(image, cfg.filters.analysis_width)
-        split = "train" if frame.timestamp_s < plan.boundary_s else "val"
-        cut = cuts.update(small)
+        cut = cuts.update(small) or after_damage
+        after_damage = False
         clip_id, inside = clips.update(frame.index, split, cut)
-        sid = sample_id(entry.dataset, entry.video_id, frame.index)
-        row: dict[str, Any] = {
-            "dataset": entry.dataset,
-            "video_id": entry.video_id,
-            "frame_index": frame.index,
-            "timestamp_s": round(frame.timestamp_s, 6),
-            "clip_id": clip_id,
-            "split": split,
-            "sample_id": sid,
-            "kept": False,
-        }
+        row = _frame_row(entry, frame.index, frame.timestamp_s, clip_id, split)
+        sid = row["sample_id"]
         reason = _position_drop(inside, frame.timestamp_s, plan)
         if reason is None and setup is not None and cut:
             reason = "at_cut"
@@ -292,12 +298,23 @@ def sample_video(
                 previous_kept = (clip_id, gray)
                 seen.add(row["phash"], sid, frame.timestamp_s)
             sink.keep(row, image, right)
-        if progress and counts.decoded % 200 == 0:
-            progress(min(1.0, counts.decoded / expected), f"{counts.decoded}/{expected} frames")
     sink.flush()
     counts.clips = clips.clip_id + 1
     counts.warning = reader.warning
     return counts
+
+
+def _frame_row(entry: CatalogEntry, index: int, timestamp_s: float, clip_id: int, split: str) -> dict[str, Any]:
+    return {
+        "dataset": entry.dataset,
+        "video_id": entry.video_id,
+        "frame_index": index,
+        "timestamp_s": round(timestamp_s, 6),
+        "clip_id": clip_id,
+        "split": split,
+        "sample_id": sample_id(entry.dataset, entry.video_id, index),
+        "kept": False,
+    }
 
 
 def _position_drop(inside: bool, timestamp_s: float, plan: SamplingPlan) -> str | None:
