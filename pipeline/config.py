@@ -105,12 +105,17 @@ class DedupConfig(_Section):
     max_hamming: int = Field(4, ge=0, le=64)
     # Within a video, frames closer than this in time are neighbours, not duplicates (loops, replays).
     min_separation_s: float = Field(60.0, ge=0)
+    # ... shrunk to this fraction of a short video's sampled duration: a clip that loops is still caught, while
+    # frames of ordinary slow footage, similar in layout a second apart, are not taken for repeats.
+    separation_max_fraction: float = Field(0.5, ge=0, le=1)
     across_videos: bool = True
 
 
 class SplitConfig(_Section):
     train_fraction: float = Field(0.9, ge=0, le=1)
     gap_frames: int = Field(100, ge=0)  # dropped on each side of the boundary (at the sampled fps)
+    # ... shrunk to this fraction of a short video's sampled frames per side, so a 20 s clip is not eaten whole.
+    gap_max_fraction: float = Field(0.05, ge=0, lt=0.5)
 
 
 class WriteConfig(_Section):

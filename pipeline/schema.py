@@ -166,6 +166,8 @@ VIDEO_STATS_SCHEMA = _with_version(
         pa.field("truncated_at_s", pa.float64()),  # where a file cut short really ends; trims and split follow it
         pa.field("trim_start_s", pa.float64()),
         pa.field("trim_end_s", pa.float64()),
+        pa.field("split_gap_frames", pa.int64()),  # the split gap applied: split.gap_frames, less for a short video
+        pa.field("dedup_separation_s", pa.float64()),  # likewise dedup.min_separation_s
         pa.field("frames_decoded", pa.int64()),
         pa.field("frames_kept", pa.int64()),
         *[pa.field(f"dropped_{reason}", pa.int64()) for reason in DROP_REASONS],

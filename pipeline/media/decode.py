@@ -340,7 +340,7 @@ def _prefetched(source: Generator[DecodedFrame, None, None], depth: int) -> Iter
                 if not put((True, frame)):
                     return
             put((False, None))
-        except BaseException as exc:  # handed to the caller, who raises it
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller, who raises it)
             put((False, exc))
         finally:
             source.close()  # on this thread, where the generator runs: closes the container

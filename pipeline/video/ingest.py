@@ -80,7 +80,7 @@ def _ingest(
             frames.abort()
             raise
     except VideoError as exc:
-        return write_failure(entry, root, cfg, exc, info=info, trims=_trims(info, plan))
+        return write_failure(entry, root, cfg, exc, info=info, applied=plan.applied() if plan else None)
     root.upload(*(p.path for p in shard_parts + frame_parts))  # object-store root: publish the parts
     _remove_unlisted(root, shard_dir, shard_parts)
     _remove_unlisted(root, frames_dir, frame_parts)
@@ -88,20 +88,13 @@ def _ingest(
         preview = root.preview(entry.dataset, entry.video_id)
         write_preview_jpeg(video_sheet(counts.previews), preview)
         root.upload(preview)
-    record = VideoRecord.new(entry, cfg, "ok", info=info, trims=_trims(info, plan))
+    record = VideoRecord.new(entry, cfg, "ok", info=info, applied=plan.applied())
     _count_into(record, counts)
     record.warning = "; ".join(w for w in (_truncation_warning(info), counts.warning) if w) or None
     record.shards = [_part_ref(root, p) for p in shard_parts]
     record.frame_parts = [_part_ref(root, p) for p in frame_parts]
     write_record(root, record)
     return record
-
-
-def _trims(info: VideoInfo | None, plan: SamplingPlan | None) -> tuple[float, float] | None:
-    """Seconds trimmed at the start and the end, once the video is known to be long enough to plan."""
-    if info is None or plan is None:
-        return None
-    return plan.start_s, info.usable_duration_s - plan.end_s
 
 
 def _truncation_warning(info: VideoInfo) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -23,8 +23,20 @@ from pipeline.schema import DROP_REASONS
 from pipeline.sources.catalog import CatalogEntry
 
 OK = "ok"
+
+
+@dataclass(frozen=True)
+class AppliedSampling:
+    """The settings sampling applied to one video: the config's defaults, scaled down for a short one."""
+
+    trim_start_s: float
+    trim_end_s: float
+    split_gap_frames: int
+    dedup_separation_s: float
+
+
 _INFO_FIELDS = tuple(VideoInfo.__dataclass_fields__)
-_TRIM_FIELDS = ("trim_start_s", "trim_end_s")
+_PLAN_FIELDS = tuple(f.name for f in fields(AppliedSampling))
 
 
 class PartRef(BaseModel):
@@ -66,8 +78,11 @@ class VideoRecord(BaseModel):
     shards: list[PartRef] = []
     frame_parts: list[PartRef] = []
     info: VideoInfo | None = None  # the probe, when the file could be probed
-    trim_start_s: float | None = None  # seconds trimmed at each end, when the video was long enough to plan
+    # What sampling applied (AppliedSampling), once the video was known to be long enough to plan.
+    trim_start_s: float | None = None  # seconds trimmed at each end
     trim_end_s: float | None = None
+    split_gap_frames: int | None = None  # frames dropped on each side of the train/val boundary
+    dedup_separation_s: float | None = None  # within-video duplicates count only this far apart
 
     @property
     def ok(self) -> bool:
@@ -84,7 +99,7 @@ class VideoRecord(BaseModel):
         cfg: CurateConfig,
         status: str,
         info: VideoInfo | None = None,
-        trims: tuple[float, float] | None = None,
+        applied: AppliedSampling | None = None,
     ) -> VideoRecord:
         """A record of `entry` with nothing counted yet."""
         return cls(
@@ -100,13 +115,12 @@ class VideoRecord(BaseModel):
             processing_hash=cfg.processing_hash(),
             dropped={reason: 0 for reason in DROP_REASONS},
             info=info,
-            trim_start_s=trims[0] if trims else None,
-            trim_end_s=trims[1] if trims else None,
+            **(asdict(applied) if applied else {}),
         )
 
     def flat(self) -> dict[str, Any]:
         """The record as its JSON file holds it (and as the videos table reads it)."""
-        out = self.model_dump(exclude={"dropped", "info", "retryable", *_TRIM_FIELDS})
+        out = self.model_dump(exclude={"dropped", "info", "retryable", *_PLAN_FIELDS})
         out["shards"] = [part.model_dump() for part in self.shards]
         out["frame_parts"] = [part.model_dump() for part in self.frame_parts]
         out.update({f"dropped_{reason}": self.dropped.get(reason, 0) for reason in DROP_REASONS})
@@ -114,7 +128,7 @@ class VideoRecord(BaseModel):
             out["retryable"] = self.retryable
         if self.info is not None:
             out.update(asdict(self.info))
-        out.update({name: getattr(self, name) for name in _TRIM_FIELDS if getattr(self, name) is not None})
+        out.update({name: getattr(self, name) for name in _PLAN_FIELDS if getattr(self, name) is not None})
         return out
 
     @classmethod
@@ -198,7 +212,7 @@ def write_failure(
     cfg: CurateConfig,
     error: VideoError,
     info: VideoInfo | None = None,
-    trims: tuple[float, float] | None = None,
+    applied: AppliedSampling | None = None,
 ) -> VideoRecord:
     """Record a failed video and remove any output an earlier successful run left for it."""
     remove_stale_temps(root, entry)
@@ -213,7 +227,7 @@ def write_failure(
         root.camera(entry.dataset, entry.video_id),
     ):
         root.remove(path)
-    record = VideoRecord.new(entry, cfg, error.reason, info=info, trims=trims)
+    record = VideoRecord.new(entry, cfg, error.reason, info=info, applied=applied)
     record.error = redact_secrets(error.message)
     record.retryable = error.transient
     write_record(root, record)

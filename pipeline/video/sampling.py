@@ -26,6 +26,7 @@ from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intri
 from pipeline.video.phash import HashIndex, phash
 from pipeline.video.previews import PreviewFrame
 from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
+from pipeline.video.record import AppliedSampling
 from pipeline.video.shots import CutDetector
 
 ProgressFn = Callable[[float, str], None]
@@ -39,11 +40,25 @@ class SamplingPlan:
     fps: float
     decimate: tuple[int, int] | None  # keep N frames of every M, or None
     boundary_s: float  # train before, val after
-    gap_s: float  # frames within this of the boundary are dropped, on both sides
+    gap_frames: int  # frames dropped on each side of the boundary
+    dedup_separation_s: float  # within-video duplicates count only this far apart in time
+    trim_end_s: float  # the data's end minus end_s
 
     @property
     def frame_s(self) -> float:
         return 1.0 / self.fps
+
+    @property
+    def gap_s(self) -> float:
+        return self.gap_frames / self.fps
+
+    def applied(self) -> AppliedSampling:
+        return AppliedSampling(
+            trim_start_s=self.start_s,
+            trim_end_s=self.trim_end_s,
+            split_gap_frames=self.gap_frames,
+            dedup_separation_s=self.dedup_separation_s,
+        )
 
 
 @dataclass
@@ -91,6 +106,8 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
             f"video lasts {duration:.1f}s, shorter than its {source} trims ({head:.1f}s head + {tail:.1f}s tail)",
         )
     width, height = info.display_size
+    # Like the trims, the split gap and the dedup separation are sized for long videos: shrink them for short ones.
+    sampled_frames = (end - start) * fps
     return SamplingPlan(
         start_s=start,
         end_s=end,
@@ -98,7 +115,9 @@ def plan_sampling(info: VideoInfo, entry: CatalogEntry, cfg: CurateConfig, *, st
         decimate=decimate,
         size=(width, height) if stereo else output_size(width, height, cfg.sample.max_height),
         boundary_s=start + cfg.split.train_fraction * (end - start),
-        gap_s=cfg.split.gap_frames / fps,
+        gap_frames=min(cfg.split.gap_frames, int(cfg.split.gap_max_fraction * sampled_frames)),
+        dedup_separation_s=round(min(cfg.dedup.min_separation_s, cfg.dedup.separation_max_fraction * (end - start)), 6),
+        trim_end_s=duration - end,
     )
 
 
@@ -289,6 +308,7 @@ def sample_video(
                 motion_meter,
                 seen if setup is None else None,
                 cfg,
+                plan.dedup_separation_s,
             )
         gray = row.pop("_gray", None)
         if reason is not None:
@@ -335,6 +355,7 @@ def _content_drop(
     motion_meter: MotionMeter,
     seen: HashIndex | None,
     cfg: CurateConfig,
+    separation_s: float,
 ) -> str | None:
     """Measure the frame into `row` and return the first rule it fails, if any (static and dedup: mono only)."""
     gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
@@ -349,9 +370,7 @@ def _content_drop(
     row["phash"] = phash(gray)
     if seen is None:
         return None
-    duplicate = seen.find(
-        row["phash"], cfg.dedup.max_hamming, time_s=row["timestamp_s"], min_separation_s=cfg.dedup.min_separation_s
-    )
+    duplicate = seen.find(row["phash"], cfg.dedup.max_hamming, time_s=row["timestamp_s"], min_separation_s=separation_s)
     if duplicate is not None:
         row["duplicate_of"] = duplicate
         return "duplicate"

@@ -95,7 +95,8 @@ def test_reupload_is_a_semantic_duplicate_of_the_earlier_video(corpus, clip_sett
     frames = pq.read_table(corpus.frames_table).to_pandas()
     copy = frames[frames.video_id == "b_copy"]
     dropped = copy[copy.drop_reason == "semantic_duplicate"]
-    assert len(dropped) >= 0.8 * len(copy)
+    # Of the copy's frames that passed the per-video rules (within-video duplicates go first), most are found.
+    assert len(dropped) >= 0.8 * (copy.kept.sum() + len(dropped)) and len(dropped) >= 20
     assert dropped.duplicate_of.str.startswith("test/a_original/").mean() >= 0.9
     # keep rule: every semantic duplicate points at a kept frame that comes earlier in corpus order
     order = {sid: i for i, sid in enumerate(frames.sample_id)}

@@ -139,3 +139,17 @@ def test_ffprobe_failure_message_is_the_error_not_the_banner(made, name):
     assert "Invalid data found" in message
     assert "lib" not in message.replace(str(made), "")  # no "libavcodec 59. ..." version lines
     assert "version" not in message
+
+
+def test_probe_finds_where_a_file_cut_short_ends(damaged_media):
+    whole = probe_video(damaged_media["clean"])
+    assert whole.truncated_at_s is None and whole.usable_duration_s == whole.duration_s
+    cut = probe_video(damaged_media["cut"])
+    assert cut.duration_s == pytest.approx(whole.duration_s)  # the header still says 6 s
+    assert cut.truncated_at_s is not None and 2.0 < cut.truncated_at_s < 5.0
+    assert cut.usable_duration_s == cut.truncated_at_s
+
+
+def test_probe_reads_the_field_order(damaged_media):
+    assert probe_video(damaged_media["interlaced"]).field_order == "tt"
+    assert probe_video(damaged_media["clean"]).field_order == "progressive"

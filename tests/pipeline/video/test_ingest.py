@@ -3,6 +3,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import cv2
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,3 +181,47 @@ def test_temporaries_of_a_killed_video_are_cleared_and_other_videos_are_spared(
         tmp.write_bytes(b"left by a kill")
     assert ingest_video(entry, video_dir / "walk.mp4", root, small_config).status == "ok"
     assert not [tmp for tmp in ours if tmp.exists()] and other.exists()
+
+
+def _kept(root: DataRoot, record: VideoRecord) -> dict[int, np.ndarray]:
+    """Kept frames by frame index, decoded from their shard JPEGs."""
+    table = pq.read_table(root.root / record.shards[0].path, columns=["frame_index", "image"])
+    return {
+        int(index): cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        for index, image in zip(table["frame_index"].to_pylist(), table["image"].to_pylist())
+    }
+
+
+def test_damaged_mp4_keeps_no_smeared_frame(damaged_media, small_config, tmp_path):
+    entry = CatalogEntry(video_id="v", url="http://127.0.0.1/v.mp4", dataset="test", category="natural")
+    cfg = small_config.model_copy(update={"sample": small_config.sample.model_copy(update={"max_height": 180})})
+    clean_root, damaged_root = DataRoot(tmp_path / "clean"), DataRoot(tmp_path / "damaged")
+    clean = ingest_video(entry, damaged_media["clean"], clean_root, cfg)
+    damaged = ingest_video(entry, damaged_media["overwritten"], damaged_root, cfg)
+    assert damaged.status == "ok" and damaged.dropped["decode_error"] > 0
+    assert damaged.warning is not None and "marked damaged" in damaged.warning
+    frames = pq.read_table(damaged_root.root / damaged.frame_parts[0].path).to_pandas()
+    assert (frames.loc[frames.drop_reason == "decode_error", "kept"] == False).all()  # noqa: E712
+    reference = _kept(clean_root, clean)
+    kept = _kept(damaged_root, damaged)
+    assert kept
+    for index, image in kept.items():
+        # Beside the JPEG loss, a kept frame is the clean picture (smeared ones are 12-15 levels off).
+        assert np.abs(image.astype(int) - reference[index]).mean() < 2.0, index
+
+
+def test_file_cut_short_is_planned_on_its_data(damaged_media, small_config, tmp_path):
+    entry = CatalogEntry(video_id="v", url="http://127.0.0.1/v.mp4", dataset="test", category="natural")
+    root = DataRoot(tmp_path)
+    record = ingest_video(entry, damaged_media["cut"], root, small_config)
+    assert record.status == "ok"
+    assert record.info is not None and record.info.duration_s == pytest.approx(6.0, abs=0.1)
+    cut_at = record.info.truncated_at_s
+    assert cut_at is not None and 2.0 < cut_at < 5.0
+    assert record.warning is not None and "cut short" in record.warning
+    trim = small_config.sample.trim
+    assert record.trim_end_s == pytest.approx(min(trim.tail_s, trim.max_fraction * cut_at))  # scaled to the data
+    frames = pq.read_table(root.root / record.frame_parts[0].path).to_pandas()
+    # The split boundary follows the data: the validation split is not empty, as it was when planned on 6 s.
+    assert (frames.split == "val").sum() > 0
+    assert frames.timestamp_s.max() < cut_at

@@ -41,6 +41,30 @@ def test_default_trims_shrink_for_short_videos(entry):
     assert (plan.start_s, plan.end_s) == pytest.approx((6.0, 54.0))
 
 
+def test_split_gap_and_dedup_separation_keep_their_defaults_on_long_videos(entry):
+    applied = plan_sampling(_info(3600), entry, load_config()).applied()
+    assert (applied.split_gap_frames, applied.dedup_separation_s) == (100, 60.0)
+    assert (applied.trim_start_s, applied.trim_end_s) == (300, 300)
+
+
+def test_split_gap_and_dedup_separation_shrink_for_short_videos(entry):
+    # 20 s, trimmed to 16 s = 160 frames at 10 fps: the 100-frame gap on each side would have eaten all of it.
+    plan = plan_sampling(_info(20), entry, load_config())
+    assert plan.applied().split_gap_frames == 8  # 5% of 160
+    assert plan.applied().dedup_separation_s == pytest.approx(8.0)  # half of 16 s
+    assert plan.gap_s == pytest.approx(0.8)
+    frames = np.arange(plan.start_s, plan.end_s, plan.frame_s)
+    in_gap = np.abs(frames - plan.boundary_s + plan.frame_s / 2) < plan.gap_s
+    assert 0 < in_gap.sum() < 0.15 * len(frames)
+
+
+def test_a_file_cut_short_is_planned_on_its_data(entry):
+    info = dataclasses.replace(_info(3600), truncated_at_s=1200.0)
+    plan = plan_sampling(info, entry, load_config())
+    assert (plan.start_s, plan.end_s) == (120, 1080)  # trims shrink to 10% of the 1200 s of data, not of 3600 s
+    assert plan.boundary_s == pytest.approx(120 + 0.9 * 960)
+
+
 def test_catalog_trims_are_honoured_and_too_short_is_named(entry):
     explicit = dataclasses.replace(entry, trim_start_s=20.0, trim_end_s=5.0)
     plan = plan_sampling(_info(60), explicit, load_config())
@@ -125,5 +149,7 @@ def test_static_camera_frames_are_dropped(tmp_path, entry, small_config):
         tmp_path / "tripod.mp4",
     )
     counts, shard_rows, _ = _run(video, entry, small_config, tmp_path)
-    # one frame per clip (train and val) survives; the rest of the static footage is dropped
-    assert counts.kept == 2 and counts.dropped["static"] == counts.decoded - 2 - counts.dropped["split_gap"]
+    # The train clip's first frame survives; its other frames are static. The val clip's frames are the same
+    # picture more than half the clip later (the dedup separation scaled to a 3 s video): duplicates.
+    assert counts.kept == 1 and counts.dropped["duplicate"] >= 1 and counts.dropped["static"] >= 10
+    assert counts.dropped["static"] + counts.dropped["duplicate"] == counts.decoded - 1 - counts.dropped["split_gap"]
