@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline import package_version
-from pipeline.corpus.report import format_summary, summarize
+from pipeline.corpus.report import format_summary, recipe_report, summarize
 from pipeline.corpus.verify import verify_dataset
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
@@ -87,6 +87,32 @@ def _parser() -> argparse.ArgumentParser:
     slowtv.add_argument("--dataset", default="slowtv", help="dataset name for the rows (default: slowtv)")
     slowtv.add_argument("-o", "--output", required=True, help="catalog CSV to write")
     slowtv.set_defaults(func=_import_slowtv)
+
+    recipe = commands.add_parser("recipe", help="share a dataset as a recipe; rebuild one").add_subparsers(
+        title="recipe commands", metavar="COMMAND"
+    )
+    export = recipe.add_parser(
+        "export",
+        help="write a dataset's recipe: catalog rows, config, kept frames with their hashes",
+        description="Write a small file from which others rebuild this dataset from its sources: the catalog rows "
+        "of its videos (trims as applied), the resolved config, and per video the kept frame indices with their "
+        "pHash and a digest of the frame as decoded. No frame is in it. A name ending in .gz is compressed.",
+    )
+    export.add_argument("--data-root", required=True, help="a published data root")
+    export.add_argument("--catalog", required=True, help="the catalog CSV the dataset was curated from")
+    export.add_argument("-o", "--output", required=True, help="recipe file to write (.json or .json.gz)")
+    export.set_defaults(func=_recipe_export)
+    build = recipe.add_parser(
+        "build",
+        help="rebuild a recipe's dataset from its sources and report the frames that changed",
+        description="Curate a recipe's catalog with its config, keeping exactly the frames it lists. Per video, "
+        "frames that decode to other pixels now (the source was re-encoded, or another format was downloaded) or "
+        "were never decoded are counted and listed instead of being replaced. Exit code 1 when any changed.",
+    )
+    build.add_argument("recipe", help="a recipe file from `depthcurate recipe export`")
+    build.add_argument("--data-root", required=True, help="output directory")
+    build.add_argument("--prefect", action="store_true", help=PREFECT_HELP)
+    build.set_defaults(func=_recipe_build)
 
     stats = commands.add_parser(
         "stats",
@@ -176,6 +202,41 @@ def _curate(args: argparse.Namespace) -> int:
         print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
         return 2
     return _run_flow(args.catalog, args.data_root, args.config, args.limit, args.prefect)
+
+
+def _recipe_export(args: argparse.Namespace) -> int:
+    from pipeline.sources.recipe import export_recipe, write_recipe
+
+    try:
+        recipe = export_recipe(DataRoot(args.data_root), args.catalog, package_version())
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return _error(exc)
+    write_recipe(recipe, args.output)
+    frames = sum(len(v.frame_index) for v in recipe.videos.values())
+    print(f"wrote {args.output}: {len(recipe.videos)} videos, {frames} frames")
+    return 0
+
+
+def _recipe_build(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import yaml
+
+    from pipeline.sources.recipe import rebuild_inputs
+
+    with tempfile.TemporaryDirectory(prefix="depthcurate-recipe-") as tmp:
+        try:
+            catalog, config = rebuild_inputs(args.recipe, Path(tmp))
+        except (OSError, ValueError) as exc:
+            return _error(exc)
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        code = _run_flow(str(catalog), args.data_root, str(config_path), None, args.prefect)
+    if code:
+        return code
+    report = recipe_report(DataRoot(args.data_root))
+    print(report.text)
+    return 1 if report.changed else 0
 
 
 def _import_slowtv(args: argparse.Namespace) -> int:

@@ -321,6 +321,12 @@ class IntrinsicsConfig(_Section):
     threads: int = Field(1, ge=-1)  # COLMAP threads per video (-1: all cores); run.workers videos run at once
 
 
+class RecipeConfig(_Section):
+    """Rebuild a recipe (`depthcurate recipe build`): keep exactly its frames, count the ones that changed."""
+
+    path: str | None = None  # a recipe file from `depthcurate recipe export`
+
+
 class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     sample: SampleConfig = SampleConfig()
@@ -333,15 +339,21 @@ class CurateConfig(_Section):
     run: RunConfig = RunConfig()
     clip: ClipConfig = ClipConfig()
     intrinsics: IntrinsicsConfig = IntrinsicsConfig()
+    recipe: RecipeConfig = RecipeConfig()
 
     def processing_hash(self) -> str:
         """Hash of the settings that change a video's shards (not download, run, clip or intrinsics settings)."""
         relevant = self.model_dump(include={"sample", "shots", "filters", "dedup", "split", "write", "stereo"})
+        if self.recipe.path:  # only then: a config without a recipe hashes as it always has
+            relevant["recipe"] = self.recipe.model_dump()
         return _hash(relevant)
 
     def recorded(self) -> dict[str, Any]:
         """The settings dataset.json keeps: all but where the tasks ran (a dedup rerun must not need the cluster)."""
-        return self.model_dump(mode="json", exclude={"run": {"executor", "ray"}})
+        exclude: dict[str, Any] = {"run": {"executor", "ray"}}
+        if not self.recipe.path:
+            exclude["recipe"] = True
+        return self.model_dump(mode="json", exclude=exclude)
 
     def full_hash(self) -> str:
         return _hash(self.recorded())

@@ -12,6 +12,8 @@ SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 # Why a decoded frame was not kept; stats tables count each one under its own name.
 DROP_REASONS: tuple[str, ...] = (
     "decode_error",  # decoded from damaged data, or predicted from it, up to the next clean keyframe
+    "not_in_recipe",  # rebuilding a recipe: a frame the recipe does not keep
+    "recipe_changed",  # rebuilding a recipe: a frame it keeps decodes to other pixels now (or fails a rule)
     "decimated",  # outside the keep-N-every-M window
     "split_gap",  # inside the gap around the train/val boundary
     "dark",
@@ -135,6 +137,7 @@ FRAME_STATS_SCHEMA = _with_version(
         pa.field("sharpness", pa.float32()),
         pa.field("motion", pa.float32()),
         pa.field("phash", pa.uint64()),
+        pa.field("decoded_sha256", pa.string()),  # kept frames: 128 bits of sha256 of the picture as decoded
         *_STEREO_QUALITY,
         *_CLIP_SCORES,  # filled at publish time for every frame with an embedding (every shard row)
     ]
@@ -171,6 +174,10 @@ VIDEO_STATS_SCHEMA = _with_version(
         pa.field("frames_decoded", pa.int64()),
         pa.field("frames_kept", pa.int64()),
         *[pa.field(f"dropped_{reason}", pa.int64()) for reason in DROP_REASONS],
+        # Rebuilding a recipe: of the frames it keeps for this video, those kept again, changed, never decoded.
+        pa.field("recipe_matched", pa.int64()),
+        pa.field("recipe_changed", pa.int64()),
+        pa.field("recipe_missing", pa.int64()),
         pa.field("clips", pa.int64()),
         pa.field("shards", pa.int64()),
         pa.field("shard_bytes", pa.int64()),

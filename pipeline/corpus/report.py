@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.corpus.description import read_description
@@ -79,3 +81,35 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
 def _read(root: DataRoot, path: Path, columns: list[str] | None = None) -> pa.Table:
     with root.open_parquet(path, columns) as source:
         return pq.read_table(source, columns=columns)
+
+
+@dataclass(frozen=True)
+class RecipeReport:
+    text: str
+    changed: bool  # some frame the recipe keeps was not rebuilt
+
+
+def recipe_report(root: DataRoot, examples: int = 5) -> RecipeReport:
+    """Per video of a rebuilt recipe: its frames kept again, changed (with a few frame indices), never decoded."""
+    videos = _read(root, root.videos_table).to_pylist()
+    frames = _read(root, root.frames_table, ["dataset", "video_id", "frame_index", "drop_reason"])
+    changed_by_video: dict[str, list[int]] = {}
+    for row in frames.filter(pc.equal(frames["drop_reason"], "recipe_changed")).to_pylist():
+        changed_by_video.setdefault(f"{row['dataset']}/{row['video_id']}", []).append(row["frame_index"])
+    lines, changed = ["recipe check (kept again / changed / never decoded):"], False
+    for video in videos:
+        if video["recipe_matched"] is None:
+            if video["status"] != "ok":  # a recipe video that failed outright: every frame of it is lost
+                lines.append(f"  {video['dataset'] or '-'}/{video['video_id'] or '-'}: {video['status']}")
+                changed = True
+            continue
+        name = f"{video['dataset']}/{video['video_id']}"
+        indices = changed_by_video.get(name, [])
+        shown = ", ".join(map(str, indices[:examples])) + (", ..." if len(indices) > examples else "")
+        lines.append(
+            f"  {name}: {video['recipe_matched']} / {video['recipe_changed']} / {video['recipe_missing']}"
+            + (f"  (changed: {shown})" if indices else "")
+        )
+        changed = changed or bool(video["recipe_changed"] or video["recipe_missing"])
+    lines.append("every frame of the recipe was rebuilt" if not changed else "some frames of the recipe changed")
+    return RecipeReport("\n".join(lines), changed)

@@ -9,11 +9,13 @@ between comes out with `damaged=True`, and the sampler drops it as `decode_error
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import os
 import queue
 import threading
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,6 +38,20 @@ class DecodedFrame:
     timestamp_s: float
     image: np.ndarray  # HxWx3 uint8 BGR
     damaged: bool = False  # decoded from, or predicted from, data the decoder reported bad
+    picture: av.VideoFrame | None = field(default=None, repr=False, compare=False)  # as decoded, for its digest
+
+
+def decoded_digest(frame: DecodedFrame) -> str:
+    """128 bits of sha256 over the picture as decoded, before colour conversion and resizing.
+
+    H.264 and its peers decode bit-exactly by their standards, so one source file gives one digest on any machine
+    and FFmpeg build; the BGR image (swscale's output, which may change between versions) is the fallback.
+    """
+    data = frame.image
+    if frame.picture is not None:
+        with contextlib.suppress(ValueError, TypeError):  # a pixel format PyAV cannot hand over as an array
+            data = frame.picture.to_ndarray()
+    return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()[:32]
 
 
 def output_size(width: int, height: int, max_height: int | None) -> tuple[int, int]:
@@ -226,7 +242,8 @@ class FrameReader:
         self.frames_read += 1
         self.frames_damaged += damaged
         first_index = int(round(self.start_s * self.fps))
-        return DecodedFrame(first_index + slot, self.start_s + slot / self.fps, self._image(picture), damaged)
+        image = self._image(picture)
+        return DecodedFrame(first_index + slot, self.start_s + slot / self.fps, image, damaged, picture)
 
     def _image(self, picture: av.VideoFrame) -> np.ndarray:
         width, height = self.size

@@ -109,7 +109,7 @@ def _truncation_warning(info: VideoInfo) -> str | None:
 def _count_into(record: VideoRecord, counts: SampleCounts) -> None:
     record.frames_decoded, record.frames_kept, record.clips = counts.decoded, counts.kept, counts.clips
     record.dropped = {reason: counts.dropped.get(reason, 0) for reason in DROP_REASONS}
-    record.detected_layout = counts.layout
+    record.detected_layout, record.recipe = counts.layout, counts.recipe
 
 
 def _out_of_space(exc: OSError) -> bool:

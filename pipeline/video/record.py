@@ -35,7 +35,17 @@ class AppliedSampling:
     dedup_separation_s: float
 
 
+@dataclass(frozen=True)
+class RecipeCheck:
+    """Of the frames a recipe keeps for one video: kept again, decoded to other pixels, never decoded."""
+
+    recipe_matched: int
+    recipe_changed: int
+    recipe_missing: int
+
+
 _INFO_FIELDS = tuple(VideoInfo.__dataclass_fields__)
+_RECIPE_FIELDS = tuple(f.name for f in fields(RecipeCheck))
 _PLAN_FIELDS = tuple(f.name for f in fields(AppliedSampling))
 
 
@@ -83,6 +93,7 @@ class VideoRecord(BaseModel):
     trim_end_s: float | None = None
     split_gap_frames: int | None = None  # frames dropped on each side of the train/val boundary
     dedup_separation_s: float | None = None  # within-video duplicates count only this far apart
+    recipe: RecipeCheck | None = None  # rebuilding a recipe: how its frames of this video fared
 
     @property
     def ok(self) -> bool:
@@ -120,7 +131,7 @@ class VideoRecord(BaseModel):
 
     def flat(self) -> dict[str, Any]:
         """The record as its JSON file holds it (and as the videos table reads it)."""
-        out = self.model_dump(exclude={"dropped", "info", "retryable", *_PLAN_FIELDS})
+        out = self.model_dump(exclude={"dropped", "info", "retryable", "recipe", *_PLAN_FIELDS})
         out["shards"] = [part.model_dump() for part in self.shards]
         out["frame_parts"] = [part.model_dump() for part in self.frame_parts]
         out.update({f"dropped_{reason}": self.dropped.get(reason, 0) for reason in DROP_REASONS})
@@ -128,6 +139,8 @@ class VideoRecord(BaseModel):
             out["retryable"] = self.retryable
         if self.info is not None:
             out.update(asdict(self.info))
+        if self.recipe is not None:
+            out.update(asdict(self.recipe))
         out.update({name: getattr(self, name) for name in _PLAN_FIELDS if getattr(self, name) is not None})
         return out
 
@@ -136,7 +149,13 @@ class VideoRecord(BaseModel):
         data = dict(data)
         dropped = {reason: data.pop(f"dropped_{reason}", 0) for reason in DROP_REASONS}
         info = {name: data.pop(name) for name in _INFO_FIELDS if name in data}
-        return cls(**data, dropped=dropped, info=VideoInfo(**info) if info else None)
+        recipe = {name: data.pop(name) for name in _RECIPE_FIELDS if name in data}
+        return cls(
+            **data,
+            dropped=dropped,
+            info=VideoInfo(**info) if info else None,
+            recipe=RecipeCheck(**recipe) if recipe else None,
+        )
 
     def to_json(self) -> bytes:
         return json.dumps(self.flat(), indent=1, sort_keys=True, default=str).encode()

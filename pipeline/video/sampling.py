@@ -17,16 +17,17 @@ from pipeline.config import CurateConfig
 from pipeline.errors import VideoError
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.codecs import encode_jpeg
-from pipeline.media.decode import FrameReader, deinterlace_parity, output_size
+from pipeline.media.decode import FrameReader, decoded_digest, deinterlace_parity, output_size
 from pipeline.media.probe import VideoInfo
 from pipeline.schema import STEREO_QUALITY_COLUMNS
 from pipeline.sources.catalog import CatalogEntry
+from pipeline.sources.recipe import recipe_digests
 from pipeline.stereo.packing import split_views
 from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.video.phash import HashIndex, phash
 from pipeline.video.previews import PreviewFrame
 from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
-from pipeline.video.record import AppliedSampling
+from pipeline.video.record import AppliedSampling, RecipeCheck
 from pipeline.video.shots import CutDetector
 
 ProgressFn = Callable[[float, str], None]
@@ -70,6 +71,7 @@ class SampleCounts:
     dropped: collections.Counter = field(default_factory=collections.Counter)
     warning: str | None = None
     previews: list[PreviewFrame] = field(default_factory=list)  # a few kept frames for the contact sheet
+    recipe: RecipeCheck | None = None  # rebuilding a recipe: how its frames of this video fared
 
 
 def sample_id(dataset: str, video_id: str, frame_index: int) -> str:
@@ -277,9 +279,12 @@ def sample_video(
     seen = HashIndex()
     previous_kept: tuple[int, np.ndarray] | None = None  # (clip_id, analysis gray), mono only
     expected = max(1, int((plan.end_s - plan.start_s) * plan.fps))
+    recipe = recipe_digests(cfg.recipe.path, entry.dataset, entry.video_id) if cfg.recipe.path else None
+    recipe_decoded = 0
     after_damage = False
     for frame in reader:
         counts.decoded += 1
+        recipe_decoded += recipe is not None and frame.index in recipe
         if progress and counts.decoded % 200 == 0:
             progress(min(1.0, counts.decoded / expected), f"{counts.decoded}/{expected} frames")
         split = "train" if frame.timestamp_s < plan.boundary_s else "val"
@@ -311,17 +316,35 @@ def sample_video(
                 plan.dedup_separation_s,
             )
         gray = row.pop("_gray", None)
-        if reason is not None:
-            sink.drop(row, reason)
-        else:
+        if reason is None:
+            row["decoded_sha256"] = decoded_digest(frame)
             if setup is None:
                 previous_kept = (clip_id, gray)
                 seen.add(row["phash"], sid, frame.timestamp_s)
+        if recipe is not None:
+            reason = _recipe_reason(recipe.get(frame.index), reason, row.get("decoded_sha256"))
+        if reason is not None:
+            sink.drop(row, reason)
+        else:
             sink.keep(row, image, right)
     sink.flush()
     counts.clips = clips.clip_id + 1
     counts.warning = reader.warning
+    if recipe is not None:
+        missing = len(recipe) - recipe_decoded
+        counts.recipe = RecipeCheck(counts.kept, len(recipe) - counts.kept - missing, missing)
     return counts
+
+
+def _recipe_reason(wanted: str | None, reason: str | None, digest: str | None) -> str | None:
+    """Rebuilding a recipe: keep a frame only when the recipe keeps it and it decodes to the same pixels.
+
+    The rules still run on every frame (and a frame they would keep still feeds the static and dedup checks of
+    later frames), so clips, splits and rule outcomes stay as they were when the recipe was made.
+    """
+    if wanted is None:
+        return reason or "not_in_recipe"
+    return None if reason is None and digest == wanted else "recipe_changed"
 
 
 def _frame_row(entry: CatalogEntry, index: int, timestamp_s: float, clip_id: int, split: str) -> dict[str, Any]:

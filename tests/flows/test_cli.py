@@ -24,7 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 DEPTHCURATE = str(Path(sys.executable).with_name("depthcurate"))
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["curate"], ["catalog", "import-slowtv"], ["stats"], ["verify"]])
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["demo"], ["curate"], ["catalog", "import-slowtv"], ["stats"], ["verify"], ["recipe", "export"]]
+    + [["recipe", "build"]],
+)
 def test_help_is_available_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--help"])
@@ -275,3 +279,32 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("depthcurate ")
+
+
+def test_recipe_export_then_build_from_the_command_line(video_dir, tmp_path, capsys):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    shutil.copy(video_dir / "walk.mp4", sources / "walk.mp4")
+    catalog = write_catalog(
+        [CatalogEntry(video_id="walk", url=str(sources / "walk.mp4"), dataset="test", category="natural")],
+        tmp_path / "catalog.csv",
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"download: {{local_roots: ['{sources}']}}\nsample: {{max_height: 96, trim: {{head_s: 0.5, tail_s: 0.5}}}}\n"
+    )
+    original = tmp_path / "original"
+    assert main(["curate", "--catalog", str(catalog), "--data-root", str(original), "--config", str(config)]) == 0
+    recipe = tmp_path / "walk.recipe.json.gz"
+    assert main(["recipe", "export", "--data-root", str(original), "--catalog", str(catalog), "-o", str(recipe)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["recipe", "build", str(recipe), "--data-root", str(tmp_path / "rebuilt")]) == 0
+    out = capsys.readouterr().out
+    assert "every frame of the recipe was rebuilt" in out and "test/walk:" in out
+    # Another source behind the same catalog row: exit code 1 and the frames named.
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(video_dir / "cut.mp4"), "-t", "6", str(sources / "walk.mp4")],
+        check=True,
+    )
+    assert main(["recipe", "build", str(recipe), "--data-root", str(tmp_path / "other")]) == 1
+    assert "changed:" in capsys.readouterr().out
