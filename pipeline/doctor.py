@@ -60,6 +60,7 @@ def run_checks(
         lambda: check_executable("ffmpeg"),
         lambda: check_executable("ffprobe"),
         check_ffmpeg_codecs,
+        check_pyav,
         check_image_codecs,
         lambda: check_yt_dlp(today),
         check_ejs,
@@ -130,6 +131,27 @@ def check_ffmpeg_codecs() -> Check:
     if lacking:
         return Check("ffmpeg_codecs", "warn", f"{have}; missing: {', '.join(lacking)}")
     return Check("ffmpeg_codecs", "ok", have)
+
+
+def check_pyav() -> Check:
+    """Frames are decoded in process by PyAV, with the FFmpeg libraries its wheel bundles (not the ffmpeg above)."""
+    try:
+        import av
+    except ImportError as exc:
+        return Check("pyav", "fail", f"PyAV not importable: {exc}")
+    missing = [name for name in ("h264", "hevc", "vp9", "av1") if not _has_decoder(av, name)]
+    detail = f"PyAV {av.__version__} (FFmpeg {getattr(av, 'ffmpeg_version_info', '?')})"
+    if "h264" in missing:
+        return Check("pyav", "fail", f"{detail}: no h264 decoder")
+    return Check("pyav", "warn" if missing else "ok", detail + (f"; missing: {', '.join(missing)}" if missing else ""))
+
+
+def _has_decoder(av: Any, name: str) -> bool:
+    try:
+        av.Codec(name, "r")
+    except (ValueError, av.error.FFmpegError):  # UnknownCodecError is a ValueError
+        return False
+    return True
 
 
 def check_image_codecs() -> Check:

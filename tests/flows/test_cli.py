@@ -228,6 +228,7 @@ def test_doctor_json_shape(tmp_path, capsys, monkeypatch):
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["js_runtime"]["status"] == "ok" and deno.find_deno_bin() in by_name["js_runtime"]["detail"]
     assert by_name["data_root"]["detail"].startswith(str(tmp_path))
+    assert by_name["pyav"]["status"] == "ok" and "FFmpeg" in by_name["pyav"]["detail"]
 
 
 def test_doctor_fails_on_an_unwritable_data_root(tmp_path, capsys):

@@ -15,7 +15,7 @@ from pipeline.synthetic.demo import serve_handler
 def test_every_check_has_a_name_a_status_and_a_detail(tmp_path):
     checks = doctor.run_checks(tmp_path, env={})
     names = [c.name for c in checks]
-    assert names[:4] == ["ffmpeg", "ffprobe", "ffmpeg_codecs", "image_codecs"]
+    assert names[:5] == ["ffmpeg", "ffprobe", "ffmpeg_codecs", "pyav", "image_codecs"]
     assert {"yt_dlp", "yt_dlp_ejs", "js_runtime", "torch", "prefect_api", "data_root"} <= set(names)
     assert {"optional:pycolmap", "optional:open_clip", "optional:ray"} <= set(names)
     assert len(names) == len(set(names))
@@ -119,3 +119,16 @@ def test_torch_absent_is_a_warning_without_importing_it(monkeypatch):
     monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setitem(sys.modules, "torch", None)  # an import would raise
     assert doctor.check_torch().status == "warn"
+
+
+def test_pyav_and_its_decoders_are_checked(monkeypatch):
+    import av
+
+    assert doctor._has_decoder(av, "h264") and not doctor._has_decoder(av, "no-such-codec")
+    check = doctor.check_pyav()
+    assert check.status == "ok" and "PyAV" in check.detail and "FFmpeg" in check.detail
+    monkeypatch.setattr(doctor, "_has_decoder", lambda module, name: name != "h264")
+    assert doctor.check_pyav().status == "fail"  # without h264 nothing decodes
+    monkeypatch.setattr(doctor, "_has_decoder", lambda module, name: name != "av1")
+    warned = doctor.check_pyav()
+    assert warned.status == "warn" and "av1" in warned.detail

@@ -225,3 +225,25 @@ def test_file_cut_short_is_planned_on_its_data(damaged_media, small_config, tmp_
     # The split boundary follows the data: the validation split is not empty, as it was when planned on 6 s.
     assert (frames.split == "val").sum() > 0
     assert frames.timestamp_s.max() < cut_at
+
+
+def test_interlaced_source_is_deinterlaced_before_sampling(damaged_media, small_config, tmp_path):
+    from pipeline.media.decode import FrameReader
+
+    entry = CatalogEntry(video_id="v", url="http://127.0.0.1/v.mp4", dataset="test", category="natural")
+    cfg = small_config.model_copy(update={"sample": small_config.sample.model_copy(update={"max_height": 180})})
+    root = DataRoot(tmp_path)
+    record = ingest_video(entry, damaged_media["interlaced"], root, cfg)
+    assert record.status == "ok" and record.info is not None and record.info.field_order == "tt"
+    kept = _kept(root, record)
+    woven = {
+        f.index: f.image
+        for f in FrameReader(damaged_media["interlaced"], fps=10, start_s=0.0, end_s=6.0, size=(320, 180))
+    }
+
+    def combing(image: np.ndarray) -> float:
+        gray = image.astype(float).mean(axis=2)
+        return float(np.abs(gray[1:-1] - gray[:-2]).mean() - np.abs(gray[2:] - gray[:-2]).mean() / 2)
+
+    assert kept
+    assert np.median([combing(i) for i in kept.values()]) < 0.5 * np.median([combing(woven[i]) for i in kept])
