@@ -5,7 +5,8 @@
 (a) decode-only, two ways: `ffmpeg -i video -f null -` (the system's ffmpeg), and PyAV decoding every frame with
     FFmpeg's frame threads (the libraries the pipeline decodes with), on a synthetic 1280x720 30 fps H.264 video;
 (b) this project's sampling stage end to end on the same file (decode at 10 fps, cut detection, filters,
-    pHash, JPEG encode, Parquet write), with no trims and no decimation so every sampled frame is worked on.
+    pHash, JPEG encode, Parquet write), with no trims, no decimation and no within-video dedup (the video is a
+    10 s render looped) so every sampled frame is worked on.
     It calls `ingest_video` on the file itself, not `pipeline.driver.curate_entries`: the driver's download
     (a copy of the file) and publish would fall inside the timed window and the peak RSS.
 All are reported as source-video seconds per wall-clock second, run back to back, with the ratios.
@@ -32,7 +33,8 @@ from pipeline.config import load_config
 from pipeline.video.ingest import ingest_video
 from pipeline.io.data_root import DataRoot
 cfg = load_config(overrides={"sample": {"fps": 10, "max_height": 720, "decimate": None,
-                                        "trim": {"head_s": 0, "tail_s": 0}}, "split": {"gap_frames": 0}})
+                                        "trim": {"head_s": 0, "tail_s": 0}}, "split": {"gap_frames": 0},
+                             "dedup": {"min_separation_s": 3600, "separation_max_fraction": 1.0}})
 entry = CatalogEntry(video_id="bench", url="file:///bench", dataset="bench", category="natural")
 start = time.perf_counter()
 record = ingest_video(entry, sys.argv[1], DataRoot(sys.argv[2]), cfg)
