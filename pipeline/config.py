@@ -146,6 +146,19 @@ class RunConfig(_Section):
     # "sha256" re-reads them (disk speed, once per rerun) and catches any changed byte; "size" is one stat
     # per file and catches only truncated or missing files. A damaged video is rebuilt either way.
     resume_check: Literal["size", "sha256"] = "sha256"
+    # Overlapping runs on one data root: a run leases each video before touching its files, and the corpus
+    # before publishing. A video another live run holds is skipped (the next run picks it up), or waited for up to
+    # busy_wait_s; publish waits up to publish_wait_s. A lease not refreshed for lease_stale_s is taken over.
+    busy_wait_s: float = Field(0.0, ge=0)
+    publish_wait_s: float = Field(1800.0, ge=0)
+    lease_heartbeat_s: float = Field(5.0, gt=0)
+    lease_stale_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> RunConfig:
+        if self.lease_stale_s < 3 * self.lease_heartbeat_s:
+            raise ValueError("run.lease_stale_s must be at least 3 heartbeats (run.lease_heartbeat_s)")
+        return self
 
 
 class OpticalFlowConfig(_Section):

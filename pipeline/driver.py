@@ -26,6 +26,7 @@ from pipeline.config import CurateConfig
 from pipeline.corpus.publish import publish
 from pipeline.errors import VideoError, redact_secrets
 from pipeline.io.data_root import DataRoot
+from pipeline.io.lease import Lease, LeaseLost, LeaseTiming, acquire_lease, lease_owner
 from pipeline.sources.catalog import CatalogEntry, CatalogProblem, read_catalog
 from pipeline.sources.download import DownloadResult, download_video
 from pipeline.video.ingest import ingest_video
@@ -38,6 +39,7 @@ SideTableStep = Callable[[VideoRecord, DataRoot, CurateConfig], str]
 SlotFn = Callable[[CurateConfig], AbstractContextManager[None]]
 
 LOG = logging.getLogger("depthcurate")
+BUSY = "busy"  # a VideoOutcome's status when another run held the video
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class VideoOutcome:
     frames_decoded: int
     frames_kept: int  # as ingest kept them; publish's corpus-level drops come on top
     skipped: bool  # finished by an earlier run; nothing was redone
+
+    @classmethod
+    def busy(cls, entry: CatalogEntry) -> VideoOutcome:
+        """Left to another live run that holds the video's lease: nothing of it was touched here."""
+        return cls(entry.dataset, entry.video_id, BUSY, None, 0, 0, skipped=True)
 
     @classmethod
     def of(cls, record: VideoRecord, skipped: bool) -> VideoOutcome:
@@ -185,7 +192,27 @@ LOCAL_STEPS = VideoSteps()
 def curate_video(
     entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, *, steps: VideoSteps = LOCAL_STEPS, log: Logger = LOG
 ) -> VideoOutcome:
-    """Download and ingest one video unless it is finished; never raises for bad input (or for a bug)."""
+    """Download and ingest one video unless it is finished; never raises for bad input (or for a bug).
+
+    The video is leased first: when another live run works on it, it is left to that run (or waited for, up to
+    run.busy_wait_s) and this run writes nothing of it; the next run picks it up if that one fails.
+    """
+    timing = LeaseTiming(cfg.run.lease_heartbeat_s, cfg.run.lease_stale_s)
+    lease_path = root.video_lease(entry.dataset, entry.video_id)
+    with acquire_lease(lease_path, timing, wait_s=cfg.run.busy_wait_s) as lease:
+        if lease is None:
+            log.warning("%s: another run is working on it (%s), left to it", entry.video_id, lease_owner(lease_path))
+            return VideoOutcome.busy(entry)
+        try:
+            return _curate_leased(entry, root, cfg, steps, log, lease)
+        except LeaseLost:
+            log.warning("%s: lease lost to another run while frozen; left to it, nothing written", entry.video_id)
+            return VideoOutcome.busy(entry)
+
+
+def _curate_leased(
+    entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, steps: VideoSteps, log: Logger, lease: Lease
+) -> VideoOutcome:
     record = load_record(root, entry.dataset, entry.video_id)
     if record is not None and is_finished(record, cfg):
         damaged = damaged_outputs(root, record, cfg) if record.ok else []
@@ -197,12 +224,18 @@ def curate_video(
     try:
         downloaded = steps.download(entry, root, cfg)
         reporter = ThrottledProgress(lambda pct, msg: log.info("%s decode %3d%% %s", entry.video_id, pct, msg))
-        record = ingest_video(entry, downloaded.path, root, cfg, progress=reporter)
+        record = ingest_video(entry, downloaded.path, root, cfg, progress=reporter, fence=lease.held)
+    except LeaseLost:
+        raise
     except VideoError as exc:
+        lease.check()
         record = write_failure(entry, root, cfg, exc)
     except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
         log.error("%s: unexpected error\n%s", entry.video_id, redact_secrets(traceback.format_exc()))
-        record = write_failure(entry, root, cfg, VideoError("internal_error", f"{type(exc).__name__}: {exc}"))
+        lease.check()
+        # Transient: a bug or a glitch is not the video's fault, so the next run tries it again.
+        error = VideoError("internal_error", f"{type(exc).__name__}: {exc}", transient=True)
+        record = write_failure(entry, root, cfg, error)
     if record.ok:
         log.info("%s: ok, kept %d/%d frames", entry.video_id, record.frames_kept, record.frames_decoded)
     else:

@@ -156,6 +156,7 @@ VIDEO_STATS_SCHEMA = _with_version(
         pa.field("catalog_line", pa.int64()),
         pa.field("status", pa.string(), nullable=False),  # ok, or the failure reason
         pa.field("error", pa.string()),
+        pa.field("retryable", pa.bool_()),  # failures only: whether a rerun tries the video again
         pa.field("warning", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),

@@ -29,6 +29,7 @@ from pipeline import package_version
 from pipeline.config import CurateConfig
 from pipeline.corpus.cross_video import VideoDuplicates, cross_video_duplicates
 from pipeline.io.data_root import DataRoot
+from pipeline.io.lease import LeaseTiming, acquire_lease
 from pipeline.io.parquet_writer import TableStream
 from pipeline.io.storage import sha256_file, temp_path_for
 from pipeline.schema import (
@@ -72,7 +73,26 @@ class _ClipPass:
 
 
 def publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem] = ()) -> dict[str, Any]:
-    """Write stats tables, manifests and dataset.json for everything finished under `root`; returns dataset.json."""
+    """Write stats tables, manifests and dataset.json for everything finished under `root`; returns dataset.json.
+
+    One run publishes at a time (a lease on the corpus): a run that finds another publishing waits for it, then
+    publishes too, so its own videos are in the result.
+    """
+    timing = LeaseTiming(cfg.run.lease_heartbeat_s, cfg.run.lease_stale_s)
+    with acquire_lease(root.publish_lease, timing, wait_s=cfg.run.publish_wait_s) as lease:
+        if lease is None:
+            raise PublishBusy(
+                f"another run has been publishing {root.name} for over {cfg.run.publish_wait_s:.0f}s "
+                "(run.publish_wait_s); rerun to publish"
+            )
+        return _publish(root, cfg, catalog_problems)
+
+
+class PublishBusy(RuntimeError):
+    pass
+
+
+def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem]) -> dict[str, Any]:
     records = load_records(root)
     datasets = sorted({r.dataset for r in records})
     final = [root.frames_table, root.videos_table, root.categories_table, root.cameras_table, root.dataset_json]

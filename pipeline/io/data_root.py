@@ -98,6 +98,14 @@ class DataRoot:
     def categories_table(self) -> Path:
         return self.root / "stats" / "categories.parquet"
 
+    def video_lease(self, dataset: str, video_id: str) -> Path:
+        """Held by the run working on this video (pipeline/io/lease.py); local even for an object-store root."""
+        return self.root / "state" / "leases" / dataset / f"{video_id}.lease"
+
+    @property
+    def publish_lease(self) -> Path:
+        return self.root / "state" / "leases" / "publish.lease"
+
     def publish_state(self, name: str) -> Path:
         """Publish's own state (cross-video decisions and their index), kept so a rerun redoes only what changed."""
         return self.root / "state" / "publish" / name

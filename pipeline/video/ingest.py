@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.config import CurateConfig
 from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
+from pipeline.io.lease import LeaseLost
 from pipeline.io.parquet_writer import PartFile, PartWriter
 from pipeline.media.probe import VideoInfo, probe_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
@@ -33,10 +34,15 @@ def ingest_video(
     root: DataRoot,
     cfg: CurateConfig,
     progress: ProgressFn | None = None,
+    fence: Callable[[], bool] | None = None,
 ) -> VideoRecord:
-    """Probe, sample and write one video; bad input (and a full disk) ends as a failure record, not an exception."""
+    """Probe, sample and write one video; bad input (and a full disk) ends as a failure record, not an exception.
+
+    `fence`, when given, is asked before the first file becomes visible: False (the run's lease on the video was
+    taken over) discards the work and raises LeaseLost.
+    """
     try:
-        return _ingest(entry, video_path, root, cfg, progress)
+        return _ingest(entry, video_path, root, cfg, progress, fence)
     except OSError as exc:
         if not _out_of_space(exc):
             raise
@@ -46,7 +52,12 @@ def ingest_video(
 
 
 def _ingest(
-    entry: CatalogEntry, video_path: str | Path, root: DataRoot, cfg: CurateConfig, progress: ProgressFn | None
+    entry: CatalogEntry,
+    video_path: str | Path,
+    root: DataRoot,
+    cfg: CurateConfig,
+    progress: ProgressFn | None,
+    fence: Callable[[], bool] | None,
 ) -> VideoRecord:
     shard_dir = root.shard_dir(entry.dataset, entry.video_id)
     frames_dir = root.video_frames_dir(entry.dataset, entry.video_id)
@@ -74,12 +85,16 @@ def _ingest(
         )
         try:
             counts = sample_video(video_path, entry, info, plan, cfg, shards, frames, progress=progress)
+            if fence is not None and not fence():
+                raise LeaseLost(f"{entry.dataset}/{entry.video_id}: lease taken over while sampling")
             shard_parts, frame_parts = shards.close(), frames.close()
         except BaseException:
             shards.abort()
             frames.abort()
             raise
     except VideoError as exc:
+        if fence is not None and not fence():
+            raise LeaseLost(f"{entry.dataset}/{entry.video_id}: lease taken over") from exc
         return write_failure(entry, root, cfg, exc, info=info, applied=plan.applied() if plan else None)
     root.upload(*(p.path for p in shard_parts + frame_parts))  # object-store root: publish the parts
     _remove_unlisted(root, shard_dir, shard_parts)

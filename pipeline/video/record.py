@@ -191,6 +191,8 @@ def is_finished(record: VideoRecord | None, cfg: CurateConfig) -> bool:
         return False
     if record.ok:
         return True
+    if record.status == "internal_error":  # a bug or a glitch, not the video's fault: never final
+        return False
     return not (cfg.run.retry_failed and record.retryable in (True, None))
 
 

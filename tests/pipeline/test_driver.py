@@ -12,6 +12,7 @@ from pipeline.driver import curate_catalog, curate_entries
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry, write_catalog
 from pipeline.synthetic.demo import demo_catalog, demo_digest
+from pipeline.video.record import is_finished, load_record
 
 
 def _entries(http_root: str) -> list[CatalogEntry]:
@@ -50,6 +51,69 @@ def test_catalog_problems_become_catalog_errors_in_the_videos_table(http_root, s
     videos = pq.read_table(root.videos_table).to_pylist()
     (problem,) = [row for row in videos if row["status"] == "catalog_error"]
     assert problem["error"].startswith("duplicate_id: catalog.csv: line")
+
+
+def _foreign_lease(path, age_s: float) -> None:
+    import json
+    import os
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"owner": "other-host-1-cafe", "since": 0}))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+
+def test_a_video_another_live_run_holds_is_left_to_it(http_root, small_config, tmp_path):
+    root = DataRoot(tmp_path / "root")
+    walk, cut, _ = _entries(http_root)
+    _foreign_lease(root.video_lease("test", "walk"), age_s=1.0)
+    result = curate_entries([walk, cut], root, small_config)
+    assert [(v.video_id, v.status) for v in result.videos] == [("walk", "busy"), ("cut", "ok")]
+    assert load_record(root, "test", "walk") is None and not root.shard_dir("test", "walk").exists()
+    # Its holder died: once the lease is stale the next run takes it over and curates the video.
+    _foreign_lease(root.video_lease("test", "walk"), age_s=small_config.run.lease_stale_s + 1)
+    again = curate_entries([walk, cut], root, small_config)
+    assert [(v.video_id, v.status, v.skipped) for v in again.videos] == [("walk", "ok", False), ("cut", "ok", True)]
+    assert not root.video_lease("test", "walk").exists()  # released after the work
+
+
+def test_a_run_whose_lease_was_taken_over_writes_nothing(http_root, small_config, tmp_path, monkeypatch):
+    import pipeline.video.ingest as ingest
+
+    root = DataRoot(tmp_path / "root")
+    walk = _entries(http_root)[0]
+    real = ingest.sample_video
+
+    def frozen_then_taken_over(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        _foreign_lease(root.video_lease("test", "walk"), age_s=0.0)  # another run took over meanwhile
+        return counts
+
+    monkeypatch.setattr(ingest, "sample_video", frozen_then_taken_over)
+    (outcome,) = curate_entries([walk], root, small_config).videos
+    assert outcome.status == "busy"
+    assert load_record(root, "test", "walk") is None and not list(root.shard_dir("test", "walk").glob("*.parquet"))
+
+
+def test_an_internal_error_is_retried_by_the_next_run(http_root, small_config, tmp_path, monkeypatch):
+    import pipeline.driver as driver
+
+    root = DataRoot(tmp_path / "root")
+    walk = _entries(http_root)[0]
+    cfg = with_overrides(small_config, {"run": {"retry_failed": False}})
+    real = driver.ingest_video
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(driver, "ingest_video", broken)
+    (first,) = curate_entries([walk], root, cfg).videos
+    assert first.status == "internal_error"
+    record = load_record(root, "test", "walk")
+    assert record is not None and record.retryable is True and not is_finished(record, cfg)
+    monkeypatch.setattr(driver, "ingest_video", real)
+    (second,) = curate_entries([walk], root, cfg).videos
+    assert (second.status, second.skipped) == ("ok", False)
 
 
 @pytest.mark.slow
