@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.outcomes import EXIT_CODES_HELP, EXIT_STRICT, EXIT_USAGE, run_outcome
 from pipeline import package_version
 from pipeline.corpus.report import format_summary, recipe_report, summarize
 from pipeline.corpus.verify import verify_dataset
@@ -17,6 +18,16 @@ from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
 
 PREFECT_HELP = "run the Prefect flow (a temporary Prefect server when PREFECT_API_URL is not set)"
+STRICT_HELP = f"exit with code {EXIT_STRICT} when any video failed, permanent failures and catalog errors included"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual; text with line breaks of its own (the exit codes epilog) keeps them."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text:
+            return super()._fill_text(text, width, indent)
+        return "\n".join(indent + line for line in text.splitlines())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         help="render a demo catalog, serve it on loopback, curate it",
         description="Render a small catalog of synthetic videos (good and deliberately "
         "broken ones), serve it from a loopback HTTP server and curate it for real: "
-        "yt-dlp downloads, ffmpeg decodes, Parquet comes out.",
+        "yt-dlp downloads, ffmpeg decodes, Parquet comes out. Its broken videos fail for good, "
+        f"so it exits 0 (or {EXIT_STRICT} with --strict).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_HelpFormatter,
     )
     demo.add_argument("--data-root", default="data/demo", help="output directory (default: data/demo)")
     demo.add_argument("--prefect", action="store_true", help=PREFECT_HELP)
+    demo.add_argument("--strict", action="store_true", help=STRICT_HELP)
     demo.set_defaults(func=_demo)
 
     curate = commands.add_parser(
@@ -49,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         help="curate a catalog into a data root",
         description="Curate a catalog: with the Prefect-free driver (a local thread pool, "
         "no server start), or as the curate flow when PREFECT_API_URL names a server, the "
-        "config runs on Ray, or --prefect is given. Both write the same bytes.",
+        "config runs on Ray, or --prefect is given. Both write the same bytes, and both exit with the "
+        "codes below.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_HelpFormatter,
     )
     curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md)")
     curate.add_argument("--data-root", required=True, help="output directory")
@@ -58,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument(
         "--prefect", action="store_true", help="run the Prefect flow (a temporary server if none is set)"
     )
+    curate.add_argument("--strict", action="store_true", help=STRICT_HELP)
     curate.set_defaults(func=_curate)
 
     dedup = commands.add_parser(
@@ -107,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         help="rebuild a recipe's dataset from its sources and report the frames that changed",
         description="Curate a recipe's catalog with its config, keeping exactly the frames it lists. Per video, "
         "frames that decode to other pixels now (the source was re-encoded, or another format was downloaded) or "
-        "were never decoded are counted and listed instead of being replaced. Exit code 1 when any changed.",
+        "were never decoded are counted and listed instead of being replaced. Exit code 1 when any changed "
+        "(3 when a video failed in a way that may go away, as for `depthcurate curate`).",
     )
     build.add_argument("recipe", help="a recipe file from `depthcurate recipe export`")
     build.add_argument("--data-root", required=True, help="output directory")
@@ -147,10 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: int | None, prefect: bool) -> int:
+def _run_flow(
+    catalog: str | None,
+    data_root: str,
+    config: str | None,
+    limit: int | None,
+    prefect: bool,
+    strict: bool = False,
+) -> int:
     """Curate `catalog`, or the embedded demo when it is None: through the Prefect flow when a server is set
     (PREFECT_API_URL), the config runs on Ray, or `prefect` asks for it; otherwise with the Prefect-free driver,
-    which writes the same bytes without the ~10 s of a temporary Prefect server."""
+    which writes the same bytes without the ~10 s of a temporary Prefect server.
+
+    Returns the exit code (flows.outcomes), from the published stats/videos.parquet: the same whichever ran."""
     from pipeline.config import ConfigError, load_config
     from pipeline.driver import curate_catalog
     from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
@@ -160,7 +189,7 @@ def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: in
         cfg = load_config(config or (DEMO_CONFIG if catalog is None else None))
     except ConfigError as exc:
         print(f"depthcurate: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if prefect or os.environ.get("PREFECT_API_URL") or cfg.run.executor != "local":
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from flows.curate import curate  # Prefect is slow to import; only the flow path needs it
@@ -172,7 +201,11 @@ def _run_flow(catalog: str | None, data_root: str, config: str | None, limit: in
         with demo_catalog(root) if catalog is None else contextlib.nullcontext(Path(catalog)) as path:
             curate_catalog(path, root, cfg, limit=limit)
     print(format_summary(summarize(DataRoot(data_root))))
-    return 0
+    outcome = run_outcome(DataRoot(data_root))
+    explanation = outcome.explain(strict)
+    if explanation:
+        print(explanation, file=sys.stderr)
+    return outcome.exit_code(strict)
 
 
 def _dedup(args: argparse.Namespace) -> int:
@@ -192,7 +225,9 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    code = _run_flow(None, args.data_root, None, None, args.prefect)
+    code = _run_flow(None, args.data_root, None, None, args.prefect, args.strict)
+    if code == EXIT_USAGE:
+        return code
     print(f"\nThe demo dataset is in {DataRoot(args.data_root).name}: shards/, manifest/, stats/, dataset.json.")
     return code
 
@@ -200,8 +235,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _curate(args: argparse.Namespace) -> int:
     if not Path(args.catalog).is_file():
         print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
-        return 2
-    return _run_flow(args.catalog, args.data_root, args.config, args.limit, args.prefect)
+        return EXIT_USAGE
+    return _run_flow(args.catalog, args.data_root, args.config, args.limit, args.prefect, args.strict)
 
 
 def _recipe_export(args: argparse.Namespace) -> int:
@@ -232,11 +267,11 @@ def _recipe_build(args: argparse.Namespace) -> int:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         code = _run_flow(str(catalog), args.data_root, str(config_path), None, args.prefect)
-    if code:
+    if code == EXIT_USAGE:
         return code
     report = recipe_report(DataRoot(args.data_root))
     print(report.text)
-    return 1 if report.changed else 0
+    return code or (1 if report.changed else 0)
 
 
 def _import_slowtv(args: argparse.Namespace) -> int:

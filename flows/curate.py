@@ -4,6 +4,10 @@ With `intrinsics.enabled`, each video task also estimates the video's camera int
 `intrinsics-<video_id>` task, so `run.workers` bounds it too). With `clip.enabled`, each video task also embeds
 the video's shard rows (a nested `embed-<video_id>` task) and publish runs the corpus-level CLIP pass (tags,
 junk, SemDeDup) over the embeddings. The per-video work is pipeline.driver.curate_video, as in a Prefect-free run.
+
+A failed video's task run ends Failed (the UI shows which) while the others and publish go on; the flow run ends
+Completed with a message counting the failures ("12 ok, 3 failed (1 retryable)"), and its `curate-summary`
+artifact is the published stats/videos.parquet, catalog errors included (flows.outcomes).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.outcomes import RunOutcome, run_outcome
 from flows.runners import Submit, task_submitter, torch_devices
 from flows.tasks import MAX_WORKERS, audit_artifacts, bounded_map, curate_video_task, publish_task
 from flows.train import start_training
@@ -47,6 +53,9 @@ def curate(
     see flows.train.start_training): once the manifests are published, start the training deployment on them.
     `ray_address` set ("auto", "host:port", "ray://..."): the video tasks run on that Ray cluster, whatever
     `run.executor` says.
+
+    The run ends Completed, failed videos or not (their task runs end Failed), with a message that counts them;
+    calling the flow returns the result dict (data_root, counts, videos, outcome).
     """
     if (catalog is None) == (not demo):
         raise ValueError("give either a catalog CSV or demo=True")
@@ -64,14 +73,23 @@ def curate(
         with task_submitter(cfg) as submit:
             outcomes = _run_bounded(submit, entries, root, cfg)
     description = publish_task(root, cfg, problems)
-    _summary_artifact(outcomes, description)
+    published = run_outcome(root)
+    _summary_artifact(published, outcomes, description)
     audit_artifacts(root)
     briefs = [dataclasses.asdict(outcome) for outcome in outcomes]
-    result: dict[str, Any] = {"data_root": root.name, "counts": description["counts"], "videos": briefs}
+    result: dict[str, Any] = {
+        "data_root": root.name,
+        "counts": description["counts"],
+        "videos": briefs,
+        "outcome": published.message,
+    }
     if train is not None:
         datasets = sorted(d for d, n in description["counts"]["samples"].items() if n)
         result["training"] = start_training(root, datasets, train)
-    return result
+    if published.failures:
+        logger.warning("%s: the failed videos' task runs say why", published.message)
+    # Prefect makes a State the function returns the run's final state, and gives a caller its data (the dict).
+    return cast("dict[str, Any]", Completed(message=published.message, data=result))
 
 
 def with_ray_address(cfg: CurateConfig, ray_address: str | None) -> CurateConfig:
@@ -97,11 +115,14 @@ def _run_bounded(submit: Submit, entries: list[CatalogEntry], root: DataRoot, cf
     )
 
 
-def _summary_artifact(outcomes: list[VideoOutcome], description: dict[str, Any]) -> None:
+def _summary_artifact(published: RunOutcome, outcomes: list[VideoOutcome], description: dict[str, Any]) -> None:
+    """One row per row of the published stats/videos.parquet (catalog errors too), after publish; `skipped` says
+    which videos an earlier run had finished."""
+    skipped = {(o.dataset, o.video_id): o.skipped for o in outcomes}
     create_table_artifact(
         key="curate-summary",
-        table=[dataclasses.asdict(o) for o in outcomes],
-        description=f"per-video summary; dataset counts: {description['counts']}",
+        table=published.table(skipped),
+        description=published.markdown(description["counts"]),
     )
 
 

@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
+from flows.outcomes import is_retryable
 from flows.runners import download_slot
 from pipeline.config import CurateConfig
 from pipeline.corpus.publish import publish
@@ -31,7 +34,7 @@ from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry, CatalogProblem
 from pipeline.sources.download import DownloadResult
-from pipeline.video.record import VideoRecord
+from pipeline.video.record import VideoRecord, load_record
 
 MAX_WORKERS = 16  # hard ceiling of the flows' thread pools; config `run.workers` sets the real bound
 _T = TypeVar("_T")
@@ -77,17 +80,35 @@ PREFECT_STEPS = VideoSteps(download=_retried_download, intrinsics=intrinsics_tas
 
 
 @task(name="curate-video", cache_policy=NO_CACHE, task_run_name="curate-{entry.video_id}", cache_result_in_memory=False)
-def curate_video_task(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> VideoOutcome:
-    """Download and ingest one video (pipeline.driver.curate_video, with Prefect's retries); never raises."""
+def curate_video_task(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig) -> VideoOutcome | State[VideoOutcome]:
+    """Download and ingest one video (pipeline.driver.curate_video, with Prefect's retries); never raises.
+
+    A video that failed (now, or for good in an earlier run) ends its task run in a Failed state that carries
+    its outcome as data, so the UI shows it red while the flow still collects it (`settled_result`) and goes on
+    with the other videos and publish.
+    """
     outcome = curate_video(entry, root, cfg, steps=PREFECT_STEPS, log=get_run_logger())
+    if outcome.status != "ok":
+        return failed_video_state(outcome, root)
     preview = root.preview(entry.dataset, entry.video_id)
-    if outcome.status == "ok" and not outcome.skipped and root.exists(preview):
+    if not outcome.skipped and root.exists(preview):
         create_link_artifact(
             link=root.uri(preview),
             link_text=f"{entry.video_id} contact sheet",
             description=f"frames, disparity and sky masks of {entry.dataset}/{entry.video_id}",
         )
     return outcome
+
+
+def failed_video_state(outcome: VideoOutcome, root: DataRoot) -> State[VideoOutcome]:
+    """The Failed state of a failed video's task run: its status, error and whether it may go away."""
+    record = load_record(root, outcome.dataset, outcome.video_id)
+    retryable = is_retryable(outcome.status, record.retryable if record is not None else None)
+    message = f"{outcome.dataset}/{outcome.video_id}: {outcome.status}: {outcome.error}"
+    message += " (retryable)" if retryable else " (permanent)"
+    if outcome.skipped:
+        message += "; recorded by an earlier run"
+    return Failed(message=message, data=outcome)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -110,7 +131,7 @@ def bounded_map(
     results: list[Any] = []
 
     def collect_oldest() -> None:
-        results.append(pending.popleft().result())
+        results.append(settled_result(pending.popleft()))
         if on_result is not None:
             on_result(len(results))
 
@@ -121,6 +142,15 @@ def bounded_map(
     while pending:
         collect_oldest()
     return results
+
+
+def settled_result(future: Any) -> Any:
+    """A task future's result, also when the task ended in a Failed state it returned itself with its data (a
+    failed video); a task that raised, crashed or was cancelled raises here as with `future.result()`."""
+    value = future.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
 
 
 def audit_artifacts(root: DataRoot) -> None:

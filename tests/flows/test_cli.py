@@ -309,3 +309,128 @@ def test_recipe_export_then_build_from_the_command_line(video_dir, tmp_path, cap
     )
     assert main(["recipe", "build", str(recipe), "--data-root", str(tmp_path / "other")]) == 1
     assert "changed:" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ exit codes
+
+
+def _refused_url() -> str:
+    """A loopback URL nothing listens on: connection refused, a transient download error."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v.mp4"
+
+
+def _exit_catalog(path: Path, http_root: str, *ids: str) -> Path:
+    """A catalog of named rows: walk (ok), gone (HTTP 404, permanent), refused (transient), broken (ok until
+    ingest is made to raise), bad_row (a catalog error: a URL scheme the catalog refuses)."""
+    urls = {"walk": f"{http_root}/walk.mp4", "gone": f"{http_root}/gone.mp4", "broken": f"{http_root}/walk.mkv"}
+    entries = [
+        CatalogEntry(video_id=i, url=urls.get(i) or _refused_url(), dataset="cli", category="natural")
+        for i in ids
+        if i != "bad_row"
+    ]
+    write_catalog(entries, path)
+    if "bad_row" in ids:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(",bad_row,ftp://127.0.0.1/x.mp4,cli,natural,,,,,,,,,,,\n")
+    return path
+
+
+def _break_ingest(monkeypatch, video_id: str = "broken") -> None:
+    """Ingest raises an unexpected exception for `video_id`: the video ends as internal_error."""
+    import pipeline.driver
+
+    ingest = pipeline.driver.ingest_video
+
+    def failing(entry, *args, **kwargs):
+        if entry.video_id == video_id:
+            raise RuntimeError("a bug in ingest")
+        return ingest(entry, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.driver, "ingest_video", failing)
+
+
+def _curate_main(catalog: Path, root: Path, config: Path, *extra: str) -> int:
+    return main(["curate", "--catalog", str(catalog), "--data-root", str(root), "--config", str(config), *extra])
+
+
+@pytest.fixture
+def driver_path(monkeypatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the Prefect-free driver
+
+
+@pytest.mark.parametrize(
+    "ids, code, strict_code",
+    [
+        (("walk",), 0, 0),
+        (("walk", "gone"), 0, 4),  # a permanent failure: only --strict fails the run
+        (("walk", "bad_row"), 0, 4),  # a catalog error counts as a failure under --strict
+        (("walk", "refused"), 3, 3),  # a transient download error: 3, with --strict too
+    ],
+    ids=["all-ok", "permanent", "catalog-error", "transient"],
+)
+def test_curate_exit_codes(driver_path, http_root, tmp_path, cli_config, capsys, ids, code, strict_code):
+    catalog = _exit_catalog(tmp_path / "catalog.csv", http_root, *ids)
+    assert _curate_main(catalog, tmp_path / "root", cli_config) == code
+    err = capsys.readouterr().err
+    assert ("exit code 3" in err) == (code == 3) and ("cli/refused (download_failed)" in err) == (code == 3)
+    assert _curate_main(catalog, tmp_path / "root", cli_config, "--strict") == strict_code  # a rerun
+    err = capsys.readouterr().err
+    assert ("exit code 4 (--strict)" in err) == (strict_code == 4)
+
+
+def test_an_internal_error_exits_3_and_the_rest_is_published(
+    driver_path, http_root, tmp_path, cli_config, monkeypatch, capsys
+):
+    _break_ingest(monkeypatch)
+    catalog = _exit_catalog(tmp_path / "catalog.csv", http_root, "walk", "broken")
+    assert _curate_main(catalog, tmp_path / "root", cli_config) == 3
+    captured = capsys.readouterr()
+    assert "videos: 1 ok, 1 failed" in captured.out and "cli/broken (internal_error)" in captured.err
+    table = {r["video_id"]: r["status"] for r in pq.read_table(DataRoot(tmp_path / "root").videos_table).to_pylist()}
+    assert table == {"walk": "ok", "broken": "internal_error"}
+    assert verify_dataset(DataRoot(tmp_path / "root")) == []
+
+
+def test_exit_codes_are_documented(capsys):
+    with pytest.raises(SystemExit):
+        main(["curate", "--help"])
+    out = capsys.readouterr().out
+    assert "--strict" in out and "exit status:" in out
+    assert all(f"\n  {code}  " in out for code in (0, 1, 2, 3, 4))
+
+
+def test_the_demo_fails_only_for_good_so_it_exits_0_or_4_under_strict(demo_run):
+    from flows.outcomes import run_outcome
+
+    outcome = run_outcome(DataRoot(demo_run))
+    assert (outcome.exit_code(), outcome.exit_code(strict=True)) == (0, 4)
+    assert outcome.message == "6 ok, 9 failed (0 retryable, 1 catalog error)"
+
+
+@pytest.mark.slow
+def test_the_flow_and_the_driver_give_the_same_exit_codes(
+    prefect_harness, http_root, tmp_path, cli_config, monkeypatch, capsys
+):
+    """`--prefect` runs the curate flow in this process (on the session's server): the same codes as the driver."""
+    _break_ingest(monkeypatch)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    cases = {
+        "permanent": (("walk", "gone", "bad_row"), False, 0),
+        "strict": (("walk", "gone", "bad_row"), True, 4),
+        "internal-error": (("walk", "broken"), False, 3),
+    }
+    for name, (ids, strict, code) in cases.items():
+        catalog = _exit_catalog(tmp_path / f"{name}.csv", http_root, *ids)
+        flags = ["--strict"] if strict else []
+        codes = [
+            _curate_main(catalog, tmp_path / f"{name}-{path}", cli_config, *flags, *extra)
+            for path, extra in (("driver", []), ("flow", ["--prefect"]))
+        ]
+        assert codes == [code, code], name
+        out = capsys.readouterr().out
+        assert out.count(f"videos: 1 ok, {len(ids) - 1} failed") == 2, out

@@ -82,9 +82,25 @@ def _summary_artifacts() -> list:
         )
 
 
-def test_summary_artifact_is_published(demo_run):
-    ids = [{r["video_id"] for r in json.loads(artifact.data)} for artifact in _summary_artifacts()]
-    assert any(found >= {"canyon_cut", "missing", "tiny"} for found in ids)
+def test_summary_artifact_is_the_published_videos_table(demo_run):
+    """Written after publish: a re-upload's frames dropped by corpus dedup are not counted as kept; the catalog
+    error is a row; the description is markdown with the published totals."""
+    table = pq.read_table(DataRoot(demo_run).videos_table).to_pylist()
+    published = [(t["video_id"], t["status"], t["frames_decoded"] or 0, t["frames_kept"] or 0) for t in table]
+    matching = [
+        artifact
+        for artifact in _summary_artifacts()
+        if [(r["video_id"], r["status"], r["frames_decoded"], r["frames_kept"]) for r in json.loads(artifact.data)]
+        == published
+    ]
+    assert matching, "no curate-summary artifact has the published table's rows"
+    reupload = next(t for t in table if t["video_id"] == "canyon_cut_reupload")
+    assert reupload["dropped_duplicate_cross_video"] > 0  # publish dropped some of what ingest kept
+    assert "catalog_error" in {t["status"] for t in table}
+    kept = sum(t["frames_kept"] or 0 for t in table)
+    description = matching[0].description
+    assert description.startswith("**15 videos: 6 ok, 9 failed (0 retryable, 1 catalog error)**")
+    assert f"{kept} kept" in description and "| catalog_error | 1 | 0 |" in description
 
 
 def test_rerun_downloads_nothing_decodes_nothing_and_changes_no_byte(demo_run):
@@ -277,3 +293,77 @@ def test_intrinsics_run_per_video_in_the_flow_and_a_rerun_skips_them(small_flow,
     before = camera_file.stat().st_mtime_ns
     _, again = small_flow(entries, overrides)
     assert again["videos"][0]["skipped"] and camera_file.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_a_failed_video_fails_its_task_run_and_the_flow_completes_with_the_count(
+    prefect_harness, small_config, http_root, tmp_path, monkeypatch
+):
+    """One internal_error, one 404, one catalog error: their task runs end Failed (the UI shows them), the other
+    video and publish still run, the flow run ends Completed saying how many failed, and the summary artifact is
+    the published videos table, catalog error included, with a markdown description."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    import pipeline.driver
+    from flows.curate import curate
+    from pipeline.sources.catalog import write_catalog
+
+    ingest = pipeline.driver.ingest_video
+
+    def failing(entry, *args, **kwargs):
+        if entry.video_id == "broken":
+            raise RuntimeError("a bug in ingest")
+        return ingest(entry, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.driver, "ingest_video", failing)
+    entries = [
+        CatalogEntry(video_id=vid, url=f"{http_root}/{name}", dataset="test", category="natural")
+        for vid, name in (("walk", "walk.mp4"), ("broken", "walk.mkv"), ("gone", "gone.mp4"))
+    ]
+    catalog = write_catalog(entries, tmp_path / "catalog.csv")
+    with open(catalog, "a", encoding="utf-8") as fh:
+        fh.write(",bad_row,ftp://127.0.0.1/x.mp4,test,natural,,,,,,,,,,,\n")
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(small_config.model_dump(mode="json")))
+    root = DataRoot(tmp_path / "root")
+
+    state = curate(catalog=str(catalog), data_root=str(root.root), config=str(config), return_state=True)
+    message = "1 ok, 3 failed (1 retryable, 1 catalog error)"
+    assert state.is_completed() and state.message == message
+    result = state.result()
+    assert result["outcome"] == message
+    assert [v["status"] for v in result["videos"]] == ["ok", "internal_error", "download_failed"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    tasks = {r.name: r.state for r in runs if r.name.startswith("curate-")}
+    assert {name: s.type.value for name, s in tasks.items()} == {
+        "curate-walk": "COMPLETED",
+        "curate-broken": "FAILED",
+        "curate-gone": "FAILED",
+    }
+    assert "internal_error: RuntimeError: a bug in ingest (retryable)" in tasks["curate-broken"].message
+    assert "download_failed" in tasks["curate-gone"].message and "(permanent)" in tasks["curate-gone"].message
+    assert any(r.name.startswith("publish") and r.state.is_completed() for r in runs)
+    assert verify_dataset(root) == []
+
+    table = pq.read_table(root.videos_table).to_pylist()
+    summary = _summary_artifacts()[0]  # this run's
+    rows = json.loads(summary.data)
+    columns = ("dataset", "video_id", "status", "error")
+    assert [tuple(r[c] for c in columns) for r in rows] == [tuple(t[c] for c in columns) for t in table]
+    assert [(r["frames_decoded"], r["frames_kept"]) for r in rows] == [
+        (t["frames_decoded"] or 0, t["frames_kept"] or 0) for t in table
+    ]
+    assert {r["video_id"]: r["retryable"] for r in rows} == {
+        "walk": False,
+        "broken": True,
+        "gone": False,
+        "bad_row": False,
+    }
+    assert summary.description.startswith(f"**4 videos: {message}**")
+    assert "| catalog_error | 1 | 0 |" in summary.description and "| internal_error | 1 | 1 |" in summary.description
+    assert "{" not in summary.description  # no Python dict repr
