@@ -14,6 +14,7 @@ import torch
 
 from pipeline.io.storage import atomic_path
 from trainer.config import TrainConfig
+from trainer.integrity import BadSampleCounts
 
 FORMAT = 1
 
@@ -28,8 +29,10 @@ def save_checkpoint(
     batches: int,
     cfg: TrainConfig,
     metrics: dict | None = None,
+    bad_samples: BadSampleCounts | None = None,
 ) -> Path:
-    """Everything a resumed run needs: weights, optimiser, scheduler, step, data position and RNG states."""
+    """Everything a resumed run needs: weights, optimiser, scheduler, step, data position, RNG states and the bad
+    samples met so far (so data.max_bad_samples counts across a resume)."""
     state = {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -45,6 +48,7 @@ def save_checkpoint(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
         "metrics": metrics or {},
+        "bad_samples": (bad_samples or BadSampleCounts()).to_state(),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

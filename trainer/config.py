@@ -32,6 +32,10 @@ SLOWTV_ASPECT_RATIOS = (
 )
 
 
+# How shards are checked against dataset.json (DataConfig.verify).
+VerifyMode = Literal["sha256", "size", "none"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +94,14 @@ class DataConfig(_Section):
     # Decoded frames each loader worker keeps for a later planned use (a target is another target's
     # support a few batches on); 0 decodes every time. Costs up to this much memory per worker.
     decode_cache_mb: float = Field(32.0, ge=0)
+    # Each shard is checked against the data root's dataset.json when a process (a loader worker) first opens it:
+    # sha256 reads the whole file once more per worker and run; size compares its length only; none trusts it.
+    # A shard that differs stops the run, naming what differs.
+    verify: VerifyMode = "sha256"
+    # A frame that does not decode cleanly (libjpeg reports corrupt data, an unreadable PNG label, a size or sample
+    # id other than the manifest's): skip leaves its target out of the batch, logs and counts it; fail stops there.
+    on_bad_sample: Literal["skip", "fail"] = "skip"
+    max_bad_samples: int = Field(100, ge=0)  # distinct bad frames a run skips; one more stops it
     split: str = "train"
     val_split: str = "val"
     seed: int = 0

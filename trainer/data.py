@@ -11,6 +11,11 @@ Because the plan is known ahead, a worker also knows every frame it will decode 
 a target now and a support a few batches later (or the other way round) is decoded once and kept until
 that use (`DecodedFrames`, within data.decode_cache_mb), and a row group is dropped after its last use.
 A folder-of-files loader drawing from a global shuffle has no such locality to exploit.
+
+The builder checks what it reads (`trainer.integrity`): each shard against dataset.json when first opened, each
+row's sample id against the manifest's, each image's size against the manifest's, and each JPEG strictly
+(`trainer.jpeg`: libjpeg's corrupt-data warnings count). A target whose frame, or one of whose supports, fails is
+left out of its batch and reported with it (`bad_samples`); the training process decides whether to go on.
 """
 
 from __future__ import annotations
@@ -32,17 +37,24 @@ from pipeline.io import objectstore
 from pipeline.media.codecs import decode_disparity_png, decode_mask_png
 from trainer import augment
 from trainer.config import DataConfig
+from trainer.integrity import BadSample, ShardIntegrityError, ShardVerifier
+from trainer.jpeg import CorruptImage, decode_jpeg_rgb8
 from trainer.manifest import ManifestError
 from trainer.plan import Batch, EpochPlan
 
-_STEREO_COLUMNS = ["image", "disparity", "valid_mask", "sky_mask", "disp_scale", "disp_offset"]
+# sample_id: to check that the row the manifest points at holds the sample it names.
+_VIDEO_COLUMNS = ["sample_id", "image"]
+_STEREO_COLUMNS = ["sample_id", "image", "disparity", "valid_mask", "sky_mask", "disp_scale", "disp_offset"]
 
 
 class ShardReader:
-    """Rows of shard row groups, keeping the most recently used row groups in memory."""
+    """Rows of shard row groups, keeping the most recently used row groups in memory.
 
-    def __init__(self, cache_size: int = 4):
+    With a verifier, a shard is checked against dataset.json before its first row group is read."""
+
+    def __init__(self, cache_size: int = 4, verifier: ShardVerifier | None = None):
         self.cache_size = cache_size
+        self.verifier = verifier
         self._groups: OrderedDict[tuple[str, int, bool], pa.Table] = OrderedDict()
 
     def release(self, path: str, group: int, stereo: bool) -> None:
@@ -53,14 +65,18 @@ class ShardReader:
         key = (path, group, stereo)
         table = self._groups.get(key)
         if table is None:
-            columns = _STEREO_COLUMNS if stereo else ["image"]
+            if self.verifier is not None:
+                self.verifier.check(path)  # the verdict is cached: only a shard's first read pays
+            columns = _STEREO_COLUMNS if stereo else _VIDEO_COLUMNS
             try:
                 # A path as it is; a URL through fsspec, opened here in the worker, with just this row group's
                 # column chunks fetched.
                 with objectstore.open_parquet(path, columns=columns, row_groups=[group]) as source:
                     table = pq.ParquetFile(source).read_row_group(group, columns=columns)
             except FileNotFoundError as exc:
-                raise ManifestError(f"shard {path} listed in the manifest is missing") from exc
+                raise ShardIntegrityError(f"shard {path} listed in the manifest is missing") from exc
+            except (OSError, pa.ArrowException) as exc:
+                raise ShardIntegrityError(f"shard {path}: row group {group} cannot be read ({exc})") from exc
             self._groups[key] = table
             while len(self._groups) > self.cache_size:
                 self._groups.popitem(last=False)
@@ -71,11 +87,8 @@ class ShardReader:
 
 
 def decode_rgb8(jpeg: bytes) -> np.ndarray:
-    """JPEG bytes to uint8 RGB."""
-    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("undecodable JPEG in shard")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """JPEG bytes to uint8 RGB; CorruptImage for bytes libjpeg cannot decode or says are damaged."""
+    return decode_jpeg_rgb8(jpeg)
 
 
 def to_float(rgb8: np.ndarray) -> np.ndarray:
@@ -116,8 +129,9 @@ class DecodedFrames:
         self._bytes -= entry[1].nbytes
         return entry[1]
 
-    def done(self, row: int, frame: np.ndarray) -> int:
-        """Record the decode of `row` at the current position; keep `frame` if a later one wants it.
+    def done(self, row: int, frame: np.ndarray | None) -> int:
+        """Record the decode of `row` at the current position; keep `frame` if a later one wants it (None: the
+        decode failed, nothing to keep, but the plan moves on all the same).
 
         Returns the position just consumed (-1 once off the plan)."""
         position = self.position
@@ -128,7 +142,7 @@ class DecodedFrames:
             return -1
         self.position += 1
         wanted = int(self.next_use[position])
-        if wanted >= 0 and frame.nbytes <= self.budget:
+        if frame is not None and wanted >= 0 and frame.nbytes <= self.budget:
             self._frames[row] = (wanted, frame)
             self._bytes += frame.nbytes
             while self._bytes > self.budget:
@@ -156,8 +170,35 @@ class BatchDraws:
     supports: tuple[np.ndarray, np.ndarray] | None  # rows of the supports t-k and t+k of each target
 
 
+@dataclass(frozen=True)
+class StereoLabels:
+    """A stereo row's decoded labels, at the source size."""
+
+    disparity: np.ndarray  # HxW float32
+    valid: np.ndarray  # HxW bool
+    sky: np.ndarray  # HxW bool
+
+
+@dataclass(frozen=True)
+class FrameRead:
+    """One decoded row: its pixels, and a stereo row's labels."""
+
+    rgb8: np.ndarray
+    labels: StereoLabels | None = None
+
+
+class Unusable(Exception):
+    """A frame a target needs could not be used: the target is left out of its batch."""
+
+    def __init__(self, index: int, reason: str, fatal: bool = False):
+        super().__init__(reason)
+        self.index, self.reason, self.fatal = index, reason, fatal
+
+
 class BatchBuilder:
-    """Reads, decodes and augments the rows of a planned batch into tensors."""
+    """Reads, decodes and augments the rows of a planned batch into tensors.
+
+    verifier: the run's shard checks (their verdicts cached); by default one made from data.verify."""
 
     def __init__(
         self,
@@ -166,14 +207,18 @@ class BatchBuilder:
         train: bool = True,
         with_supports: bool = True,
         ground_truth: GroundTruth | None = None,
+        verifier: ShardVerifier | None = None,
     ):
         self.plan, self.cfg, self.train = plan, cfg, train
         self.with_supports, self.ground_truth = with_supports, ground_truth
-        self.reader = ShardReader(cfg.row_group_cache)
+        self.verifier = verifier if verifier is not None else ShardVerifier.for_frame(plan.frame, cfg.verify)
+        self.reader = ShardReader(cfg.row_group_cache, self.verifier)
         self.frames: DecodedFrames | None = None  # set by plan_ahead
         self._release_at: dict[int, tuple[str, int, bool]] = {}
+        self._corrupt: dict[int, str] = {}  # plan row -> why its frame is bad: a row is judged once
         frame = plan.frame
-        self._paths = (frame["root"] + "/" + frame["shard"]).to_numpy()
+        self._paths = (frame["root"] + "/" + frame["shard"]).to_numpy()  # as integrity.shard_location
+        self._shard_rows = frame["row"].to_numpy(np.int64)
         self._k_norm = frame[["fx", "fy", "cx", "cy"]].to_numpy(dtype=np.float64, na_value=np.nan)
         self._sizes = frame[["height", "width"]].to_numpy(np.int64)
         self._ids = frame["sample_id"].to_numpy()
@@ -211,36 +256,44 @@ class BatchBuilder:
         self._release_at = {position: key for key, position in last.items()}
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
+        """The batch's tensors, less the targets whose frames were bad: those are listed in "bad_samples"."""
         draws = self._draw(batch)
         zoom = augment.draw_zoom(draws.rng, self.cfg.augment, self.train)  # after _draw: the rows decoded stay
         supports = draws.supports
-        samples = [
-            self._sample(index, draws, None if supports is None else (supports[0][j], supports[1][j]), zoom)
-            for j, index in enumerate(batch.targets)
-        ]
+        samples, kept, bad = [], [], []
+        for j, index in enumerate(batch.targets):
+            try:
+                pair = None if supports is None else (int(supports[0][j]), int(supports[1][j]))
+                samples.append(self._sample(index, draws, pair, zoom))
+                kept.append(int(index))
+            except Unusable as fault:
+                bad.append(self._report(fault, int(index)))
         out: dict[str, Any] = {
             key: torch.from_numpy((_stack_chw if key in _FRAMES else np.stack)([s[key] for s in samples]))
-            for key in samples[0]
+            for key in (samples[0] if samples else ())
         }
         out["kind"] = draws.kind
         out["source"] = self.plan.source_names()[batch.source]
-        out["sample_id"] = [str(self._ids[i]) for i in batch.targets]
+        out["sample_id"] = [str(self._ids[i]) for i in kept]
+        out["bad_samples"] = bad
         return out
 
     def _sample(
         self, index: int, draws: BatchDraws, support_rows: tuple[int, int] | None, zoom: float = 1.0
     ) -> dict[str, np.ndarray]:
-        """One target's arrays (frames HxWx3), augmented with the batch's draws and then its own."""
+        """One target's arrays (frames HxWx3), augmented with the batch's draws and then its own.
+
+        The draws come before any read, so a bad sample leaves the others' augmentation as it would have been."""
         src_h, src_w = (int(v) for v in self._sizes[index])
         geometry, resize = self._geometry(draws, src_h, src_w, zoom)
         jitter = augment.ColourJitter.draw(draws.rng, self.cfg.augment) if self.train else augment.ColourJitter()
-        rgb, row = self._read_stereo(index) if draws.kind == "stereo" else (self._decode(index), None)
-        sample = {"image": jitter(augment.apply(rgb, geometry))}  # HxWx3: made CxHxW once, when stacked
+        target, *support_reads = self._read_all([index, *(support_rows or ())], stereo=draws.kind == "stereo")
+        sample = {"image": jitter(augment.apply(to_float(target.rgb8), geometry))}  # HxWx3: CxHxW when stacked
         sample["intrinsics"] = self._intrinsics(index, src_h, src_w, geometry)
         if resize is not None:
             sample["resize_factor"] = resize
-        if support_rows is not None:
-            sample["supports"] = np.stack([jitter(augment.apply(self._decode(r), geometry)) for r in support_rows])
+        if support_reads:
+            sample["supports"] = np.stack([jitter(augment.apply(to_float(r.rgb8), geometry)) for r in support_reads])
         if self.ground_truth is not None:
             depth = self.ground_truth.depth(str(self._videos[index]), float(self._times[index]), (src_h, src_w))
             sample["gt_depth"] = (
@@ -248,8 +301,8 @@ class BatchBuilder:
                 if depth is not None
                 else np.full((1, *geometry.size), np.nan, np.float32)
             )
-        if row is not None:
-            sample.update(_stereo_labels(row, geometry, src_h, src_w))
+        if target.labels is not None:
+            sample.update(_augmented_labels(target.labels, geometry))
         return sample
 
     def _geometry(
@@ -274,23 +327,63 @@ class BatchBuilder:
         k = augment.transform_intrinsics(augment.pixel_intrinsics(k_norm, src_h, src_w), geometry)
         return augment.normalised_intrinsics(k, *geometry.size)
 
-    def _decode(self, index: int) -> np.ndarray:
-        """Float RGB of a video row, from the decoded frames kept for this use when the plan kept it."""
-        frames = self.frames
-        rgb8 = frames.get(index) if frames is not None else None
-        if rgb8 is None:
-            rgb8 = decode_rgb8(self._row(index, stereo=False)["image"])
-        self._decoded(index, rgb8)
-        return to_float(rgb8)
+    def _read_all(self, rows: list[int], stereo: bool) -> list[FrameRead]:
+        """A target's frame (read as a stereo row when `stereo`) and its supports', in plan order. Every one is
+        read even after one fails, so the decoded-frame cache stays on its plan; then the first fault is raised."""
+        reads, fault = [], None
+        for position, index in enumerate(rows):
+            try:
+                reads.append(self._read(int(index), stereo and position == 0))
+            except Unusable as exc:
+                fault = fault or exc
+        if fault is not None:
+            raise fault
+        return reads
 
-    def _read_stereo(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """Float RGB of a stereo row, and the row (its disparity and masks are decoded from it too)."""
-        row = self._row(index, stereo=True)
+    def _read(self, index: int, stereo: bool) -> FrameRead:
+        """A row's checked frame, from the decoded frames kept for this use when the plan kept it (video rows);
+        the decode is recorded against the plan whether or not it succeeds."""
+        kept = self.frames.get(index) if self.frames is not None and not stereo else None
+        if kept is not None:
+            self._decoded(index, kept)
+            return FrameRead(kept)
+        try:
+            read = self._decode_row(index, stereo)
+        except CorruptImage as exc:
+            self._decoded(index, None)
+            self._corrupt[index] = str(exc)
+            raise Unusable(index, str(exc)) from exc
+        except ShardIntegrityError as exc:
+            self._decoded(index, None)
+            raise Unusable(index, str(exc), fatal=True) from exc
+        self._decoded(index, read.rgb8)
+        return read
+
+    def _decode_row(self, index: int, stereo: bool) -> FrameRead:
+        """Read and decode a row; CorruptImage unless it is the manifest's sample, whole and of the manifest's size."""
+        if index in self._corrupt:
+            raise CorruptImage(self._corrupt[index])
+        row = self._row(index, stereo)
+        expected = str(self._ids[index])
+        found = row.get("sample_id", expected)  # a row read from elsewhere (a benchmark's files) may lack it
+        if found != expected:
+            raise CorruptImage(f"the shard row holds sample {found}, not the manifest's {expected}")
+        size = (int(self._sizes[index][0]), int(self._sizes[index][1]))
         rgb8 = decode_rgb8(row["image"])
-        self._decoded(index, rgb8)
-        return to_float(rgb8), row
+        _check_size(rgb8, size, "image")
+        return FrameRead(rgb8, _decode_labels(row, size) if stereo else None)
 
-    def _decoded(self, index: int, rgb8: np.ndarray) -> None:
+    def _report(self, fault: Unusable, target: int) -> BadSample:
+        return BadSample(
+            shard=str(self._paths[fault.index]),
+            row=int(self._shard_rows[fault.index]),
+            sample_id=str(self._ids[fault.index]),
+            reason=fault.reason,
+            target=str(self._ids[target]),
+            fatal=fault.fatal,
+        )
+
+    def _decoded(self, index: int, rgb8: np.ndarray | None) -> None:
         """Record a decode against the plan: the frame is kept for its next use, finished row groups go."""
         if self.frames is None:
             return
@@ -304,15 +397,31 @@ class BatchBuilder:
         )
 
 
-def _stereo_labels(row: dict[str, Any], geometry: augment.Geometry, src_h: int, src_w: int) -> dict[str, np.ndarray]:
-    """A stereo row's disparity, valid mask and sky mask, augmented as its image."""
-    disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
-    valid = decode_mask_png(row["valid_mask"])
-    sky = decode_mask_png(row["sky_mask"]) if row["sky_mask"] is not None else np.zeros((src_h, src_w), bool)
+def _check_size(array: np.ndarray, size: tuple[int, int], what: str) -> None:
+    if array.shape[:2] != size:
+        found, wanted = array.shape[:2], size
+        raise CorruptImage(f"{what} decodes to {found[1]}x{found[0]}, the manifest says {wanted[1]}x{wanted[0]}")
+
+
+def _decode_labels(row: dict[str, Any], size: tuple[int, int]) -> StereoLabels:
+    """A stereo row's disparity, valid mask and sky mask; CorruptImage for a PNG that does not decode whole."""
+    try:
+        disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
+        valid = decode_mask_png(row["valid_mask"])
+        sky = decode_mask_png(row["sky_mask"]) if row["sky_mask"] is not None else np.zeros(size, bool)
+    except (ValueError, TypeError, cv2.error) as exc:  # a null or damaged PNG column
+        raise CorruptImage(f"stereo labels: {exc}") from exc
+    for array, what in ((disparity, "disparity"), (valid, "valid mask"), (sky, "sky mask")):
+        _check_size(array, size, what)
+    return StereoLabels(disparity.astype(np.float32), valid, sky)
+
+
+def _augmented_labels(labels: StereoLabels, geometry: augment.Geometry) -> dict[str, np.ndarray]:
+    """A stereo row's labels, augmented as its image."""
     return {
-        "disparity": augment.apply_disparity(disparity.astype(np.float32), geometry)[None],
-        "valid": augment.apply(valid.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
-        "sky": augment.apply(sky.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
+        "disparity": augment.apply_disparity(labels.disparity, geometry)[None],
+        "valid": augment.apply(labels.valid.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
+        "sky": augment.apply(labels.sky.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
     }
 
 
@@ -369,10 +478,21 @@ def _stack_chw(frames: list[np.ndarray]) -> np.ndarray:
 class ShardStream(IterableDataset):
     """Endless training batches for one rank; see the module docstring."""
 
-    def __init__(self, plan: EpochPlan, cfg: DataConfig, rank: int = 0, world_size: int = 1, start_batch: int = 0):
+    def __init__(
+        self,
+        plan: EpochPlan,
+        cfg: DataConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+        verifier: ShardVerifier | None = None,
+    ):
         super().__init__()
         self.plan, self.cfg = plan, cfg
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        # Made here, in the training process, so that a missing dataset.json fails before any worker starts; each
+        # loader worker checks shards with its own copy (and verdict cache).
+        self.verifier = verifier if verifier is not None else ShardVerifier.for_frame(plan.frame, cfg.verify)
         self.loader_workers = max(1, cfg.num_workers)
         if not self.plan.epoch(0, self.world_size * self.loader_workers)[0]:
             raise ManifestError(
@@ -390,7 +510,7 @@ class ShardStream(IterableDataset):
         logical = first_step % self.loader_workers
         global_worker = self.rank * self.loader_workers + logical
         global_workers = self.world_size * self.loader_workers
-        builder = BatchBuilder(self.plan, self.cfg, train=True)
+        builder = BatchBuilder(self.plan, self.cfg, train=True, verifier=self.verifier)
         epoch, offset = self._locate(first_step, global_workers)
         first = offset // self.loader_workers
         while True:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from trainer.config import TrainConfig
 from trainer.data import BatchBuilder, GroundTruth
+from trainer.integrity import BadSampleLedger, ShardVerifier
 from trainer.manifest import data_root_of
 from trainer.metrics import MetricAccumulator, depth_metrics, disparity_metrics
 from trainer.objective import DepthTraining
@@ -59,13 +60,22 @@ def references(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def evaluation_batches(
-    plan: EpochPlan, cfg: TrainConfig, ground_truth: GroundTruth | None = None, max_batches: int | None = None
+    plan: EpochPlan,
+    cfg: TrainConfig,
+    ground_truth: GroundTruth | None = None,
+    max_batches: int | None = None,
+    verifier: ShardVerifier | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every row that can be scored, source by source in manifest order, at the reference size, unaugmented.
 
     Video frames are scored only against rendered depth, so those of videos without any are left out: a
-    capped pass (fit's run.eval_batches) is not spent decoding frames that cannot be scored."""
-    builder = BatchBuilder(plan, cfg.data, train=False, with_supports=False, ground_truth=ground_truth)
+    capped pass (fit's run.eval_batches) is not spent decoding frames that cannot be scored. Bad samples are
+    left out as in training (data.on_bad_sample, data.max_bad_samples, counted per pass); a batch of nothing
+    but bad samples is passed over. verifier: the run's shard checks, so a shard is not checked again."""
+    builder = BatchBuilder(
+        plan, cfg.data, train=False, with_supports=False, ground_truth=ground_truth, verifier=verifier
+    )
+    ledger = BadSampleLedger(cfg.data)
     size = cfg.data.batch_size
     covered = plan.frame["video_id"].astype(str).isin(ground_truth.videos if ground_truth else []).to_numpy()
     for source in range(len(plan.sources)):
@@ -73,7 +83,11 @@ def evaluation_batches(
         for count, start in enumerate(range(0, len(rows), size)):
             if max_batches is not None and count >= max_batches:
                 break
-            yield builder(Batch(source, rows[start : start + size], (cfg.data.seed,)))
+            batch = builder(Batch(source, rows[start : start + size], (cfg.data.seed,)))
+            ledger.record(batch.pop("bad_samples"))
+            ledger.check_limit()
+            if batch["sample_id"]:
+                yield batch
 
 
 @torch.no_grad()
@@ -85,6 +99,7 @@ def evaluate_model(
     ground_truth: GroundTruth | None = None,
     max_batches: int | None = None,
     predict: Callable[[Tensor], Tensor] | None = None,
+    verifier: ShardVerifier | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics per source ("<dataset>/<kind>"); video sources only where ground-truth depth exists.
 
@@ -93,7 +108,7 @@ def evaluate_model(
     model.eval()
     predict = predict or model.predict_disparity
     totals: dict[str, MetricAccumulator] = {}
-    for batch in evaluation_batches(plan, cfg, ground_truth, max_batches):
+    for batch in evaluation_batches(plan, cfg, ground_truth, max_batches, verifier):
         image = batch["image"].to(device)
         disparity = predict(image).float().cpu()
         if batch["kind"] == "stereo":

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import GroundTruth, ShardStream, make_loader
 from trainer.evaluate import evaluate_model, open_ground_truth, references
+from trainer.integrity import BadSample, BadSampleCounts, BadSampleLedger, ShardVerifier, all_bad
 from trainer.manifest import ManifestError, check_shards, load_manifests
 from trainer.objective import DepthTraining
 from trainer.plan import EpochPlan
@@ -41,6 +42,14 @@ class Distributed:
     rank: int
     world_size: int
     device: torch.device
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one rank's batch reported: the bad samples left out of it, and whether nothing else was left."""
+
+    bad: list[BadSample]
+    empty: bool
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,13 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     step = batches = 0
     state = load_checkpoint(checkpoint_path, map_location=device) if resume and checkpoint_path.is_file() else None
+    ledger = BadSampleLedger(cfg.data)
     if state is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, batches = state["step"], state["batches"]
+        ledger = BadSampleLedger(cfg.data, BadSampleCounts.from_state(state.get("bad_samples")))
     model: torch.nn.Module = core  # what the loop calls: core, or DDP around it
     if world_size > 1:
         # Stereo batches leave the pose network unused; every rank gets the same kind at each step.
@@ -98,7 +109,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         kinds = []
         for micro in range(cfg.optim.grad_accum):
             fetch = time.perf_counter()
-            batch = _to_device(next(batch_iter), device)
+            batch = _to_device(_counted(next(batch_iter), ledger, log, step + 1, world_size), device)
             waited += time.perf_counter() - fetch
             kinds.append(batch["kind"])
             sync = (
@@ -132,11 +143,13 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                     "data_wait_s": waited,
                     "samples_per_s": cfg.data.batch_size * cfg.optim.grad_accum * world_size / elapsed,
                     "kind": kinds[0],
+                    "bad_samples": ledger.distinct,  # distinct bad frames met so far, on every rank together
+                    "skipped_samples": ledger.counts.skipped,  # targets left out of their batches
                 },
             )
         last = step == cfg.optim.max_steps
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
-            metrics = _evaluate(core, held_out, cfg, proc, log, step)
+            metrics = _evaluate(core, held_out, cfg, proc, log, step, stream.verifier)
             model.train()
         if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
             save_checkpoint(
@@ -148,8 +161,9 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                 batches=batches,
                 cfg=cfg,
                 metrics=metrics,
+                bad_samples=ledger.counts,
             )
-    metrics = _evaluate(core, held_out, cfg, proc, log, step)
+    metrics = _evaluate(core, held_out, cfg, proc, log, step, stream.verifier)
     if rank == 0:
         save_checkpoint(
             checkpoint_path,
@@ -160,6 +174,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
             batches=batches,
             cfg=cfg,
             metrics=metrics,
+            bad_samples=ledger.counts,
         )
         summary = {
             "step": step,
@@ -193,7 +208,13 @@ def _held_out(manifests: list[str], cfg: TrainConfig) -> HeldOut:
 
 
 def _evaluate(
-    model: DepthTraining, held_out: HeldOut, cfg: TrainConfig, proc: Distributed, log: RunLog, step: int
+    model: DepthTraining,
+    held_out: HeldOut,
+    cfg: TrainConfig,
+    proc: Distributed,
+    log: RunLog,
+    step: int,
+    verifier: ShardVerifier,
 ) -> dict[str, Any]:
     """`trainer evaluate`'s metrics on at most run.eval_batches batches per source (rank 0 only)."""
     metrics: dict[str, Any] = {}
@@ -202,7 +223,9 @@ def _evaluate(
             metrics = {"skipped": held_out.rows}
         else:
             plan = EpochPlan(held_out.rows, cfg.data)
-            metrics = evaluate_model(model, plan, cfg, proc.device, held_out.truth, max_batches=cfg.run.eval_batches)
+            metrics = evaluate_model(
+                model, plan, cfg, proc.device, held_out.truth, max_batches=cfg.run.eval_batches, verifier=verifier
+            )
             log.write(
                 step,
                 {
@@ -214,6 +237,25 @@ def _evaluate(
     if dist.is_initialized():
         dist.barrier()
     return metrics
+
+
+def _counted(batch: dict[str, Any], ledger: BadSampleLedger, log: RunLog, step: int, world_size: int) -> dict[str, Any]:
+    """The batch less its bad-sample reports, once every rank's reports are counted: all ranks count the same ones,
+    so they go on or stop together. A frame met for the first time is logged (log.jsonl) under `step`."""
+    mine = Fetched(batch.pop("bad_samples"), not batch["sample_id"])
+    reports = [mine]
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, mine)
+        reports = gathered
+    for report in reports:
+        for bad in ledger.record(report.bad):
+            log.write(step, {"bad_sample": asdict(bad)})
+    ledger.check_limit()
+    for report in reports:
+        if report.empty:
+            raise all_bad(report.bad)
+    return batch
 
 
 def _setup_distributed(device_name: str) -> Distributed:
