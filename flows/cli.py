@@ -10,10 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from flows.outcomes import EXIT_CODES_HELP, EXIT_STRICT, EXIT_USAGE, run_outcome
+from flows.outcomes import EXIT_CODES_HELP, EXIT_RETRYABLE, EXIT_STRICT, EXIT_USAGE, run_outcome
 from pipeline import package_version
 from pipeline.corpus.report import format_summary, recipe_report, summarize
 from pipeline.corpus.verify import verify_dataset
+from pipeline.errors import DiskFull
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
 
@@ -146,9 +147,10 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify",
-        help="re-hash every shard and table against dataset.json",
-        description="Check a published dataset against its dataset.json: every shard's and table's size and "
-        "sha256, schemas and row counts. Prints one FAIL line per problem; exit code 1 when there is one.",
+        help="re-hash every file of a dataset against dataset.json",
+        description="Check a published dataset against its dataset.json: every shard, table, frame part, video "
+        "record, preview and camera file (size and sha256), schemas, row counts, and each record's counts against "
+        "its parts. Prints one FAIL line per problem; exit code 1 when there is one.",
     )
     verify.add_argument("--data-root", required=True, help="a published data root (a directory or an s3:// URL)")
     verify.set_defaults(func=_verify)
@@ -190,16 +192,22 @@ def _run_flow(
     except ConfigError as exc:
         print(f"depthcurate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if prefect or os.environ.get("PREFECT_API_URL") or cfg.run.executor != "local":
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from flows.curate import curate  # Prefect is slow to import; only the flow path needs it
+    try:
+        if prefect or os.environ.get("PREFECT_API_URL") or cfg.run.executor != "local":
+            os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            from flows.curate import curate  # Prefect is slow to import; only the flow path needs it
 
-        curate(catalog=catalog, data_root=data_root, limit=limit, config=config, demo=catalog is None)
-    else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
-        root = DataRoot(data_root)
-        with demo_catalog(root) if catalog is None else contextlib.nullcontext(Path(catalog)) as path:
-            curate_catalog(path, root, cfg, limit=limit)
+            curate(catalog=catalog, data_root=data_root, limit=limit, config=config, demo=catalog is None)
+        else:
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"
+            )
+            root = DataRoot(data_root)
+            with demo_catalog(root) if catalog is None else contextlib.nullcontext(Path(catalog)) as path:
+                curate_catalog(path, root, cfg, limit=limit)
+    except DiskFull as exc:  # publish found no room: the videos are recorded, a rerun with space publishes
+        print(f"depthcurate: {exc}", file=sys.stderr)
+        return EXIT_RETRYABLE
     print(format_summary(summarize(DataRoot(data_root))))
     outcome = run_outcome(DataRoot(data_root))
     explanation = outcome.explain(strict)
@@ -325,7 +333,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL {problem}")
     if problems:
         return 1
-    print(f"ok: every shard and table under {DataRoot(args.data_root).name} matches dataset.json")
+    print(f"ok: every file under {DataRoot(args.data_root).name} that dataset.json lists matches it")
     return 0
 
 

@@ -28,7 +28,7 @@ EXIT_CODES_HELP = f"""exit status:
   {EXIT_USAGE}  bad arguments or config: nothing ran
   {EXIT_RETRYABLE}  some video failed in a way that may go away: internal_error (a bug), disk_full,
      transient download errors (timeouts, HTTP 5xx, 429, 403, refused connections); their
-     errors are in `depthcurate stats`. Takes precedence over {EXIT_STRICT}.
+     errors are in `depthcurate stats`; or publish ran out of disk space. Takes precedence over {EXIT_STRICT}.
   {EXIT_STRICT}  with --strict: some video failed (any status but ok, catalog errors included)
 The codes are computed from the published stats/videos.parquet, whichever way the run went
 (the Prefect-free driver or the Prefect flow)."""

@@ -20,7 +20,6 @@ from prefect.tasks import exponential_backoff
 from flows.outcomes import is_retryable
 from flows.runners import download_slot
 from pipeline.config import CurateConfig
-from pipeline.corpus.publish import publish
 from pipeline.corpus.report import audit_tables
 from pipeline.driver import (
     VideoOutcome,
@@ -29,8 +28,9 @@ from pipeline.driver import (
     download_logged,
     embed_clip,
     estimate_intrinsics,
+    publish_corpus,
 )
-from pipeline.errors import VideoError
+from pipeline.errors import DISK_FULL, VideoError
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry, CatalogProblem
 from pipeline.sources.download import DownloadResult
@@ -41,11 +41,12 @@ _T = TypeVar("_T")
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a download only when the failure may go away (timeouts, 5xx, throttling)."""
+    """Retry a download only when the failure may go away soon (timeouts, 5xx, throttling); a full disk is left to
+    the next run, as in pipeline.driver.download_with_retries."""
     try:
         state.result()
     except VideoError as exc:
-        return exc.transient
+        return exc.transient and exc.reason != DISK_FULL
     except Exception:  # noqa: BLE001 - unexpected errors deserve one more try
         return True
     return False
@@ -113,7 +114,8 @@ def failed_video_state(outcome: VideoOutcome, root: DataRoot) -> State[VideoOutc
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(root: DataRoot, cfg: CurateConfig, problems: Sequence[CatalogProblem]) -> dict[str, Any]:
-    description = publish(root, cfg, problems)
+    """pipeline.driver.publish_corpus: a full disk raises DiskFull (one line, logged), which fails the flow run."""
+    description = publish_corpus(root, cfg, problems, log=get_run_logger())
     clip = description.get("clip")
     if clip and clip["missing_embeddings"]:
         get_run_logger().warning(

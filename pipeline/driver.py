@@ -2,9 +2,11 @@
 
 `curate_video` is everything one video goes through: skip it when its record says it is finished (and its files
 still match), download, ingest, record a failure, then the side tables computed from its shards (intrinsics, CLIP
-embeddings). The Prefect flow's `curate-<video_id>` task calls it too, handing in its own `VideoSteps` so that
-the download and the side tables run as Prefect tasks with retries. `curate_entries` runs it over a local thread
-pool and publishes: what tests, benchmarks and notebooks use.
+embeddings). A full disk anywhere in that is a `disk_full` failure (transient), never a crash; when not even its
+record can be written, one log line names the video. The Prefect flow's `curate-<video_id>` task calls it too,
+handing in its own `VideoSteps` so that the download and the side tables run as Prefect tasks with retries.
+`curate_entries` runs it over a local thread pool and publishes (a full disk there raises DiskFull, one line):
+what tests, benchmarks and notebooks use.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any
 
 from pipeline.config import CurateConfig
 from pipeline.corpus.publish import publish
-from pipeline.errors import VideoError, redact_secrets
+from pipeline.errors import DISK_FULL, DiskFull, VideoError, is_out_of_space, redact_secrets
 from pipeline.io.data_root import DataRoot
 from pipeline.io.lease import Lease, LeaseLost, LeaseTiming, acquire_lease, lease_owner
+from pipeline.io.storage import free_space
 from pipeline.sources.catalog import CatalogEntry, CatalogProblem, read_catalog
 from pipeline.sources.download import DownloadResult, download_video
 from pipeline.video.ingest import ingest_video
@@ -58,6 +61,11 @@ class VideoOutcome:
     def busy(cls, entry: CatalogEntry) -> VideoOutcome:
         """Left to another live run that holds the video's lease: nothing of it was touched here."""
         return cls(entry.dataset, entry.video_id, BUSY, None, 0, 0, skipped=True)
+
+    @classmethod
+    def unrecorded(cls, entry: CatalogEntry, error: str) -> VideoOutcome:
+        """Out of space even for the video's record (or its lease): disk_full, and the next run tries it again."""
+        return cls(entry.dataset, entry.video_id, DISK_FULL, error, 0, 0, skipped=False)
 
     @classmethod
     def of(cls, record: VideoRecord, skipped: bool) -> VideoOutcome:
@@ -126,7 +134,8 @@ def download_with_retries(entry: CatalogEntry, root: DataRoot, cfg: CurateConfig
         try:
             return download_logged(entry, root, cfg)
         except VideoError as exc:
-            if not exc.transient or attempt + 1 == cfg.download.attempts:
+            # A full disk is not freed in seconds: the next run tries again (its record says retryable).
+            if not exc.transient or exc.reason == DISK_FULL or attempt + 1 == cfg.download.attempts:
                 raise
             LOG.warning("%s: %s; retrying", entry.video_id, exc.message)
             time.sleep(cfg.download.backoff_s * 2**attempt)
@@ -139,8 +148,13 @@ def estimate_intrinsics(record: VideoRecord, root: DataRoot, cfg: CurateConfig, 
 
     try:
         camera, computed = estimate_video(root, record, cfg.intrinsics)
-    except Exception:  # noqa: BLE001 - an unreadable shard must not sink the run; the video keeps null intrinsics
-        log.error("%s: intrinsics failed\n%s", record.video_id, traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - an unreadable shard must not sink the run; the video keeps null intrinsics
+        if is_out_of_space(exc):
+            log.error(
+                "%s: intrinsics not written: %s; the next run estimates them", record.video_id, _no_space(root, exc)
+            )
+        else:
+            log.error("%s: intrinsics failed\n%s", record.video_id, traceback.format_exc())
         return "error"
     if not computed:
         log.info("%s: intrinsics current (%s), skipped", record.video_id, camera["status"])
@@ -170,8 +184,13 @@ def embed_clip(record: VideoRecord, root: DataRoot, cfg: CurateConfig, log: Logg
 
     try:
         written = embed_video(root, record, get_model(cfg.clip))
-    except Exception:  # noqa: BLE001 - one unreadable shard must not sink the run; dataset.json lists the video
-        log.error("%s: embedding failed\n%s", record.video_id, traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - one unreadable shard must not sink the run; dataset.json lists the video
+        if is_out_of_space(exc):
+            log.error(
+                "%s: embeddings not written: %s; the next run computes them", record.video_id, _no_space(root, exc)
+            )
+        else:
+            log.error("%s: embedding failed\n%s", record.video_id, traceback.format_exc())
         return "failed"
     log.info("%s: %s", record.video_id, "embedded" if written else "embeddings current, skipped")
     return "embedded" if written else "current"
@@ -199,7 +218,16 @@ def curate_video(
     """
     timing = LeaseTiming(cfg.run.lease_heartbeat_s, cfg.run.lease_stale_s)
     lease_path = root.video_lease(entry.dataset, entry.video_id)
-    with acquire_lease(lease_path, timing, wait_s=cfg.run.busy_wait_s) as lease:
+    with contextlib.ExitStack() as held:
+        try:
+            lease = held.enter_context(acquire_lease(lease_path, timing, wait_s=cfg.run.busy_wait_s))
+        except OSError as exc:
+            if not is_out_of_space(exc):
+                raise
+            log.error(
+                "%s: not started, no record: %s; the next run tries it again", entry.video_id, _no_space(root, exc)
+            )
+            return VideoOutcome.unrecorded(entry, _disk_full(entry, exc).message)
         if lease is None:
             log.warning("%s: another run is working on it (%s), left to it", entry.video_id, lease_owner(lease_path))
             return VideoOutcome.busy(entry)
@@ -227,21 +255,61 @@ def _curate_leased(
         record = ingest_video(entry, downloaded.path, root, cfg, progress=reporter, fence=lease.held)
     except LeaseLost:
         raise
-    except VideoError as exc:
+    except Exception as exc:  # noqa: BLE001 - bad input, a full disk or a bug on one video must not sink the run
+        error = _as_failure(entry, exc, log)
         lease.check()
-        record = write_failure(entry, root, cfg, exc)
-    except Exception as exc:  # noqa: BLE001 - a bug on one video must not sink the run
-        log.error("%s: unexpected error\n%s", entry.video_id, redact_secrets(traceback.format_exc()))
-        lease.check()
-        # Transient: a bug or a glitch is not the video's fault, so the next run tries it again.
-        error = VideoError("internal_error", f"{type(exc).__name__}: {exc}", transient=True)
-        record = write_failure(entry, root, cfg, error)
+        failed = _record_failure(entry, root, cfg, error, log)
+        if failed is None:
+            return VideoOutcome.unrecorded(entry, redact_secrets(f"{error}; its record did not fit either"))
+        record = failed
     if record.ok:
         log.info("%s: ok, kept %d/%d frames", entry.video_id, record.frames_kept, record.frames_decoded)
     else:
         log.warning("%s: %s (%s)", entry.video_id, record.status, record.error)
     side_tables(record, root, cfg, steps)
     return VideoOutcome.of(record, skipped=False)
+
+
+def _as_failure(entry: CatalogEntry, exc: Exception, log: Logger) -> VideoError:
+    """The failure a video's work ended with: bad input as named, a full disk as disk_full, a bug as internal_error
+    (logged with its traceback). The last two are transient: not the video's fault, the next run tries again."""
+    if isinstance(exc, VideoError):
+        return exc
+    if is_out_of_space(exc):
+        return _disk_full(entry, exc)
+    log.error("%s: unexpected error\n%s", entry.video_id, redact_secrets("".join(traceback.format_exception(exc))))
+    return VideoError("internal_error", f"{type(exc).__name__}: {exc}", transient=True)
+
+
+def _disk_full(entry: CatalogEntry, exc: BaseException) -> VideoError:
+    return VideoError(DISK_FULL, f"writing {entry.dataset}/{entry.video_id}: {exc}", transient=True)
+
+
+def _record_failure(
+    entry: CatalogEntry, root: DataRoot, cfg: CurateConfig, error: VideoError, log: Logger
+) -> VideoRecord | None:
+    """Write the failure record; None, after one line in the log, when not even that fits on the disk.
+
+    Without a record (write_failure removes an older one then) the video is unfinished: the next run redoes it.
+    """
+    try:
+        return write_failure(entry, root, cfg, error)
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        log.error(
+            "%s: %s, not recorded: %s; the next run tries it again (%s)",
+            entry.video_id,
+            error.reason,
+            _no_space(root, exc),
+            redact_secrets(error.message),
+        )
+        return None
+
+
+def _no_space(root: DataRoot, exc: BaseException) -> str:
+    """For one log line: no space on <data root> (<n> free): <the error>."""
+    return f"no space on {root.name} ({free_space(root.root)} free): {exc}"
 
 
 def side_tables(record: VideoRecord, root: DataRoot, cfg: CurateConfig, steps: VideoSteps) -> None:
@@ -283,7 +351,28 @@ def curate_entries(
     check_clip_model(cfg, log)
     with ThreadPoolExecutor(max_workers=max(1, cfg.run.workers), thread_name_prefix="curate") as pool:
         videos = list(pool.map(lambda entry: curate_video(entry, root, cfg, log=log), entries))
-    return CurateResult(videos, publish(root, cfg, catalog_problems))
+    return CurateResult(videos, publish_corpus(root, cfg, catalog_problems, log))
+
+
+def publish_corpus(
+    root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem] = (), log: Logger = LOG
+) -> dict[str, Any]:
+    """`publish`; a full disk raises DiskFull, with one line (also logged) naming the data root and its free space.
+
+    Publish replaces each table atomically, so the tables published before stay readable; the finished videos are
+    kept, so a rerun once there is space only publishes.
+    """
+    try:
+        return publish(root, cfg, catalog_problems)
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        message = (
+            f"publish ran out of space on {root.name} ({free_space(root.root)} free): {exc}; no published table is "
+            "torn (each is replaced atomically); free some space and run again: finished videos are not redone"
+        )
+        log.error("%s", message)
+        raise DiskFull(message) from None
 
 
 def curate_catalog(

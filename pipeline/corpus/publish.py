@@ -103,6 +103,7 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
     unchanged = _unchanged_description(root, inputs)
     if unchanged is not None:
         return unchanged
+    listed = _listed_files(root, records)  # before publish recounts the records in memory
     videos = [r for r in records if r.ok]
     duplicates = cross_video_duplicates(root, records, cfg.dedup) if cfg.dedup.across_videos else {}
     clip = _clip_pass(root, records, videos, duplicates, cfg) if cfg.clip.enabled else None
@@ -126,6 +127,7 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
         else:
             root.publish_file(streamed[path], path)
     description = _description(root, cfg, records, tally, digests, clip.info if clip else None, cameras)
+    description["files"] = listed + _camera_files(root, cameras)
     root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
     _save_inputs(root, inputs, digests)
     return description
@@ -437,6 +439,29 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 # ---------------------------------------------------------------- dataset.json and the rerun check
+
+
+def _listed_files(root: DataRoot, records: list[VideoRecord]) -> list[dict[str, Any]]:
+    """The per-video files beyond the shards, for verify: each record, its frame parts and its preview."""
+    files = []
+    for record in records:
+        data = record.to_json()  # the record file's bytes (they round-trip exactly)
+        path = root.relative(root.video_record(record.dataset, record.video_id))
+        files.append({"kind": "record", "path": path, "bytes": len(data), "sha256": _sha256(data)})
+        files += [{"kind": "frame_part", **part.model_dump()} for part in record.frame_parts]
+        if record.preview_sha256 is not None:
+            preview = root.relative(root.preview(record.dataset, record.video_id))
+            files.append({"kind": "preview", "path": preview, "sha256": record.preview_sha256})
+    return files
+
+
+def _camera_files(root: DataRoot, cameras: dict[VideoKey, dict[str, Any]]) -> list[dict[str, Any]]:
+    files = []
+    for dataset, video_id in sorted(cameras):
+        path = root.camera(dataset, video_id)
+        if root.exists(path):
+            files.append({"kind": "camera", "path": root.relative(path), "sha256": root.sha256(path)})
+    return files
 
 
 def _description(

@@ -1,6 +1,9 @@
-"""Check a published dataset against its dataset.json: shard checksums, schemas, counts."""
+"""Check a published dataset against its dataset.json: every file it consists of, schemas, counts."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -16,6 +19,7 @@ from pipeline.schema import (
     check_version,
     embedding_schema,
 )
+from pipeline.video.record import VideoRecord, count_problems
 
 
 def verify_dataset(root: DataRoot) -> list[str]:
@@ -33,11 +37,37 @@ def verify_dataset(root: DataRoot) -> list[str]:
     for path, digest in description["tables"].items():
         schema = next(s for prefix, s in expected.items() if path.startswith(prefix))
         problems += _check_file(root, path, digest, schema, None)
+    for file in description.get("files", []):
+        if file["kind"] == "frame_part":
+            problems += _check_file(root, file["path"], file["sha256"], FRAME_STATS_SCHEMA, file["rows"])
+        else:
+            problems += _check_bytes(root, file["path"], file["sha256"])
+    problems += _record_counts(root, description.get("files", []))
     clip = description.get("clip") or {}
     for file in clip.get("embeddings", []):
         problems += _check_file(
             root, file["path"], file["sha256"], embedding_schema(clip["embedding_dim"]), file["rows"]
         )
+    return problems
+
+
+def _check_bytes(root: DataRoot, relative: str, digest: str) -> list[str]:
+    path = root.root / relative
+    if not root.exists(path):
+        return [f"{relative}: missing"]
+    if root.sha256(path) != digest:
+        return [f"{relative}: sha256 mismatch (file changed or corrupted since publishing)"]
+    return []
+
+
+def _record_counts(root: DataRoot, files: list[dict[str, Any]]) -> list[str]:
+    """Each video record's counts against the rows of the parts it lists (an edited record shows here too)."""
+    problems = []
+    for file in files:
+        if file["kind"] != "record" or not root.exists(root.root / file["path"]):
+            continue
+        record = VideoRecord.from_flat(json.loads(root.read_bytes(root.root / file["path"])))
+        problems += [f"{file['path']}: {problem}" for problem in count_problems(record)]
     return problems
 
 

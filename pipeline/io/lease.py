@@ -82,8 +82,12 @@ def try_acquire(path: Path, timing: LeaseTiming) -> Lease | None:
                 return None
             continue
         token = f"{OWNER}-{uuid.uuid4().hex[:8]}"
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"owner": token, "since": time.time()}, handle)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"owner": token, "since": time.time()}, handle)
+        except OSError:
+            path.unlink(missing_ok=True)  # an empty lease (a full disk) would read as busy until stale
+            raise
         return Lease(path, timing, token)
     return None
 

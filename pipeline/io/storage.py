@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def free_space(path: str | Path) -> str:
+    """The space left on the file system holding `path` (or its nearest existing parent), for messages: "1.2 MiB"."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = float(shutil.disk_usage(path).free)
+    except OSError as exc:
+        return f"unknown ({exc.strerror or exc})"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if free < 1024:
+            return f"{free:.0f} bytes" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return f"{free:.1f} TiB"
 
 
 def _fsync_dir(directory: Path) -> None:

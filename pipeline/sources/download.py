@@ -7,6 +7,7 @@ videos directory (a symlink when the data root is on another filesystem), only f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import os
@@ -23,7 +24,7 @@ import yt_dlp
 from yt_dlp.utils import DownloadError, parse_bytes
 
 from pipeline.config import DownloadConfig
-from pipeline.errors import VideoError, redact_secrets
+from pipeline.errors import DISK_FULL, VideoError, mentions_out_of_space, out_of_space_cause, redact_secrets
 from pipeline.io.storage import remove_stale_temps, write_bytes_atomic
 from pipeline.sources.catalog import CatalogEntry
 
@@ -160,8 +161,28 @@ class DownloadArchive:
 def download_video(
     entry: CatalogEntry, videos_dir: str | Path, cfg: DownloadConfig, progress: ProgressFn | None = None
 ) -> DownloadResult:
-    """One download attempt; raises VideoError (transient=True when a retry may succeed)."""
+    """One download attempt; raises VideoError (transient=True when a retry may succeed).
+
+    A full disk anywhere (the video, its .part files, the .info.json, the archive, a local link) is `disk_full`,
+    transient, and what the attempt left of this video in `videos_dir` is removed, so it frees the space it took.
+    """
     videos_dir = Path(videos_dir)
+    try:
+        return _download(entry, videos_dir, cfg, progress)
+    except VideoError as exc:
+        if exc.reason == DISK_FULL:
+            remove_partial_download(videos_dir, entry.video_id)
+        raise
+    except OSError as exc:
+        if out_of_space_cause(exc) is None:
+            raise
+        remove_partial_download(videos_dir, entry.video_id)
+        raise _disk_full(f"downloading {entry.dataset}/{entry.video_id} into {videos_dir}", exc) from exc
+
+
+def _download(
+    entry: CatalogEntry, videos_dir: Path, cfg: DownloadConfig, progress: ProgressFn | None
+) -> DownloadResult:
     source = local_source(entry.url)
     if source is not None:
         return link_local(entry, source, videos_dir, cfg)
@@ -180,8 +201,13 @@ def download_video(
         try:
             info = ydl.extract_info(entry.url, download=True)
         except DownloadError as exc:
+            # yt-dlp's text may lack the cause ("Cannot write video metadata to JSON file ..."); its exc_info has it.
+            if (cause := out_of_space_cause(exc)) is not None:
+                raise _disk_full(str(exc) or "; ".join(errors), cause) from exc
             raise _classify(str(exc) or "; ".join(errors)) from exc
         except Exception as exc:  # yt-dlp raises a wide range of types on odd input
+            if (cause := out_of_space_cause(exc)) is not None:
+                raise _disk_full(f"{type(exc).__name__}: {exc}", cause) from exc
             raise _classify(f"{type(exc).__name__}: {exc}") from exc
     if refused:
         raise refused[0]
@@ -245,6 +271,8 @@ def link_local(entry: CatalogEntry, source: Path, videos_dir: Path, cfg: Downloa
     try:
         os.link(resolved, temp)
     except OSError as exc:
+        if out_of_space_cause(exc) is not None:
+            raise  # disk_full (download_video)
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
             raise VideoError("download_failed", f"cannot link {source}: {exc}") from exc
         os.symlink(resolved, temp)  # another filesystem (or no hard links there): read it in place
@@ -393,16 +421,33 @@ def _redact_info_json(path: Path) -> None:
 def _classify(message: str) -> VideoError:
     text = redact_secrets(message.replace("ERROR: ", "").strip())
     lower = text.lower().replace("\u2019", "'")
+    if mentions_out_of_space(lower):  # first: the paths in such a text may hold any of the words below
+        return VideoError(DISK_FULL, text, transient=True)  # same reason as a full disk while writing shards
     if "unsupported url" in lower:
         return VideoError("not_a_video", text)
     for reason, keys, transient, advice in _NAMED:
         if any(key in lower for key in keys):
             return VideoError(reason, f"{text} ({advice})" if advice else text, transient=transient)
-    if "no space left on device" in lower or "file too large" in lower:
-        return VideoError("disk_full", text, transient=True)  # same reason as a full disk while writing shards
     if "requested format is not available" in lower:
         return VideoError("download_failed", f"{text} ({_FORMAT_HINT})")
     return VideoError("download_failed", text, transient=any(key in lower for key in _TRANSIENT))
+
+
+def _disk_full(what: str, cause: OSError) -> VideoError:
+    """`disk_full`, transient: the next run (not this one: space is not freed in seconds) tries the video again."""
+    text = redact_secrets(what.replace("ERROR: ", "").strip())
+    detail = redact_secrets(str(cause))
+    return VideoError(DISK_FULL, text if detail in text else f"{text}: {detail}", transient=True)
+
+
+def remove_partial_download(videos_dir: Path, video_id: str) -> None:
+    """Delete what an attempt that ran out of space left of `video_id`: yt-dlp's .part and .ytdl files, a torn
+    .info.json, a half-made link. Nothing else is this video's: it is not in the archive (or its file is gone),
+    and ids hold no dot, so `<video_id>.*` names only its files."""
+    for pattern in (f"{video_id}.*", f".{video_id}.*"):
+        for path in videos_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 class _ErrorLog:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import CurateConfig
-from pipeline.errors import VideoError
+from pipeline.errors import DISK_FULL, VideoError, is_out_of_space
 from pipeline.io.data_root import DataRoot
 from pipeline.io.lease import LeaseLost
 from pipeline.io.parquet_writer import PartFile, PartWriter
+from pipeline.io.storage import sha256_file
 from pipeline.media.probe import VideoInfo, probe_video
 from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, SHARD_SCHEMA
 from pipeline.sources.catalog import CatalogEntry
@@ -44,10 +43,12 @@ def ingest_video(
     try:
         return _ingest(entry, video_path, root, cfg, progress, fence)
     except OSError as exc:
-        if not _out_of_space(exc):
+        if not is_out_of_space(exc):
             raise
-        # Transient: the temporary part is gone, and a rerun once there is space redoes the video.
-        error = VideoError("disk_full", f"writing {entry.dataset}/{entry.video_id}: {exc}", transient=True)
+        # Transient: the temporary part is gone, and a rerun once there is space redoes the video. A shard, a
+        # frame part, the preview or the record: the same. When not even this record fits, write_failure raises
+        # and the driver logs it (pipeline.driver).
+        error = VideoError(DISK_FULL, f"writing {entry.dataset}/{entry.video_id}: {exc}", transient=True)
         return write_failure(entry, root, cfg, error)
 
 
@@ -99,13 +100,16 @@ def _ingest(
     root.upload(*(p.path for p in shard_parts + frame_parts))  # object-store root: publish the parts
     _remove_unlisted(root, shard_dir, shard_parts)
     _remove_unlisted(root, frames_dir, frame_parts)
+    preview_sha256 = None
     if counts.previews:
         preview = root.preview(entry.dataset, entry.video_id)
         write_preview_jpeg(video_sheet(counts.previews), preview)
+        preview_sha256 = sha256_file(preview)
         root.upload(preview)
     record = VideoRecord.new(entry, cfg, "ok", info=info, applied=plan.applied())
     _count_into(record, counts)
     record.warning = "; ".join(w for w in (_truncation_warning(info), counts.warning) if w) or None
+    record.preview_sha256 = preview_sha256
     record.shards = [_part_ref(root, p) for p in shard_parts]
     record.frame_parts = [_part_ref(root, p) for p in frame_parts]
     write_record(root, record)
@@ -125,12 +129,6 @@ def _count_into(record: VideoRecord, counts: SampleCounts) -> None:
     record.frames_decoded, record.frames_kept, record.clips = counts.decoded, counts.kept, counts.clips
     record.dropped = {reason: counts.dropped.get(reason, 0) for reason in DROP_REASONS}
     record.detected_layout, record.recipe = counts.layout, counts.recipe
-
-
-def _out_of_space(exc: OSError) -> bool:
-    """A full disk, a quota, or a file-size limit; pyarrow's errors carry the errno only in their text."""
-    codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    return exc.errno in codes or any(os.strerror(code) in str(exc) for code in codes)
 
 
 def _part_ref(root: DataRoot, part: PartFile) -> PartRef:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import CurateConfig
-from pipeline.errors import VideoError, redact_secrets
+from pipeline.errors import DISK_FULL, VideoError, redact_secrets
 from pipeline.io.data_root import DataRoot
 from pipeline.media.probe import VideoInfo
 from pipeline.schema import DROP_REASONS
@@ -87,6 +87,7 @@ class VideoRecord(BaseModel):
     dropped: dict[str, int] = {}  # frames dropped by reason, every reason of DROP_REASONS
     shards: list[PartRef] = []
     frame_parts: list[PartRef] = []
+    preview_sha256: str | None = None  # the contact sheet, when one was written
     info: VideoInfo | None = None  # the probe, when the file could be probed
     # What sampling applied (AppliedSampling), once the video was known to be long enough to plan.
     trim_start_s: float | None = None  # seconds trimmed at each end
@@ -191,8 +192,8 @@ def is_finished(record: VideoRecord | None, cfg: CurateConfig) -> bool:
         return False
     if record.ok:
         return True
-    if record.status == "internal_error":  # a bug or a glitch, not the video's fault: never final
-        return False
+    if record.status in ("internal_error", DISK_FULL):  # a bug, a glitch, a full disk: never the video's fault
+        return False  # never final
     return not (cfg.run.retry_failed and record.retryable in (True, None))
 
 
@@ -201,7 +202,13 @@ def damaged_outputs(root: DataRoot, record: VideoRecord, cfg: CurateConfig) -> l
 
     Only this video's files are looked at, by size, and by sha256 when run.resume_check says so.
     """
-    problems = []
+    problems = count_problems(record)
+    if record.preview_sha256 is not None:
+        preview = root.preview(record.dataset, record.video_id)
+        if not root.exists(preview):
+            problems.append(f"{root.relative(preview)} is missing")
+        elif cfg.run.resume_check == "sha256" and root.sha256(preview) != record.preview_sha256:
+            problems.append(f"{root.relative(preview)} changed since it was written (sha256 mismatch)")
     for part in record.shards + record.frame_parts:
         path = root.root / part.path
         try:
@@ -213,6 +220,17 @@ def damaged_outputs(root: DataRoot, record: VideoRecord, cfg: CurateConfig) -> l
             problems.append(f"{part.path} has {size} bytes, its record says {part.bytes}")
         elif cfg.run.resume_check == "sha256" and root.sha256(path) != part.sha256:
             problems.append(f"{part.path} changed since it was written (sha256 mismatch)")
+    return problems
+
+
+def count_problems(record: VideoRecord) -> list[str]:
+    """A record whose counts disagree with its parts' rows was edited (or is from a broken writer)."""
+    problems = []
+    decoded, kept = sum(p.rows for p in record.frame_parts), sum(p.rows for p in record.shards)
+    if record.frame_parts and decoded != record.frames_decoded:
+        problems.append(f"its record says {record.frames_decoded} frames decoded, its frame parts hold {decoded}")
+    if record.ok and kept != record.frames_kept:
+        problems.append(f"its record says {record.frames_kept} frames kept, its shards hold {kept}")
     return problems
 
 
@@ -235,7 +253,11 @@ def write_failure(
     info: VideoInfo | None = None,
     applied: AppliedSampling | None = None,
 ) -> VideoRecord:
-    """Record a failed video and remove any output an earlier successful run left for it."""
+    """Record a failed video and remove any output an earlier successful run left for it.
+
+    When the record itself cannot be written (a full disk), the record of an earlier run goes too, so no record
+    lists the outputs removed here: the video is unfinished, the next run does it again. The error is raised.
+    """
     remove_stale_temps(root, entry)
     for directory in (
         root.shard_dir(entry.dataset, entry.video_id),
@@ -251,5 +273,9 @@ def write_failure(
     record = VideoRecord.new(entry, cfg, error.reason, info=info, applied=applied)
     record.error = redact_secrets(error.message)
     record.retryable = error.transient
-    write_record(root, record)
+    try:
+        write_record(root, record)
+    except OSError:
+        root.remove(root.video_record(entry.dataset, entry.video_id))  # deleting needs no space
+        raise
     return record

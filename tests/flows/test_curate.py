@@ -176,8 +176,9 @@ def test_a_damaged_shard_found_at_resume_is_rebuilt(small_flow, http_root):
     shard.write_bytes(bytes(flipped))
     root.video_frames_dir("test", "other").joinpath("frames-00000.parquet").unlink()
     untouched = {p: p.stat().st_mtime_ns for p in root.shard_dir("test", "cut").iterdir()}
-    (problem,) = verify_dataset(root)
-    assert "shards/test/walk/part-00000.parquet" in problem
+    shard_problem, part_problem = verify_dataset(root)  # both named: verify covers the frame parts too
+    assert "shards/test/walk/part-00000.parquet" in shard_problem
+    assert "stats/frames/test/other/frames-00000.parquet: missing" in part_problem
     _, result = small_flow(entries)
     assert {v["video_id"]: v["skipped"] for v in result["videos"]} == {"walk": False, "other": False, "cut": True}
     assert shard.read_bytes() == original  # deterministic: rebuilt byte for byte
@@ -367,3 +368,44 @@ def test_a_failed_video_fails_its_task_run_and_the_flow_completes_with_the_count
     assert summary.description.startswith(f"**4 videos: {message}**")
     assert "| catalog_error | 1 | 0 |" in summary.description and "| internal_error | 1 | 1 |" in summary.description
     assert "{" not in summary.description  # no Python dict repr
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_one_video_task_and_in_publish_fails_the_flow_with_one_error(
+    small_flow, http_root, monkeypatch
+):
+    """As with the Prefect-free driver (tests/pipeline/test_driver.py): a video that runs out of space is a
+    retryable disk_full while the others are written; publish running out of space raises DiskFull, one line."""
+    import errno
+    import os
+    from pathlib import Path
+
+    import pipeline.io.data_root as data_root
+    import pipeline.video.previews as previews
+    from pipeline.errors import DiskFull
+
+    def no_space_for(name, real):
+        def write(path, data, **kwargs):
+            if Path(path).name == name:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            return real(path, data, **kwargs)
+
+        return write
+
+    entries = [
+        CatalogEntry(video_id=vid, url=f"{http_root}/{vid}.mp4", dataset="test", category="natural")
+        for vid in ("walk", "cut")
+    ]
+    monkeypatch.setattr(previews, "write_bytes_atomic", no_space_for("cut.jpg", previews.write_bytes_atomic))
+    path, result = small_flow(entries)
+    assert [(v["video_id"], v["status"]) for v in result["videos"]] == [("walk", "ok"), ("cut", "disk_full")]
+    assert result["outcome"] == "1 ok, 1 failed (1 retryable)"
+    root = DataRoot(path)
+    published = {p: p.read_bytes() for p in (root.videos_table, root.manifest("test"), root.dataset_json)}
+
+    monkeypatch.undo()  # space for the preview again; none for the videos table
+    monkeypatch.setattr(data_root, "write_bytes_atomic", no_space_for("videos.parquet", data_root.write_bytes_atomic))
+    with pytest.raises(DiskFull) as caught:
+        small_flow(entries)
+    assert str(caught.value).startswith(f"publish ran out of space on {root.name} (") and "\n" not in str(caught.value)
+    assert {p: p.read_bytes() for p in published} == published

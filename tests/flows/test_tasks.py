@@ -15,6 +15,8 @@ from pipeline.errors import VideoError
         (VideoError("download_failed", "HTTP Error 503", transient=True), True),
         (VideoError("download_failed", "HTTP Error 404", transient=False), False),
         (VideoError("not_a_video", "Unsupported URL"), False),
+        # Transient, but not cleared in seconds: the next run retries it (as pipeline.driver does).
+        (VideoError("disk_full", "[Errno 28] No space left on device", transient=True), False),
     ],
 )
 def test_only_transient_download_failures_are_retried(error, retried):

@@ -1,10 +1,12 @@
-"""pipeline.errors: stable ffmpeg messages and credentials kept out of anything written or logged."""
+"""pipeline.errors: stable ffmpeg messages, credentials kept out of anything written or logged, a full disk."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from pipeline.errors import redact_secrets
+from pipeline.errors import is_out_of_space, redact_secrets
 
 
 @pytest.mark.parametrize(
@@ -36,3 +38,42 @@ def test_credentials_in_urls_are_redacted(text, expected):
 )
 def test_text_without_credentials_is_unchanged(text):
     assert redact_secrets(text) == text
+
+
+def _wrapped_by_yt_dlp(cause: OSError) -> Exception:
+    """A DownloadError as yt-dlp raises it from an except block: its text need not name the cause."""
+    import sys
+
+    from yt_dlp.utils import DownloadError
+
+    try:
+        raise cause
+    except OSError:
+        return DownloadError("ERROR: Cannot write video metadata to JSON file /d/v.info.json", sys.exc_info())
+
+
+def _caused(cause: BaseException) -> Exception:
+    try:
+        raise RuntimeError("writing a table") from cause
+    except RuntimeError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "exc, full",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (OSError(errno.EFBIG, "File too large"), True),
+        # pyarrow: the errno only in its text
+        (OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"), True),
+        (_wrapped_by_yt_dlp(OSError(errno.ENOSPC, "No space left on device")), True),
+        (_caused(OSError(errno.ENOSPC, "No space left on device")), True),
+        (OSError(errno.EACCES, "Permission denied"), False),
+        (_wrapped_by_yt_dlp(OSError(errno.ECONNRESET, "Connection reset by peer")), False),
+        (RuntimeError("No space left on device"), False),  # only an OSError is a full disk, whatever a text says
+        (None, False),
+    ],
+)
+def test_out_of_space_is_told_apart_also_when_wrapped(exc, full):
+    assert is_out_of_space(exc) is full

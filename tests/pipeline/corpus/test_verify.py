@@ -58,3 +58,40 @@ def test_a_shard_with_a_foreign_schema_is_named(root):
     root.dataset_json.write_text(json.dumps(description))
     (problem,) = verify_dataset(root)
     assert "schema version none" in problem
+
+
+def _damage(root: DataRoot, how: str) -> str:
+    """Damage one per-video file the way the issue found verify blind to; returns its path."""
+    record_path = root.video_record("test", "walk")
+    if how == "deleted_frame_part":
+        part = next(root.video_frames_dir("test", "walk").glob("*.parquet"))
+        part.unlink()
+        return root.relative(part)
+    if how == "edited_record":
+        flat = json.loads(record_path.read_text())
+        flat["frames_kept"] = 999
+        record_path.write_text(json.dumps(flat, indent=1, sort_keys=True))
+        return root.relative(record_path)
+    preview = root.preview("test", "walk")
+    preview.unlink()
+    return root.relative(preview)
+
+
+@pytest.mark.parametrize("how", ["deleted_frame_part", "edited_record", "deleted_preview"])
+def test_every_per_video_file_is_verified_and_a_rerun_repairs_it(root, http_root, entry, small_config, how):
+    import dataclasses
+
+    from pipeline.driver import curate_video
+
+    listed = {f["kind"] for f in read_description(root)["files"]}
+    assert listed == {"record", "frame_part", "preview"}
+    damaged = _damage(root, how)
+    problems = verify_dataset(root)
+    assert problems and all(damaged in p for p in problems), problems
+    if how == "edited_record":
+        assert any("999 frames kept, its shards hold" in p for p in problems)
+    # A rerun notices the damage, rebuilds the video, and the dataset verifies again.
+    outcome = curate_video(dataclasses.replace(entry, url=f"{http_root}/walk.mp4"), root, small_config)
+    assert outcome.status == "ok" and not outcome.skipped
+    publish(root, small_config)
+    assert verify_dataset(root) == []

@@ -504,6 +504,47 @@ def test_download_config_rejects_unknown_keys_and_bad_values():
         DownloadConfig(host_interval_s=-1)
 
 
+# ------------------------------------------------------------------ a full disk
+
+
+def _leftovers(videos: Path, video_id: str) -> list[str]:
+    return sorted(p.name for p in (*videos.glob(f"{video_id}.*"), *videos.glob(f".{video_id}.*")))
+
+
+@pytest.mark.parametrize("stage", ["video", "info_json"])
+def test_a_full_disk_while_downloading_is_a_transient_disk_full_that_leaves_nothing(
+    full_disk, http_root, tmp_path, stage
+):
+    full_disk(stage, "walk_01")  # yt-dlp writing the .part file, or the .info.json
+    videos = tmp_path / "videos"
+    with pytest.raises(VideoError) as caught:
+        download_video(_entry("walk_01", f"{http_root}/walk.mp4"), videos, CFG)
+    assert (caught.value.reason, caught.value.transient) == ("disk_full", True)
+    assert "No space left on device" in caught.value.message and not caught.value.message.startswith("ERROR")
+    assert _leftovers(videos, "walk_01") == []  # the partial download is gone: it frees the space it took
+    assert DownloadArchive(videos / "archive.tsv").lookup("walk_01") is None
+
+
+@pytest.mark.parametrize("step", ["link", "archive"])
+def test_a_full_disk_linking_a_local_file_or_writing_the_archive_is_disk_full(video_dir, tmp_path, monkeypatch, step):
+    import errno
+    import os
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if step == "link":
+        monkeypatch.setattr(download.os, "link", no_space)
+    else:
+        monkeypatch.setattr(DownloadArchive, "add", no_space)
+    videos = tmp_path / "videos"
+    with pytest.raises(VideoError) as caught:
+        download_video(_entry("walk_01", str(video_dir / "walk.mp4")), videos, _roots(video_dir))
+    assert (caught.value.reason, caught.value.transient) == ("disk_full", True)
+    assert str(videos) in caught.value.message and "No space left on device" in caught.value.message
+    assert _leftovers(videos, "walk_01") == []
+
+
 # ------------------------------------------------------------------ local sources
 
 
