@@ -258,6 +258,9 @@ def demo_digest(root: str | Path) -> dict[str, str]:
         if relative == "dataset.json":
             description = json.loads(data)
             description["tables"]["stats/videos.parquet"] = "masked"  # its own digest, taken masked above
+            for file in description.get("files", []):
+                if file["kind"] == "record":  # hashes of bytes that hold the port: the records are compared masked
+                    file["sha256"] = file["bytes"] = "masked"
             data = json.dumps(description, sort_keys=True).encode()
         digests[relative] = hashlib.sha256(data).hexdigest()
     return digests
