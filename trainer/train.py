@@ -151,7 +151,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
             metrics = _evaluate(core, held_out, cfg, proc, log, step, stream.verifier)
             model.train()
-        if rank == 0 and (step % cfg.run.checkpoint_every == 0 or last):
+        if rank == 0 and step % cfg.run.checkpoint_every == 0 and not last:  # the last one is saved below
             save_checkpoint(
                 checkpoint_path,
                 model=core,
@@ -164,7 +164,8 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                 bad_samples=ledger.counts,
             )
     metrics = _evaluate(core, held_out, cfg, proc, log, step, stream.verifier)
-    if rank == 0:
+    # A resumed run with nothing left to train keeps its checkpoint as it is: no rewrite of hundreds of MB.
+    if rank == 0 and (state is None or step > state["step"]):
         save_checkpoint(
             checkpoint_path,
             model=core,

@@ -127,6 +127,12 @@ def test_fit_logs_checkpoints_and_evaluates(train_root, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["mono/video"] == pytest.approx(depth, rel=1e-5)
     assert printed["stereo/stereo"] == pytest.approx(summary["metrics"]["stereo/stereo"], rel=1e-5)
+    # Resumed with nothing left to train (what a second `make demo` does): the checkpoint is not rewritten.
+    checkpoint = Path(result["checkpoint"])
+    written = (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes())
+    again = fit(manifests(train_root), load_train_config(overrides=overrides), resume=True)
+    assert again["step"] == 4 and again["metrics"]["mono/video"] == pytest.approx(depth, rel=1e-5)
+    assert (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()) == written
 
 
 @pytest.mark.parametrize("case", ["missing", "no_npz", "other_videos"])
