@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.io.data_root import DataRoot
+from pipeline.video.record import NEVER_FINAL
 
 # Exit codes of `depthcurate curate` and `depthcurate demo` (their --help epilog documents them).
 EXIT_OK = 0  # every video ok, or (without --strict) the only failures are permanent ones
@@ -35,8 +36,6 @@ The codes are computed from the published stats/videos.parquet, whichever way th
 
 OK = "ok"
 CATALOG_ERROR = "catalog_error"
-# Failures that may go away whatever the record's flag says: a bug (fixed by an upgrade) and a full disk.
-RETRYABLE_STATUSES = frozenset({"internal_error", "disk_full"})
 _COLUMNS = ("dataset", "video_id", "status", "error", "frames_decoded", "frames_kept")
 
 
@@ -44,7 +43,7 @@ def is_retryable(status: str, flagged: bool | None) -> bool:
     """Whether a video that ended with `status` may succeed another time; `flagged`: its record's `retryable`."""
     if status in (OK, CATALOG_ERROR):
         return False
-    return status in RETRYABLE_STATUSES or bool(flagged)
+    return status in NEVER_FINAL or bool(flagged)
 
 
 @dataclass(frozen=True)

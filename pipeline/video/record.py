@@ -25,6 +25,10 @@ from pipeline.sources.catalog import CatalogEntry
 OK = "ok"
 
 
+# Failures that are never the video's fault (a bug, a glitch, a full disk): a rerun always tries them again.
+NEVER_FINAL = frozenset({"internal_error", DISK_FULL})
+
+
 @dataclass(frozen=True)
 class AppliedSampling:
     """The settings sampling applied to one video: the config's defaults, scaled down for a short one."""
@@ -192,7 +196,7 @@ def is_finished(record: VideoRecord | None, cfg: CurateConfig) -> bool:
         return False
     if record.ok:
         return True
-    if record.status in ("internal_error", DISK_FULL):  # a bug, a glitch, a full disk: never the video's fault
+    if record.status in NEVER_FINAL:
         return False  # never final
     return not (cfg.run.retry_failed and record.retryable in (True, None))
 

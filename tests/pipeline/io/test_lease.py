@@ -47,10 +47,13 @@ def test_the_heartbeat_keeps_a_lease_fresh(tmp_path):
     path = tmp_path / "v.lease"
     lease = try_acquire(path, FAST)
     assert lease is not None
-    time.sleep(4 * FAST.stale_s)
-    assert time.time() - path.stat().st_mtime < FAST.stale_s  # refreshed: nobody may take it over
-    _foreign_taker = try_acquire(path, FAST)
-    assert _foreign_taker is None
+    stamp = time.time() - 10.0
+    os.utime(path, (stamp, stamp))  # as if last refreshed long ago
+    deadline = time.monotonic() + 30
+    while path.stat().st_mtime <= stamp and time.monotonic() < deadline:
+        time.sleep(FAST.heartbeat_s)
+    assert path.stat().st_mtime > stamp  # the heartbeat refreshed it ...
+    assert try_acquire(path, LeaseTiming(heartbeat_s=1, stale_s=5)) is None  # ... so nobody may take it over
     lease.release()
 
 
