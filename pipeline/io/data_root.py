@@ -98,13 +98,20 @@ class DataRoot:
     def categories_table(self) -> Path:
         return self.root / "stats" / "categories.parquet"
 
-    def video_lease(self, dataset: str, video_id: str) -> Path:
-        """Held by the run working on this video (pipeline/io/lease.py); local even for an object-store root."""
-        return self.root / "state" / "leases" / dataset / f"{video_id}.lease"
+    def video_lease(self, dataset: str, video_id: str) -> Path | str:
+        """Held by the run working on this video (pipeline/io/lease.py)."""
+        return self._lease(self.root / "state" / "leases" / dataset / f"{video_id}.lease")
 
     @property
-    def publish_lease(self) -> Path:
-        return self.root / "state" / "leases" / "publish.lease"
+    def publish_lease(self) -> Path | str:
+        return self._lease(self.root / "state" / "leases" / "publish.lease")
+
+    def _lease(self, path: Path) -> Path | str:
+        # On S3 the lease is an object beside the data, so runs on different machines see it; stores without
+        # conditional writes keep it in the local working directory (one machine's runs only: README, Guarantees).
+        if self.url and objectstore.supports_conditional_writes(self.url):
+            return self.address(path)
+        return path
 
     def publish_state(self, name: str) -> Path:
         """Publish's own state (cross-video decisions and their index), kept so a rerun redoes only what changed."""
@@ -116,6 +123,11 @@ class DataRoot:
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root).as_posix()
+
+    def relative_paths(self, text: str) -> str:
+        """`text` (an error or warning to store) with paths under the data root written relative to it, so stored
+        messages read the same wherever the dataset was made or is moved to (and name no one's home directory)."""
+        return text.replace(f"{self.root}{os.sep}", "")
 
     # Reading and writing at the data root: plain file operations on disk, the object store for a URL.
 

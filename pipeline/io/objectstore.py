@@ -14,9 +14,12 @@ its cache after a fork, so nothing opened in a parent process is used in a DataL
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import errno
 import hashlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -225,3 +228,78 @@ def _holds(fs: Any, path: str, data: bytes) -> bool:
     if len(etag) == 32 and etag == hashlib.md5(data, usedforsecurity=False).hexdigest():
         return True  # a single-part S3 upload's ETag is its MD5; any other ETag proves nothing either way
     return fs.cat_file(path) == data
+
+
+# ---------------------------------------------------------------- conditional writes (leases across machines)
+
+_CONDITIONAL_PROTOCOLS = ("s3", "s3a")  # S3 and compatible stores: If-None-Match / If-Match on PutObject
+
+
+def supports_conditional_writes(url: str) -> bool:
+    """True where the store can create an object only if absent and replace it only if unchanged."""
+    return is_remote(url) and url.partition("://")[0] in _CONDITIONAL_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object, as its store saw it."""
+
+    etag: str
+    age_s: float  # since it was last written, by the store's own clock (its Date header): no skew between hosts;
+    # at most the true age
+    body: bytes
+
+
+def create_exclusive(url: str, data: bytes) -> str | None:
+    """Write `data` to `url` only if no object is there; its ETag, or None when one already was."""
+    try:
+        reply = _s3_call(url, "put_object", Body=data, IfNoneMatch="*")
+    except FileExistsError:
+        return None
+    return str(reply["ETag"])
+
+
+def replace_if(url: str, data: bytes, etag: str) -> str | None:
+    """Replace the object at `url` with `data` only while it is still at `etag`; the new ETag, or None when it
+    changed or vanished since."""
+    try:
+        reply = _s3_call(url, "put_object", Body=data, IfMatch=etag)
+    except (FileNotFoundError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:  # s3fs's 412 PreconditionFailed
+            return None
+        raise
+    return str(reply["ETag"])
+
+
+def read_version(url: str) -> ObjectVersion | None:
+    """The object's bytes, ETag and age, or None when there is none."""
+    fs, _ = filesystem(url)
+    try:
+        reply = _s3_call(url, "get_object")
+    except FileNotFoundError:
+        return None
+    data = _read_body(fs, reply["Body"])
+    served = email.utils.parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"])
+    # Both times have whole seconds: one second less, so a version never reads older than it is.
+    age = (served - reply["LastModified"]).total_seconds() - 1.0
+    return ObjectVersion(str(reply["ETag"]), max(age, 0.0), data)
+
+
+def _s3_call(url: str, method: str, **kwargs: Any) -> Any:
+    fs, path = filesystem(url)
+    bucket, key, _ = fs.split_path(path)
+    try:
+        return fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+    finally:
+        fs.invalidate_cache(path)
+
+
+def _read_body(fs: Any, body: Any) -> bytes:
+    """Read a GetObject body: s3fs's client is asynchronous (aiobotocore), so it is read on s3fs's loop."""
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        async with body as stream:
+            return bytes(await stream.read())
+
+    return bytes(sync(fs.loop, read))

@@ -186,7 +186,10 @@ def load_records(root: DataRoot) -> list[VideoRecord]:
 
 
 def write_record(root: DataRoot, record: VideoRecord) -> None:
-    """Write the record: the done-marker, so it goes after everything it lists."""
+    """Write the record: the done-marker, so it goes after everything it lists. Its messages name files under the
+    data root relative to it (ffprobe's, the OS's and yt-dlp's errors carry absolute paths)."""
+    record.error = root.relative_paths(record.error) if record.error else record.error
+    record.warning = root.relative_paths(record.warning) if record.warning else record.warning
     root.write_bytes(root.video_record(record.dataset, record.video_id), record.to_json())
 
 

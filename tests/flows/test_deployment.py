@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.local_services import PREFECT, deploy_all, prefect_server
+from flows.local_services import PREFECT, deploy_all, prefect_server, stop
 from flows.local_services import prefect_cli as _prefect
 from flows.local_services import run_deployment as _run_deployment
 
@@ -101,3 +101,43 @@ def test_a_deployment_runs_on_the_ray_cluster_its_worker_joined(server, demo_dep
     assert description["counts"]["videos"] == {"ok": 2}
     logs = _prefect(server, "flow-run", "logs", run_id).stdout
     assert "tasks run on the Ray cluster at auto (2 CPUs, 0 GPUs)" in logs
+
+
+def test_two_workers_on_one_pool_with_overlapping_runs_end_as_one_clean_run(server, demo_deployed, tmp_path):
+    """Two flow runs of curate/demo on one data root, each taken by its own process worker at the same time:
+    the leases leave each video to one of them, and the data root ends byte for byte as one clean run's."""
+    from flows.local_services import create_flow_run
+    from pipeline.synthetic.demo import demo_digest
+
+    data = tmp_path / "data"
+    run_ids = [create_flow_run(server, "curate/demo", f"data_root={data}") for _ in range(2)]
+    workers = []
+    for n in range(2):  # --limit 1: each worker takes one of the two runs, so they really overlap
+        log = open(tmp_path / f"worker{n}.log", "wb")  # noqa: SIM115 - closed below, after the worker exits
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once", "--limit", "1"],
+            env=server,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        workers.append((worker, log))
+    try:
+        for run_id in run_ids:
+            watched = subprocess.run(
+                [PREFECT, "flow-run", "watch", run_id], env=server, capture_output=True, text=True, timeout=600
+            )
+            assert watched.returncode == 0, watched.stdout[-2000:]
+    finally:
+        for worker, log in workers:
+            try:
+                worker.wait(timeout=60)
+            finally:
+                stop(worker)
+                log.close()
+    logs = [(tmp_path / f"worker{n}.log").read_text(errors="replace") for n in range(2)]
+    assert all(run_id in "".join(logs) for run_id in run_ids)
+    assert sum(any(run_id in text for run_id in run_ids) for text in logs) == 2, "one worker took both runs"
+    recorded = json.loads((Path(__file__).parents[1] / "pipeline" / "synthetic" / "demo_digest.json").read_text())
+    assert demo_digest(data) == recorded
+    assert not list(data.rglob(".*.tmp-*")) and not list((data / "state" / "leases").rglob("*.lease"))

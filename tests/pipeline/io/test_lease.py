@@ -67,14 +67,14 @@ def test_a_holder_taken_over_knows_it(tmp_path):
     assert path.exists() and lease_owner(path) == "elsewhere-1-deadbeef"  # the new holder's lease is left alone
 
 
-def _race(path, takers: int) -> list:
-    """Leases won by `takers` threads asking for `path` at the same moment."""
+def _race(path, takers: int, timing: LeaseTiming = FAST) -> list:
+    """Leases won by `takers` threads asking for `path` (a file or an s3:// URL) at the same moment."""
     barrier = threading.Barrier(takers)
     won: list = []
 
     def take() -> None:
         barrier.wait()
-        lease = try_acquire(path, FAST)
+        lease = try_acquire(path, timing)
         if lease is not None:
             won.append(lease)
 
@@ -122,3 +122,75 @@ def test_a_lease_of_a_killed_process_on_this_machine_is_free_at_once(tmp_path):
     lease = try_acquire(path, LeaseTiming(heartbeat_s=1, stale_s=60))
     assert lease is not None  # its holder is gone: no minute of waiting
     lease.release()
+
+
+# ---------------------------------------------------------------- S3: leases shared by machines
+
+
+def _put(url: str, owner: str = "elsewhere-1-deadbeef") -> None:
+    """Another machine's lease, written plainly (no condition), as its run last refreshed it."""
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(path, json.dumps({"owner": owner, "since": 0}).encode())
+
+
+def test_s3_one_holder_at_a_time_across_processes(s3_bucket):
+    url = f"{s3_bucket}/state/leases/demo/walk.lease"
+    first = try_acquire(url, FAST)
+    assert first is not None and first.held() and str(lease_owner(url)).startswith(OWNER)
+    assert try_acquire(url, FAST) is None
+    first.release()
+    assert lease_owner(url) is None  # released: the object is gone
+    second = try_acquire(url, FAST)
+    assert second is not None
+    second.release()
+
+
+def test_s3_a_live_foreign_lease_is_respected_and_a_stale_one_taken_over(s3_bucket):
+    url = f"{s3_bucket}/v.lease"
+    timing = LeaseTiming(heartbeat_s=0.2, stale_s=1.5)
+    _put(url)
+    assert try_acquire(url, timing) is None  # fresh by the store's clock
+    time.sleep(3.0)  # the store's clock has whole seconds: an age reads up to a second short
+    lease = try_acquire(url, timing)
+    assert lease is not None and lease.held() and str(lease_owner(url)).startswith(OWNER)
+    lease.release()
+
+
+def test_s3_the_heartbeat_keeps_a_lease_alive_past_its_stale_time(s3_bucket):
+    url = f"{s3_bucket}/v.lease"
+    lease = try_acquire(url, LeaseTiming(heartbeat_s=0.2, stale_s=1.5))
+    assert lease is not None
+    time.sleep(3.0)
+    assert try_acquire(url, LeaseTiming(heartbeat_s=0.2, stale_s=1.5)) is None  # refreshed: not stale
+    assert lease.held()
+    lease.release()
+
+
+def test_s3_a_holder_taken_over_knows_it_and_leaves_the_new_lease(s3_bucket):
+    url = f"{s3_bucket}/v.lease"
+    lease = try_acquire(url, FAST)
+    assert lease is not None
+    _put(url)  # another machine took it over while this run was frozen
+    assert not lease.held()
+    lease.release()
+    assert lease_owner(url) == "elsewhere-1-deadbeef"
+
+
+def test_s3_of_many_takers_of_a_stale_lease_exactly_one_wins(s3_bucket):
+    timing = LeaseTiming(heartbeat_s=0.2, stale_s=1.0)
+    urls = [f"{s3_bucket}/v{n}.lease" for n in range(4)]
+    for url in urls:
+        _put(url)
+    time.sleep(2.5)
+    for url in urls:
+        won = _race(url, 6, timing)
+        assert len(won) == 1, url
+        won[0].release()
+
+
+def test_s3_creating_races_have_one_winner(s3_bucket):
+    won = _race(f"{s3_bucket}/fresh.lease", 6)
+    assert len(won) == 1
+    won[0].release()

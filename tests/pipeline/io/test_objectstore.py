@@ -242,7 +242,9 @@ def test_demo_flow_on_an_object_store_matches_local_disk(
     with recorded(s3_server) as log:
         rerun = curate(demo=True, data_root=url)
     assert all(v["skipped"] for v in rerun["videos"])
-    assert not [r for r in log if r["method"] in {"PUT", "POST", "DELETE"}]  # nothing written, copied or removed
+    writes = [r for r in log if r["method"] in {"PUT", "POST", "DELETE"}]
+    # Nothing written, copied or removed but the leases each video and the publish take (and give back).
+    assert writes and all("/state/leases/" in r["url"] for r in writes), [r["url"] for r in writes]
     assert stamps(url) == before
 
     with get_client(sync_client=True) as client:
@@ -266,3 +268,29 @@ def _all(read, page: int = 200) -> list:
     while batch := read(limit=page, offset=len(found)):
         found += batch
     return found
+
+
+def test_runs_on_two_machines_share_the_leases_in_the_bucket(s3_bucket, http_root, small_config, tmp_path):
+    """The video leases of an S3 root are objects in the bucket: a run on another machine (another working
+    directory) sees a live one and leaves the video to it, and takes over a stale one."""
+    from pipeline.driver import curate_entries
+    from pipeline.io.lease import lease_owner
+    from pipeline.sources.catalog import CatalogEntry
+
+    walk = CatalogEntry(video_id="walk", url=f"{http_root}/walk.mp4", dataset="test", category="natural")
+    machine_a = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "a")
+    machine_b = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "b")
+    lease = machine_a.video_lease("test", "walk")
+    assert lease == f"{s3_bucket}/data/state/leases/test/walk.lease"
+    fs, key = fsspec.core.url_to_fs(str(lease))
+    fs.pipe_file(key, json.dumps({"owner": "machine-a-1-cafe", "since": 0}).encode())  # a's live run holds it
+    cfg = small_config.model_copy(update={"run": small_config.run.model_copy(update={"lease_stale_s": 3.0})})
+    (busy,) = curate_entries([walk], machine_b, cfg).videos
+    assert busy.status == "busy" and load_record(machine_b, "test", "walk") is None
+    # Machine a's run died: after the stale time (the store's clock) machine b takes the video over.
+    import time
+
+    time.sleep(4.5)
+    (done,) = curate_entries([walk], machine_b, cfg).videos
+    assert done.status == "ok" and is_finished(load_record(machine_a, "test", "walk"), cfg)
+    assert lease_owner(lease) is None  # released: no lease object left in the bucket

@@ -74,3 +74,14 @@ def test_damaged_outputs_names_changed_truncated_and_missing_files(video_dir, en
     assert "bytes" in damaged_outputs(root, record, size_only)[0]  # ... but sees a truncated file
     (tmp_path / record.frame_parts[0].path).unlink()
     assert any("missing" in p for p in damaged_outputs(root, record, size_only))
+
+
+def test_stored_messages_name_files_relative_to_the_data_root(entry, small_config, tmp_path):
+    root = DataRoot(tmp_path / "root")
+    garbage = root.videos_dir(entry.dataset) / f"{entry.video_id}.mp4"
+    garbage.parent.mkdir(parents=True)
+    garbage.write_bytes(b"\x00" * 1000)  # ffprobe's error names the file by its absolute path
+    record = ingest_video(entry, garbage, root, small_config)
+    stored = json.loads(root.video_record(entry.dataset, entry.video_id).read_text())["error"]
+    assert record.status == "unreadable_video" and stored == record.error
+    assert f"videos/{entry.dataset}/{entry.video_id}.mp4:" in stored and str(tmp_path) not in stored, stored
