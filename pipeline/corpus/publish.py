@@ -42,6 +42,7 @@ from pipeline.schema import (
     PUBLISH_DROP_REASONS,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
+    SHARD_SCHEMA,
     VIDEO_STATS_SCHEMA,
 )
 from pipeline.sources.catalog import CatalogProblem
@@ -196,7 +197,11 @@ class _VideoTables:
 
 
 def _read_video(root: DataRoot, video: VideoRecord) -> _VideoTables:
-    shards = [(part.path, _read_table(root, part.path, columns=list(SAMPLE_COLUMNS))) for part in video.shards]
+    # The shard schema fills columns a shard written by an older release lacks with nulls.
+    shards = [
+        (part.path, _read_table(root, part.path, columns=list(SAMPLE_COLUMNS), schema=SHARD_SCHEMA))
+        for part in video.shards
+    ]
     return _VideoTables(_read_frames(root, video), shards)
 
 
@@ -274,13 +279,22 @@ def _manifest_rows(
     shards: list[tuple[str, pa.Table]], frames: pa.Table, camera: dict[str, Any] | None
 ) -> Iterator[pa.Table]:
     """Kept rows of the video's shards, no pixels, with where they are, their CLIP scores and intrinsics."""
-    kept = frames.filter(frames["kept"]).select(["sample_id", *CLIP_SCORE_COLUMNS])
+    kept = frames.select(["frame_index", *CLIP_SCORE_COLUMNS]).filter(frames["kept"])  # select first: cheaper
+    # Within a video a frame index names one sample (its sample_id is built from it): matching integers
+    # instead of sample_id strings is what keeps this pass cheap at tens of millions of rows.
+    kept_index = kept["frame_index"].to_numpy()
+    order = np.argsort(kept_index, kind="stable")
+    sorted_index = kept_index[order]
     for path, table in shards:
-        table = table.append_column("shard", pa.array([path] * table.num_rows, pa.string()))
-        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-        position = pc.index_in(table["sample_id"], value_set=kept["sample_id"])
-        table = table.filter(pc.is_valid(position))
-        scores = kept.take(position.drop_null())
+        index = table["frame_index"].to_numpy()
+        at = np.minimum(np.searchsorted(sorted_index, index), max(len(sorted_index) - 1, 0))
+        found = sorted_index[at] == index if len(sorted_index) else np.zeros(len(index), bool)
+        rows = np.flatnonzero(found)
+        if len(rows) < table.num_rows:  # most shards keep every row: no copy of their columns then
+            table = table.filter(pa.array(found))
+        table = table.append_column("shard", pa.repeat(pa.scalar(path, pa.string()), len(rows)))
+        table = table.append_column("row", pa.array(rows, pa.int64()))
+        scores = kept.take(order[at[rows]])
         for name in CLIP_SCORE_COLUMNS:
             table = table.append_column(name, scores[name])
         yield _with_intrinsics(table, camera)
