@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -183,24 +186,65 @@ class SkyConfig(_Section):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+# Named sets of the stereo checks' thresholds; a field given explicitly beside `profile` overrides its value.
+STEREO_PROFILES: dict[str, dict[str, float]] = {
+    "midas": {
+        "lr_max_px": 2.0,
+        "vertical_max_px": 2.0,
+        "max_vertical_fail": 0.10,
+        "min_lr_pass": 0.70,
+        "min_disparity_range_px": 10.0,
+    },
+    "stereo4d": {
+        "lr_max_px": 1.0,
+        "vertical_max_px": 1.0,
+        "max_vertical_fail": 0.10,
+        "min_lr_pass": 0.70,
+        "min_disparity_range_px": 10.0,
+    },
+}
+
+
 class StereoConfig(_Section):
     """The 3D-movie branch (MiDaS numbers by default)."""
 
     letterbox: bool = True  # detect black bars and crop them
     crop: tuple[int, int] | None = (1880, 800)  # centre crop per view (width, height); None = no crop
     output_size: tuple[int, int] | None = (940, 400)  # resize per view; None = keep; disparity scales too
+    # A view needing more enlargement than this to reach output_size fails as stereo_view_too_small; None allows any.
+    max_upscale: float | None = Field(None, gt=0)
     flow: OpticalFlowConfig = OpticalFlowConfig()
     sky: SkyConfig = SkyConfig()
-    lr_max_px: float = Field(2.0, gt=0)  # left-right consistency; Stereo4D uses 1 px
-    vertical_max_px: float = Field(2.0, gt=0)  # |v| of the L->R flow; Stereo4D uses 1 px
-    max_vertical_fail: float = Field(0.10, ge=0, le=1)
+    profile: Literal["midas", "stereo4d"] = "midas"  # fills the five thresholds below unless they are given
+    lr_max_px: float = Field(2.0, gt=0)  # left-right consistency
+    vertical_max_px: float = Field(2.0, gt=0)  # |v| of the L->R flow
+    max_vertical_fail: float = Field(0.10, ge=0, le=1)  # of the pixels that pass the left-right check
     min_lr_pass: float = Field(0.70, ge=0, le=1)
     min_disparity_range_px: float = Field(10.0, ge=0)
+    # Per-pixel confidence (pipeline/stereo/disparity.py): each cue is normalised to 1 at its limit, and
+    # valid = confidence >= min_confidence; 0.5 is exactly "every cue within its limit".
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_match_ncc: float = Field(0.7, ge=-1, lt=1)  # 7x7 ZNCC of the left view and the flow-warped right view
+    max_disparity_gradient: float = Field(1.0, gt=0)  # px of disparity per px, largest within 5x5
     max_sky_fraction: float = Field(0.8, ge=0, le=1)
     clip_frames: int = Field(4, ge=1)  # frames per clip ...
     clip_span_s: float = Field(1.0, gt=0)  # ... spread over this long
     jump_s: float = Field(4.0, ge=0)  # skipped between clips
     store_right_view: bool = False
+    # Source QA (pipeline/stereo/qa.py), voted per batch of pairs (flow.batch_size consecutive pairs of a video).
+    on_swapped: Literal["swap", "reject"] = "swap"  # eyes found swapped: read the pair the other way, or drop it
+    swap_min_fraction: float = Field(0.9, gt=0.5, le=1)  # of signed valid disparity that is negative, to vote swapped
+    max_desync_score: float = Field(0.5, gt=0, le=1)  # |corr(vertical stereo flow, vertical motion)| over it: desync
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "midas")
+        if profile not in STEREO_PROFILES:
+            return data  # the Literal field names the allowed profiles
+        return {**STEREO_PROFILES[profile], **data}
 
 
 class TagPrompts(_Section):
@@ -373,7 +417,7 @@ class CurateConfig(_Section):
 
 
 class ConfigError(ValueError):
-    pass
+    """A config the run cannot use: one line per problem, each naming the file and the dotted key."""
 
 
 def _hash(obj: Any) -> str:
@@ -389,19 +433,34 @@ def load_yaml_model(model: type[_M], path: str | Path | None = None, overrides: 
     """Validate `model` from defaults, a YAML file and nested overrides; any problem is a ConfigError."""
     data: dict[str, Any] = {}
     if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+        data = _read_yaml(Path(path))
     if overrides:
         data = _merge(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {path or '(defaults)'}:\n{exc}") from exc
+        raise ConfigError(describe_errors(exc, model, str(path) if path else "config")) from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_problem(path, exc)) from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """file:line:column: what the YAML parser objected to, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def with_overrides(cfg: CurateConfig, overrides: dict[str, Any]) -> CurateConfig:
@@ -409,7 +468,48 @@ def with_overrides(cfg: CurateConfig, overrides: dict[str, Any]) -> CurateConfig
     try:
         return CurateConfig.model_validate(_merge(cfg.model_dump(), overrides))
     except ValidationError as exc:
-        raise ConfigError(f"invalid config overrides {overrides}:\n{exc}") from exc
+        raise ConfigError(describe_errors(exc, CurateConfig, "config")) from exc
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """pydantic's errors as one line each: `<source>: <dotted.key>: <problem>`, with a "did you mean" for a
+    misspelt key, taken from the field names at that level of `model`."""
+    return "\n".join(_describe_error(error, model, source) for error in exc.errors())
+
+
+def _describe_error(error: Any, model: type[BaseModel], source: str) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _field_names(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1) if known else []
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; known keys: {', '.join(known)}" if known else "")
+        return f"{source}: {key}: unknown key{hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith(key):  # a validator's message that names its keys already
+        return f"{source}: {message}"
+    given = error.get("input")
+    shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) and len(repr(given)) <= 60 else ""
+    return f"{source}: {key}: {message}{shown}"
+
+
+def _field_names(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the section at `loc` (a path of field names from `model`); [] when it is no section."""
+    current: type[BaseModel] | None = model
+    for name in loc:
+        field = current.model_fields.get(name) if current is not None else None
+        current = _section_type(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The model class in a field's annotation (`Section` or `Section | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [t for t in map(_section_type, typing.get_args(annotation)) if t is not None]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 1.1 added the stereo columns (null on mono rows); 1.2 the CLIP columns and tables; 1.3 the manifest's k1 and
-# intrinsics_source, and stats/cameras.parquet
-SCHEMA_VERSION = "1.3"
+# intrinsics_source, and stats/cameras.parquet; 1.4 the stereo source-QA columns and drop reasons
+SCHEMA_VERSION = "1.4"
 SCHEMA_VERSION_KEY = b"depthcurate.schema_version"
 
 # Why a decoded frame was not kept; stats tables count each one under its own name.
@@ -23,6 +23,8 @@ DROP_REASONS: tuple[str, ...] = (
     "duplicate",  # near-duplicate of an earlier kept frame of the same video
     "duplicate_cross_video",  # near-duplicate of a kept frame of another video
     "at_cut",  # stereo: the first frame after a scene cut (transitions make bad pairs)
+    "stereo_swapped",  # the eyes are swapped (stereo.on_swapped: reject)
+    "stereo_desync",  # the eyes are out of sync: vertical stereo flow follows the motion
     "stereo_no_valid",  # no pixel passes both checks
     "stereo_too_much_sky",
     "stereo_vertical",  # too many pixels fail the vertical check
@@ -62,6 +64,12 @@ _STEREO_QUALITY = [
     pa.field("vertical_fail_fraction", pa.float32()),
     pa.field("disp_range_px", pa.float32()),
     pa.field("sky_fraction", pa.float32()),
+    # Source QA (pipeline/stereo/qa.py)
+    pa.field("stereo_swapped", pa.bool_()),  # the eyes came swapped (stereo.on_swapped: swap stores them swapped back)
+    pa.field("stereo_desync_score", pa.float32()),  # |corr(vertical stereo flow, vertical motion)|; null: no motion
+    pa.field("stereo_color_gap", pa.float32()),  # mean over B, G, R of |d mean| + |d std| between the views, 8-bit
+    pa.field("converted_score", pa.float32()),  # valid disparity in the 3 strongest histogram peaks (2D-to-3D: high)
+    pa.field("stereo_float_window_px", pa.int32()),  # black edge band in one view only, excluded from valid pixels
 ]
 
 STEREO_QUALITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in _STEREO_QUALITY)
@@ -98,6 +106,7 @@ _STEREO_PIXELS = [
     pa.field("valid_mask", pa.binary()),  # 8-bit PNG, 255 = passes the left-right and vertical checks
     pa.field("sky_mask", pa.binary()),  # 8-bit PNG, 255 = sky (its disparity is the frame minimum)
     pa.field("right_image", pa.binary()),  # JPEG of the right view when stereo.store_right_view
+    pa.field("confidence", pa.binary()),  # 8-bit PNG, confidence = value / 255; valid = >= stereo.min_confidence
 ]
 
 

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.io import objectstore
-from pipeline.media.codecs import decode_disparity_png, decode_mask_png
+from pipeline.media.codecs import decode_confidence_png, decode_disparity_png, decode_mask_png
 from trainer import augment
 from trainer.config import DataConfig
 from trainer.integrity import BadSample, ShardIntegrityError, ShardVerifier
@@ -45,6 +45,7 @@ from trainer.plan import Batch, EpochPlan
 # sample_id: to check that the row the manifest points at holds the sample it names.
 _VIDEO_COLUMNS = ["sample_id", "image"]
 _STEREO_COLUMNS = ["sample_id", "image", "disparity", "valid_mask", "sky_mask", "disp_scale", "disp_offset"]
+_OPTIONAL_COLUMNS = {"confidence"}  # read where the shard has them (shards written before they existed do not)
 
 
 class ShardReader:
@@ -71,8 +72,13 @@ class ShardReader:
             try:
                 # A path as it is; a URL through fsspec, opened here in the worker, with just this row group's
                 # column chunks fetched.
+                if stereo:
+                    columns = [*columns, *sorted(_OPTIONAL_COLUMNS)]
                 with objectstore.open_parquet(path, columns=columns, row_groups=[group]) as source:
-                    table = pq.ParquetFile(source).read_row_group(group, columns=columns)
+                    shard = pq.ParquetFile(source)
+                    present = set(shard.schema_arrow.names)
+                    columns = [c for c in columns if c in present or c not in _OPTIONAL_COLUMNS]
+                    table = shard.read_row_group(group, columns=columns)
             except FileNotFoundError as exc:
                 raise ShardIntegrityError(f"shard {path} listed in the manifest is missing") from exc
             except (OSError, pa.ArrowException) as exc:
@@ -177,6 +183,7 @@ class StereoLabels:
     disparity: np.ndarray  # HxW float32
     valid: np.ndarray  # HxW bool
     sky: np.ndarray  # HxW bool
+    confidence: np.ndarray | None = None  # HxW float32 in [0, 1] where the shard has the column
 
 
 @dataclass(frozen=True)
@@ -409,20 +416,25 @@ def _decode_labels(row: dict[str, Any], size: tuple[int, int]) -> StereoLabels:
         disparity = decode_disparity_png(row["disparity"], row["disp_scale"], row["disp_offset"])
         valid = decode_mask_png(row["valid_mask"])
         sky = decode_mask_png(row["sky_mask"]) if row["sky_mask"] is not None else np.zeros(size, bool)
+        confidence = decode_confidence_png(row["confidence"]) if row.get("confidence") is not None else None
     except (ValueError, TypeError, cv2.error) as exc:  # a null or damaged PNG column
         raise CorruptImage(f"stereo labels: {exc}") from exc
-    for array, what in ((disparity, "disparity"), (valid, "valid mask"), (sky, "sky mask")):
-        _check_size(array, size, what)
-    return StereoLabels(disparity.astype(np.float32), valid, sky)
+    for array, what in ((disparity, "disparity"), (valid, "valid mask"), (sky, "sky mask"), (confidence, "confidence")):
+        if array is not None:
+            _check_size(array, size, what)
+    return StereoLabels(disparity.astype(np.float32), valid, sky, confidence)
 
 
 def _augmented_labels(labels: StereoLabels, geometry: augment.Geometry) -> dict[str, np.ndarray]:
-    """A stereo row's labels, augmented as its image."""
-    return {
+    """A stereo row's labels, augmented as its image; `confidence` (a per-pixel weight) only where stored."""
+    out = {
         "disparity": augment.apply_disparity(labels.disparity, geometry)[None],
         "valid": augment.apply(labels.valid.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
         "sky": augment.apply(labels.sky.astype(np.uint8), geometry, nearest=True)[None].astype(bool),
     }
+    if labels.confidence is not None:
+        out["confidence"] = augment.apply(labels.confidence, geometry, nearest=True)[None]
+    return out
 
 
 class GroundTruth:

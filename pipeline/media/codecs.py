@@ -1,4 +1,4 @@
-"""Image codecs: JPEG for frames, 16-bit PNG for disparity, 1-bit PNG for masks (shards, previews, trainer)."""
+"""Image codecs: JPEG frames; PNG disparity (16-bit), masks (1-bit), confidence (8-bit): shards, previews, trainer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 _PNG_MAX = 65535  # 16-bit disparity codes
+CONFIDENCE_LEVELS = 255  # 8-bit confidence codes: confidence = code / 255
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
@@ -68,3 +69,27 @@ def decode_mask_png(data: bytes) -> np.ndarray:
     if pixels is None:
         raise ValueError("not a PNG mask")
     return pixels > 0
+
+
+def quantize_confidence(confidence: np.ndarray) -> np.ndarray:
+    """uint8 codes of a [0, 1] confidence map (NaN -> 0): the values the shard stores and masks are cut from."""
+    c = np.nan_to_num(np.asarray(confidence, dtype=np.float32), nan=0.0)
+    return np.rint(np.clip(c, 0.0, 1.0) * CONFIDENCE_LEVELS).astype(np.uint8)
+
+
+def encode_confidence_png(confidence: np.ndarray) -> bytes:
+    """8-bit grey PNG of a [0, 1] confidence map (quantize_confidence's codes)."""
+    if np.ndim(confidence) != 2:
+        raise ValueError(f"confidence must be HxW, got {np.shape(confidence)}")
+    ok, png = cv2.imencode(".png", quantize_confidence(confidence))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the confidence PNG")
+    return png.tobytes()
+
+
+def decode_confidence_png(data: bytes) -> np.ndarray:
+    """HxW float32 confidence in [0, 1] from encode_confidence_png's bytes (exactly code / 255)."""
+    codes = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if codes is None or codes.dtype != np.uint8 or codes.ndim != 2:
+        raise ValueError("not a single-channel 8-bit PNG")
+    return codes.astype(np.float32) / CONFIDENCE_LEVELS

@@ -72,8 +72,10 @@ class DISFlow:
         _check_pairs(first, second)
         # A fresh instance per call: DIS keeps per-call buffers, so one shared object is not thread-safe.
         dis = self._make()
+        # stereo_flows passes every view twice (L->R and R->L): convert each array to grey once.
+        grey = {id(image): _gray(image) for image in (*first, *second)}
         # The stubs want a flow array to refine; None (allocate a fresh one) is what the binding accepts too.
-        return [dis.calc(_gray(a), _gray(b), None) for a, b in zip(first, second)]  # type: ignore[call-overload]
+        return [dis.calc(grey[id(a)], grey[id(b)], None) for a, b in zip(first, second)]  # type: ignore[call-overload]
 
 
 class RAFTFlow:

@@ -236,7 +236,8 @@ def find_letterbox(frames: Sequence[np.ndarray], black_level: int = 16) -> CropB
 def centre_crop_box(width: int, height: int, crop: tuple[int, int] | None, inside: CropBox | None = None) -> CropBox:
     """Centre crop of size crop (w,h) inside `inside` (or the full view).
 
-    A view smaller than the crop keeps what fits (crop dims clipped to the view).
+    A view smaller than the crop keeps what fits (crop dims clipped to the view); plan_view_geometry then
+    cuts that to the output's aspect ratio.
 
     So a 1440x600 letterboxed view with crop (1880, 800) keeps all of its 1440x600: a dimension is
     never padded, only cut. crop None returns `inside` (or the full view) unchanged.
@@ -280,12 +281,26 @@ def plan_view_geometry(
     crop: tuple[int, int] | None,
     output_size: tuple[int, int] | None,
 ) -> ViewGeometry:
-    """Letterbox crop, then centre crop, then resize; output_size None keeps the cropped size."""
+    """Letterbox crop, centre crop, then the centred box of output_size's aspect, then one uniform scale.
+
+    Geometry is never stretched: a view smaller than the crop (a 1282x1110 view under crop 1880x800 keeps
+    1282x800) would otherwise reach a 940x400 output squeezed 1.47x against its height. Cutting it to
+    1282x545 first scales both axes by 940/1282, so disparity_scale is also the vertical factor.
+    output_size None keeps the cropped size.
+    """
     box = centre_crop_box(view_width, view_height, crop, letterbox)
-    size = (output_size[0], output_size[1]) if output_size is not None else (box.width, box.height)
-    if size[0] <= 0 or size[1] <= 0:
+    if output_size is None:
+        return ViewGeometry(box, (box.width, box.height))
+    if output_size[0] <= 0 or output_size[1] <= 0:
         raise ValueError(f"output_size must be positive, got {output_size}")
-    return ViewGeometry(box, size)
+    return ViewGeometry(aspect_box(box, output_size[0] / output_size[1]), (output_size[0], output_size[1]))
+
+
+def aspect_box(box: CropBox, aspect: float) -> CropBox:
+    """The largest centred box inside `box` with width / height = aspect (to the nearest pixel)."""
+    width = min(box.width, max(1, round(box.height * aspect)))
+    height = min(box.height, max(1, round(width / aspect)))
+    return CropBox(box.x + (box.width - width) // 2, box.y + (box.height - height) // 2, width, height)
 
 
 def apply_geometry(view: np.ndarray, geometry: ViewGeometry) -> np.ndarray:

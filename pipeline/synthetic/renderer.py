@@ -7,6 +7,7 @@ camera point to integer pixel indices (pixel (u, v) sits at u, v, not u + 0.5).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import tempfile
@@ -717,7 +718,7 @@ class StereoFrame:
 
 
 def render_stereo_frames(
-    spec: SceneSpec, *, convergence_px: float = 0.0, vertical_px: float = 0.0
+    spec: SceneSpec, *, convergence_px: float = 0.0, vertical_px: float = 0.0, right_delay_frames: int = 0
 ) -> Iterator[StereoFrame]:
     """Yield stereo pairs of spec (baseline_m >= 0).
 
@@ -726,11 +727,20 @@ def render_stereo_frames(
     Disparity is fx * baseline / depth - convergence_px, so with a convergence shift far points get
     negative disparity and near points positive, as in 3D movies; sky gets -convergence_px. The
     vertical shift is a misalignment: it moves the right image but not the (horizontal) disparity.
+    right_delay_frames > 0 is a defect: the right view is the one rendered that many frames earlier (the
+    first frame's for the first few), as from eyes out of sync; the ground truth stays the in-sync one.
     """
     if spec.baseline_m < 0:
         raise ValueError(f"baseline_m must be >= 0, got {spec.baseline_m}")
+    if right_delay_frames < 0:
+        raise ValueError(f"right_delay_frames must be >= 0, got {right_delay_frames}")
     fx = float(intrinsics(spec)[0, 0])
+    earlier: list[np.ndarray] = []  # right views of the last right_delay_frames frames
     for frame in render_frames(spec):
+        if right_delay_frames:
+            earlier.append(frame.image if frame.right_image is None else frame.right_image)
+            late = earlier.pop(0) if len(earlier) > right_delay_frames else earlier[0]
+            frame = dataclasses.replace(frame, right_image=late)
         # baseline 0 renders no right view; it would equal the left one.
         right = frame.image if frame.right_image is None else frame.right_image
         right_depth = frame.depth if frame.right_depth is None else frame.right_depth
@@ -784,7 +794,10 @@ def render_stereo_video(
     convergence_px: float = 0.0,
     vertical_px: float = 0.0,
     codec: str = "h264",
+    right_delay_frames: int = 0,
 ) -> Path:
     """Render spec as a stereo video in layout; render_stereo_frames gives the matching ground truth."""
-    frames = render_stereo_frames(spec, convergence_px=convergence_px, vertical_px=vertical_px)
+    frames = render_stereo_frames(
+        spec, convergence_px=convergence_px, vertical_px=vertical_px, right_delay_frames=right_delay_frames
+    )
     return encode_stereo_video(frames, path, spec.fps, layout, codec)

@@ -240,6 +240,30 @@ def test_plan_view_geometry_and_disparity_scale():
     assert kept == ViewGeometry(CropBox(0, 0, 320, 180), (320, 180)) and kept.disparity_scale == 1.0
 
 
+def test_a_view_smaller_than_the_crop_is_cut_to_the_output_aspect_never_stretched():
+    # 1282x1110 under crop 1880x800: 1282x800 fits, and 940x400 from it would squeeze the height 1.47x.
+    geometry = plan_view_geometry(1282, 1110, letterbox=None, crop=(1880, 800), output_size=(940, 400))
+    assert geometry == ViewGeometry(CropBox(0, 282, 1282, 546), (940, 400))
+    vertical_scale = geometry.output_size[1] / geometry.box.height
+    assert vertical_scale == pytest.approx(geometry.disparity_scale, rel=0.002)
+    # A view too tall for the aspect loses rows, one too wide loses columns; both stay centred.
+    assert plan_view_geometry(741, 500, letterbox=None, crop=None, output_size=(940, 400)).box == CropBox(
+        0, 92, 741, 315
+    )
+    assert plan_view_geometry(2000, 400, letterbox=None, crop=None, output_size=(940, 400)).box == CropBox(
+        530, 0, 940, 400
+    )
+    letterboxed = plan_view_geometry(
+        1440, 1080, letterbox=CropBox(0, 240, 1440, 600), crop=(1880, 800), output_size=(940, 400)
+    )
+    assert letterboxed.box == CropBox(15, 240, 1410, 600)
+    view = np.zeros((1110, 1282, 3), np.uint8)
+    cv2.circle(view, (641, 555), 200, (255, 255, 255), -1)
+    out = apply_geometry(view, geometry)
+    rows, cols = np.nonzero(out[..., 0] > 127)
+    assert (cols.max() - cols.min()) == pytest.approx(rows.max() - rows.min(), abs=2)  # a circle stays round
+
+
 def test_apply_geometry_crops_then_resizes():
     view = np.arange(40 * 60, dtype=np.uint16).reshape(40, 60).astype(np.float32)
     geometry = ViewGeometry(CropBox(10, 5, 40, 30), (40, 30))

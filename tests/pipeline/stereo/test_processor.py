@@ -11,13 +11,17 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import VideoError
 from pipeline.io.data_root import DataRoot
-from pipeline.media.codecs import decode_disparity_png, decode_mask_png
+from pipeline.io.parquet_writer import PartWriter
+from pipeline.media.codecs import decode_confidence_png, decode_disparity_png, decode_mask_png, encode_jpeg
 from pipeline.media.probe import probe_video
+from pipeline.schema import SHARD_SCHEMA
 from pipeline.sources.catalog import CatalogEntry
 from pipeline.stereo.packing import CropBox, ViewGeometry
 from pipeline.stereo.processor import StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames, render_stereo_video
 from pipeline.video.ingest import ingest_video
+from trainer.augment import Geometry
+from trainer.data import ShardReader, _augmented_labels, _decode_labels
 
 VIEW = dict(width=320, height=192, fps=20.0, baseline_m=0.3)
 
@@ -125,3 +129,50 @@ def test_crop_intrinsics_follow_the_crop():
     fx, fy, cx, cy = crop_intrinsics(entry, (400, 200), geometry)
     assert (fx, fy, cx, cy) == pytest.approx((1.0, 1.8, 0.5, 0.5))
     assert crop_intrinsics(_entry("sbs_full"), (400, 200), geometry) == (None, None, None, None)
+
+
+def test_confidence_column_round_trips_through_a_shard_to_the_trainer(stereo_config, tmp_path):
+    frame = next(iter(render_stereo_frames(SceneSpec(duration_s=0.1, seed=5, **VIEW), convergence_px=4.0)))
+    (outcome,) = StereoProcessor(stereo_config.stereo).process([frame.left], [frame.right])
+    assert outcome.reason is None
+    confidence = decode_confidence_png(outcome.columns["confidence"])
+    valid = decode_mask_png(outcome.columns["valid_mask"])
+    sky = decode_mask_png(outcome.columns["sky_mask"])
+    # The mask is the threshold of the stored confidence: a trainer can cut its own, or weigh by it.
+    np.testing.assert_array_equal(valid, confidence >= stereo_config.stereo.min_confidence)
+    assert np.all(confidence[sky] == 0) and 0.3 < confidence.mean() < 1
+    assert len(np.unique(confidence)) > 20  # graded, not a second mask
+    writer = PartWriter(tmp_path, SHARD_SCHEMA)
+    height, width = frame.left.shape[:2]
+    row = dict(sample_id="m/0", dataset="m", video_id="m", category="natural", clip_id=0, frame_index=0)
+    row.update(timestamp_s=0.0, split="train", width=width, height=height, image=encode_jpeg(frame.left))
+    writer.add({**row, **outcome.columns})
+    (part,) = writer.close()
+    read = ShardReader().row(str(part.path), 0, 0, stereo=True)
+    labels = _decode_labels(read, (height, width))
+    assert labels.confidence is not None
+    np.testing.assert_array_equal(labels.confidence, confidence)
+    np.testing.assert_array_equal(labels.valid, valid)
+    flipped = _augmented_labels(labels, Geometry((0, 0, width, height), (height, width), True))
+    np.testing.assert_array_equal(flipped["confidence"][0], confidence[:, ::-1])  # the sample's weight map
+    np.testing.assert_array_equal(flipped["valid"][0], valid[:, ::-1])
+    # A shard written before the column existed still reads, without a confidence.
+    old = pq.read_table(part.path).drop_columns(["confidence"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    old_row = ShardReader().row(str(tmp_path / "old.parquet"), 0, 0, stereo=True)
+    assert "confidence" not in old_row
+    old_labels = _decode_labels(old_row, (height, width))
+    assert old_labels.confidence is None
+    assert "confidence" not in _augmented_labels(old_labels, Geometry((0, 0, width, height), (height, width), False))
+
+
+def test_a_view_needing_more_than_max_upscale_is_a_named_error(stereo_videos, stereo_config):
+    small = stereo_config.stereo.model_copy(update={"output_size": (960, 576), "max_upscale": 2.0})
+    video = stereo_videos["sbs_full"]
+    info = probe_video(video)
+    with pytest.raises(VideoError) as err:
+        resolve_stereo_setup(video, _entry("sbs_full"), 0.5, info.duration_s - 0.5, info.display_size, small)
+    assert err.value.reason == "stereo_view_too_small" and "3.00x" in str(err.value)
+    fits = small.model_copy(update={"max_upscale": 3.0})
+    setup = resolve_stereo_setup(video, _entry("sbs_full"), 0.5, info.duration_s - 0.5, info.display_size, fits)
+    assert setup is not None and setup.geometry.disparity_scale == pytest.approx(3.0)
