@@ -9,17 +9,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from flows.outcomes import EXIT_CODES_HELP, EXIT_RETRYABLE, EXIT_STRICT, EXIT_USAGE, run_outcome
 from pipeline import package_version
+from pipeline.config import ConfigError, CurateConfig, load_config
 from pipeline.corpus.report import format_summary, recipe_report, summarize
 from pipeline.corpus.verify import verify_dataset
 from pipeline.errors import DiskFull
+from pipeline.io import objectstore
 from pipeline.io.data_root import DataRoot
-from pipeline.sources.catalog import CatalogError, import_slowtv, write_catalog
+from pipeline.sources.catalog import CatalogError, import_slowtv, read_catalog, write_catalog
 
 PREFECT_HELP = "run the Prefect flow (a temporary Prefect server when PREFECT_API_URL is not set)"
 STRICT_HELP = f"exit with code {EXIT_STRICT} when any video failed, permanent failures and catalog errors included"
+DEBUG_HELP = "show the traceback of an error instead of one line"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -31,13 +35,43 @@ class _HelpFormatter(argparse.HelpFormatter):
         return "\n".join(indent + line for line in text.splitlines())
 
 
+class _Failed(Exception):
+    """An error to report in one line (the whole traceback with --debug), and the exit code it ends with."""
+
+    def __init__(self, error: Exception, code: int) -> None:
+        super().__init__(str(error))
+        self.error, self.code = error, code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    _add_debug(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    error: Exception
+    try:
+        return args.func(args)
+    except (CatalogError, ConfigError) as exc:  # the user's input: nothing ran
+        error, code = exc, EXIT_USAGE
+    except _Failed as failed:
+        error, code = failed.error, failed.code
+    if getattr(args, "debug", False):
+        raise error  # outside the except blocks, so the traceback is the error's own
+    for line in str(error).splitlines():  # one line per problem (a config may have several)
+        print(f"depthcurate: {line}", file=sys.stderr)
+    return code
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object = False) -> None:
+    """--debug before the command or after it: on the top parser and every command's (whose default must not
+    overwrite a --debug given before the command, hence SUPPRESS there)."""
+    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_debug(command, argparse.SUPPRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--catalog", required=True, help="catalog CSV (see manifests/sources/README.md)")
     curate.add_argument("--data-root", required=True, help="output directory")
     curate.add_argument("--config", help="YAML config (see configs/); defaults from pipeline/config.py")
-    curate.add_argument("--limit", type=int, help="only the first N catalog entries")
+    curate.add_argument("--limit", type=_positive_int, help="only the first N catalog entries")
     curate.add_argument(
         "--prefect", action="store_true", help="run the Prefect flow (a temporary server if none is set)"
     )
@@ -155,6 +189,18 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--data-root", required=True, help="a published data root (a directory or an s3:// URL)")
     verify.set_defaults(func=_verify)
 
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML page about a dataset: funnel, tables, histograms, contact sheets",
+        description="Write report.html about a published dataset: the drop funnel by reason per dataset, tables "
+        "per video and category, histograms of sharpness, motion, LR pass fraction and disparity range, and each "
+        "video's contact sheet with captions (frame, kept or why not) and, for stereo, a colour bar in pixels. "
+        "One file with everything inlined: open it in any browser, offline.",
+    )
+    report.add_argument("--data-root", required=True, help="a published data root (a directory or an s3:// URL)")
+    report.add_argument("--out", help="HTML file to write (default: report.html at the top of the data root)")
+    report.set_defaults(func=_report)
+
     doctor = commands.add_parser(
         "doctor",
         help="check this machine: ffmpeg, yt-dlp and its JS runtime, torch, Prefect, the data root",
@@ -182,16 +228,10 @@ def _run_flow(
     which writes the same bytes without the ~10 s of a temporary Prefect server.
 
     Returns the exit code (flows.outcomes), from the published stats/videos.parquet: the same whichever ran."""
-    from pipeline.config import ConfigError, load_config
+    cfg = _checked_inputs(catalog, data_root, config)
     from pipeline.driver import curate_catalog
-    from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
     from pipeline.synthetic.demo import demo_catalog
 
-    try:
-        cfg = load_config(config or (DEMO_CONFIG if catalog is None else None))
-    except ConfigError as exc:
-        print(f"depthcurate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         if prefect or os.environ.get("PREFECT_API_URL") or cfg.run.executor != "local":
             os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -216,14 +256,39 @@ def _run_flow(
     return outcome.exit_code(strict)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")  # argparse's one line, exit 2
+    return int(text)
+
+
+def _checked_inputs(catalog: str | None, data_root: str, config: str | None) -> CurateConfig:
+    """The config, after checking what a run needs before the driver or Prefect is imported (a mistake is one line
+    and exit code 2): the config's YAML and keys, the catalog as a whole (bad rows are the run's to record), and
+    that the data root is not a file."""
+    if catalog is None:
+        from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
+
+        cfg = load_config(config or DEMO_CONFIG)
+    else:
+        cfg = load_config(config)
+        read_catalog(catalog)
+    if not objectstore.is_remote(data_root) and Path(data_root).exists() and not Path(data_root).is_dir():
+        _error(NotADirectoryError(f"data root {data_root} is a file, not a directory"), EXIT_USAGE)
+    return cfg
+
+
 def _dedup(args: argparse.Namespace) -> int:
     from pipeline.corpus.description import dedup_config
 
     root = DataRoot(args.data_root)
     try:
         dedup_config(root, args.config, args.epsilon)  # a clear error here, not a failed flow run
+    except ConfigError as exc:
+        hint = "" if args.config else "; pass --config with a YAML whose clip section sets one"
+        return _error(ConfigError(f"{exc}{hint}"), EXIT_USAGE)
     except (FileNotFoundError, ValueError) as exc:
-        return _error(exc)
+        return _error(exc, EXIT_USAGE)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.dedup import dedup
 
@@ -234,16 +299,13 @@ def _dedup(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     code = _run_flow(None, args.data_root, None, None, args.prefect, args.strict)
-    if code == EXIT_USAGE:
-        return code
     print(f"\nThe demo dataset is in {DataRoot(args.data_root).name}: shards/, manifest/, stats/, dataset.json.")
     return code
 
 
 def _curate(args: argparse.Namespace) -> int:
     if not Path(args.catalog).is_file():
-        print(f"depthcurate: catalog {args.catalog} not found", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(FileNotFoundError(f"catalog {args.catalog} not found"), EXIT_USAGE)
     return _run_flow(args.catalog, args.data_root, args.config, args.limit, args.prefect, args.strict)
 
 
@@ -275,8 +337,6 @@ def _recipe_build(args: argparse.Namespace) -> int:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         code = _run_flow(str(catalog), args.data_root, str(config_path), None, args.prefect)
-    if code == EXIT_USAGE:
-        return code
     report = recipe_report(DataRoot(args.data_root))
     print(report.text)
     return code or (1 if report.changed else 0)
@@ -293,7 +353,6 @@ def _import_slowtv(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, load_config
     from pipeline.doctor import as_json, has_blocker, run_checks
 
     try:
@@ -310,9 +369,9 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if has_blocker(checks) else 0
 
 
-def _error(exc: Exception) -> int:
-    print(f"depthcurate: {exc}", file=sys.stderr)
-    return 1
+def _error(exc: Exception, code: int = 1) -> NoReturn:
+    """End the command with `exc` as one line on stderr (its traceback with --debug) and exit code `code`."""
+    raise _Failed(exc, code) from exc
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -334,6 +393,17 @@ def _verify(args: argparse.Namespace) -> int:
     if problems:
         return 1
     print(f"ok: every file under {DataRoot(args.data_root).name} that dataset.json lists matches it")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.corpus.html_report import write_report
+
+    try:
+        link = write_report(DataRoot(args.data_root), args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        return _error(exc)
+    print(f"wrote {link}")
     return 0
 
 

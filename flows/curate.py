@@ -28,7 +28,7 @@ from flows.runners import Submit, task_submitter, torch_devices
 from flows.tasks import MAX_WORKERS, audit_artifacts, bounded_map, curate_video_task, publish_task
 from flows.train import start_training
 from pipeline.config import CurateConfig, load_config, with_overrides
-from pipeline.driver import VideoOutcome, check_clip_model, load_catalog
+from pipeline.driver import CurateProgress, ProgressTally, VideoOutcome, check_clip_model, load_catalog
 from pipeline.io.data_root import DataRoot
 from pipeline.sources.catalog import CatalogEntry
 from pipeline.synthetic.demo import CONFIG_PATH as DEMO_CONFIG
@@ -62,7 +62,7 @@ def curate(
     logger = get_run_logger()
     cfg = with_ray_address(load_config(config or (DEMO_CONFIG if demo else None)), ray_address)
     root = DataRoot(data_root)
-    with demo_catalog(root) if demo else contextlib.nullcontext(Path(str(catalog))) as catalog_path:
+    with demo_catalog(root, logger) if demo else contextlib.nullcontext(Path(str(catalog))) as catalog_path:
         entries, problems = load_catalog(catalog_path, limit)
         for problem in problems:
             logger.warning("catalog %s", problem.message)
@@ -70,8 +70,9 @@ def curate(
             "curating %d videos from %s into %s (workers=%d)", len(entries), catalog_path, root.name, cfg.run.workers
         )
         check_clip_model(cfg, logger)
+        tally = ProgressTally(len(entries), len(problems), lambda progress: logger.info("%s", progress.line()))
         with task_submitter(cfg) as submit:
-            outcomes = _run_bounded(submit, entries, root, cfg)
+            outcomes = _run_bounded(submit, entries, root, cfg, tally)
     description = publish_task(root, cfg, problems)
     published = run_outcome(root)
     _summary_artifact(published, outcomes, description)
@@ -99,8 +100,10 @@ def with_ray_address(cfg: CurateConfig, ray_address: str | None) -> CurateConfig
     return with_overrides(cfg, {"run": {"executor": "ray", "ray": {"address": ray_address}}})
 
 
-def _run_bounded(submit: Submit, entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig) -> list[VideoOutcome]:
-    """Keep at most `run.workers` videos in flight; results come back in catalog order."""
+def _run_bounded(
+    submit: Submit, entries: list[CatalogEntry], root: DataRoot, cfg: CurateConfig, tally: ProgressTally
+) -> list[VideoOutcome]:
+    """Keep at most `run.workers` videos in flight; results come back in catalog order, each counted in `tally`."""
     # Called from a sync flow, Prefect's dual sync/async API returns the id itself, not a coroutine.
     progress_id = cast(
         UUID, create_progress_artifact(progress=0.0, key="curate-progress", description="videos finished")
@@ -111,7 +114,7 @@ def _run_bounded(submit: Submit, entries: list[CatalogEntry], root: DataRoot, cf
         ),
         entries,
         cfg.run.workers,
-        lambda done: _progress(progress_id, done, len(entries)),
+        lambda outcome: _progress(progress_id, tally.add(outcome)),
     )
 
 
@@ -126,5 +129,5 @@ def _summary_artifact(published: RunOutcome, outcomes: list[VideoOutcome], descr
     )
 
 
-def _progress(artifact_id: UUID, done: int, total: int) -> None:
-    update_progress_artifact(artifact_id, progress=100.0 * done / max(1, total))
+def _progress(artifact_id: UUID, progress: CurateProgress) -> None:
+    update_progress_artifact(artifact_id, progress=100.0 * progress.done / max(1, progress.total))

@@ -20,6 +20,7 @@ from prefect.tasks import exponential_backoff
 from flows.outcomes import is_retryable
 from flows.runners import download_slot
 from pipeline.config import CurateConfig
+from pipeline.corpus.html_report import write_report
 from pipeline.corpus.report import audit_tables
 from pipeline.driver import (
     VideoOutcome,
@@ -126,16 +127,17 @@ def publish_task(root: DataRoot, cfg: CurateConfig, problems: Sequence[CatalogPr
 
 
 def bounded_map(
-    submit: Callable[[_T], Any], items: Sequence[_T], workers: int, on_result: Callable[[int], None] | None = None
+    submit: Callable[[_T], Any], items: Sequence[_T], workers: int, on_result: Callable[[Any], None] | None = None
 ) -> list[Any]:
-    """Submit a task per item with at most `workers` in flight (a sliding window); results in item order."""
+    """Submit a task per item with at most `workers` in flight (a sliding window); results in item order, each also
+    handed to `on_result` as it is collected."""
     pending: collections.deque[Any] = collections.deque()
     results: list[Any] = []
 
     def collect_oldest() -> None:
         results.append(settled_result(pending.popleft()))
         if on_result is not None:
-            on_result(len(results))
+            on_result(results[-1])
 
     for item in items:
         if len(pending) >= workers:
@@ -156,7 +158,8 @@ def settled_result(future: Any) -> Any:
 
 
 def audit_artifacts(root: DataRoot) -> None:
-    """Frames dropped by each rule, per video and per catalog category, as two table artifacts."""
+    """Frames dropped by each rule, per video and per catalog category, as two table artifacts; and the data root's
+    report.html (pipeline.corpus.html_report), rewritten when it changed, as a link artifact."""
     videos, categories = audit_tables(root)
     create_table_artifact(
         key="curation-audit-videos",
@@ -167,4 +170,15 @@ def audit_artifacts(root: DataRoot) -> None:
         key="curation-audit-categories",
         table=categories,
         description="frames dropped per rule and catalog category (stats/categories.parquet)",
+    )
+    try:
+        link = write_report(root)
+    except (OSError, ValueError) as exc:  # a view of what is published: the run's outcome does not hang on it
+        get_run_logger().warning("report.html not written: %s", exc)
+        return
+    create_link_artifact(
+        key="dataset-report",
+        link=link,
+        link_text="dataset report (report.html)",
+        description="drop funnel, tables per video and category, histograms, captioned contact sheets",
     )

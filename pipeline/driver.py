@@ -6,14 +6,17 @@ embeddings). A full disk anywhere in that is a `disk_full` failure (transient), 
 record can be written, one log line names the video. The Prefect flow's `curate-<video_id>` task calls it too,
 handing in its own `VideoSteps` so that the download and the side tables run as Prefect tasks with retries.
 `curate_entries` runs it over a local thread pool and publishes (a full disk there raises DiskFull, one line):
-what tests, benchmarks and notebooks use.
+what tests, benchmarks and notebooks use. After each video it hands a `CurateProgress` to a `ProgressObserver`: by
+default a live bar on a terminal, else one log line per video (the flow logs the same line).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -84,6 +87,81 @@ class VideoOutcome:
 class CurateResult:
     videos: list[VideoOutcome]  # catalog order
     description: dict[str, Any]  # dataset.json as publish wrote it
+
+
+@dataclass(frozen=True)
+class CurateProgress:
+    """Where a run stands after one more video finished: what a `ProgressObserver` is told."""
+
+    done: int  # videos finished, failed ones and catalog errors included
+    failed: int  # as the run's summary counts them: failures and catalog errors
+    total: int  # catalog entries plus catalog errors: the summary's video count
+    frames_decoded: int
+    frames_kept: int  # as ingest kept them; publish's corpus-level drops come on top
+    eta_s: float | None  # None until a video of this run has finished
+
+    def line(self) -> str:
+        """The plain progress line: `[3/15 videos, 1 failed] 340 frames decoded, 120 kept so far, ETA 0:00:42`."""
+        return f"[{self.done}/{self.total} videos, {self.failed} failed] {self.details()}"
+
+    def details(self) -> str:
+        eta = "?" if self.eta_s is None else str(datetime.timedelta(seconds=round(self.eta_s)))
+        return f"{self.frames_decoded} frames decoded, {self.frames_kept} kept so far, ETA {eta}"
+
+
+ProgressObserver = Callable[[CurateProgress], None]
+
+
+class ProgressTally:
+    """Adds up a run's finished videos and tells `observer`; the pool's threads report through it one at a time.
+
+    Catalog errors are failures finished before the run starts, so the counts end where the summary's do."""
+
+    def __init__(self, videos: int, catalog_errors: int, observer: ProgressObserver) -> None:
+        self.observer = observer
+        self.started = time.monotonic()
+        self.catalog_errors = catalog_errors
+        self.progress = CurateProgress(catalog_errors, catalog_errors, videos + catalog_errors, 0, 0, None)
+        self.lock = threading.Lock()
+
+    def add(self, outcome: VideoOutcome) -> CurateProgress:
+        with self.lock:
+            last = self.progress
+            done = last.done + 1
+            # ETA from the mean time per video this run finished so far (workers in parallel included).
+            per_video = (time.monotonic() - self.started) / (done - self.catalog_errors)
+            self.progress = CurateProgress(
+                done=done,
+                failed=last.failed + (outcome.status not in ("ok", BUSY)),
+                total=last.total,
+                frames_decoded=last.frames_decoded + outcome.frames_decoded,
+                frames_kept=last.frames_kept + outcome.frames_kept,
+                eta_s=per_video * (last.total - done),
+            )
+            self.observer(self.progress)  # under the lock: lines and the bar stay in order
+            return self.progress
+
+
+@contextlib.contextmanager
+def console_progress(videos: int, catalog_errors: int, log: Logger = LOG) -> Iterator[ProgressObserver]:
+    """A live bar on stderr when it is a terminal (log lines print above it); otherwise one log line per video."""
+    if not sys.stderr.isatty():
+        yield lambda progress: log.info("%s", progress.line())
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar_format = "{desc} {bar} {n_fmt}/{total_fmt} videos [{elapsed}]{postfix}"  # tqdm puts ", " before a postfix
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=videos + catalog_errors, initial=catalog_errors, desc="curate", bar_format=bar_format) as bar,
+    ):
+
+        def show(progress: CurateProgress) -> None:
+            bar.set_postfix_str(f"{progress.failed} failed, {progress.details()}", refresh=False)
+            bar.update(progress.done - bar.n)
+
+        yield show
 
 
 class ThrottledProgress:
@@ -346,11 +424,24 @@ def curate_entries(
     *,
     catalog_problems: Sequence[CatalogProblem] = (),
     log: Logger = LOG,
+    progress: ProgressObserver | None = None,
 ) -> CurateResult:
-    """Curate `entries` with at most `run.workers` videos in flight in this process, then publish the corpus."""
+    """Curate `entries` with at most `run.workers` videos in flight in this process, then publish the corpus.
+
+    `progress` is told after each video; None: `console_progress`."""
     check_clip_model(cfg, log)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.run.workers), thread_name_prefix="curate") as pool:
-        videos = list(pool.map(lambda entry: curate_video(entry, root, cfg, log=log), entries))
+    log.info("curating %d videos into %s (workers=%d)", len(entries), root.name, cfg.run.workers)
+    with contextlib.ExitStack() as shown:
+        observer = progress or shown.enter_context(console_progress(len(entries), len(catalog_problems), log))
+        tally = ProgressTally(len(entries), len(catalog_problems), observer)
+
+        def curate_one(entry: CatalogEntry) -> VideoOutcome:
+            outcome = curate_video(entry, root, cfg, log=log)
+            tally.add(outcome)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=max(1, cfg.run.workers), thread_name_prefix="curate") as pool:
+            videos = list(pool.map(curate_one, entries))
     return CurateResult(videos, publish_corpus(root, cfg, catalog_problems, log))
 
 
@@ -376,10 +467,16 @@ def publish_corpus(
 
 
 def curate_catalog(
-    catalog: str | Path, root: DataRoot, cfg: CurateConfig, *, limit: int | None = None, log: Logger = LOG
+    catalog: str | Path,
+    root: DataRoot,
+    cfg: CurateConfig,
+    *,
+    limit: int | None = None,
+    log: Logger = LOG,
+    progress: ProgressObserver | None = None,
 ) -> CurateResult:
     """`curate_entries` over a catalog CSV; its problem rows end up in the videos table as catalog errors."""
     entries, problems = load_catalog(catalog, limit)
     for problem in problems:
         log.warning("catalog %s", problem.message)
-    return curate_entries(entries, root, cfg, catalog_problems=problems, log=log)
+    return curate_entries(entries, root, cfg, catalog_problems=problems, log=log, progress=progress)

@@ -104,8 +104,10 @@ def test_every_copied_file_exists_and_is_in_the_build_context(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[p.stem for p in DOCKERFILES])
 def test_images_pin_the_torch_that_setup_installs_and_ship_ffmpeg(dockerfile):
     text = dockerfile.read_text()
-    torch_pin = re.search(r'"(torch==[\d.]+)"', (REPO / "scripts" / "setup.sh").read_text()).group(1)
-    assert f'"{torch_pin}"' in text and "ffmpeg" in text and "pip install --no-cache-dir -e ." in text
+    # setup.sh installs the pins scripts/torch_index.py gives.
+    pins = re.findall(r'"((?:torch|torchvision)==[\d.]+)"', (REPO / "scripts" / "torch_index.py").read_text())
+    assert len(pins) == 2 and all(f'"{pin}"' in text for pin in pins)
+    assert "ffmpeg" in text and "pip install --no-cache-dir -e ." in text
 
 
 def test_the_worker_serves_the_work_pool_of_the_deployments():

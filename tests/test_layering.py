@@ -21,7 +21,15 @@ LAYERS = [
     {"pipeline.corpus"},
     {"pipeline.driver", "pipeline.doctor"},
 ]
-TRAINER_MAY_IMPORT = {"pipeline.io", "pipeline.media", "pipeline.schema", "pipeline.config", "pipeline.torch_compat"}
+# "pipeline" itself: its __init__ holds only package_version (the trainer's --version).
+TRAINER_MAY_IMPORT = {
+    "pipeline",
+    "pipeline.io",
+    "pipeline.media",
+    "pipeline.schema",
+    "pipeline.config",
+    "pipeline.torch_compat",
+}
 
 
 def _module_name(path: Path) -> str:

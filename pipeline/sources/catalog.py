@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import re
 from collections.abc import Iterable, Iterator
@@ -243,16 +244,23 @@ def _entry_from_cells(cells: dict[str, str], line: int) -> CatalogEntry:
 def _check_header(header: list[str], path: Path) -> None:
     unknown = [name for name in header if name not in CATALOG_COLUMNS]
     if unknown:
-        raise CatalogError(
-            f"{path}: unknown column(s) in header: {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(CATALOG_COLUMNS)}"
-        )
+        raise CatalogError(f"{path}: unknown column(s) in header: {_unknown_columns(unknown)}")
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise CatalogError(f"{path}: column(s) repeated in header: {', '.join(repeated)}")
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise CatalogError(f"{path}: header lacks required column(s): {', '.join(missing)}")
+
+
+def _unknown_columns(names: list[str]) -> str:
+    """'datset' (did you mean 'dataset'?) for each name, and the allowed columns when some name is close to none."""
+    shown, unmatched = [], False
+    for name in names:
+        close = difflib.get_close_matches(name.lower(), CATALOG_COLUMNS, n=1)
+        shown.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+        unmatched = unmatched or not close
+    return ", ".join(shown) + (f"; allowed: {', '.join(CATALOG_COLUMNS)}" if unmatched else "")
 
 
 def _is_skipped(row: list[str]) -> bool:

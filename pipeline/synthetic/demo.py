@@ -7,9 +7,11 @@ import functools
 import hashlib
 import http.server
 import json
+import logging
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ DEMO_DATASET = "demo"
 GROUND_TRUTH_DIR = "ground_truth"  # under the sources directory: <data_root>/demo_sources/ground_truth
 _LOOPBACK = re.compile(r"http://127\.0\.0\.1:\d+")
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+LOG = logging.getLogger("depthcurate")
 
 
 @contextlib.contextmanager
@@ -86,16 +89,22 @@ def _with_defects(frames: Iterator[np.ndarray], fps: float) -> Iterator[np.ndarr
             yield image
 
 
-def build_demo_sources(directory: str | Path) -> dict[str, Path]:
-    """Render the demo's source files once (reused when present); returns name -> file."""
+def build_demo_sources(directory: str | Path, log: logging.Logger | logging.LoggerAdapter = LOG) -> dict[str, Path]:
+    """Render the demo's source files once (reused when present), saying so in `log`; returns name -> file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    rendered: list[str] = []
 
     def make(name: str, build) -> None:
         path = directory / name
         if not path.is_file():
+            if not rendered:  # the only quiet stretch of a demo run otherwise
+                log.info("rendering the demo's source videos into %s (the first run only)", directory)
+            started = time.monotonic()
             build(path)
+            rendered.append(name)
+            log.info("rendered %s (%.1f s)", name, time.monotonic() - started)
         files[name] = path
 
     cut_a, cut_b = _spec(1, duration_s=3.5), _spec(2, duration_s=8.5)  # the cut falls inside a keep window
@@ -225,11 +234,11 @@ def _audio_only(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def demo_catalog(root: DataRoot) -> Iterator[Path]:
-    """Render the demo's videos under <root>/demo_sources and serve them on loopback while the block runs;
-    yields the catalog CSV pointing at that server."""
+def demo_catalog(root: DataRoot, log: logging.Logger | logging.LoggerAdapter = LOG) -> Iterator[Path]:
+    """Render the demo's videos under <root>/demo_sources (saying so in `log`) and serve them on loopback while the
+    block runs; yields the catalog CSV pointing at that server."""
     sources = root.root / "demo_sources"
-    build_demo_sources(sources)
+    build_demo_sources(sources, log)
     with serve_directory(sources) as base_url:
         yield write_demo_catalog(sources / "catalog.csv", base_url)
 
@@ -248,8 +257,8 @@ def demo_digest(root: str | Path) -> dict[str, str]:
     digests = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative.split("/")[0] in ("videos", "demo_sources", "runs", "state"):
-            continue  # inputs, and publish's own state: not outputs
+        if relative.split("/")[0] in ("videos", "demo_sources", "runs", "state") or relative == "report.html":
+            continue  # inputs, publish's own state, and the flow's report.html (a view of the outputs): not outputs
         data = path.read_bytes()
         if relative == "stats/videos.parquet":
             data = json.dumps(pq.read_table(path).to_pylist(), sort_keys=True, default=str).encode()

@@ -18,6 +18,8 @@ SKY_ALPHA = 0.7
 GAP_PX = 4
 BACKGROUND_BGR = (32, 32, 32)
 LABEL_HEIGHT_PX = 22
+# The lowest colormap level a valid pixel gets: TURBO and INFERNO are near-black at 0, the invalid colour.
+COLORMAP_FLOOR = 8
 
 
 @dataclass(frozen=True)
@@ -45,20 +47,24 @@ def colorize_disparity(
     sky = _mask_like(sky_mask, disparity.shape, "sky_mask") if sky_mask is not None else None
     # Sky carries the frame's minimum disparity, so it must not set the range that the rest is coloured in.
     ranged = ok & ~sky if sky is not None and (ok & ~sky).any() else ok
-    if ranged.any():
-        low, high = (float(v) for v in np.percentile(disparity[ranged], [2, 98]))
-    else:
-        low, high = 0.0, 1.0
+    low, high = colour_range(disparity, ranged)
     scale = 255.0 / max(high - low, 1e-6)
     levels = np.clip((np.where(ok, disparity, low) - low) * scale, 0, 255).astype(np.uint8)
-    # Start the colormap one step up: TURBO and INFERNO are near-black at 0, which is the invalid colour.
-    levels = np.maximum(levels, 8)
+    levels = np.maximum(levels, COLORMAP_FLOOR)
     out = cv2.applyColorMap(levels, colormap)
     out[~ok] = INVALID_BGR
     if sky is not None and sky.any():  # over invalid pixels too: an unmatched sky shows as a darker blue
         tint = np.array(SKY_BGR, np.float32)
         out[sky] = (out[sky].astype(np.float32) * (1 - SKY_ALPHA) + tint * SKY_ALPHA + 0.5).astype(np.uint8)
     return out
+
+
+def colour_range(disparity: np.ndarray, ranged: np.ndarray) -> tuple[float, float]:
+    """The disparities at the two ends of colorize_disparity's colormap: 2nd and 98th percentiles of `ranged`."""
+    if not ranged.any():
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(disparity[ranged], [2, 98]))
+    return low, high
 
 
 def mask_image(mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:

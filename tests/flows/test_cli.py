@@ -434,3 +434,14 @@ def test_the_flow_and_the_driver_give_the_same_exit_codes(
         assert codes == [code, code], name
         out = capsys.readouterr().out
         assert out.count(f"videos: 1 ok, {len(ids) - 1} failed") == 2, out
+
+
+def test_report_writes_one_html_page_and_names_a_missing_dataset(train_root, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", "--data-root", str(train_root), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out.as_uri()}"
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<section id="sheets">' in page
+    assert main(["report", "--data-root", str(tmp_path / "nothing")]) == 1
+    assert "no dataset.json under" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()

@@ -409,3 +409,15 @@ def test_a_full_disk_fails_one_video_task_and_in_publish_fails_the_flow_with_one
         small_flow(entries)
     assert str(caught.value).startswith(f"publish ran out of space on {root.name} (") and "\n" not in str(caught.value)
     assert {p: p.read_bytes() for p in published} == published
+
+
+def test_the_dataset_report_is_written_after_publish_and_linked(demo_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    page = (demo_run / "report.html").read_text()
+    kept = sum(v["frames_kept"] or 0 for v in pq.read_table(DataRoot(demo_run).videos_table).to_pylist())
+    assert f'data-count="frames-kept">{kept}<' in page and "dropped at publish:" in page  # the re-upload's frames
+    with get_client(sync_client=True) as client:
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dataset-report"])))
+    assert any(f"({(demo_run / 'report.html').as_uri()})" in a.data for a in links)  # a markdown link to it

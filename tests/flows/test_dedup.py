@@ -129,7 +129,7 @@ def test_dedup_embeds_a_dataset_curated_without_clip(prefect_harness, http_root,
     plain = _config(tmp_path / "plain.yaml", clip_settings, clip=False)
     curate(catalog=str(catalog), data_root=str(root.root), config=str(plain), limit=1)
     assert not (root.root / "embeddings").exists()
-    assert main(["dedup", "--data-root", str(root.root)]) == 1
+    assert main(["dedup", "--data-root", str(root.root)]) == 2
     assert "clip.checkpoint" in capsys.readouterr().err  # no model configured: a clear error, no flow run
     shards = _files(root, "shards")
     assert (
