@@ -9,5 +9,5 @@ shards, decoded and augmented by `augment` (crops, flips, colour jitter, zoom, w
 `DepthTraining`, which also loads a trained model from a checkpoint; `metrics` and `evaluate` score
 predictions against stereo disparity or rendered depth; `train` is the loop (one process or DDP, resumable
 exactly); `checkpoint` reads and writes checkpoint files; `predict` writes depth maps for images and videos;
-`cli` is `python -m trainer fit|evaluate|predict`.
+`cli` is `python -m trainer fit|evaluate|predict|export`.
 """

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_weights
 from trainer.config import LossConfig, ModelConfig, TrainConfig
 from trainer.geometry import intrinsics_matrix, warp
 from trainer.losses import (
@@ -72,8 +72,8 @@ class DepthTraining(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthTraining, TrainConfig]:
-        """The trained networks of a checkpoint in eval mode, and the config they were trained with."""
-        state = load_checkpoint(path, map_location=device)
+        """The trained networks of a checkpoint (or its weights-only export) in eval mode, and their config."""
+        state = load_weights(path, map_location=device)
         cfg = TrainConfig.model_validate(state["config"])
         model = cls(cfg.model, cfg.loss, load_encoders=False)
         model.load_state_dict(state["model"])
@@ -265,7 +265,7 @@ class DepthTraining(nn.Module):
 
 def _load_first_stage(teacher: DepthNet, path: str) -> None:
     """The depth weights of a first-stage run (same model section, positional_encoding: true) into teacher."""
-    state = load_checkpoint(path)["model"]
+    state = load_weights(path)["model"]
     depth = {k[len("depth.") :]: v for k, v in state.items() if k.startswith("depth.")}
     own = teacher.state_dict()
     depth = {k: v for k, v in depth.items() if k in own or not k.startswith("dispconv.")}  # coarser heads

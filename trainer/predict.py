@@ -1,4 +1,5 @@
-"""Depth maps for images or videos from a trained checkpoint: 16-bit PNG plus a colour preview."""
+"""Depth maps for images or videos from a trained checkpoint (or its weights-only export): 16-bit PNG plus a
+colour preview."""
 
 from __future__ import annotations
 

@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from pipeline.synthetic.renderer import SceneSpec, render_frames, render_video
 from trainer.cli import main
-from trainer.config import load_train_config
-from trainer.objective import DepthTraining
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A checkpoint of an untrained tiny model, saved the way training saves it."""
-    import torch
-
-    from trainer.checkpoint import save_checkpoint
-
-    cfg = load_train_config(
-        overrides={
-            "data": {"height": 64, "width": 96},
-            "model": {"encoder": "test_convnext", "pose_encoder": "test_resnet"},
-        }
-    )
-    model = DepthTraining(cfg.model, cfg.loss)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
-    return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=0, batches=0, cfg=cfg)
-
-
-def test_predict_images_and_video(checkpoint, tmp_path):
+def test_predict_images_and_video(tiny_checkpoint, tmp_path):
     spec = SceneSpec(width=120, height=72, fps=10.0, duration_s=0.5, seed=3)
     image = next(render_frames(spec)).image
     cv2.imwrite(str(tmp_path / "frame.png"), image)
@@ -42,7 +19,7 @@ def test_predict_images_and_video(checkpoint, tmp_path):
             [
                 "predict",
                 "--checkpoint",
-                str(checkpoint),
+                str(tiny_checkpoint),
                 "--out",
                 str(tmp_path / "out"),
                 "--device",
@@ -60,11 +37,12 @@ def test_predict_images_and_video(checkpoint, tmp_path):
     assert len(list((tmp_path / "out").glob("clip_*_depth.png"))) == 5
 
 
-def test_predict_reports_bad_input(checkpoint, tmp_path, capsys):
+def test_predict_reports_bad_input(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "bad.png"]) == 2
+    assert main(["predict", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "bad.png"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert (
-        main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), str(tmp_path / "bad.png")]) == 2
+        main(["predict", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o"), str(tmp_path / "bad.png")])
+        == 2
     )
     assert "cannot decode image" in capsys.readouterr().err
