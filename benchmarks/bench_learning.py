@@ -21,6 +21,8 @@ scale-and-shift alignment in disparity (MiDaS):
 (f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default).
 For each video run, `pose` compares the pose net's translation direction with the rendered camera motion on
 held-out batches (cosine; 1 = right direction): depth cannot be learned from views the pose net misplaces.
+`collapse`: the kinds trainer/collapse.py warned of during the run, those still on at its end, and whether that
+cosine is negative.
 Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). Defaults take
 about 15 minutes on 2 idle cores (`--only` runs parts separately); no pretrained encoder is used.
 """
@@ -277,6 +279,8 @@ def run_fit(cfg: TrainConfig, paths: list[str]) -> tuple[DepthTraining, dict[str
         "loss_first": round(losses[0], 4),
         "loss_last": round(losses[-1], 4),
         "loss_every_50": [round(r["loss"], 4) for r in rows if "loss" in r and r["step"] % 50 == 0],
+        # trainer/collapse.py's warnings during the run, those still on at its end, and its last measures
+        "collapse": json.loads((Path(cfg.run.out_dir) / "metrics.json").read_text())["collapse"],
     }
     return model, info
 
@@ -488,10 +492,16 @@ def main() -> None:
             model, info = run_fit(cfg, manifests(data_root, "synth"))
             trained = evaluate(model, cfg, data_root, ["synth"])
             v = out["video"]
+            pose = pose_check(model, cfg, data_root)
             v[f"trained_{name}"] = {
                 **pick(trained, "synth/video"),
                 "train": info,
-                "pose": pose_check(model, cfg, data_root),
+                "pose": pose,
+                "collapse": {
+                    "warned": sorted({w["kind"] for w in info["collapse"]["warnings"]}),  # at some time in the run
+                    "at_end": info["collapse"]["ongoing"],
+                    "reversed_translation": min(pose.values()) < 0,  # against the rendered camera motion
+                },
             }
             v[f"{name}_abs_rel_vs_untrained"] = round(trained["synth/video"]["abs_rel"] / v["untrained"]["abs_rel"], 3)
             v[f"{name}_abs_rel_vs_constant_lsq"] = round(

@@ -195,6 +195,20 @@ class OptimConfig(_Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
+class CollapseConfig(_Section):
+    """When the run warns of a degenerate solution (trainer/collapse.py): a measure below its bound for `patience`
+    consecutive logged steps past `after_step`."""
+
+    # Spatial std / mean of the predicted disparity (1/depth): an untrained net gives about 0.01.
+    disparity_cv_min: float = Field(0.05, ge=0)
+    # How much worse the views are explained with the predicted translation reversed (a fraction of the
+    # photometric loss): a median of 0.42 where the pose net found the camera motion, 0.01 where it did not.
+    translation_gain_min: float = Field(0.05)
+    patience: int = Field(3, ge=1)
+    # Untrained nets fail both (flat disparity, arbitrary translation): earlier steps are not counted.
+    after_step: int = Field(100, ge=0)
+
+
 class RunConfig(_Section):
     out_dir: str = "runs/default"
     log_every: int = Field(10, ge=1)
@@ -203,6 +217,7 @@ class RunConfig(_Section):
     eval_batches: int = Field(50, ge=1)
     device: str = "auto"
     tensorboard: bool = True
+    collapse: CollapseConfig = CollapseConfig()
 
 
 class EvalConfig(_Section):

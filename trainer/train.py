@@ -8,9 +8,11 @@ data position (batches consumed), so it continues exactly where the killed run s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.io.storage import write_bytes_atomic
 from pipeline.torch_compat import resolve_device
 from trainer.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from trainer.collapse import CollapseMonitor
 from trainer.config import TrainConfig
 from trainer.data import GroundTruth, ShardStream, make_loader
 from trainer.evaluate import evaluate_model, open_ground_truth, references
@@ -74,6 +77,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     held_out = _held_out(manifests, cfg)  # before any training: a bad ground truth fails at once
 
     core = DepthTraining(cfg.model, cfg.loss).to(device)
+    collapse = CollapseMonitor(core, cfg.run.collapse)  # flat disparity, translations the views do not fix
     optimizer = torch.optim.AdamW(core.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     step = batches = 0
@@ -102,6 +106,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
     autocast = _autocast(cfg.optim.precision, device)
     metrics: dict[str, Any] = {}
     model.train()
+    first_step, loop_started = step, time.perf_counter()  # for the progress line's rate and ETA
     while step < cfg.optim.max_steps:
         started = time.perf_counter()
         waited = 0.0
@@ -134,6 +139,8 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         step += 1
         elapsed = time.perf_counter() - started
         if rank == 0 and (step % cfg.run.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
+            with autocast:
+                observed = collapse.observe(step, batch)  # the last micro-batch's forward
             log.write(
                 step,
                 {
@@ -145,8 +152,16 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
                     "kind": kinds[0],
                     "bad_samples": ledger.distinct,  # distinct bad frames met so far, on every rank together
                     "skipped_samples": ledger.counts.skipped,  # targets left out of their batches
+                    **observed.stats.columns(),
                 },
             )
+            for warning in observed.warnings:
+                log.write(step, {"collapse_warning": asdict(warning)})
+                print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+            taken = time.perf_counter() - loop_started  # evaluations included: they are part of the wait
+            rate = (step - first_step) * cfg.data.batch_size * cfg.optim.grad_accum * world_size / taken
+            eta_s = taken / (step - first_step) * (cfg.optim.max_steps - step)
+            print(progress_line(step, cfg.optim.max_steps, totals["loss"], rate, eta_s), file=sys.stderr, flush=True)
         last = step == cfg.optim.max_steps
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not last:
             metrics = _evaluate(core, held_out, cfg, proc, log, step, stream.verifier)
@@ -182,6 +197,7 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
             "metrics": metrics,
             "evaluated_against": references(metrics),
             "ground_truth": str(held_out.truth.directory) if held_out.truth is not None else None,
+            "collapse": collapse.detector.summary(),  # this process's warnings; a resumed run's start afresh
         }
         write_bytes_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
     log.close()
@@ -189,6 +205,12 @@ def fit(manifests: list[str], cfg: TrainConfig, resume: bool = False) -> dict[st
         dist.barrier()
         dist.destroy_process_group()
     return {"checkpoint": str(checkpoint_path), "step": step, "metrics": metrics}
+
+
+def progress_line(step: int, max_steps: int, loss: float, samples_per_s: float, eta_s: float) -> str:
+    """What rank 0 prints to stderr every `run.log_every` steps (stdout stays for the result's JSON)."""
+    eta = datetime.timedelta(seconds=round(eta_s))
+    return f"step {step}/{max_steps}  loss {loss:.4f}  {samples_per_s:.1f} samples/s  ETA {eta}"
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
