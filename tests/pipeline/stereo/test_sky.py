@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from pipeline.config import SkyConfig
+from pipeline.stereo import sky as sky_module
 from pipeline.stereo.sky import GradientSkyDetector, TorchScriptSkySegmenter, far_mask, make_sky_detector
-from pipeline.synthetic.renderer import SceneSpec, intrinsics, render_frames
+from pipeline.synthetic.renderer import SceneSpec, intrinsics, render_frames, render_stereo_frames
 
 BASELINE_M = 0.3
 
@@ -114,6 +116,185 @@ def test_detector_checks_its_inputs():
         detector(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="must match"):
         detector(np.zeros((10, 10, 3), np.uint8), np.zeros((5, 5), np.float32))
+
+
+# ---------------------------------------------------------------- the optimised detector equals the original
+#
+# A frozen copy of the detector as it was before it was optimised (issue 16). The library's must give the same
+# masks bit for bit, so that nothing the pipeline writes changes. Helpers the optimisation left alone
+# (texture_map, far_mask, _fill_small_holes) are shared.
+
+
+def _ref_detect(det: GradientSkyDetector, image: np.ndarray, far: np.ndarray | None) -> np.ndarray:
+    height, width = image.shape[:2]
+    empty = np.zeros((height, width), bool)
+    texture = sky_module.texture_map(image, det.blur_sigma)
+    threshold = float(np.clip(det.noise_factor * np.percentile(texture, 2), det.texture_floor, det.texture_cap))
+    smooth = texture < threshold
+    if far is not None:
+        smooth &= far
+    smooth = cv2.morphologyEx(smooth.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0
+    if far is not None:
+        smooth &= far
+    seed = np.logical_and.accumulate(smooth, axis=0)
+    seed = cv2.morphologyEx(seed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    min_pixels = max(4, int(det.min_sky_fraction * height * width))
+    if seed.sum() < min_pixels or texture[seed].mean() > det.max_mean_texture * threshold:
+        return empty
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 1.0).astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    grown = (_ref_colour_step(lab) < det.max_colour_step) & (texture < det.grow_factor * threshold)
+    if det.colour_max_distance > 0:
+        distance = _ref_mahalanobis(lab.reshape(-1, 3), lab[seed]).reshape(height, width)
+        grown &= distance < det.colour_max_distance
+    if far is not None:
+        grown &= far
+    sky = _ref_connected_to(grown | seed, seed)
+    sky = cv2.morphologyEx(sky.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    sky = sky_module._fill_small_holes(sky, max_area=max(4, height * width // 500))
+    sky = _ref_touching_top(sky)
+    return sky if sky.sum() >= min_pixels else empty
+
+
+def _ref_sky(det: GradientSkyDetector, image: np.ndarray, disparity=None, valid=None) -> np.ndarray:
+    height, width = image.shape[:2]
+    far = None
+    if disparity is not None:
+        far = far_mask(disparity, valid, det.disparity_margin_px, det.disparity_margin_fraction)
+    scale = min(1.0, det.analysis_width / width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small, small_far = image, far
+    if scale < 1:
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if far is not None:
+            small_far = cv2.resize(far.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    mask = _ref_detect(det, small, small_far)
+    if not mask.any():
+        return np.zeros((height, width), bool)
+    if scale < 1:
+        mask = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+    radius = int(np.ceil(det.edge_margin / scale))
+    mask = _ref_refine_edges(image, mask, radius, far, det.max_colour_step)
+    return _ref_touching_top(mask)
+
+
+def _ref_colour_step(lab: np.ndarray) -> np.ndarray:
+    dx = np.zeros(lab.shape[:2], np.float32)
+    dy = np.zeros(lab.shape[:2], np.float32)
+    dx[:, :-1] = _ref_colour_distance(lab[:, 1:], lab[:, :-1])
+    dy[:-1] = _ref_colour_distance(lab[1:], lab[:-1])
+    step = np.maximum(dx, dy)
+    step[:, 1:] = np.maximum(step[:, 1:], dx[:, :-1])
+    step[1:] = np.maximum(step[1:], dy[:-1])
+    return step
+
+
+def _ref_colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = a - b
+    return np.sqrt(np.einsum("ijk,ijk->ij", d, d))
+
+
+def _ref_refine_edges(image, mask, radius, allowed, max_step) -> np.ndarray:
+    if radius < 1:
+        return mask
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+    inner = inside > radius
+    band = ~inner & (outside <= radius)
+    if allowed is not None:
+        band &= allowed
+    if not inner.any() or not band.any():
+        return mask
+    rows, cols = np.nonzero(band)
+    y0, y1 = max(rows.min() - 1, 0), min(rows.max() + 2, mask.shape[0])
+    x0, x1 = max(cols.min() - 1, 0), min(cols.max() + 2, mask.shape[1])
+    roi = cv2.medianBlur(np.ascontiguousarray(image[y0:y1, x0:x1]), 3)
+    lab = cv2.cvtColor(roi.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    seed, grow = inner[y0:y1, x0:x1], band[y0:y1, x0:x1]
+    sky = _ref_connected_to(seed | (grow & (_ref_colour_step(lab) < max_step)), seed)
+    shifts = ((0, 1), (0, -1), (1, 0), (-1, 0))
+    close = [_ref_colour_distance(lab, _ref_shift(lab, dy, dx)) < max_step for dy, dx in shifts]
+    for _ in range(4):
+        reached = np.zeros_like(sky)
+        for (dy, dx), near in zip(shifts, close):
+            reached |= near & _ref_shift(sky, dy, dx)
+        sky |= reached & grow
+    out = inner.copy()
+    out[y0:y1, x0:x1] = sky
+    return out
+
+
+def _ref_shift(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(array)
+    h, w = array.shape[:2]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = array[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _ref_mahalanobis(points: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    mean = sample.mean(axis=0)
+    cov = np.cov(sample, rowvar=False) if len(sample) > 3 else np.zeros((3, 3))
+    cov = np.atleast_2d(cov) + np.eye(3, dtype=np.float64) * 4.0
+    diff = points - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+
+
+def _ref_connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[seed & mask])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _ref_touching_top(mask: np.ndarray) -> np.ndarray:
+    top = np.zeros_like(mask)
+    top[0] = mask[0]
+    return _ref_connected_to(mask, top)
+
+
+@pytest.mark.parametrize(
+    "width,height,seed,sky",
+    [(320, 192, 0, True), (640, 360, 1, True), (940, 400, 2, True), (940, 400, 3, True), (940, 400, 4, False),
+     (1000, 300, 5, True), (1880, 800, 6, True)],
+)  # fmt: skip
+def test_gradient_detector_is_bit_identical_to_the_original(width, height, seed, sky):
+    spec = SceneSpec(width=width, height=height, seed=seed, duration_s=0.2, fps=10.0, baseline_m=BASELINE_M, sky=sky)
+    detector = GradientSkyDetector()
+    rng = np.random.default_rng(seed)
+    found = 0
+    for frame in render_stereo_frames(spec):
+        # Sensor noise moves the noise floor, the colour steps and the edge band; a noisy disparity moves far_mask.
+        noisy = np.clip(frame.left + rng.normal(0.0, 2.0, frame.left.shape), 0, 255).astype(np.uint8)
+        disparity = frame.disparity + rng.normal(0.0, 0.5, frame.disparity.shape).astype(np.float32)
+        for args in [(frame.left,), (frame.right,), (noisy,), (frame.left, frame.disparity, ~frame.occluded),
+                     (noisy, disparity, None)]:  # fmt: skip
+            mask = detector(*args)
+            assert np.array_equal(mask, _ref_sky(detector, *args))
+            found += int(mask.any())
+    assert found == 0 if not sky else found >= 8  # the comparison must cover real sky masks, not only empty ones
+
+
+@pytest.mark.parametrize("edge_margin,colour_max_distance", [(0.0, 6.0), (3.0, 0.0), (20.0, 3.0)])
+def test_gradient_detector_is_bit_identical_with_other_settings(edge_margin, colour_max_distance):
+    frame = next(render_stereo_frames(SceneSpec(width=700, height=320, seed=7, duration_s=0.1, baseline_m=0.3)))
+    detector = GradientSkyDetector(edge_margin=edge_margin, colour_max_distance=colour_max_distance)
+    for args in [(frame.left,), (frame.left, frame.disparity, ~frame.occluded)]:
+        mask = detector(*args)
+        assert mask.any() and np.array_equal(mask, _ref_sky(detector, *args))
+
+
+def test_colour_helpers_are_bit_identical_to_the_einsum_forms():
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (150, 230, 3), dtype=np.uint8), (0, 0), 1.5)
+    lab = cv2.cvtColor(image.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    assert np.array_equal(sky_module.colour_step(lab), _ref_colour_step(lab))
+    dx, dy = sky_module._neighbour_steps(lab)
+    assert np.array_equal(dx[:, :-1], _ref_colour_distance(lab[:, 1:], lab[:, :-1]))
+    assert np.array_equal(dy[:-1], _ref_colour_distance(lab[1:], lab[:-1]))
+    points = lab.reshape(-1, 3)
+    assert np.array_equal(sky_module._mahalanobis(points, points[:5000]), _ref_mahalanobis(points, points[:5000]))
 
 
 # ---------------------------------------------------------------- TorchScript backend
