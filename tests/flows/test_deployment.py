@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -111,21 +112,26 @@ def test_two_workers_on_one_pool_with_overlapping_runs_end_as_one_clean_run(serv
 
     data = tmp_path / "data"
     run_ids = [create_flow_run(server, "curate/demo", f"data_root={data}") for _ in range(2)]
-    workers = []
-    for n in range(2):  # --limit 1: each worker takes one of the two runs, so they really overlap
-        log = open(tmp_path / f"worker{n}.log", "wb")  # noqa: SIM115 - closed below, after the worker exits
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once", "--limit", "1"],
-            env=server,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        workers.append((worker, log))
+    workers: list[tuple[subprocess.Popen, Any]] = []
     try:
+        for n in range(2):
+            # --run-once --limit 1: a worker takes one run and exits when it is done. The second starts once the
+            # first has claimed its run (two polling at once can race for one run and leave the other unclaimed);
+            # the demo takes far longer than that wait, so the two runs overlap.
+            log = open(tmp_path / f"worker{n}.log", "wb")  # noqa: SIM115 - closed below, after the worker exits
+            worker = subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", "depthcurate", "--run-once", "--limit", "1"],
+                env=server,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            workers.append((worker, log))
+            if n == 0:
+                _wait_until_claimed(server, run_ids)
         for run_id in run_ids:
             watched = subprocess.run(
-                [PREFECT, "flow-run", "watch", run_id], env=server, capture_output=True, text=True, timeout=600
+                [PREFECT, "flow-run", "watch", run_id], env=server, capture_output=True, text=True, timeout=420
             )
             assert watched.returncode == 0, watched.stdout[-2000:]
     finally:
@@ -141,3 +147,16 @@ def test_two_workers_on_one_pool_with_overlapping_runs_end_as_one_clean_run(serv
     recorded = json.loads((Path(__file__).parents[1] / "pipeline" / "synthetic" / "demo_digest.json").read_text())
     assert demo_digest(data) == recorded
     assert not list(data.rglob(".*.tmp-*")) and not list((data / "state" / "leases").rglob("*.lease"))
+
+
+def _wait_until_claimed(env: dict[str, str], run_ids: list[str], timeout_s: float = 180) -> None:
+    """Until a worker has taken one of `run_ids` (its state is no longer SCHEDULED)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = [json.loads(_prefect(env, "flow-run", "inspect", run_id, "-o", "json").stdout) for run_id in run_ids]
+        if any(run["state_type"] != "SCHEDULED" for run in runs):
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"no worker took any of {run_ids} within {timeout_s:.0f} s")
