@@ -216,11 +216,13 @@ class StereoConfig(_Section):
     flow: OpticalFlowConfig = OpticalFlowConfig()
     sky: SkyConfig = SkyConfig()
     profile: Literal["midas", "stereo4d"] = "midas"  # fills the five thresholds below unless they are given
-    lr_max_px: float = Field(2.0, gt=0)  # left-right consistency
-    vertical_max_px: float = Field(2.0, gt=0)  # |v| of the L->R flow
-    max_vertical_fail: float = Field(0.10, ge=0, le=1)  # of the pixels that pass the left-right check
-    min_lr_pass: float = Field(0.70, ge=0, le=1)
-    min_disparity_range_px: float = Field(10.0, ge=0)
+    # The defaults are the midas profile's: STEREO_PROFILES holds the numbers, once.
+    lr_max_px: float = Field(STEREO_PROFILES["midas"]["lr_max_px"], gt=0)  # left-right consistency
+    vertical_max_px: float = Field(STEREO_PROFILES["midas"]["vertical_max_px"], gt=0)  # |v| of the L->R flow
+    # of the pixels that pass the left-right check
+    max_vertical_fail: float = Field(STEREO_PROFILES["midas"]["max_vertical_fail"], ge=0, le=1)
+    min_lr_pass: float = Field(STEREO_PROFILES["midas"]["min_lr_pass"], ge=0, le=1)
+    min_disparity_range_px: float = Field(STEREO_PROFILES["midas"]["min_disparity_range_px"], ge=0)
     # Per-pixel confidence (pipeline/stereo/disparity.py): each cue is normalised to 1 at its limit, and
     # valid = confidence >= min_confidence; 0.5 is exactly "every cue within its limit".
     min_confidence: float = Field(0.5, ge=0, le=1)

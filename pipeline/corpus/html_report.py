@@ -28,7 +28,7 @@ from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import write_bytes_atomic
 from pipeline.media.codecs import decode_disparity_png, decode_mask_png
 from pipeline.schema import DROP_REASONS, PUBLISH_DROP_REASONS
-from pipeline.video.previews import COLORMAP_FLOOR, GAP_PX, colour_range
+from pipeline.video.previews import COLORMAP_FLOOR, GAP_PX, PREVIEW_CLIPS, colour_range
 
 REPORT_NAME = "report.html"  # at the top of the data root
 MAX_SHEETS = 24  # videos shown with their contact sheet: a big corpus still gives a page of a few MB
@@ -228,7 +228,7 @@ def _sheet(root: DataRoot, dataset: str, video_id: str, frames: pa.Table) -> Vid
     return VideoSheet(dataset, video_id, jpeg, size, sheet_rows, stereo, frame_strip(frames))
 
 
-def preview_frames(frames: pa.Table, max_rows: int = 6) -> list[dict[str, Any]]:
+def preview_frames(frames: pa.Table, max_rows: int = PREVIEW_CLIPS) -> list[dict[str, Any]]:
     """The rows of the frames on a video's contact sheet, from its frame rows in frame order: as video/sampling
     chose them, the first frame ingest kept in each clip, for the first `max_rows` clips that kept one. Frames that
     publish dropped since (cross-video and CLIP drops) were kept by ingest, so they are on the sheet too."""

@@ -264,8 +264,8 @@ def replace_if(url: str, data: bytes, etag: str) -> str | None:
     changed or vanished since."""
     try:
         reply = _s3_call(url, "put_object", Body=data, IfMatch=etag)
-    except (FileNotFoundError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:  # s3fs's 412 PreconditionFailed
+    except OSError as exc:  # gone (FileNotFoundError), or s3fs's 412 PreconditionFailed (EINVAL)
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:
             return None
         raise
     return str(reply["ETag"])
@@ -273,12 +273,11 @@ def replace_if(url: str, data: bytes, etag: str) -> str | None:
 
 def read_version(url: str) -> ObjectVersion | None:
     """The object's bytes, ETag and age, or None when there is none."""
-    fs, _ = filesystem(url)
     try:
         reply = _s3_call(url, "get_object")
     except FileNotFoundError:
         return None
-    data = _read_body(fs, reply["Body"])
+    data = _read_body(filesystem(url)[0], reply["Body"])  # fsspec caches the filesystem: no second client
     served = email.utils.parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"])
     # Both times have whole seconds: one second less, so a version never reads older than it is.
     age = (served - reply["LastModified"]).total_seconds() - 1.0

@@ -16,6 +16,7 @@ INVALID_BGR = (0, 0, 0)  # colormaps below never produce pure black for a valid 
 SKY_BGR = (255, 200, 140)  # light blue, blended over the sky so its (flattened) disparity still shows
 SKY_ALPHA = 0.7
 GAP_PX = 4
+PREVIEW_CLIPS = 6  # a contact sheet shows the first kept frame of this many clips
 BACKGROUND_BGR = (32, 32, 32)
 LABEL_HEIGHT_PX = 22
 # The lowest colormap level a valid pixel gets: TURBO and INFERNO are near-black at 0, the invalid colour.

@@ -25,7 +25,7 @@ from pipeline.sources.recipe import recipe_digests
 from pipeline.stereo.packing import split_views
 from pipeline.stereo.processor import StereoOutcome, StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.video.phash import HashIndex, phash
-from pipeline.video.previews import PreviewFrame
+from pipeline.video.previews import PREVIEW_CLIPS, PreviewFrame
 from pipeline.video.quality import MotionMeter, analysis_view, measure_quality, quality_drop_reason
 from pipeline.video.record import AppliedSampling, RecipeCheck
 from pipeline.video.shots import CutDetector
@@ -176,7 +176,7 @@ class _RowSink:
         processor: StereoProcessor | None,
         batch_size: int,
         jpeg_quality: int,
-        max_previews: int = 6,
+        max_previews: int = PREVIEW_CLIPS,
     ):
         self.entry, self.shards, self.frames, self.counts = entry, shards, frames, counts
         self.processor, self.batch_size, self.jpeg_quality = processor, batch_size, jpeg_quality
