@@ -14,8 +14,9 @@ and peak RSS (the child's VmHWM) are its own:
     add_one   one more video generated into the root (it sorts last), then publish
     brute     up to --brute-max-rows decoded rows: publish from scratch of a hard-linked copy of the same inputs
               with the cross-video search forced to brute force (the child replaces publish's HammingIndex by one
-              whose `nearest` is `find_many` over every stored hash); stats/*.parquet and manifest/*.parquet must
-              be byte-identical (sha256) to the indexed full publish's
+              whose `nearest` is `find_many` over every stored hash); every file of the tables (stats/*.parquet,
+              manifest/*.parquet and their per-video parts) must be byte-identical (sha256) to the indexed full
+              publish's
     scratch   with --check-incremental: publish from scratch of a hard-linked copy of the inputs after add_one;
               its outputs must be byte-identical to add_one's (an incremental publish must equal a fresh one)
 
@@ -443,8 +444,10 @@ def run_publish(root: Path, *, brute: bool = False, timeout: float, max_rss_gb: 
 
 
 def output_hashes(root: Path) -> dict[str, str]:
-    """sha256 of the corpus tables publish writes: stats/*.parquet and manifest/*.parquet."""
-    paths = sorted(root.glob("stats/*.parquet")) + sorted(root.glob("manifest/*.parquet"))
+    """sha256 of every file of the corpus tables publish writes: stats/*.parquet and manifest/*.parquet, the
+    frames table and the manifests being directories of per-video parts."""
+    patterns = ("stats/*.parquet", "stats/frames.parquet/*/*.parquet", "manifest/*.parquet/*.parquet")
+    paths = sorted(p for pattern in patterns for p in root.glob(pattern) if p.is_file())
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in paths}
 
 

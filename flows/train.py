@@ -112,7 +112,7 @@ def start_training(root: DataRoot, datasets: list[str], spec: dict[str, Any]) ->
     unknown = set(spec) - {"deployment", "config", "out_dir", "nproc_per_node", "overrides", "wait"}
     if unknown:
         raise ValueError(f"unknown keys in the train parameter: {sorted(unknown)}")
-    manifests = [root.address(root.manifest(d)) for d in datasets if root.exists(root.manifest(d))]
+    manifests = [root.address(root.manifest(d)) for d in datasets if root.has_table(root.manifest(d))]
     if not manifests:
         raise ValueError(f"nothing to train on: no manifest under {root.address(root.root / 'manifest')}")
     parameters: dict[str, Any] = {"manifests": manifests}

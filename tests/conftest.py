@@ -83,6 +83,22 @@ def http_root(video_dir) -> str:
         yield url
 
 
+def _published_bytes(root: Path, *paths: Path | str) -> dict[str, bytes]:
+    found = {}
+    for path in paths:
+        path = root / path
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        found.update({f.relative_to(root).as_posix(): f.read_bytes() for f in files})
+    return found
+
+
+@pytest.fixture(scope="session")
+def published_bytes():
+    """(root, *paths) -> the bytes of those published outputs by path relative to the root; a table that is a
+    directory of per-video parts (the frames table, a manifest) gives each part."""
+    return _published_bytes
+
+
 @pytest.fixture
 def entry() -> CatalogEntry:
     return CatalogEntry(video_id="walk", url="http://127.0.0.1/walk.mp4", dataset="test", category="natural")

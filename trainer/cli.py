@@ -168,15 +168,20 @@ def _scalar(value: Any) -> Any:
 
 
 def check_manifests(manifests: list[str]) -> None:
-    """Each local manifest exists and is a Parquet file (an object-store one is checked when it is read)."""
+    """Each local manifest exists and is Parquet: a directory of per-video parts, or one file (an object-store
+    one is checked when it is read)."""
+    from pipeline.io.parquet_tables import table_files  # pyarrow: after the cheap checks of the command line
+
     for manifest in manifests:
         if objectstore.is_remote(manifest):
             continue
         path = Path(manifest)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"manifest {path} does not exist")
-        if not _has_magic(path, PARQUET_MAGIC, at_end=True):
-            raise ValueError(f"manifest {path} is not a Parquet file")
+        for part in table_files(path):
+            if not _has_magic(Path(part), PARQUET_MAGIC, at_end=True):
+                where = "" if part == path else f" (its part {Path(part).name})"
+                raise ValueError(f"manifest {path} is not a Parquet file{where}")
 
 
 def check_checkpoint(path: str | Path) -> None:

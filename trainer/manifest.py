@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import objectstore
+from pipeline.io.parquet_tables import table_files
 from pipeline.schema import SchemaVersionError, check_version
 from trainer.config import FilterConfig
 
@@ -41,7 +43,8 @@ class ManifestError(ValueError):
 
 
 def data_root_of(manifest: str | Path) -> Path | str:
-    """A manifest lives at <root>/manifest/<dataset>.parquet; shard paths in it are relative to <root>.
+    """A manifest lives at <root>/manifest/<dataset>.parquet (a directory of per-video parts, or one file); shard
+    paths in it are relative to <root>.
 
     For an object-store manifest (s3://...) the root is a URL too, and the shards are read through fsspec.
     """
@@ -51,22 +54,25 @@ def data_root_of(manifest: str | Path) -> Path | str:
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """One manifest (a path or an object-store URL) as a DataFrame with `root` (the data root) and `kind`
-    (video or stereo) added."""
+    """One manifest (a path or an object-store URL: a directory of per-video parts, or one Parquet file) as a
+    DataFrame with `root` (the data root) and `kind` (video or stereo) added."""
     path = path if objectstore.is_remote(path) else Path(path)
-    if not objectstore.exists(path):
-        raise ManifestError(f"manifest {path} does not exist")
-    try:
-        with objectstore.open_input(path) as source:
-            schema = pq.read_schema(source)
-        check_version(schema, f"manifest {path}")
-    except SchemaVersionError as exc:
-        raise ManifestError(str(exc)) from exc
-    missing = [c for c in COLUMNS if c not in schema.names]
-    if missing:
-        raise ManifestError(f"manifest {path} lacks columns {missing}")
-    with objectstore.open_parquet(path) as source:
-        frame = pq.read_table(source).to_pandas()  # no pixels in a manifest: every column is cheap and filterable
+    parts = table_files(path)
+    if not parts:
+        raise ManifestError(f"manifest {path} does not exist or has no parts (no video of its dataset published)")
+    tables = []
+    for part in parts:
+        with objectstore.open_parquet(part) as source:
+            table = pq.read_table(source)  # no pixels in a manifest: every column is cheap and filterable
+        try:
+            check_version(table.schema, f"manifest {part}")
+        except SchemaVersionError as exc:
+            raise ManifestError(str(exc)) from exc
+        missing = [c for c in COLUMNS if c not in table.schema.names]
+        if missing:
+            raise ManifestError(f"manifest {part} lacks columns {missing}")
+        tables.append(table)
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
     frame["root"] = str(data_root_of(path))
     frame["kind"] = np.where(frame["layout"].isna(), "video", "stereo")
     return frame

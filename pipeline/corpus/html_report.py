@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.corpus.report import _read, audit_tables, summarize
+from pipeline.corpus.report import audit_tables, summarize
 from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import write_bytes_atomic
 from pipeline.media.codecs import decode_disparity_png, decode_mask_png
-from pipeline.schema import DROP_REASONS, PUBLISH_DROP_REASONS
+from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA, PUBLISH_DROP_REASONS
 from pipeline.video.previews import COLORMAP_FLOOR, GAP_PX, PREVIEW_CLIPS, colour_range
 
 REPORT_NAME = "report.html"  # at the top of the data root
@@ -141,7 +141,9 @@ def build_report(root: DataRoot, max_sheets: int = MAX_SHEETS) -> DatasetReport:
         for c in category_rows
     ]
     measures = [name for name, _, _ in HISTOGRAMS]
-    frames = _read(root, root.frames_table, [*_FRAME_COLUMNS, *measures])  # the measures include the stereo ones
+    frames = root.read_table(
+        root.frames_table, [*_FRAME_COLUMNS, *measures], FRAME_STATS_SCHEMA
+    )  # the measures include the stereo ones
     ok = [(str(v.dataset), str(v.video_id)) for v in videos if v.status == "ok" and v.dataset and v.video_id]
     per_video = _frame_tables(frames, ok[:max_sheets])
     counts = summary["counts"]

@@ -1,11 +1,13 @@
 """Corpus-level step after all videos: cross-video dedup, CLIP curation, manifests, stats tables, dataset.json.
 
-Out of core: the corpus decisions come first (cross-video duplicates from the kept frames' hashes only, kept and
-reused between runs: pipeline/corpus/cross_video.py; the CLIP pass over the shard rows when it is on), then one
-pass over the videos, in (dataset, video_id) order, streams each video's frame rows into stats/frames.parquet and
-its kept shard rows into its dataset's manifest, a row group at a time. Memory holds one video's rows and the
-decisions, not the corpus. A rerun whose inputs (records, config, catalog problems, camera files) are unchanged
-and whose outputs are all in place returns the dataset.json it wrote last time and writes nothing.
+Out of core and incremental: the corpus decisions come first (cross-video duplicates from the kept frames'
+hashes only, kept and reused between runs: pipeline/corpus/cross_video.py; the CLIP pass over the shard rows
+when it is on). Then each video gets its own part of the frames table (stats/frames.parquet/<dataset>/
+<video_id>.parquet) and of its dataset's manifest (manifest/<dataset>.parquet/<video_id>.parquet), written only
+when what they are made from changed since the last publish (state/publish/outputs.json): adding a video to a
+corpus reads and writes that video and the small tables, whatever the corpus's size. Memory holds a few
+videos' rows and the decisions. A rerun whose inputs (records, config, catalog problems, camera files) are
+unchanged and whose outputs are all in place returns the dataset.json it wrote last time and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from pipeline import package_version
 from pipeline.config import CurateConfig
 from pipeline.corpus.cross_video import VideoDuplicates, cross_video_duplicates
 from pipeline.io.data_root import DataRoot
 from pipeline.io.lease import LeaseTiming, acquire_lease
-from pipeline.io.parquet_writer import TableStream
 from pipeline.io.storage import sha256_file, temp_path_for
 from pipeline.schema import (
     CAMERA_SCHEMA,
@@ -50,6 +52,7 @@ from pipeline.video.record import VideoRecord, load_records
 
 _ROW_GROUP_ROWS = 1_000_000  # of the stats tables and manifests
 _INPUTS_STATE = "inputs.json"
+_OUTPUTS_STATE = "outputs.json"
 VideoKey = tuple[str, str]
 
 
@@ -96,10 +99,7 @@ class PublishBusy(RuntimeError):
 def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[CatalogProblem]) -> dict[str, Any]:
     records = load_records(root)
     datasets = sorted({r.dataset for r in records})
-    final = [root.frames_table, root.videos_table, root.categories_table, root.cameras_table, root.dataset_json]
-    for path in [*final, *(root.manifest(d) for d in datasets)]:
-        # A publish killed mid-write left its temporary; unchanged bytes are not rewritten, so clear it here.
-        root.remove_stale_temps(path.parent, path.name)
+    _remove_temps(root, datasets)
     inputs = _inputs_digest(root, records, cfg, catalog_problems)
     unchanged = _unchanged_description(root, inputs)
     if unchanged is not None:
@@ -110,7 +110,7 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
     clip = _clip_pass(root, records, videos, duplicates, cfg) if cfg.clip.enabled else None
     cameras = _cameras(root, records, cfg)
     tally = _Tally()
-    streamed = _stream_frames_and_manifests(root, datasets, videos, duplicates, clip, cameras, tally)
+    parts = _write_video_tables(root, datasets, videos, duplicates, clip, cameras, tally)
     _recount(records, tally)
     small = {
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
@@ -120,13 +120,9 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
         rows = [{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()]
         small[root.cameras_table] = _parquet_bytes(pa.Table.from_pylist(rows, schema=CAMERA_SCHEMA))
     digests = {path: _sha256(data) for path, data in small.items()}
-    digests.update({path: sha256_file(tmp) for path, tmp in streamed.items()})
-    # The manifests go last: a reader who finds one can rely on everything it points to.
-    for path in sorted([*small, *streamed], key=lambda p: p.parent.name == "manifest"):
-        if path in small:
-            root.write_bytes(path, small[path])
-        else:
-            root.publish_file(streamed[path], path)
+    for path, data in small.items():
+        root.write_bytes(path, data)
+    digests.update(parts)
     description = _description(root, cfg, records, tally, digests, clip.info if clip else None, cameras)
     description["files"] = listed + _camera_files(root, cameras)
     root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
@@ -156,10 +152,38 @@ def previous_catalog_problems(root: DataRoot) -> list[CatalogProblem]:
     return problems
 
 
-# ---------------------------------------------------------------- the streaming pass
+# ---------------------------------------------------------------- the per-video tables
 
 
-def _stream_frames_and_manifests(
+class _FileDigest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int
+    sha256: str
+
+
+class _VideoOutput(BaseModel):
+    """What publish wrote for one video (its frames-table part and manifest part) and what dataset.json counts
+    of it; kept in state/publish/outputs.json so an unchanged video is neither read nor written again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None  # digest of everything the two files are made from; None: rewrite every time (CLIP)
+    frames: int
+    kept: int
+    reasons: dict[str, int]  # drop reasons of its frame rows
+    samples: int
+    files: dict[str, _FileDigest]  # by path relative to the data root
+
+
+class _OutputsState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1] = 1
+    videos: dict[str, _VideoOutput]  # by "dataset/video_id"
+
+
+def _write_video_tables(
     root: DataRoot,
     datasets: list[str],
     videos: list[VideoRecord],
@@ -167,27 +191,149 @@ def _stream_frames_and_manifests(
     clip: _ClipPass | None,
     cameras: dict[VideoKey, dict[str, Any]],
     tally: _Tally,
-) -> dict[Path, Path]:
-    """Every ok video's frame rows into the frames table and its kept shard rows into its dataset's manifest;
-    returns the finished temporaries by the path each replaces."""
-    frames = TableStream(temp_path_for(root.frames_table), FRAME_STATS_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
-    manifests = {
-        d: TableStream(temp_path_for(root.manifest(d)), MANIFEST_SCHEMA, row_group_rows=_ROW_GROUP_ROWS)
-        for d in datasets
-    }
-    for video, read in _read_ahead(root, videos):
+) -> dict[Path, str]:
+    """Each ok video's frame rows (corpus decisions applied) into its part of the frames table, and its kept
+    shard rows into its part of its dataset's manifest; returns every part's sha256 by path.
+
+    A video whose inputs (record, cross-video decisions, camera) are those of its parts in place is skipped:
+    adding a video to a corpus reads and writes that video, not the corpus.
+    """
+    _clear_old_layout(root, datasets)
+    previous = _load_outputs(root)
+    outputs: dict[str, _VideoOutput] = {}
+    keys = {}
+    for video in videos:
+        name = f"{video.dataset}/{video.video_id}"
         key = (video.dataset, video.video_id)
-        table = _decide(read.frames, duplicates.get(key), clip, key)
-        frames.write(table)
-        _count(tally, key, table)
-        for rows in _manifest_rows(read.shards, table, cameras.get(key)):
-            manifests[video.dataset].write(rows)
-    streamed = {}
-    for dataset, manifest in manifests.items():
-        tally.manifests[dataset] = manifest.rows
-        streamed[root.manifest(dataset)] = manifest.close()
-    streamed[root.frames_table] = frames.close()
-    return streamed
+        keys[key] = _video_key(video, duplicates.get(key), cameras.get(key), clip)
+        old = previous.get(name)
+        if keys[key] is not None and old is not None and old.key == keys[key] and _in_place(root, old):
+            outputs[name] = old
+    todo = [v for v in videos if f"{v.dataset}/{v.video_id}" not in outputs]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-write") as writer:
+        in_flight: Future[tuple[str, _VideoOutput]] | None = None
+        for video, read in _read_ahead(root, todo):
+            key = (video.dataset, video.video_id)
+            frames = _decide(read.frames, duplicates.get(key), clip, key)
+            manifest = _manifest_table(read.shards, frames, cameras.get(key))
+            if in_flight is not None:  # one video encoding while the next is read and decided: bounded memory
+                name, done = in_flight.result()
+                outputs[name] = done
+            in_flight = writer.submit(_write_video, root, video, keys[key], frames, manifest)
+        if in_flight is not None:
+            name, done = in_flight.result()
+            outputs[name] = done
+    ordered = {f"{v.dataset}/{v.video_id}": outputs[f"{v.dataset}/{v.video_id}"] for v in videos}
+    _remove_unlisted(root, ordered)
+    _save_outputs(root, ordered)
+    return _tally_outputs(root, datasets, ordered, tally)
+
+
+def _write_video(
+    root: DataRoot, video: VideoRecord, key: str | None, frames: pa.Table, manifest: pa.Table
+) -> tuple[str, _VideoOutput]:
+    """Encode and publish a video's two parts (on the writer thread: Arrow releases the GIL)."""
+    files = {}
+    parts = [
+        (root.frames_table_part(video.dataset, video.video_id), frames),
+        (root.manifest_part(video.dataset, video.video_id), manifest),
+    ]
+    for path, table in parts:
+        tmp = temp_path_for(path)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
+        files[root.relative(path)] = _FileDigest(size=tmp.stat().st_size, sha256=sha256_file(tmp))
+        root.publish_file(tmp, path)
+    reasons = {
+        str(r["values"]): int(r["counts"])
+        for r in pc.value_counts(frames["drop_reason"]).to_pylist()
+        if r["values"] is not None
+    }
+    kept = int(pc.sum(frames["kept"]).as_py() or 0)
+    output = _VideoOutput(
+        key=key, frames=frames.num_rows, kept=kept, reasons=reasons, samples=manifest.num_rows, files=files
+    )
+    return f"{video.dataset}/{video.video_id}", output
+
+
+def _video_key(
+    video: VideoRecord, duplicates: VideoDuplicates | None, camera: dict[str, Any] | None, clip: _ClipPass | None
+) -> str | None:
+    """Digest of what a video's parts are made from. The record carries its frame parts' and shards' sha256.
+    With CLIP on, a video's rows depend on the whole corpus (SemDeDup clusters): no key, always rewritten."""
+    if clip is not None:
+        return None
+    digest = hashlib.sha256(f"{SCHEMA_VERSION}\n{package_version()}\n".encode())
+    digest.update(video.to_json())
+    if duplicates is not None:
+        digest.update(np.asarray(duplicates.rows, "<i8").tobytes())
+        digest.update("\n".join(duplicates.duplicate_of).encode())
+    digest.update(json.dumps(camera, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _in_place(root: DataRoot, output: _VideoOutput) -> bool:
+    for relative, file in output.files.items():
+        path = root.root / relative
+        if not root.exists(path) or root.size(path) != file.size:
+            return False
+    return True
+
+
+def _load_outputs(root: DataRoot) -> dict[str, _VideoOutput]:
+    """Last publish's per-video outputs; empty (everything is written again) when the state is missing or
+    damaged: it is rebuilt, never trusted."""
+    try:
+        return _OutputsState.model_validate_json(root.read_bytes(root.publish_state(_OUTPUTS_STATE))).videos
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_outputs(root: DataRoot, outputs: dict[str, _VideoOutput]) -> None:
+    state = _OutputsState(videos=outputs)
+    root.write_bytes(root.publish_state(_OUTPUTS_STATE), state.model_dump_json(indent=1).encode())
+
+
+def _remove_temps(root: DataRoot, datasets: list[str]) -> None:
+    """What a publish killed mid-write left (unchanged bytes are not rewritten, so it is cleared here). The
+    part directories are publish's alone, and one publish runs at a time (the lease): no temporary is live."""
+    for path in [root.videos_table, root.categories_table, root.cameras_table, root.dataset_json]:
+        root.remove_stale_temps(path.parent, path.name)
+    for directory in [*(root.frames_table / d for d in datasets), *(root.manifest(d) for d in datasets)]:
+        root.remove_stale_temps(directory)
+
+
+def _clear_old_layout(root: DataRoot, datasets: list[str]) -> None:
+    """Single-file tables of the layout before per-video parts give way to their directories."""
+    for table in [root.frames_table, *(root.manifest(d) for d in datasets)]:
+        if root.exists(table):
+            root.remove(table)
+
+
+def _remove_unlisted(root: DataRoot, outputs: dict[str, _VideoOutput]) -> None:
+    """Delete the parts of videos no longer published (removed, or failed since)."""
+    listed = {root.root / relative for output in outputs.values() for relative in output.files}
+    found = root.glob(root.frames_table, "*/*.parquet") + root.glob(root.root / "manifest", "*.parquet/*.parquet")
+    for path in found:
+        if path not in listed:
+            root.remove(path)
+
+
+def _tally_outputs(
+    root: DataRoot, datasets: list[str], outputs: dict[str, _VideoOutput], tally: _Tally
+) -> dict[Path, str]:
+    tally.manifests = {d: 0 for d in datasets}
+    digests = {}
+    for name, output in outputs.items():
+        dataset, video_id = name.split("/", 1)
+        tally.frames += output.frames
+        tally.kept += output.kept
+        tally.reasons.update(output.reasons)
+        tally.manifests[dataset] += output.samples
+        drops = {r: n for r, n in output.reasons.items() if r in PUBLISH_DROP_REASONS}
+        tally.publish_drops[(dataset, video_id)] = collections.Counter(drops)
+        digests.update({root.root / relative: file.sha256 for relative, file in output.files.items()})
+    return digests
 
 
 @dataclass
@@ -275,6 +421,12 @@ def _with_clip(table: pa.Table, clip: _ClipPass, offset: int) -> pa.Table:
     return table
 
 
+def _manifest_table(shards: list[tuple[str, pa.Table]], frames: pa.Table, camera: dict[str, Any] | None) -> pa.Table:
+    """A video's manifest part: the kept rows of its shards, in shard order."""
+    tables = [rows.cast(MANIFEST_SCHEMA) for rows in _manifest_rows(shards, frames, camera)]
+    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
 def _manifest_rows(
     shards: list[tuple[str, pa.Table]], frames: pa.Table, camera: dict[str, Any] | None
 ) -> Iterator[pa.Table]:
@@ -298,18 +450,6 @@ def _manifest_rows(
         for name in CLIP_SCORE_COLUMNS:
             table = table.append_column(name, scores[name])
         yield _with_intrinsics(table, camera)
-
-
-def _count(tally: _Tally, key: VideoKey, frames: pa.Table) -> None:
-    tally.frames += frames.num_rows
-    tally.kept += int(pc.sum(frames["kept"]).as_py() or 0)
-    reasons = {
-        str(r["values"]): int(r["counts"])
-        for r in pc.value_counts(frames["drop_reason"]).to_pylist()
-        if r["values"] is not None
-    }
-    tally.reasons.update(reasons)
-    tally.publish_drops[key] = collections.Counter({r: n for r, n in reasons.items() if r in PUBLISH_DROP_REASONS})
 
 
 # ---------------------------------------------------------------- corpus decisions

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.corpus.description import read_description
 from pipeline.io.data_root import DataRoot
-from pipeline.schema import DROP_REASONS
+from pipeline.schema import DROP_REASONS, FRAME_STATS_SCHEMA
 
 
 def summarize(root: DataRoot) -> dict[str, Any]:
     description = read_description(root)
-    videos = _read(
-        root, root.videos_table, columns=["dataset", "video_id", "status", "error", "frames_decoded", "frames_kept"]
+    videos = root.read_table(
+        root.videos_table, columns=["dataset", "video_id", "status", "error", "frames_decoded", "frames_kept"]
     ).to_pylist()
     counts = dict(description["counts"])
     counts["videos"] = {
@@ -51,8 +48,8 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
 
     Only the reasons that dropped something anywhere get a column, so the tables stay readable.
     """
-    videos = [v for v in _read(root, root.videos_table).to_pylist() if v["status"] != "catalog_error"]
-    categories = _read(root, root.categories_table).to_pylist()
+    videos = [v for v in root.read_table(root.videos_table).to_pylist() if v["status"] != "catalog_error"]
+    categories = root.read_table(root.categories_table).to_pylist()
     reasons = [f"dropped_{r}" for r in DROP_REASONS if any(v[f"dropped_{r}"] for v in videos)]
     keys = ("frames_decoded", "frames_kept", *reasons)
     video_rows = [
@@ -78,11 +75,6 @@ def audit_tables(root: DataRoot) -> tuple[list[dict[str, Any]], list[dict[str, A
     return video_rows, category_rows
 
 
-def _read(root: DataRoot, path: Path, columns: list[str] | None = None) -> pa.Table:
-    with root.open_parquet(path, columns) as source:
-        return pq.read_table(source, columns=columns)
-
-
 @dataclass(frozen=True)
 class RecipeReport:
     text: str
@@ -91,8 +83,10 @@ class RecipeReport:
 
 def recipe_report(root: DataRoot, examples: int = 5) -> RecipeReport:
     """Per video of a rebuilt recipe: its frames kept again, changed (with a few frame indices), never decoded."""
-    videos = _read(root, root.videos_table).to_pylist()
-    frames = _read(root, root.frames_table, ["dataset", "video_id", "frame_index", "drop_reason"])
+    videos = root.read_table(root.videos_table).to_pylist()
+    frames = root.read_table(
+        root.frames_table, ["dataset", "video_id", "frame_index", "drop_reason"], FRAME_STATS_SCHEMA
+    )
     changed_by_video: dict[str, list[int]] = {}
     for row in frames.filter(pc.equal(frames["drop_reason"], "recipe_changed")).to_pylist():
         changed_by_video.setdefault(f"{row['dataset']}/{row['video_id']}", []).append(row["frame_index"])

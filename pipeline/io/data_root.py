@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.io import objectstore
+import pyarrow as pa
+
+from pipeline.io import objectstore, parquet_tables
 from pipeline.io.storage import move_if_changed, remove_stale_temps, sha256_file, write_bytes_atomic
 
 WORK_DIR_ENV = "DEPTHCURATE_WORK_DIR"  # where working directories of object-store roots go
@@ -80,7 +82,11 @@ class DataRoot:
         return self.root / "previews" / dataset / f"{video_id}.jpg"
 
     def manifest(self, dataset: str) -> Path:
+        """A dataset's manifest: a directory of per-video parts (pipeline/io/parquet_tables.py reads it)."""
         return self.root / "manifest" / f"{dataset}.parquet"
+
+    def manifest_part(self, dataset: str, video_id: str) -> Path:
+        return self.manifest(dataset) / f"{video_id}.parquet"
 
     @property
     def videos_table(self) -> Path:
@@ -88,7 +94,11 @@ class DataRoot:
 
     @property
     def frames_table(self) -> Path:
+        """Every decoded frame of every published video: a directory of per-video parts, by dataset."""
         return self.root / "stats" / "frames.parquet"
+
+    def frames_table_part(self, dataset: str, video_id: str) -> Path:
+        return self.frames_table / dataset / f"{video_id}.parquet"
 
     @property
     def cameras_table(self) -> Path:
@@ -174,6 +184,15 @@ class DataRoot:
     ) -> AbstractContextManager[str | Path | BinaryIO]:
         """For pyarrow reads of some columns: an object store then sends only their byte ranges."""
         return objectstore.open_parquet(self.address(path) if self.url else path, columns=columns)
+
+    def has_table(self, path: Path) -> bool:
+        """A published table with at least one Parquet file (a manifest of a dataset none of whose videos got
+        through has none)."""
+        return bool(parquet_tables.table_files(self.address(path)))
+
+    def read_table(self, path: Path, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """A published table: one Parquet file, or a directory of per-video parts (the frames table, manifests)."""
+        return parquet_tables.read_table(self.address(path), columns, schema)
 
     def write_bytes(self, path: Path, data: bytes) -> bool:
         """Write atomically; False when the file already held exactly these bytes (nothing is touched)."""

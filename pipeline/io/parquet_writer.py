@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,69 +121,3 @@ class PartWriter:
 def _statistics_columns(schema: pa.Schema) -> list[str]:
     # Min/max of pixel bytes helps nobody; keep statistics on the columns readers filter by.
     return [f.name for f in schema if not pa.types.is_binary(f.type)]
-
-
-class TableStream:
-    """One Parquet file written from tables as they come, in row groups of exactly `row_group_rows` rows.
-
-    The file holds the bytes `pq.write_table(concat(tables), row_group_size=row_group_rows)` would write, while
-    memory holds at most two row groups: what lets publish stream tables of every frame of a corpus. Each row
-    group is encoded on the stream's own thread (Arrow releases the GIL), so several streams and their caller's
-    reading use every core; the next flush waits for the last, which bounds memory and keeps the order.
-    """
-
-    def __init__(
-        self, path: str | Path, schema: pa.Schema, *, row_group_rows: int = 1_000_000, compression: str = "zstd"
-    ) -> None:
-        self.path = Path(path)
-        self.schema = schema
-        self.row_group_rows = row_group_rows
-        self.rows = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.path, schema, compression=compression)
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-stream")
-        self._in_flight: Future[None] | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._pending.append(table.cast(self.schema))
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        while self._pending_rows >= self.row_group_rows:
-            self._flush(self.row_group_rows)
-
-    def close(self) -> Path:
-        """Write what is left and the footer; returns the file's path."""
-        try:
-            if self._pending_rows or self.rows == 0:
-                # An empty table still gets the one empty row group write_table gives it.
-                self._flush(self._pending_rows)
-            self._wait()
-        finally:
-            self._encoder.shutdown()
-        self._writer.close()
-        return self.path
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):  # the error being handled is the one that matters
-            self._wait()
-        self._encoder.shutdown()
-        self._writer.close()
-        self.path.unlink(missing_ok=True)
-
-    def _flush(self, rows: int) -> None:
-        buffered = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
-        rest = buffered.slice(rows)
-        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-        self._wait()  # an encoding error surfaces here, in the caller, at the next flush at the latest
-        self._in_flight = self._encoder.submit(
-            self._writer.write_table, buffered.slice(0, rows), row_group_size=self.row_group_rows
-        )
-
-    def _wait(self) -> None:
-        if self._in_flight is not None:
-            in_flight, self._in_flight = self._in_flight, None
-            in_flight.result()

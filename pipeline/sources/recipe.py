@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.io.data_root import DataRoot
 from pipeline.io.storage import write_bytes_atomic
+from pipeline.schema import FRAME_STATS_SCHEMA
 from pipeline.sources.catalog import CatalogEntry, CatalogError, read_catalog, write_catalog
 
 RECIPE_FORMAT = "depthcurate-recipe/1"
@@ -107,7 +107,8 @@ def rebuild_inputs(recipe_path: str | Path, workdir: Path) -> tuple[Path, dict[s
 
 def _kept_frames(root: DataRoot) -> dict[str, RecipeVideo]:
     columns = ["dataset", "video_id", "frame_index", "phash", "decoded_sha256"]
-    table = pq.read_table(root.frames_table, columns=[*columns, "kept"], filters=[("kept", "==", True)])
+    table = root.read_table(root.frames_table, [*columns, "kept"], FRAME_STATS_SCHEMA)
+    table = table.filter(table["kept"])
     table = table.sort_by([("dataset", "ascending"), ("video_id", "ascending"), ("frame_index", "ascending")])
     names = pc.binary_join_element_wise(table["dataset"], table["video_id"], "/").to_pylist()
     indices, hashes, digests = (table[c].to_pylist() for c in ("frame_index", "phash", "decoded_sha256"))
@@ -121,7 +122,7 @@ def _kept_frames(root: DataRoot) -> dict[str, RecipeVideo]:
 
 
 def _applied_trims(root: DataRoot) -> dict[str, tuple[float, float]]:
-    table = pq.read_table(root.videos_table, columns=["dataset", "video_id", "trim_start_s", "trim_end_s"])
+    table = root.read_table(root.videos_table, ["dataset", "video_id", "trim_start_s", "trim_end_s"])
     return {
         f"{row['dataset']}/{row['video_id']}": (row["trim_start_s"], row["trim_end_s"])
         for row in table.to_pylist()

@@ -372,7 +372,7 @@ def test_a_failed_video_fails_its_task_run_and_the_flow_completes_with_the_count
 
 @pytest.mark.slow
 def test_a_full_disk_fails_one_video_task_and_in_publish_fails_the_flow_with_one_error(
-    small_flow, http_root, monkeypatch
+    small_flow, http_root, monkeypatch, published_bytes
 ):
     """As with the Prefect-free driver (tests/pipeline/test_driver.py): a video that runs out of space is a
     retryable disk_full while the others are written; publish running out of space raises DiskFull, one line."""
@@ -401,14 +401,14 @@ def test_a_full_disk_fails_one_video_task_and_in_publish_fails_the_flow_with_one
     assert [(v["video_id"], v["status"]) for v in result["videos"]] == [("walk", "ok"), ("cut", "disk_full")]
     assert result["outcome"] == "1 ok, 1 failed (1 retryable)"
     root = DataRoot(path)
-    published = {p: p.read_bytes() for p in (root.videos_table, root.manifest("test"), root.dataset_json)}
+    published = published_bytes(root.root, "stats/videos.parquet", "manifest", "dataset.json")
 
     monkeypatch.undo()  # space for the preview again; none for the videos table
     monkeypatch.setattr(data_root, "write_bytes_atomic", no_space_for("videos.parquet", data_root.write_bytes_atomic))
     with pytest.raises(DiskFull) as caught:
         small_flow(entries)
     assert str(caught.value).startswith(f"publish ran out of space on {root.name} (") and "\n" not in str(caught.value)
-    assert {p: p.read_bytes() for p in published} == published
+    assert published_bytes(root.root, *published) == published
 
 
 def test_the_dataset_report_is_written_after_publish_and_linked(demo_run):

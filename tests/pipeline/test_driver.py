@@ -27,7 +27,9 @@ def _entries(http_root: str) -> list[CatalogEntry]:
     ]
 
 
-def test_curates_good_videos_records_bad_ones_and_a_rerun_skips_everything(http_root, small_config, tmp_path):
+def test_curates_good_videos_records_bad_ones_and_a_rerun_skips_everything(
+    http_root, small_config, tmp_path, published_bytes
+):
     root = DataRoot(tmp_path / "root")
     cfg = with_overrides(small_config, {"run": {"workers": 2}})
     first = curate_entries(_entries(http_root), root, cfg)
@@ -39,10 +41,10 @@ def test_curates_good_videos_records_bad_ones_and_a_rerun_skips_everything(http_
     assert "404" in (first.videos[2].error or "")
     manifest = pq.read_table(root.manifest("test"))
     assert manifest.num_rows == first.description["counts"]["samples"]["test"] > 0
-    tables = {path: path.read_bytes() for path in (root.manifest("test"), root.videos_table, root.dataset_json)}
+    tables = published_bytes(root.root, "manifest", "stats/frames.parquet", "stats/videos.parquet", "dataset.json")
     again = curate_entries(_entries(http_root), root, cfg)
     assert [v.skipped for v in again.videos] == [True, True, True]  # a 404 is permanent: not retried either
-    assert {path: path.read_bytes() for path in tables} == tables  # publish rewrote no byte
+    assert published_bytes(root.root, *tables) == tables  # publish rewrote no byte
 
 
 def test_catalog_problems_become_catalog_errors_in_the_videos_table(http_root, small_config, tmp_path):
@@ -204,13 +206,12 @@ def test_no_room_even_for_the_failure_record_is_one_log_line_and_the_run_goes_on
 
 
 def test_a_full_disk_in_publish_is_one_clear_error_and_the_published_tables_stay(
-    full_disk, http_root, small_config, tmp_path, caplog
+    full_disk, http_root, small_config, tmp_path, caplog, published_bytes
 ):
     root = DataRoot(tmp_path / "root")
     walk, cut, _ = _entries(http_root)
     curate_entries([walk], root, small_config)
-    tables = (root.videos_table, root.frames_table, root.manifest("test"), root.dataset_json)
-    published = {path: path.read_bytes() for path in tables}
+    published = published_bytes(root.root, "manifest", "stats/frames.parquet", "stats/videos.parquet", "dataset.json")
     full_disk("publish", "videos")
     with caplog.at_level(logging.INFO, logger="depthcurate"), pytest.raises(DiskFull) as caught:
         curate_entries([walk, cut], root, small_config)
@@ -219,7 +220,8 @@ def test_a_full_disk_in_publish_is_one_clear_error_and_the_published_tables_stay
     assert "\n" not in message and caught.value.__cause__ is None  # one line; the CLI prints it as it is
     errors, tracebacks = _problems(caplog)
     assert errors == [message] and tracebacks == []
-    assert {path: path.read_bytes() for path in tables} == published
+    # What was published stays as it was (cut's own new parts may be in place already: unlisted until a rerun).
+    assert published_bytes(root.root, *published) == published
     record = load_record(root, "test", "cut")
     assert record is not None and record.ok  # kept: once there is space, a rerun only publishes
 

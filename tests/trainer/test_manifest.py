@@ -57,3 +57,12 @@ def test_unknown_config_key_is_rejected(tmp_path):
         load_train_config(path)
     with pytest.raises(ConfigError, match="multiples of 32"):
         load_train_config(overrides={"data": {"height": 100}})
+
+
+def test_a_single_file_manifest_of_an_earlier_layout_reads_as_its_per_video_parts(train_root, tmp_path):
+    parts = train_root / "manifest" / "mono.parquet"
+    assert parts.is_dir() and len(list(parts.glob("*.parquet"))) > 1
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pq.read_table(parts), tmp_path / "manifest" / "mono.parquet")  # one file, as before
+    from_parts = read_manifest(parts).drop(columns="root")
+    assert read_manifest(tmp_path / "manifest" / "mono.parquet").drop(columns="root").equals(from_parts)

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,18 +112,19 @@ def make_corpus(path: Path, names: list[str], frames: int = 300) -> DataRoot:
     return root
 
 
-def outputs(root: DataRoot) -> dict[str, bytes]:
-    return {name: (root.root / name).read_bytes() for name in (*OUTPUTS, "dataset.json")}
+def outputs(root: DataRoot, read: Callable[..., dict[str, bytes]]) -> dict[str, bytes]:
+    """Every published file's bytes (`read` is the published_bytes fixture)."""
+    return read(root.root, *OUTPUTS, "dataset.json")
 
 
-def from_scratch(root: DataRoot, tmp_path: Path) -> dict[str, bytes]:
+def from_scratch(root: DataRoot, tmp_path: Path, read: Callable[..., dict[str, bytes]]) -> dict[str, bytes]:
     """What a publish with no state writes for the same videos."""
     fresh = tmp_path / "fresh"
     shutil.rmtree(fresh, ignore_errors=True)
     shutil.copytree(root.root, fresh, ignore=shutil.ignore_patterns("state", "manifest", "dataset.json"))
     copy = DataRoot(fresh)
     publish(copy, CFG)
-    return outputs(copy)
+    return outputs(copy, read)
 
 
 @pytest.mark.parametrize("max_hamming", [0, 2, 4, 10, 20])
@@ -144,23 +146,80 @@ def test_decisions_match_a_brute_force_pass_and_planted_copies_are_found(tmp_pat
 
 
 @pytest.mark.parametrize("added", ["0_first", "bb_middle", "z_last"])
-def test_adding_a_video_anywhere_writes_the_bytes_of_a_publish_from_scratch(tmp_path, added):
+def test_adding_a_video_anywhere_writes_the_bytes_of_a_publish_from_scratch(tmp_path, added, published_bytes):
     root = make_corpus(tmp_path / "root", ["b", "c", "d"])
     publish(root, CFG)
     write_video(root, added, 300, seed=9, copy_from=kept_hashes(root, "c"))  # shares frames with c
     assert publish(root, CFG)["counts"]["dropped"]["duplicate_cross_video"] > 0
-    assert outputs(root) == from_scratch(root, tmp_path)
+    assert outputs(root, published_bytes) == from_scratch(root, tmp_path, published_bytes)
 
 
-def test_removing_or_changing_a_video_is_decided_again(tmp_path):
+def test_removing_or_changing_a_video_is_decided_again(tmp_path, published_bytes):
     root = make_corpus(tmp_path / "root", ["a", "b", "c", "d"])
     publish(root, CFG)
     root.video_record("gen", "b").unlink()
     publish(root, CFG)
-    assert outputs(root) == from_scratch(root, tmp_path)
+    assert outputs(root, published_bytes) == from_scratch(root, tmp_path, published_bytes)
     write_video(root, "c", 200, seed=42, copy_from=kept_hashes(root, "a"))  # c re-ingested: other frames
     publish(root, CFG)
-    assert outputs(root) == from_scratch(root, tmp_path)
+    assert outputs(root, published_bytes) == from_scratch(root, tmp_path, published_bytes)
+
+
+def _stamps(root: DataRoot) -> dict[str, int]:
+    files = [p for p in root.root.rglob("*.parquet") if p.is_file()]
+    return {p.relative_to(root.root).as_posix(): p.stat().st_mtime_ns for p in files}
+
+
+def test_appending_a_video_writes_only_its_own_parts(tmp_path, monkeypatch):
+    from pipeline.corpus import publish as publish_module
+
+    root = make_corpus(tmp_path / "root", ["a", "b", "c"])
+    publish(root, CFG)
+    before = _stamps(root)
+    write_video(root, "d", 300, seed=5, copy_from=kept_hashes(root, "b"))
+    read = []
+    original = publish_module._read_video
+    monkeypatch.setattr(
+        publish_module, "_read_video", lambda r, video: read.append(video.video_id) or original(r, video)
+    )
+    publish(root, CFG)
+    after = _stamps(root)
+    changed = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
+    assert read == ["d"]
+    assert changed == [
+        "manifest/gen.parquet/d.parquet",
+        "shards/gen/d/part-00000.parquet",
+        "stats/categories.parquet",
+        "stats/frames.parquet/gen/d.parquet",
+        "stats/frames/gen/d/frames-00000.parquet",
+        "stats/videos.parquet",
+    ]
+
+
+def test_a_damaged_outputs_state_or_part_is_rewritten(tmp_path, published_bytes):
+    root = make_corpus(tmp_path / "root", ["a", "b", "c"])
+    publish(root, CFG)
+    expected = outputs(root, published_bytes)
+    root.publish_state("outputs.json").write_bytes(b'{"format": 1, "videos": {"gen/a": 7}}')
+    part = root.frames_table_part("gen", "b")
+    part.write_bytes(part.read_bytes()[:100])
+    (root.root / "manifest" / "gen.parquet" / "zz_stale.parquet").write_bytes(b"a part of no video")
+    root.publish_state("inputs.json").unlink()  # so publish looks instead of finding nothing new
+    publish(root, CFG)
+    assert outputs(root, published_bytes) == expected
+
+
+def test_tables_of_the_single_file_layout_give_way_to_per_video_parts(tmp_path, published_bytes):
+    root = make_corpus(tmp_path / "root", ["a", "b"])
+    publish(root, CFG)
+    expected = outputs(root, published_bytes)
+    for table in (root.frames_table, root.manifest("gen")):  # as a release before per-video parts left them
+        whole = pq.read_table(table)
+        shutil.rmtree(table)
+        pq.write_table(whole, table)
+    shutil.rmtree(root.root / "state")
+    publish(root, CFG)
+    assert outputs(root, published_bytes) == expected
 
 
 def test_a_rerun_with_nothing_new_writes_nothing_and_reads_no_frames(tmp_path):
@@ -173,10 +232,10 @@ def test_a_rerun_with_nothing_new_writes_nothing_and_reads_no_frames(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "other_format"])
-def test_a_damaged_state_is_rebuilt_not_trusted(tmp_path, damage):
+def test_a_damaged_state_is_rebuilt_not_trusted(tmp_path, damage, published_bytes):
     root = make_corpus(tmp_path / "root", ["a", "b", "c"])
     publish(root, CFG)
-    expected = outputs(root)
+    expected = outputs(root, published_bytes)
     state = root.publish_state(STATE_NAME)
     data = bytearray(state.read_bytes())
     if damage == "truncate":
@@ -195,7 +254,7 @@ def test_a_damaged_state_is_rebuilt_not_trusted(tmp_path, damage):
     state.write_bytes(bytes(data))
     root.publish_state("inputs.json").unlink()  # so publish decides again instead of finding nothing new
     publish(root, CFG)
-    assert outputs(root) == expected
+    assert outputs(root, published_bytes) == expected
 
 
 _KILLED_CHILD = """
@@ -204,31 +263,31 @@ from pipeline.config import load_config
 from pipeline.corpus import publish as publish_module
 from pipeline.io.data_root import DataRoot
 
-original = publish_module.TableStream.close
-def close_then_die(self):
-    path = original(self)
-    if self.path.name.startswith(".frames"):  # the frames table is finished but not yet in place
+original, calls = DataRoot.publish_file, []
+def publish_then_die(self, local, path):
+    calls.append(path)
+    if len(calls) == 2:  # the new video's frames part is in place, its manifest part finished but not yet
         os.kill(os.getpid(), signal.SIGKILL)
-    return path
-publish_module.TableStream.close = close_then_die
+    return original(self, local, path)
+DataRoot.publish_file = publish_then_die
 publish_module.publish(DataRoot(sys.argv[1]), load_config(overrides={"dedup": {"max_hamming": 4}}))
 """
 
 
-def test_a_publish_killed_midway_leaves_state_the_next_one_repairs(tmp_path):
+def test_a_publish_killed_midway_leaves_state_the_next_one_repairs(tmp_path, published_bytes):
     root = make_corpus(tmp_path / "root", ["a", "b", "c"])
     publish(root, CFG)
     write_video(root, "d", 300, seed=7, copy_from=kept_hashes(root, "a"))
     child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(root.root)], capture_output=True, text=True)
     assert child.returncode == -signal.SIGKILL, child.stderr
-    assert [p.name for p in (root.root / "stats").glob(".*tmp*")]  # it did die with a temporary left
+    assert [p.name for p in (root.root / "manifest").rglob(".*tmp*")]  # it did die with a temporary left
     publish(root, CFG)
-    assert outputs(root) == from_scratch(root, tmp_path)
+    assert outputs(root, published_bytes) == from_scratch(root, tmp_path, published_bytes)
     assert not list(root.root.rglob(".*tmp*"))
     assert os.path.getsize(root.publish_state(STATE_NAME)) > 0
 
 
-def test_appending_a_video_decides_only_that_video(tmp_path, monkeypatch):
+def test_appending_a_video_decides_only_that_video(tmp_path, monkeypatch, published_bytes):
     from pipeline.corpus import cross_video
 
     root = make_corpus(tmp_path / "root", ["a", "b", "c"])
@@ -239,7 +298,7 @@ def test_appending_a_video_decides_only_that_video(tmp_path, monkeypatch):
     monkeypatch.setattr(cross_video, "_read_kept", lambda r, video: read.append(video.video_id) or original(r, video))
     publish(root, CFG)
     assert read == ["d"]
-    assert outputs(root) == from_scratch(root, tmp_path)
+    assert outputs(root, published_bytes) == from_scratch(root, tmp_path, published_bytes)
 
 
 def test_clip_pass_takes_videos_with_and_without_cross_video_duplicates(tmp_path, clip_settings):

@@ -90,7 +90,9 @@ def test_stats_tables_agree(published):
 
 def test_republishing_changes_no_byte(published, small_config):
     root, description = published
-    files = [root.dataset_json, root.videos_table, root.frames_table, root.manifest("test")]
+    parts = [*root.frames_table.rglob("*.parquet"), *root.manifest("test").glob("*.parquet")]
+    files = [root.dataset_json, root.videos_table, *parts]
+    assert len(parts) == 6  # a frames-table part and a manifest part per video
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     assert publish(root, small_config, PROBLEMS) == description
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
@@ -101,7 +103,8 @@ def test_republishing_clears_what_a_killed_publish_left(published, small_config)
     from pipeline.io.storage import temp_path_for
 
     root, description = published
-    left = [temp_path_for(path) for path in (root.frames_table, root.manifest("test"), root.dataset_json)]
+    parts = [root.frames_table_part("test", "b_copy"), root.manifest_part("test", "b_copy")]
+    left = [temp_path_for(path) for path in (*parts, root.videos_table, root.dataset_json)]
     for tmp in left:
         tmp.write_bytes(b"half a table")  # as a publish killed mid-write leaves it
     assert publish(root, small_config, previous_catalog_problems(root)) == description

@@ -36,8 +36,16 @@ def test_a_changed_shard_is_named(root):
 
 
 def test_a_missing_table_is_named(root):
-    root.frames_table.unlink()
-    assert verify_dataset(root) == ["stats/frames.parquet: missing"]
+    root.frames_table_part("test", "walk").unlink()
+    assert verify_dataset(root) == ["stats/frames.parquet/test/walk.parquet: missing"]
+
+
+def test_a_part_dataset_json_does_not_list_is_named(root):
+    stray = root.manifest_part("test", "zz")
+    stray.write_bytes(root.manifest_part("test", "walk").read_bytes())
+    assert verify_dataset(root) == [
+        "manifest/test.parquet/zz.parquet: not in dataset.json (a publish did not finish: rerun it)"
+    ]
 
 
 def test_unknown_schema_version_is_a_clear_error(root):

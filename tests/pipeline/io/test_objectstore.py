@@ -125,14 +125,20 @@ def test_ingest_and_publish_order_on_an_object_store(s3_bucket, s3_server, video
     # Publish's own state goes around the outputs (decisions before, the inputs digest after dataset.json).
     assert {key for key in order if key.startswith("state/")} == {
         "state/publish/cross_video.npz",
+        "state/publish/outputs.json",
         "state/publish/inputs.json",
     }
     order = [key for key in order if not key.startswith("state/")]
     record = order.index("stats/videos/test/walk.json")
     parts = [i for i, key in enumerate(order) if key.startswith(("shards/", "stats/frames/test/"))]
-    tables = [order.index(key) for key in ("stats/frames.parquet", "stats/videos.parquet", "stats/categories.parquet")]
-    assert parts and max(parts) < record < min(tables)  # the done-marker after the video's files
-    assert max(tables) < order.index("manifest/test.parquet") < order.index("dataset.json") == len(order) - 1
+    video_parts = [
+        order.index(key) for key in ("stats/frames.parquet/test/walk.parquet", "manifest/test.parquet/walk.parquet")
+    ]
+    tables = [order.index(key) for key in ("stats/videos.parquet", "stats/categories.parquet")]
+    assert parts and max(parts) < record < min(video_parts)  # the done-marker after the video's files
+    # A manifest part after the frames-table part: a reader who finds it can rely on what it points to.
+    assert video_parts == sorted(video_parts) and max(video_parts) < min(tables)
+    assert max(tables) < order.index("dataset.json") == len(order) - 1
     assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))  # finished files moved to the store
     assert verify_dataset(root) == []
     assert description["shards"] and all(root.exists(root.root / s["path"]) for s in description["shards"])
@@ -147,8 +153,8 @@ def test_same_bytes_as_local_disk_and_resumable_from_another_machine(
     local_description = curate_small(local, entry, video_dir / "walk.mp4", small_config)
     assert remote_description == local_description
     for path in [local.root / s["path"] for s in local_description["shards"]] + [
-        local.manifest("test"),
-        local.frames_table,
+        local.manifest_part("test", "walk"),
+        local.frames_table_part("test", "walk"),
     ]:
         assert remote.read_bytes(remote.root / local.relative(path)) == path.read_bytes()
     elsewhere = DataRoot(f"{s3_bucket}/data", work_dir=tmp_path / "other-machine")

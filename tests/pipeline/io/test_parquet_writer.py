@@ -192,29 +192,6 @@ def test_rows_must_match_the_schema(tmp_path):
     assert _listing(tmp_path) == []
 
 
-@pytest.mark.parametrize("chunks", [[], [1], [3, 7, 15], [10, 10, 10], [1000, 1, 1499]])
-def test_table_stream_writes_the_bytes_of_write_table(tmp_path, chunks):
-    """Streamed in any chunking, the file is what pq.write_table of the whole table writes (row groups of 10)."""
-    import io
-
-    from pipeline.io.parquet_writer import TableStream
-
-    schema = pa.schema([pa.field("a", pa.int64()), pa.field("s", pa.string())], metadata={b"version": b"1"})
-    tables, start = [], 0
-    for size in chunks:
-        values = list(range(start, start + size))
-        tables.append(pa.table({"a": values, "s": [f"x{v % 7}" for v in values]}, schema=schema))
-        start += size
-    whole = pa.concat_tables(tables) if tables else schema.empty_table()
-    expected = io.BytesIO()
-    pq.write_table(whole, expected, compression="zstd", row_group_size=10)
-    stream = TableStream(tmp_path / "t.parquet", schema, row_group_rows=10)
-    for table in tables:
-        stream.write(table)
-    assert stream.close().read_bytes() == expected.getvalue()
-    assert stream.rows == whole.num_rows
-
-
 def test_move_if_changed_keeps_an_identical_file_untouched(tmp_path):
     from pipeline.io.storage import move_if_changed
 
