@@ -26,19 +26,25 @@ def encode_disparity_png(disparity: np.ndarray, valid: np.ndarray | None = None)
     Decode with d = png_value * scale + offset; the error is at most scale / 2 = range / 131070.
     Pixels outside the valid range (invalid ones) are clipped to it; non-finite ones store 0.
     """
-    d = np.asarray(disparity, dtype=np.float64)
+    d = np.array(disparity, dtype=np.float64)  # a copy: the codes are computed in place
     if d.ndim != 2:
         raise ValueError(f"disparity must be HxW, got {d.shape}")
-    use = np.isfinite(d) if valid is None else (np.asarray(valid, bool) & np.isfinite(d))
+    finite = np.isfinite(d)
+    use = finite if valid is None else (np.asarray(valid, bool) & finite)
     if use.any():
-        offset, top = float(d[use].min()), float(d[use].max())
+        values = d[use]
+        offset, top = float(values.min()), float(values.max())
     else:
         offset, top = 0.0, 0.0
     # A flat frame still needs a positive scale so decoding stays a plain multiply-add.
     scale = (top - offset) / _PNG_MAX if top > offset else 1.0
-    with np.errstate(invalid="ignore"):
-        codes = np.rint((np.nan_to_num(d, nan=offset, posinf=top, neginf=offset) - offset) / scale)
-    ok, png = cv2.imencode(".png", np.clip(codes, 0, _PNG_MAX).astype(np.uint16))
+    if not finite.all():
+        np.nan_to_num(d, copy=False, nan=offset, posinf=top, neginf=offset)
+    np.subtract(d, offset, out=d)
+    np.divide(d, scale, out=d)
+    np.rint(d, out=d)
+    np.clip(d, 0, _PNG_MAX, out=d)
+    ok, png = cv2.imencode(".png", d.astype(np.uint16))
     if not ok:
         raise RuntimeError("OpenCV could not encode the disparity PNG")
     return png.tobytes(), scale, offset

@@ -5,10 +5,14 @@ DIS medium's disparity is right almost everywhere it is consistent, except in ba
 it smooths the foreground over the background in both directions: the left-right check keeps those, and
 they were most of the 7.8% of kept pixels off by > 3 px (10.4% at 16% parallax, 3.3% at a movie's 3%). The
 confidence's gradient and match cues drop them: 4.8%, 4.8% and 1.3%, at densities 0.78, 0.64 and 0.90
-(from 0.88, 0.77 and 0.96). Alternatives measured and left out: a StereoSGBM cross-check (agreement within
-1 px: 0.73 / 3.1% on the native pair, for 135 ms a pair, more than both flows), seeding DIS from a coarse
-SGBM (no change: DIS's pyramid already reaches 130 px at 741 px wide, median error 0.7 px there), full-res
-variational refinement (0.80 / 4.7%, 400 ms) and DIS at finest scale 0 (4-7x the flow time).
+(from 0.88, 0.77 and 0.96). Alternatives measured and left out of the default: a StereoSGBM cross-check
+(kept where both agree within 1 px: 0.61 / 2.5%, 0.47 / 2.3% and 0.81 / 0.8%, for 135 ms a pair, more than both
+flows), seeding DIS (even with the ground truth blurred by 8 px as its initial flow: 0.65 / 4.4% at 16%,
+0.90 / 1.2% at 3%: DIS's pyramid already reaches the range; its error is the half-resolution search),
+full-res variational refinement (0.80 / 4.7%, 400 ms), a stricter confidence threshold (0.6: 0.75 / 4.2%,
+0.61 / 4.2%, 0.88 / 1.05%) and DIS at finest scale 0 (0.81 / 3.1%, 0.67 / 2.7%, 0.90 / 0.91%, with the
+synthetic EPE 0.071 -> 0.059 px, for 3-6x the flow time: `stereo.flow.dis_finest_scale: 0` where
+accuracy matters more than speed). None keeps 0.70 at 16% parallax with 1% off by > 3 px.
 
 Its PNG storage is in pipeline/media/codecs.py, so the trainer decodes it without the stereo stack.
 """
@@ -180,29 +184,32 @@ def summarize(checks: PixelChecks, sky_mask: np.ndarray | None = None) -> Stereo
     sky = np.zeros(shape, bool) if sky_mask is None else np.asarray(sky_mask, bool)
     if sky.shape != shape:
         raise ValueError(f"sky mask {sky.shape} does not match flow {shape}")
-    valid = checks.valid & ~sky
-    ground = ~sky
-    n_ground = int(ground.sum())
-    matched = ground & checks.lr_ok
-    n_matched = int(matched.sum())
+    n_sky = int(np.count_nonzero(sky))
+    valid = checks.valid & ~sky if n_sky else checks.valid
+    matched = checks.lr_ok & ~sky if n_sky else checks.lr_ok
+    n_ground = sky.size - n_sky
+    n_matched = int(np.count_nonzero(matched))
+    n_vertical_ok = int(np.count_nonzero(matched & checks.vertical_ok))
     disparity = checks.disparity
     valid_disp = disparity[valid]
     if valid_disp.size:
         low, high = np.percentile(valid_disp, _RANGE_PERCENTILES)
         disp_range = float(high - low)
-        # Sky is the farthest thing in the frame: give it the smallest disparity measured anywhere.
-        disparity = np.where(sky, valid_disp.min(), disparity)
+        if n_sky:  # sky is the farthest thing in the frame: give it the smallest disparity measured anywhere
+            disparity = np.where(sky, valid_disp.min(), disparity)
     else:
         disp_range = 0.0
+    confidence = np.where(sky, np.float32(0), checks.confidence) if n_sky else checks.confidence.copy()
+    # Counts, not means of masked copies: the same fractions (an exact integer over an integer), less memory traffic.
     return StereoResult(
         disparity=disparity.astype(np.float32),
         valid=valid,
         sky_mask=sky,
-        confidence=np.where(sky, np.float32(0), checks.confidence),
-        lr_pass_fraction=float(checks.lr_ok[ground].mean()) if n_ground else 0.0,
-        vertical_fail_fraction=float((~checks.vertical_ok[matched]).mean()) if n_matched else 0.0,
+        confidence=confidence,
+        lr_pass_fraction=n_matched / n_ground if n_ground else 0.0,
+        vertical_fail_fraction=(n_matched - n_vertical_ok) / n_matched if n_matched else 0.0,
         disp_range_px=disp_range,
-        sky_fraction=float(sky.mean()) if sky.size else 0.0,
+        sky_fraction=n_sky / sky.size if sky.size else 0.0,
     )
 
 

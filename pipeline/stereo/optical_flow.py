@@ -150,7 +150,9 @@ class RAFTFlow:
 def make_flow_backend(cfg: OpticalFlowConfig) -> FlowBackend:
     """The backend cfg names: DIS with its preset, or RAFT from cfg.raft_checkpoint."""
     if cfg.backend == "dis":
-        return DISFlow(cfg.dis_preset)
+        if cfg.dis_finest_scale is None:
+            return DISFlow(cfg.dis_preset)
+        return DISFlow(cfg.dis_preset, finest_scale=cfg.dis_finest_scale)
     if cfg.backend == "raft":
         if not cfg.raft_checkpoint:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pipeline.errors import VideoError
 from pipeline.media.codecs import encode_confidence_png, encode_disparity_png, encode_jpeg, encode_mask_png
 from pipeline.media.decode import FrameReader
 from pipeline.sources.catalog import CatalogEntry
-from pipeline.stereo.disparity import PixelChecks, pixel_checks, rejection_reason, summarize
+from pipeline.stereo.disparity import PixelChecks, StereoResult, pixel_checks, rejection_reason, summarize
 from pipeline.stereo.optical_flow import DISFlow, make_flow_backend, stereo_flows
 from pipeline.stereo.packing import (
     ViewGeometry,
@@ -39,6 +40,7 @@ from pipeline.stereo.qa import (
 from pipeline.stereo.sky import make_sky_detector
 
 PROBE_FRAMES = 8  # frames looked at to decide the layout and the letterbox
+WORKERS = 2  # threads measuring pairs beside the one computing flows
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,16 @@ def _probe_frames(video_path: str | Path, start_s: float, end_s: float, size: tu
 
 
 class StereoProcessor:
-    """Flow both ways, checks, sky, rejection rules and PNG encoding for batches of view pairs."""
+    """Flow both ways, checks, sky, rejection rules and PNG encoding for batches of view pairs.
+
+    The per-pair work around the flows (colour matching before; checks, sky, summary, PNGs after) runs on
+    WORKERS threads while the main thread computes the next pair's flows: OpenCV, zlib and numpy's array loops
+    release the GIL, and DIS leaves part of the cores idle. It is done before the batch's source QA is known,
+    since that rarely changes it: a desync drops the pixels, swapped eyes redo the pairs the other way round.
+    The outputs are those of doing it all in turn, to the byte. It pays where cores are idle: a batch of 8 pairs
+    at 940x400 went from 1.53x to 1.32x the time of the bare flows with little else running on 2 cores, and gained
+    nothing with them busy with other work (benchmarks/bench_stereo.py).
+    """
 
     def __init__(self, cfg: StereoConfig, jpeg_quality: int = 95) -> None:
         self.cfg = cfg
@@ -111,35 +122,108 @@ class StereoProcessor:
 
     def process(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoOutcome]:
         """Outcomes in order; a batch holds consecutive pairs of one video, which the source QA votes over."""
-        pairs = [prepare_pair(left, right) for left, right in zip(lefts, rights)]
-        matched = [p.right_matched for p in pairs]
-        flows_lr, flows_rl = stereo_flows(self.flow, lefts, matched)
-        checks = self._checks(lefts, matched, pairs, flows_lr, flows_rl)
-        swapped = batch_swapped(checks, self.cfg.swap_min_fraction)
-        desync = desync_scores(self._temporal_flows(lefts), flows_lr, checks)
-        reason = self._source_reason(swapped, batch_desync(desync, self.cfg.max_desync_score))
-        if swapped and self.cfg.on_swapped == "swap":  # the right view is the left eye's: read the pair the other way
-            lefts, rights, flows_lr, flows_rl = rights, lefts, flows_rl, flows_lr
-            pairs = [p.swapped() for p in pairs]
-            checks = self._checks(lefts, rights, pairs, flows_lr, flows_rl)
+        with ThreadPoolExecutor(WORKERS) as pool:
+            # Submitted first, these never wait behind a measure that waits for them.
+            prepared = [pool.submit(prepare_pair, left, right) for left, right in zip(lefts, rights)]
+            temporal = pool.submit(self._temporal_flows, lefts)
+            early_sky = None if self.cfg.sky.use_disparity else self.sky  # needs the left view alone
+            skies = [pool.submit(early_sky, left) if early_sky is not None else None for left in lefts]
+            flows_lr, flows_rl, pending = self._flows_and_measures(pool, lefts, rights, prepared, skies)
+            measures = [m.result() for m in pending]
+            pairs = [m.pair for m in measures]
+            checks = [m.checks for m in measures]
+            swapped = batch_swapped(checks, self.cfg.swap_min_fraction)
+            desync = desync_scores(temporal.result(), flows_lr, checks)
+            reason = self._source_reason(swapped, batch_desync(desync, self.cfg.max_desync_score))
+            if swapped and self.cfg.on_swapped == "swap":  # the right view is the left eye's: read the other way
+                again = [
+                    pool.submit(self._measure, right, left, pair.swapped(), rl, lr, None, swapped=True)
+                    for left, right, pair, lr, rl in zip(lefts, rights, pairs, flows_lr, flows_rl)
+                ]
+                measures = [m.result() for m in again]
         return [
-            self._one(left, right, check, reason, self._qa_columns(p, swapped, score))
-            for left, right, check, p, score in zip(lefts, rights, checks, pairs, desync)
+            self._outcome(m, reason, self._qa_columns(m.pair, swapped, score)) for m, score in zip(measures, desync)
         ]
 
-    def _checks(
+    def _flows_and_measures(
         self,
+        pool: ThreadPoolExecutor,
         lefts: Sequence[np.ndarray],
         rights: Sequence[np.ndarray],
-        pairs: Sequence[PreparedPair],
-        flows_lr: Sequence[np.ndarray],
-        flows_rl: Sequence[np.ndarray],
-    ) -> list[PixelChecks]:
-        """Per-pixel checks of each pair, black bands (floating windows, pillarboxes) left out of the valid pixels."""
-        return [
-            exclude_bands(pixel_checks(lr, rl, self.cfg, left, right), p, lr)
-            for left, right, p, lr, rl in zip(lefts, rights, pairs, flows_lr, flows_rl)
-        ]
+        prepared: Sequence[Future[PreparedPair]],
+        skies: Sequence[Future[np.ndarray] | None],
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[Future[_Measure]]]:
+        """Both flows of every pair, each pair's measure submitted as soon as its flows are there.
+
+        DIS runs a pair at a time, so the measures overlap the following flows; other backends (RAFT) take
+        the whole batch in one call, which keeps a GPU busy.
+        """
+        step = 1 if isinstance(self.flow, DISFlow) else max(len(lefts), 1)
+        flows_lr: list[np.ndarray] = []
+        flows_rl: list[np.ndarray] = []
+        pending: list[Future[_Measure]] = []
+        for start in range(0, len(lefts), step):
+            chunk = slice(start, start + step)
+            pairs = [p.result() for p in prepared[chunk]]
+            lr, rl = stereo_flows(self.flow, lefts[chunk], [p.right_matched for p in pairs])
+            for i, pair in enumerate(pairs, start):
+                flows_lr.append(lr[i - start])
+                flows_rl.append(rl[i - start])
+                pending.append(
+                    pool.submit(self._measure, lefts[i], rights[i], pair, flows_lr[i], flows_rl[i], skies[i])
+                )
+        return flows_lr, flows_rl, pending
+
+    def _measure(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        pair: PreparedPair,
+        flow_lr: np.ndarray,
+        flow_rl: np.ndarray,
+        sky: Future[np.ndarray] | None,
+        *,
+        swapped: bool = False,
+    ) -> _Measure:
+        """One pair on its own: checks (black bands left out), sky, summary, rule, and the PNGs when it passes."""
+        # The match cue compares with the colour-matched right view, the one the flows were computed on.
+        matched = pair.right_matched if not swapped else right
+        checks = exclude_bands(pixel_checks(flow_lr, flow_rl, self.cfg, left, matched), pair, flow_lr)
+        result = summarize(checks, sky.result() if sky is not None else self._sky_mask(left, checks))
+        columns: dict[str, Any] = {
+            "lr_pass_fraction": result.lr_pass_fraction,
+            "vertical_fail_fraction": result.vertical_fail_fraction,
+            "disp_range_px": result.disp_range_px,
+            "sky_fraction": result.sky_fraction,
+            "converted_score": converted_score(result.disparity, result.valid),
+        }
+        reason = rejection_reason(result, self.cfg)
+        pixels = self._pixel_columns(result, left, right, swapped) if reason is None else {}
+        return _Measure(pair, checks, result, reason, columns, pixels)
+
+    def _sky_mask(self, left: np.ndarray, checks: PixelChecks) -> np.ndarray | None:
+        if self.sky is None:
+            return None
+        return self.sky(left, checks.disparity, checks.valid) if self.cfg.sky.use_disparity else self.sky(left)
+
+    def _pixel_columns(
+        self, result: StereoResult, left: np.ndarray, right: np.ndarray, swapped: bool
+    ) -> dict[str, Any]:
+        """The shard's disparity, masks and confidence as PNGs, and the views it stores as JPEGs."""
+        png, scale, offset = encode_disparity_png(result.disparity, result.valid)
+        columns: dict[str, Any] = {
+            "disparity": png,
+            "disp_scale": scale,
+            "disp_offset": offset,
+            "valid_mask": encode_mask_png(result.valid),
+            "sky_mask": encode_mask_png(result.sky_mask),
+            "confidence": encode_confidence_png(result.confidence),
+        }
+        if swapped:  # swapped back: the shard's image is the left eye's, which came as the right view
+            columns["image"] = encode_jpeg(left, self.jpeg_quality)
+        if self.cfg.store_right_view:
+            columns["right_image"] = encode_jpeg(right, self.jpeg_quality)
+        return columns
 
     def _source_reason(self, swapped: bool, desync: bool) -> str | None:
         if swapped and self.cfg.on_swapped == "reject":
@@ -163,39 +247,27 @@ class StereoProcessor:
             "stereo_float_window_px": pair.float_window_px,
         }
 
-    def _one(
-        self, left: np.ndarray, right: np.ndarray, checks: PixelChecks, qa_reason: str | None, qa: dict[str, Any]
-    ) -> StereoOutcome:
-        sky = None
-        if self.sky is not None:
-            sky = self.sky(left, checks.disparity, checks.valid) if self.cfg.sky.use_disparity else self.sky(left)
-        result = summarize(checks, sky)
-        columns: dict[str, Any] = {
-            "lr_pass_fraction": result.lr_pass_fraction,
-            "vertical_fail_fraction": result.vertical_fail_fraction,
-            "disp_range_px": result.disp_range_px,
-            "sky_fraction": result.sky_fraction,
-            "converted_score": converted_score(result.disparity, result.valid),
-            **qa,
-        }
+    @staticmethod
+    def _outcome(measure: _Measure, qa_reason: str | None, qa: dict[str, Any]) -> StereoOutcome:
+        columns = {**measure.columns, **qa}
         # Source defects first: they are why a pair fails other rules too (a time offset fails the vertical check).
-        reason = qa_reason or rejection_reason(result, self.cfg)
+        reason = qa_reason or measure.reason
         if reason is not None:
             return StereoOutcome(reason, columns)
-        png, scale, offset = encode_disparity_png(result.disparity, result.valid)
-        columns.update(
-            disparity=png,
-            disp_scale=scale,
-            disp_offset=offset,
-            valid_mask=encode_mask_png(result.valid),
-            sky_mask=encode_mask_png(result.sky_mask),
-            confidence=encode_confidence_png(result.confidence),
-        )
-        if qa["stereo_swapped"]:  # swapped back: the shard's image is the left eye's, which came as the right view
-            columns["image"] = encode_jpeg(left, self.jpeg_quality)
-        if self.cfg.store_right_view:
-            columns["right_image"] = encode_jpeg(right, self.jpeg_quality)
-        return StereoOutcome(None, columns, (result.disparity, result.valid, result.sky_mask))
+        result = measure.result
+        return StereoOutcome(None, {**columns, **measure.pixels}, (result.disparity, result.valid, result.sky_mask))
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """One pair's checks and summary before the batch's source QA: its own rule's verdict, and PNGs if it passed."""
+
+    pair: PreparedPair
+    checks: PixelChecks
+    result: StereoResult
+    reason: str | None
+    columns: dict[str, Any]  # quality columns
+    pixels: dict[str, Any]  # the shard's pixel columns; empty when `reason` is set
 
 
 def crop_intrinsics(

@@ -45,14 +45,14 @@ def motorcycle() -> GroundTruthPair:
 def with_parallax(pair: GroundTruthPair, scale: float) -> GroundTruthPair:
     """pair's left view and a right view re-rendered at scale x its ground-truth disparity."""
     height, width = pair.disparity.shape
-    disparity = _fill_rows(pair.disparity) * np.float32(scale)
+    disparity = fill_rows(pair.disparity) * np.float32(scale)
     target = np.rint(np.arange(width)[None, :] - disparity).astype(np.int64)
     rows = np.broadcast_to(np.arange(height)[:, None], (height, width))
     order = np.argsort(disparity, axis=None, kind="stable")  # far first: the nearer surface is written last
     order = order[(target.ravel()[order] >= 0) & (target.ravel()[order] < width)]
     right_disparity = np.full((height, width), np.inf, np.float32)
     right_disparity[rows.ravel()[order], target.ravel()[order]] = disparity.ravel()[order]
-    map_x = np.arange(width, dtype=np.float32)[None, :] + _fill_rows(right_disparity)
+    map_x = np.arange(width, dtype=np.float32)[None, :] + fill_rows(right_disparity)
     map_y = rows.astype(np.float32)
     right = cv2.remap(pair.left, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return GroundTruthPair(pair.left, right, (pair.disparity * np.float32(scale)).astype(np.float32))
@@ -73,7 +73,7 @@ def score(disparity: np.ndarray, kept: np.ndarray, truth: np.ndarray) -> PairSco
     )
 
 
-def _fill_rows(disparity: np.ndarray) -> np.ndarray:
+def fill_rows(disparity: np.ndarray) -> np.ndarray:
     """inf replaced by the farther (smaller) of the nearest finite values left and right along its row."""
     height, width = disparity.shape
     finite = np.isfinite(disparity)

@@ -45,6 +45,8 @@ def test_processing_hash_ignores_run_and_download_settings():
     assert load_config(overrides={"download": {"rate_limit": "1M"}}).processing_hash() == base.processing_hash()
     assert load_config(overrides={"sample": {"fps": 5}}).processing_hash() != base.processing_hash()
     assert load_config(overrides={"run": {"workers": 7}}).full_hash() != base.full_hash()
+    full_resolution = load_config(overrides={"stereo": {"flow": {"dis_finest_scale": 0}}})
+    assert full_resolution.processing_hash() != base.processing_hash()  # unset, it is left out (the demo digest)
 
 
 def test_shipped_configs_load():

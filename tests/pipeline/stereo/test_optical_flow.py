@@ -84,9 +84,15 @@ def test_dis_presets_and_overrides(stereo_pair):
         DISFlow()([left, left], [right])
 
 
-def test_make_flow_backend():
+def test_make_flow_backend(stereo_pair):
     dis = make_flow_backend(OpticalFlowConfig(dis_preset="fast"))
-    assert isinstance(dis, DISFlow) and dis.preset == "fast"
+    assert isinstance(dis, DISFlow) and dis.preset == "fast" and dis.overrides == {}
+    full = make_flow_backend(OpticalFlowConfig(dis_finest_scale=0))
+    assert isinstance(full, DISFlow) and full.overrides == {"finest_scale": 0}
+    left, right, disparity, usable = stereo_pair
+    # Searching at full resolution is at least as close to the truth as medium's half resolution.
+    errors = [np.abs(b([left], [right])[0][..., 0] + disparity)[usable].mean() for b in (full, DISFlow("medium"))]
+    assert errors[0] <= errors[1] and not np.isclose(errors[0], errors[1])
     with pytest.raises(ValueError, match="raft_checkpoint"):
         make_flow_backend(OpticalFlowConfig(backend="raft"))
 

@@ -16,6 +16,7 @@ from pipeline.media.codecs import decode_confidence_png, decode_disparity_png, d
 from pipeline.media.probe import probe_video
 from pipeline.schema import SHARD_SCHEMA
 from pipeline.sources.catalog import CatalogEntry
+from pipeline.stereo.optical_flow import DISFlow
 from pipeline.stereo.packing import CropBox, ViewGeometry
 from pipeline.stereo.processor import StereoProcessor, crop_intrinsics, resolve_stereo_setup
 from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames, render_stereo_video
@@ -89,6 +90,43 @@ def test_processor_keeps_a_good_pair_and_disparity_matches_ground_truth(stereo_c
     error = np.abs(disparity - frame.disparity)[good]
     assert good.mean() > 0.6 and np.mean(error > 3) < 0.02
     assert disparity[good].min() < 0 < disparity[good].max()  # both signs survive the convergence shift
+
+
+class _OneCallDIS:
+    """DIS behind a backend the processor does not know: it gets the whole batch in one call (RAFT's path)."""
+
+    def __init__(self) -> None:
+        self.dis = DISFlow()
+        self.calls = 0
+
+    def __call__(self, first, second):
+        self.calls += 1
+        return self.dis(first, second)
+
+
+def _columns_equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a.values(), b.values())
+    )
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_pairs_measured_beside_the_next_flows_give_the_one_call_outcomes(stereo_config, swapped):
+    # DIS runs pair by pair with each pair's checks, sky and PNGs on worker threads; a batch backend gets one
+    # call and the same work after it. The bytes must not depend on which path (or thread timing) made them.
+    frames = list(render_stereo_frames(SceneSpec(duration_s=0.2, seed=5, **VIEW)))[:3]  # no convergence shift
+    lefts, rights = [f.left for f in frames], [f.right for f in frames]
+    if swapped:
+        lefts, rights = rights, lefts
+    overlapped = StereoProcessor(stereo_config.stereo)
+    one_call = StereoProcessor(stereo_config.stereo)
+    one_call.flow = backend = _OneCallDIS()
+    expected = one_call.process(lefts, rights)
+    assert backend.calls == 1
+    for outcome, other in zip(overlapped.process(lefts, rights), expected, strict=True):
+        assert outcome.reason is None and outcome.columns["stereo_swapped"] is swapped
+        assert _columns_equal(outcome.columns, other.columns)
+        assert all(np.array_equal(x, y) for x, y in zip(outcome.preview, other.preview, strict=True))
 
 
 def _ingest(video, layout, cfg, tmp_path, video_id="movie"):
