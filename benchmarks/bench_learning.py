@@ -1,30 +1,39 @@
-"""Does the bundled trainer learn depth? Short CPU runs on rendered scenes with exact depth. Prints JSON.
+"""Does the bundled trainer learn depth, not just the layout of its scenes? Short CPU runs on rendered scenes
+with exact depth, over several seeds. Prints JSON.
 
-    python -m benchmarks.bench_learning [--steps 1000] [--stereo-steps 200] [--scenes 4] [--only PART] [--quick]
-                                        [--workdir DIR] [--out FILE]
+    python -m benchmarks.bench_learning [--steps 1000] [--seeds 0 1 2] [--motion-seeds N] [--stereo-steps 200]
+                                        [--train-families canyon terrain] [--held-out-family corridor]
+                                        [--only PART] [--quick] [--workdir DIR] [--out FILE]
 
 A curated dataset is built without Prefect (`pipeline.driver.curate_entries`: download of the file://
-sources, ingest, publish) from synthetic canyon videos: `--scenes` mono scenes of which the last `--val-scenes`
-are held out whole (split "val"), the others are all "train"; rendered depth goes to
-<root>/ground_truth/<video_id>.npz. Then, on the held-out scenes, AbsRel and friends after least-squares
-scale-and-shift alignment in disparity (MiDaS):
-(a) the untrained network (the exact initial weights of the run: same seed);
+sources, ingest, publish) from rendered videos of several scene families (`pipeline.synthetic.renderer.draw_scene`:
+canyons, corridors, open terrain with objects; each video with its own camera height, tilt, roll, sway, speed and
+focal length). Dataset "synth": `--videos-per-family` training videos and `--val-per-family` held-out videos
+(split "val") of each of `--train-families`; dataset "synth_heldout": `--held-out-videos` videos of
+`--held-out-family`, a layout never trained on (split "val"). Rendered depth goes to
+<root>/ground_truth/<video_id>.npz. Then, on the held-out scenes of the trained families (`held_out_scenes`) and
+on the held-out family (`held_out_family`), AbsRel and friends after least-squares scale-and-shift alignment in
+disparity (MiDaS):
+(a) the untrained network (the exact initial weights of each run: same seed);
 (b) a constant prediction: lsq alignment of a constant is degenerate and maps it to each image's mean
     true disparity (an oracle constant); median scaling of a constant is reported too; and, as a stronger
     content-free reference, the mean true disparity map of the training split (a layout prior);
 (c) `trainer.train.fit` for `--steps` steps on the video (self-supervised) task, support mode "category",
-    views compared at each scale's resolution (`--photometric-resolution scale`);
-(d) SSI training on stereo only (rendered sbs_full videos through the stereo branch), evaluated on held-out
-    stereo frames (disparity metrics against the pipeline's flow disparity) against the untrained network,
-    and, for reference, on the held-out mono scenes' rendered depth;
-(e) (c) again with `data.support.mode: motion` (same steps, same seed);
-(f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default).
+    views compared at each scale's resolution (`--photometric-resolution scale`), once per seed in `--seeds`;
+(d) SSI training on stereo only (rendered sbs_full canyon videos through the stereo branch, first seed),
+    evaluated on held-out stereo frames (disparity metrics against the pipeline's flow disparity) against the
+    untrained network, and, for reference, on the held-out mono scenes' rendered depth;
+(e) (c) again with `data.support.mode: motion`, for the first `--motion-seeds` seeds;
+(f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default), first seed.
+Every figure over seeds is given as its mean, std, min, max and per-seed values (`per_seed`, in `--seeds`
+order). `beats_layout_prior`: the trained net's mean AbsRel is below the layout prior's by more than its
+min-max spread over seeds.
 For each video run, `pose` compares the pose net's translation direction with the rendered camera motion on
 held-out batches (cosine; 1 = right direction): depth cannot be learned from views the pose net misplaces.
 `collapse`: the kinds trainer/collapse.py warned of during the run, those still on at its end, and whether that
 cosine is negative.
-Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). Defaults take
-about 15 minutes on 2 idle cores (`--only` runs parts separately); no pretrained encoder is used.
+Training is deterministic for a given seed (fit seeds torch; the loader plan is seeded). A run of 1000 steps
+takes about 7 minutes on one loaded core (`--only` runs parts separately); no pretrained encoder is used.
 """
 
 from __future__ import annotations
@@ -32,8 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +63,11 @@ from pipeline.driver import curate_entries  # noqa: E402
 from pipeline.io.data_root import DataRoot  # noqa: E402
 from pipeline.sources.catalog import CatalogEntry  # noqa: E402
 from pipeline.synthetic.renderer import (  # noqa: E402
+    FAMILIES,
+    Family,
     MovingObject,
     SceneSpec,
+    draw_scene,
     normalized_intrinsics,
     render_stereo_video,
     render_video,
@@ -101,6 +115,17 @@ def cached_dataset(work: Path, key: list[Any], build: Callable[[], dict[str, Any
     return dataset
 
 
+@dataclass(frozen=True)
+class Video:
+    """One rendered source video of a benchmark dataset."""
+
+    video_id: str
+    spec: SceneSpec
+    split: str  # "train" or "val", for the whole video
+    layout: str  # "mono" (ground truth saved) or a stereo layout
+    dataset: str
+
+
 def build_dataset(
     root_dir: Path,
     scenes: int,
@@ -113,12 +138,75 @@ def build_dataset(
     speed_mps: float,
     objects: bool = False,
 ) -> dict[str, Any]:
-    """Render and curate the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
-
-    The split is per video (train_fraction 1 or 0), so train and val videos are curated with their own config,
-    val first: the train run's publish, with the train config, is the one that stays.
+    """Render and curate canyon scenes: the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
 
     objects: the mono scenes get `moving_objects` and their ground truth the moving-object masks."""
+    videos = []
+    n_train = scenes - val_scenes
+    for i in range(scenes):
+        split = "train" if i < n_train else "val"
+        duration = seconds if split == "train" else val_seconds
+        spec = SceneSpec(
+            width=RENDER_W,
+            height=RENDER_H,
+            fps=FPS,
+            seed=100 + i,
+            speed_mps=speed_mps,
+            duration_s=duration,
+            objects=moving_objects(duration, speed_mps, 100 + i) if objects else (),
+        )
+        videos.append(Video(f"scene{i}", spec, split, "mono", "synth"))
+    return curate_videos(root_dir, [*videos, *stereo_videos(stereo_scenes, stereo_seconds)], max_height)
+
+
+def stereo_videos(count: int, seconds: float) -> list[Video]:
+    """Canyon stereo videos ("synth3d"), the last one held out."""
+    return [
+        Video(
+            f"pair{i}",
+            SceneSpec(width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=seconds, baseline_m=0.3),
+            "train" if i < max(1, count - 1) else "val",
+            "sbs_full",
+            "synth3d",
+        )
+        for i in range(count)
+    ]
+
+
+def family_videos(
+    train_families: Sequence[Family],
+    held_out_family: Family,
+    per_family: int,
+    val_per_family: int,
+    held_out_videos: int,
+    seconds: float,
+    val_seconds: float,
+) -> list[Video]:
+    """Mono videos of several scene families, each with its own drawn camera: `per_family` training and
+    `val_per_family` held-out videos of each trained family ("synth"), and `held_out_videos` of the held-out
+    family ("synth_heldout", never trained on)."""
+    plan: list[tuple[Family, str, str, float]] = []
+    for family in train_families:
+        plan += [(family, "train", "synth", seconds)] * per_family
+        plan += [(family, "val", "synth", val_seconds)] * val_per_family
+    plan += [(held_out_family, "val", "synth_heldout", val_seconds)] * held_out_videos
+    return [
+        Video(
+            f"{family}{i}",
+            draw_scene(300 + i, width=RENDER_W, height=RENDER_H, fps=FPS, duration_s=duration, family=family),
+            split,
+            "mono",
+            dataset,
+        )
+        for i, (family, split, dataset, duration) in enumerate(plan)
+    ]
+
+
+def curate_videos(root_dir: Path, videos: Sequence[Video], max_height: int) -> dict[str, Any]:
+    """Render `videos` and curate them under root_dir/data (mono videos' ground truth in data/ground_truth).
+
+    The split is per video (train_fraction 1 or 0), so train and val videos are curated with their own config,
+    val first: the train run's publish, with the train config, is the one that stays."""
     sources = root_dir / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     root = DataRoot(root_dir / "data")
@@ -136,43 +224,22 @@ def build_dataset(
         )
         for split in ("train", "val")
     }
-    videos = []
-    n_train = scenes - val_scenes
-    for i in range(scenes):
-        split = "train" if i < n_train else "val"
-        duration = seconds if split == "train" else val_seconds
-        spec = SceneSpec(
-            width=RENDER_W,
-            height=RENDER_H,
-            fps=FPS,
-            seed=100 + i,
-            speed_mps=speed_mps,
-            duration_s=duration,
-            objects=moving_objects(duration, speed_mps, 100 + i) if objects else (),
-        )
-        videos.append((f"scene{i}", spec, split, "mono"))
-    for i in range(stereo_scenes):
-        split = "train" if i < max(1, stereo_scenes - 1) else "val"
-        spec = SceneSpec(
-            width=RENDER_W, height=RENDER_H, fps=FPS, seed=200 + i, duration_s=stereo_seconds, baseline_m=0.3
-        )
-        videos.append((f"pair{i}", spec, split, "sbs_full"))
     entries: dict[str, list[CatalogEntry]] = {"train": [], "val": []}
-    for video_id, spec, split, layout in videos:
-        path = sources / f"{video_id}.mp4"
-        if layout == "mono":
-            render_video(spec, path)
-            save_ground_truth(spec, root.root / "ground_truth" / f"{video_id}.npz")
+    for video in videos:
+        path = sources / f"{video.video_id}.mp4"
+        if video.layout == "mono":
+            render_video(video.spec, path)
+            save_ground_truth(video.spec, root.root / "ground_truth" / f"{video.video_id}.npz")
         else:
-            render_stereo_video(spec, path, layout=layout)
-        fx, fy, cx, cy = normalized_intrinsics(spec)
-        entries[split].append(
+            render_stereo_video(video.spec, path, layout=video.layout)
+        fx, fy, cx, cy = normalized_intrinsics(video.spec)
+        entries[video.split].append(
             CatalogEntry(
-                video_id=video_id,
+                video_id=video.video_id,
                 url=f"file://{path}",
-                dataset="synth" if layout == "mono" else "synth3d",
+                dataset=video.dataset,
                 category="natural",
-                layout=layout,
+                layout=video.layout,
                 fx=fx,
                 fy=fy,
                 cx=cx,
@@ -183,12 +250,27 @@ def build_dataset(
     for split in ("val", "train"):
         if not entries[split]:
             continue
-        for video in curate_entries(entries[split], root, configs[split]).videos:
-            if video.status != "ok":
-                raise RuntimeError(f"curating {video.video_id} failed: {video}")
-            outcomes[video.video_id] = {"split": split, "kept": video.frames_kept, "decoded": video.frames_decoded}
-    records = {video_id: outcomes[video_id] for video_id, *_ in videos}  # in rendering order, as before
+        for result in curate_entries(entries[split], root, configs[split]).videos:
+            if result.status != "ok":
+                raise RuntimeError(f"curating {result.video_id} failed: {result}")
+            outcomes[result.video_id] = {"split": split, "kept": result.frames_kept, "decoded": result.frames_decoded}
+    records = {  # in rendering order, as before
+        video.video_id: {**outcomes[video.video_id], **(_camera(video.spec) if video.layout == "mono" else {})}
+        for video in videos
+    }
     return {"root": str(root.root), "videos": records}
+
+
+def _camera(spec: SceneSpec) -> dict[str, Any]:
+    """What varies between scenes, for the JSON."""
+    return {
+        "family": spec.family,
+        "hfov_deg": round(spec.hfov_deg, 1),
+        "eye_height_m": round(spec.eye_height_m, 2),
+        "pitch_deg": round(spec.pitch_deg, 1),
+        "roll_amplitude_deg": round(spec.roll_amplitude_deg, 1),
+        "speed_mps": round(spec.speed_mps, 2),
+    }
 
 
 def manifests(data_root: Path, *datasets: str) -> list[str]:
@@ -285,6 +367,11 @@ def run_fit(cfg: TrainConfig, paths: list[str]) -> tuple[DepthTraining, dict[str
     return model, info
 
 
+def constant(image: torch.Tensor) -> torch.Tensor:
+    """A content-free prediction: the same disparity everywhere."""
+    return torch.full_like(image[:, :1], 0.5)
+
+
 def mean_disparity_prior(cfg: TrainConfig, data_root: Path) -> torch.Tensor:
     """Mean true disparity map over the train split at the evaluation size: a content-free layout prior."""
     frame = load_manifests(manifests(data_root, "synth"), "train", cfg.data.filters)
@@ -354,6 +441,40 @@ def pick(metrics: dict[str, dict[str, float]], source: str, keys=("abs_rel", "rm
     return {k: round(values[k], 4) for k in keys if k in values}
 
 
+# The benchmark's two scorings of held-out video: new scenes of the trained families, and a family never trained on.
+HELD_OUT = {"held_out_scenes": "synth/video", "held_out_family": "synth_heldout/video"}
+
+
+def held_out(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {name: pick(metrics, source) for name, source in HELD_OUT.items()}
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, std (population), min, max and the values themselves, in seed order."""
+    a = np.asarray(values, np.float64)
+    return {
+        "mean": round(float(a.mean()), 4),
+        "std": round(float(a.std()), 4),
+        "min": round(float(a.min()), 4),
+        "max": round(float(a.max()), 4),
+        "per_seed": [round(float(v), 4) for v in a],
+    }
+
+
+def over_seeds(per_seed: Sequence[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each metric of per-seed results (dicts with the same keys) as its `spread`."""
+    return {key: spread([result[key] for result in per_seed]) for key in per_seed[0]}
+
+
+def compare_to_prior(trained: dict[str, Any], prior: dict[str, float]) -> dict[str, Any]:
+    """Trained AbsRel over the layout prior's, and whether the gap is larger than the trained net's seed spread."""
+    abs_rel = trained["abs_rel"]
+    return {
+        "abs_rel_vs_layout_prior": round(abs_rel["mean"] / prior["abs_rel"], 3),
+        "beats_layout_prior": bool(prior["abs_rel"] - abs_rel["mean"] > abs_rel["max"] - abs_rel["min"]),
+    }
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset and training arguments this benchmark shares with bench_variants.py."""
     parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
@@ -379,10 +500,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps of each video training run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one training run per seed")
+    parser.add_argument("--motion-seeds", type=int, default=None, help="the motion part's runs: the first N seeds")
     parser.add_argument("--stereo-steps", type=int, default=200, help="optimiser steps of the stereo run")
     parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
     parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    parser.add_argument("--train-families", nargs="+", choices=FAMILIES, default=["canyon", "terrain"])
+    parser.add_argument("--held-out-family", choices=FAMILIES, default="corridor")
+    parser.add_argument("--videos-per-family", type=int, default=3, help="training videos of each trained family")
+    parser.add_argument("--val-per-family", type=int, default=2, help="held-out videos of each trained family")
+    parser.add_argument("--held-out-videos", type=int, default=2, help="videos of the held-out family")
     add_training_arguments(parser)
+    parser.set_defaults(seconds=20.0, val_seconds=8.0)
     parser.add_argument(
         "--no-automask",
         dest="automask",
@@ -409,27 +538,39 @@ def main() -> None:
     run_meta = meta("torchvision", "timm")
     if args.quick:
         args.steps, args.stereo_steps, args.seconds, args.val_seconds, args.stereo_seconds = 20, 20, 8.0, 5.0, 5.0
+        args.videos_per_family, args.val_per_family, args.held_out_videos = 1, 1, 1
     parts = set(args.only or ("video", "stereo", "motion", "full"))
+    motion_seeds = args.seeds[: args.motion_seeds or len(args.seeds)]
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-learning-") as work:
         build = Stopwatch()
-        shape = [
-            args.scenes,
-            args.val_scenes,
+        mono = [
+            args.train_families,
+            args.held_out_family,
+            args.videos_per_family,
+            args.val_per_family,
+            args.held_out_videos,
             args.seconds,
             args.val_seconds,
-            args.stereo_scenes,
-            args.stereo_seconds,
-            args.max_height,
-            args.speed,
         ]
-        dataset = cached_dataset(work, shape, lambda: build_dataset(work, *shape))
+        shape = ["families", *mono, args.stereo_scenes, args.stereo_seconds, args.max_height]
+        dataset = cached_dataset(
+            work,
+            shape,
+            lambda: curate_videos(
+                work,
+                [*family_videos(*mono), *stereo_videos(args.stereo_scenes, args.stereo_seconds)],
+                args.max_height,
+            ),
+        )
         data_root = Path(dataset["root"])
         build_s = build.s
         out: dict[str, Any] = {
             "setup": {
                 "render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps",
+                "train_families": args.train_families,
+                "held_out_family": args.held_out_family,
                 "sample_max_height": args.max_height,
                 "train_size": f"{args.height}x{args.width}",
                 "batch_size": args.batch_size,
@@ -443,90 +584,117 @@ def main() -> None:
                 "automask": args.automask,
                 "photometric_resolution": args.photometric_resolution,
                 "aspect_prob": args.aspect_prob,
-                "seed": args.seed,
+                "seeds": args.seeds,
+                "motion_seeds": motion_seeds,
+                "threads": torch.get_num_threads(),
                 "eval_alignment": "lsq_disparity",
                 "videos": dataset["videos"],
                 "build_s": round(build_s, 1),
             },
         }
-        video_cfg = train_config(args, work / "run_video")
+        scored = ["synth", "synth_heldout"]
         if parts & {"video", "motion", "full"}:
-            initial = untrained(video_cfg)
-            base = evaluate(initial, video_cfg, data_root, ["synth"])
-            const = evaluate(
-                None, video_cfg, data_root, ["synth"], predict=lambda image: torch.full_like(image[:, :1], 0.5)
-            )
-            const_median = evaluate(
-                None,
-                video_cfg,
-                data_root,
-                ["synth"],
-                alignment="median",
-                predict=lambda image: torch.full_like(image[:, :1], 0.5),
-            )
+            video_cfg = train_config(args, work / "run_video")
             prior = mean_disparity_prior(video_cfg, data_root)
             layout = evaluate(
-                None, video_cfg, data_root, ["synth"], predict=lambda image: prior.expand(image.shape[0], -1, -1, -1)
+                None, video_cfg, data_root, scored, predict=lambda image: prior.expand(image.shape[0], -1, -1, -1)
             )
+            untrained_runs = []
+            for seed in args.seeds:
+                cfg = train_config(args, work / "run_video", data={"seed": seed})
+                initial = untrained(cfg)
+                untrained_runs.append(
+                    {**held_out(evaluate(initial, cfg, data_root, scored)), "pose": pose_check(initial, cfg, data_root)}
+                )
             out["video"] = {
-                "untrained": {**pick(base, "synth/video"), "pose": pose_check(initial, video_cfg, data_root)},
-                "constant_lsq": pick(const, "synth/video"),
-                "constant_median": pick(const_median, "synth/video"),
-                "train_mean_disparity_map": pick(layout, "synth/video"),
+                "untrained": {key: over_seeds([r[key] for r in untrained_runs]) for key in (*HELD_OUT, "pose")},
+                "constant_lsq": held_out(evaluate(None, video_cfg, data_root, scored, predict=constant)),
+                "constant_median": held_out(
+                    evaluate(None, video_cfg, data_root, scored, alignment="median", predict=constant)
+                ),
+                "train_mean_disparity_map": held_out(layout),
             }
-        # name: (part, support mode, photometric resolution)
+        # name: (part, support mode, photometric resolution, seeds)
         video_runs = {
-            "category": ("video", "category", args.photometric_resolution),
-            "motion": ("motion", "motion", args.photometric_resolution),
-            "category_full_resolution": ("full", "category", "full"),
+            "category": ("video", "category", args.photometric_resolution, args.seeds),
+            "motion": ("motion", "motion", args.photometric_resolution, motion_seeds),
+            "category_full_resolution": ("full", "category", "full", args.seeds[:1]),
         }
-        for name, (part, mode, resolution) in video_runs.items():
+        for name, (part, mode, resolution, seeds) in video_runs.items():
             if part not in parts or (name == "category_full_resolution" and args.photometric_resolution == "full"):
                 continue
-            cfg = train_config(
-                args,
-                work / f"run_video_{name}",
-                data={"support": {"mode": mode}},
-                loss={"photometric_resolution": resolution},
-            )
-            model, info = run_fit(cfg, manifests(data_root, "synth"))
-            trained = evaluate(model, cfg, data_root, ["synth"])
-            v = out["video"]
-            pose = pose_check(model, cfg, data_root)
-            v[f"trained_{name}"] = {
-                **pick(trained, "synth/video"),
-                "train": info,
-                "pose": pose,
-                "collapse": {
-                    "warned": sorted({w["kind"] for w in info["collapse"]["warnings"]}),  # at some time in the run
-                    "at_end": info["collapse"]["ongoing"],
-                    "reversed_translation": min(pose.values()) < 0,  # against the rendered camera motion
-                },
-            }
-            v[f"{name}_abs_rel_vs_untrained"] = round(trained["synth/video"]["abs_rel"] / v["untrained"]["abs_rel"], 3)
-            v[f"{name}_abs_rel_vs_constant_lsq"] = round(
-                trained["synth/video"]["abs_rel"] / v["constant_lsq"]["abs_rel"], 3
-            )
+            out["video"][f"trained_{name}"] = trained_runs(args, work, data_root, name, mode, resolution, seeds)
+            out["video"].update(ratios(out["video"], name))
         if "stereo" in parts:
             cfg = train_config(
                 args,
                 work / "run_stereo",
+                data={"seed": args.seeds[0]},
                 optim={"max_steps": args.stereo_steps, "warmup_steps": min(20, args.stereo_steps // 10)},
             )
-            base = evaluate(untrained(cfg), cfg, data_root, ["synth3d", "synth"])
+            base = evaluate(untrained(cfg), cfg, data_root, ["synth3d", *scored])
             model, info = run_fit(cfg, manifests(data_root, "synth3d"))
-            trained = evaluate(model, cfg, data_root, ["synth3d", "synth"])
+            trained = evaluate(model, cfg, data_root, ["synth3d", *scored])
             out["stereo"] = {
                 "untrained": pick(base, "synth3d/stereo"),
                 "trained": {**pick(trained, "synth3d/stereo"), "train": info},
                 "abs_rel_vs_untrained": round(
                     pick(trained, "synth3d/stereo")["abs_rel"] / pick(base, "synth3d/stereo")["abs_rel"], 3
                 ),
-                # The stereo-trained net on the held-out mono scenes' rendered depth (lsq-aligned AbsRel).
-                "on_mono_val_depth": {"untrained": pick(base, "synth/video"), "trained": pick(trained, "synth/video")},
+                # The stereo-trained net on the held-out mono videos' rendered depth (lsq-aligned AbsRel).
+                "on_mono_val_depth": {"untrained": held_out(base), "trained": held_out(trained)},
             }
         out["wall_s"] = round(started.s, 1)
         emit(out, args.out, run_meta)
+
+
+def trained_runs(
+    args: argparse.Namespace, work: Path, data_root: Path, name: str, mode: str, resolution: str, seeds: Sequence[int]
+) -> dict[str, Any]:
+    """One video training run per seed, scored on both held-out sets, with its pose check and collapse verdict."""
+    runs = []
+    for seed in seeds:
+        cfg = train_config(
+            args,
+            work / f"run_video_{name}_seed{seed}",
+            data={"seed": seed, "support": {"mode": mode}},
+            loss={"photometric_resolution": resolution},
+        )
+        model, info = run_fit(cfg, manifests(data_root, "synth"))
+        pose = pose_check(model, cfg, data_root)
+        runs.append(
+            {
+                **held_out(evaluate(model, cfg, data_root, ["synth", "synth_heldout"])),
+                "pose": pose,
+                "collapse": {
+                    "warned": sorted({w["kind"] for w in info["collapse"]["warnings"]}),  # at some time in the run
+                    "at_end": info["collapse"]["ongoing"],
+                    "reversed_translation": min(pose.values()) < 0,  # against the rendered camera motion
+                },
+                "train": info,
+            }
+        )
+        progress = {name: {"seed": seed, **{k: runs[-1][k] for k in (*HELD_OUT, "pose")}}}
+        print(json.dumps(progress), file=sys.stderr, flush=True)
+    return {
+        **{key: over_seeds([r[key] for r in runs]) for key in (*HELD_OUT, "pose")},
+        "collapse": [r["collapse"] for r in runs],
+        "train": [r["train"] for r in runs],
+    }
+
+
+def ratios(video: dict[str, Any], name: str) -> dict[str, Any]:
+    """The trained runs' mean AbsRel against each baseline, per held-out set."""
+    trained = video[f"trained_{name}"]
+    out: dict[str, Any] = {}
+    for split in HELD_OUT:
+        mean = trained[split]["abs_rel"]["mean"]
+        out[f"{name}_{split}"] = {
+            "abs_rel_vs_untrained": round(mean / video["untrained"][split]["abs_rel"]["mean"], 3),
+            "abs_rel_vs_constant_lsq": round(mean / video["constant_lsq"][split]["abs_rel"], 3),
+            **compare_to_prior(trained[split], video["train_mean_disparity_map"][split]),
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ Two measures, taken at logged steps on rank 0's batch:
   and intrinsics. The true direction cannot be checked without ground truth, but whether the images decide it
   can. On bench_learning's rendered canyon (1000 steps, logged every 10) the `category` run, whose pose net
   finds the camera motion (cosine 0.97 to the rendered one), logs a median of 0.42 after step 100 (10th
-  percentile 0.14; 4 of 90 logged steps below 0.05, never 3 in a row); the `motion` run, whose translation
-  comes out reversed (cosine -0.99), a median of 0.01 (10th-90th percentile -0.04 to 0.06; 76 of 90 below 0.05,
-  first warned at step 130): reversed, its translation explains the views about as well. A depth at max_depth
-  everywhere, where translation moves no pixel, gives 0 too.
+  percentile 0.14; 4 of 90 logged steps below 0.05, never 3 in a row); the `motion` run (offsets k = 5..10, before
+  issue 18's fix in trainer/plan.py), whose translation comes out reversed (cosine -0.99), a median of 0.01
+  (10th-90th percentile -0.04 to 0.06; 76 of 90 below 0.05, first warned at step 130): reversed, its translation
+  explains the views about as well. A depth at max_depth everywhere, where translation moves no pixel, gives 0 too.
 
 A measure past its bound (`run.collapse`) for `patience` consecutive logged steps after `after_step` is a warning.
 The disparity comes from the training forward itself (a forward hook: no extra compute); the translation gain

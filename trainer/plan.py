@@ -109,7 +109,13 @@ class EpochPlan:
 
 
 def support_ranges(frame: pd.DataFrame, cfg: SupportConfig, train_width: int) -> np.ndarray:
-    """(k_low, k_high) per row: from the category table, or from the clip's median recorded motion."""
+    """(k_low, k_high) per row: from the category table, or from the clip's median recorded motion.
+
+    In motion mode k_high is the offset at which the clip's median displacement reaches target_px (the largest
+    under its upper end, at least the first to pass its lower end), and k_low stays 1 as in the category rule:
+    small offsets keep the basin of the true camera motion in reach. Drawing only offsets that move pixels by
+    target_px[0] or more (k_low > 1) left a net that started with its translation reversed in the minimum
+    where disparity is near constant and the translation's sign no longer matters (issue 18)."""
     k_max = frame["category"].map(cfg.k_max).fillna(cfg.default_k_max).to_numpy(np.int64)
     ranges = np.stack([np.ones_like(k_max), k_max], axis=1)
     if cfg.mode == "category":
@@ -121,9 +127,8 @@ def support_ranges(frame: pd.DataFrame, cfg: SupportConfig, train_width: int) ->
     known = np.isfinite(px_per_step) & (px_per_step > 0)
     low = np.ceil(cfg.target_px[0] / np.where(known, px_per_step, 1.0))
     high = np.floor(cfg.target_px[1] / np.where(known, px_per_step, 1.0))
-    low = np.clip(low, 1, cfg.motion_k_cap)
     high = np.clip(np.maximum(high, low), 1, cfg.motion_k_cap)
-    ranges[known] = np.stack([low, high], axis=1)[known].astype(np.int64)
+    ranges[known, 1] = high[known].astype(np.int64)
     return ranges  # clips without motion (e.g. a single kept frame so far) keep the category rule
 
 

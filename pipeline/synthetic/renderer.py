@@ -1,4 +1,4 @@
-"""Synthetic video with exact ground truth: a camera driving down a textured canyon.
+"""Synthetic video with exact ground truth: a camera driving down a textured canyon, corridor or open terrain.
 
 World frame is right-handed and y-up; the camera looks down +z, so its right-hand
 side is world -x. Camera frame is OpenCV (x right, y down, z forward) and K maps a
@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -23,6 +24,12 @@ from pipeline.stereo.packing import STEREO_LAYOUTS, pack_views
 
 EYE_HEIGHT_M = 1.5
 YAW_PERIOD_S = 5.0
+ROLL_PERIOD_S = 7.0
+
+# canyon: walls on both sides, open sky. corridor: narrow walls, a ceiling and an end wall (no sky).
+# terrain: open ground with crates and pillars scattered at many depths, no walls.
+Family = Literal["canyon", "corridor", "terrain"]
+FAMILIES: tuple[Family, ...] = ("canyon", "corridor", "terrain")
 
 _TEX_SIZE = 512  # texels per tile side at mip level 0
 _TEX_OCTAVES = 9  # log2(_TEX_SIZE): the finest noise octave is one texel
@@ -97,6 +104,10 @@ class SceneSpec:
     baseline_m: float = 0.0  # >0: also render a right view shifted by baseline along camera x
     sky: bool = True  # textureless sky band above the horizon
     objects: tuple[MovingObject, ...] = ()  # independently moving boxes; none by default
+    family: Family = "canyon"  # the scene's layout; `draw_scene` draws one with a varied camera
+    eye_height_m: float = EYE_HEIGHT_M
+    pitch_deg: float = 0.0  # the camera tilted down (+) or up (-) about its x axis
+    roll_amplitude_deg: float = 0.0  # sinusoidal roll about the optical axis, period ROLL_PERIOD_S
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class _Scene:
     boxes: np.ndarray  # (N, 6) min xyz, max xyz
     closed: bool  # no sky: roof at wall height and a far wall
     far_z: float
+    walls: bool = True  # False: open terrain, nothing at wall_pos_x / wall_neg_x
 
 
 def intrinsics(spec: SceneSpec) -> np.ndarray:
@@ -155,8 +167,50 @@ def camera_pose(spec: SceneSpec, t_s: float) -> np.ndarray:
     cam_to_world = np.diag([-1.0, -1.0, 1.0])
     pose = np.eye(4)
     pose[:3, :3] = yaw_rot @ cam_to_world
-    pose[:3, 3] = (0.0, EYE_HEIGHT_M, spec.speed_mps * t_s)
+    if spec.pitch_deg or spec.roll_amplitude_deg:  # skipped when level: default renders stay bit-identical
+        pose[:3, :3] = pose[:3, :3] @ _tilt(spec, t_s)
+    pose[:3, 3] = (0.0, spec.eye_height_m, spec.speed_mps * t_s)
     return pose
+
+
+def _tilt(spec: SceneSpec, t_s: float) -> np.ndarray:
+    """Camera-frame rotation: pitch about x (positive looks down, towards camera +y), then roll about z."""
+    pitch = -math.radians(spec.pitch_deg)
+    roll = math.radians(spec.roll_amplitude_deg) * math.sin(2.0 * math.pi * t_s / ROLL_PERIOD_S)
+    cp, sp, cr, sr = math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+    about_x = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
+    about_z = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
+    return about_x @ about_z
+
+
+def draw_scene(
+    seed: int,
+    *,
+    width: int = 320,
+    height: int = 180,
+    fps: float = 10.0,
+    duration_s: float = 6.0,
+    family: Family | None = None,
+) -> SceneSpec:
+    """A scene of `family` (drawn from FAMILIES when None) with a camera drawn from seed: focal length, height,
+    tilt, roll, sway and speed vary, so scenes share neither one layout nor one camera."""
+    rng = np.random.default_rng([seed, 18])  # a stream of its own: the scene's content draws from seed alone
+    drawn: Family = FAMILIES[int(rng.integers(len(FAMILIES)))]
+    eye_low, eye_high = (1.2, 1.8) if (family or drawn) == "corridor" else (1.0, 2.5)
+    return SceneSpec(
+        width=width,
+        height=height,
+        fps=fps,
+        duration_s=duration_s,
+        seed=seed,
+        family=family or drawn,
+        hfov_deg=float(rng.uniform(50.0, 90.0)),
+        eye_height_m=float(rng.uniform(eye_low, eye_high)),
+        pitch_deg=float(rng.uniform(-3.0, 12.0)),
+        roll_amplitude_deg=float(rng.uniform(0.0, 10.0)) if rng.random() < 0.5 else 0.0,
+        yaw_amplitude_deg=float(rng.uniform(0.0, 8.0)),
+        speed_mps=float(rng.uniform(1.5, 3.0)),
+    )
 
 
 def right_camera_pose(pose: np.ndarray, baseline_m: float) -> np.ndarray:
@@ -203,6 +257,14 @@ def _placed_objects(
 
 
 def _make_scene(spec: SceneSpec) -> _Scene:
+    if spec.family == "corridor":
+        return _corridor(spec)
+    if spec.family == "terrain":
+        return _terrain(spec)
+    return _canyon(spec)
+
+
+def _canyon(spec: SceneSpec) -> _Scene:
     rng = np.random.default_rng(spec.seed)
     wall_height = float(rng.uniform(3.5, 6.0))
     wall_pos, wall_neg = float(rng.uniform(4.0, 6.0)), -float(rng.uniform(4.0, 6.0))
@@ -224,6 +286,78 @@ def _make_scene(spec: SceneSpec) -> _Scene:
         closed=not spec.sky,
         far_z=z_max + _FAR_WALL_MARGIN_M,
     )
+
+
+def _corridor(spec: SceneSpec) -> _Scene:
+    """A narrow closed corridor: walls 1.3-2.5 m from the path, a ceiling above the eye, an end wall ahead."""
+    rng = np.random.default_rng(spec.seed)
+    wall_pos, wall_neg = float(rng.uniform(1.3, 2.5)), -float(rng.uniform(1.3, 2.5))
+    wall_height = spec.eye_height_m + float(rng.uniform(0.8, 2.0))
+    far_z = spec.speed_mps * max(spec.duration_s, 0.0) + float(rng.uniform(12.0, 40.0))
+    fog = _hsv_to_bgr(rng.uniform(0, 360), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.6))
+    return _Scene(
+        wall_pos_x=wall_pos,
+        wall_neg_x=wall_neg,
+        wall_height=wall_height,
+        fog_m=float(rng.uniform(25.0, 60.0)),
+        fog_bgr=fog,
+        sky_zenith_bgr=fog,
+        shade_table=_shade_table(rng),
+        atlas=_mip_atlas(_textures(rng, _N_TILES)),
+        boxes=_scattered_boxes(rng, (wall_neg + 0.5, wall_pos - 0.5), 0.6, (0.3, min(1.5, wall_height)), far_z, 3.0),
+        closed=True,
+        far_z=far_z,
+    )
+
+
+def _terrain(spec: SceneSpec) -> _Scene:
+    """Open ground to the horizon with crates and pillars from beside the path to tens of metres away."""
+    rng = np.random.default_rng(spec.seed)
+    z_end = spec.speed_mps * max(spec.duration_s, 0.0) + _FAR_WALL_MARGIN_M
+    horizon = _hsv_to_bgr(rng.uniform(180, 230), rng.uniform(0.05, 0.25), rng.uniform(0.8, 0.95))
+    zenith = _hsv_to_bgr(rng.uniform(200, 225), rng.uniform(0.45, 0.7), rng.uniform(0.6, 0.85))
+    return _Scene(
+        wall_pos_x=math.inf,
+        wall_neg_x=-math.inf,
+        wall_height=8.0,  # the roof's height when closed (spec.sky false): a hall
+        fog_m=float(rng.uniform(50.0, 100.0)),
+        fog_bgr=horizon,
+        sky_zenith_bgr=zenith,
+        shade_table=_shade_table(rng),
+        atlas=_mip_atlas(_textures(rng, _N_TILES)),
+        boxes=_scattered_boxes(rng, (-25.0, 25.0), 3.0, (0.4, 6.0), z_end, 1.2),
+        closed=not spec.sky,
+        far_z=z_end,
+        walls=False,
+    )
+
+
+def _shade_table(rng: np.random.Generator) -> np.ndarray:
+    """Sun-lit brightness per surface id for a sun direction drawn from rng."""
+    sun = np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.8, 0.2)], dtype=np.float32)
+    return _surface_table(0.55 + 0.45 * np.clip(_NORMALS @ (sun / np.linalg.norm(sun)), 0.0, 1.0))
+
+
+def _scattered_boxes(
+    rng: np.random.Generator,
+    x_range: tuple[float, float],
+    max_side: float,
+    heights: tuple[float, float],
+    z_end: float,
+    spacing_m: float,
+) -> np.ndarray:
+    """Boxes inside x_range, one about every spacing_m of z, none within 0.6 m of the camera's path at x = 0."""
+    rows = []
+    z = -10.0 + rng.uniform(0, spacing_m)
+    while z < z_end:
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        limit = x_range[1] if side > 0 else -x_range[0]
+        size_x, size_z = rng.uniform(0.3, max_side), rng.uniform(0.3, max_side)
+        inner = rng.uniform(0.6, max(0.6, limit - size_x))
+        x0, x1 = sorted((side * inner, side * min(inner + size_x, limit)))
+        rows.append([x0, 0.0, z, x1, rng.uniform(*heights), z + size_z])
+        z += rng.uniform(0.3, 1.7) * spacing_m
+    return np.array(rows, dtype=np.float64).reshape(-1, 6)
 
 
 def _hsv_to_bgr(hue_deg: float, sat: float, val: float) -> np.ndarray:
@@ -408,7 +542,8 @@ def _intersect(
     with np.errstate(divide="ignore", invalid="ignore"):
         _keep_nearest(depth, surf, _GROUND, -oy / dy)
         top = np.inf if scene.closed else scene.wall_height  # the roof caps the walls when closed
-        for sid, wall_x in ((_WALL_POS, scene.wall_pos_x), (_WALL_NEG, scene.wall_neg_x)):
+        walls = ((_WALL_POS, scene.wall_pos_x), (_WALL_NEG, scene.wall_neg_x)) if scene.walls else ()
+        for sid, wall_x in walls:
             t = (wall_x - ox) / dx
             _keep_nearest(depth, surf, sid, np.where((oy + t * dy) <= top, t, np.inf))
         if scene.closed:

@@ -75,10 +75,37 @@ def test_motion_rule_gives_slow_clips_larger_offsets():
     )
     cfg = SupportConfig(mode="motion", target_px=(4.0, 12.0), motion_k_cap=10)
     ranges = support_ranges(frame, cfg, train_width=320)
-    assert ranges[0].tolist() == [2, 3]  # 3.2 px per step: 2 steps reach 4 px, 3 stay under 12 px
-    assert ranges[4].tolist() == [10, 10]  # 0.32 px per step: capped
+    assert ranges[0].tolist() == [1, 3]  # 3.2 px per step: 3 steps stay under 12 px
+    assert ranges[4].tolist() == [1, 10]  # 0.32 px per step: capped
     assert ranges[8].tolist() == [1, 5]  # no motion recorded: the category rule
     assert support_ranges(frame, SupportConfig(), 320)[0].tolist() == [1, 5]
+
+
+def test_motion_rule_reaches_the_lower_target_and_keeps_small_offsets():
+    """k_high is at least the first offset past target_px[0], even past target_px[1]; k_low is always 1 (issue 18:
+    offsets of target_px[0] and more only let a net that starts with its translation reversed settle there)."""
+    frame = pd.DataFrame(
+        {
+            "root": "r",
+            "dataset": "d",
+            "video_id": "v",
+            "category": "natural",
+            "clip_id": [0] * 3 + [1] * 3,
+            "motion": [np.nan, 0.0075, 0.0075, np.nan, 0.05, 0.05],  # 2.4 and 16 px per step at 320
+        }
+    )
+    ranges = support_ranges(frame, SupportConfig(mode="motion", target_px=(6.0, 7.0)), train_width=320)
+    assert ranges[0].tolist() == [1, 3]  # 2 steps stay under 7 px but miss 6 px: 3 steps reach it
+    assert ranges[3].tolist() == [1, 1]  # one step is already past both
+
+
+def test_motion_mode_draws_offsets_from_one(manifests):
+    plan = make_plan(manifests, support={"mode": "motion", "target_px": [40.0, 80.0]})
+    video = np.flatnonzero(plan.eligible & (plan.frame["kind"] == "video").to_numpy())
+    assert (plan.k_range[video, 0] == 1).all() and (plan.k_range[video, 1] > 1).any()
+    assert (video - plan.supports(video, 0.0)[0] == 1).all()
+    k = video - plan.supports(video, 0.99)[0]
+    assert (k > 1).any() and (k <= plan.k_range[video, 1]).all()
 
 
 def test_mix_weights_set_the_share_of_batches(manifests):
