@@ -58,7 +58,7 @@ VideoKey = tuple[str, str]
 
 @dataclass
 class _Tally:
-    """What the streaming pass counted: for dataset.json and for each video's record."""
+    """The per-video outputs summed: for dataset.json and for each video's record."""
 
     frames: int = 0
     kept: int = 0
@@ -109,8 +109,8 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
     duplicates = cross_video_duplicates(root, records, cfg.dedup) if cfg.dedup.across_videos else {}
     clip = _clip_pass(root, records, videos, duplicates, cfg) if cfg.clip.enabled else None
     cameras = _cameras(root, records, cfg)
-    tally = _Tally()
-    parts = _write_video_tables(root, datasets, videos, duplicates, clip, cameras, tally)
+    outputs = _write_video_tables(root, videos, duplicates, clip, cameras)
+    tally = _tally(datasets, outputs)
     _recount(records, tally)
     small = {
         root.videos_table: _parquet_bytes(_videos_table(records, catalog_problems)),
@@ -119,14 +119,16 @@ def _publish(root: DataRoot, cfg: CurateConfig, catalog_problems: Sequence[Catal
     if cfg.intrinsics.enabled:
         rows = [{n: c.get(n) for n in CAMERA_SCHEMA.names} for c in cameras.values()]
         small[root.cameras_table] = _parquet_bytes(pa.Table.from_pylist(rows, schema=CAMERA_SCHEMA))
-    digests = {path: _sha256(data) for path, data in small.items()}
+    files = {path: _FileDigest(size=len(data), sha256=_sha256(data)) for path, data in small.items()}
     for path, data in small.items():
         root.write_bytes(path, data)
-    digests.update(parts)
-    description = _description(root, cfg, records, tally, digests, clip.info if clip else None, cameras)
+    files.update({root.root / rel: file for output in outputs.values() for rel, file in output.files.items()})
+    description = _description(root, cfg, records, tally, files, clip.info if clip else None, cameras)
     description["files"] = listed + _camera_files(root, cameras)
-    root.write_bytes(root.dataset_json, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
-    _save_inputs(root, inputs, digests)
+    data = (json.dumps(description, indent=2, sort_keys=True) + "\n").encode()
+    root.write_bytes(root.dataset_json, data)
+    files[root.dataset_json] = _FileDigest(size=len(data), sha256=_sha256(data))
+    _save_inputs(root, inputs, files)
     return description
 
 
@@ -185,31 +187,28 @@ class _OutputsState(BaseModel):
 
 def _write_video_tables(
     root: DataRoot,
-    datasets: list[str],
     videos: list[VideoRecord],
     duplicates: dict[VideoKey, VideoDuplicates],
     clip: _ClipPass | None,
     cameras: dict[VideoKey, dict[str, Any]],
-    tally: _Tally,
-) -> dict[Path, str]:
+) -> dict[str, _VideoOutput]:
     """Each ok video's frame rows (corpus decisions applied) into its part of the frames table, and its kept
-    shard rows into its part of its dataset's manifest; returns every part's sha256 by path.
+    shard rows into its part of its dataset's manifest; returns what was written per video, in corpus order.
 
     A video whose inputs (record, cross-video decisions, camera) are those of its parts in place is skipped:
     adding a video to a corpus reads and writes that video, not the corpus.
     """
-    _clear_old_layout(root, datasets)
+    _clear_old_layout(root, sorted({v.dataset for v in videos}))
     previous = _load_outputs(root)
     outputs: dict[str, _VideoOutput] = {}
     keys = {}
     for video in videos:
-        name = f"{video.dataset}/{video.video_id}"
         key = (video.dataset, video.video_id)
         keys[key] = _video_key(video, duplicates.get(key), cameras.get(key), clip)
-        old = previous.get(name)
+        old = previous.get(_name(video))
         if keys[key] is not None and old is not None and old.key == keys[key] and _in_place(root, old):
-            outputs[name] = old
-    todo = [v for v in videos if f"{v.dataset}/{v.video_id}" not in outputs]
+            outputs[_name(video)] = old
+    todo = [v for v in videos if _name(v) not in outputs]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-write") as writer:
         in_flight: Future[tuple[str, _VideoOutput]] | None = None
         for video, read in _read_ahead(root, todo):
@@ -223,10 +222,14 @@ def _write_video_tables(
         if in_flight is not None:
             name, done = in_flight.result()
             outputs[name] = done
-    ordered = {f"{v.dataset}/{v.video_id}": outputs[f"{v.dataset}/{v.video_id}"] for v in videos}
+    ordered = {_name(v): outputs[_name(v)] for v in videos}
     _remove_unlisted(root, ordered)
     _save_outputs(root, ordered)
-    return _tally_outputs(root, datasets, ordered, tally)
+    return ordered
+
+
+def _name(video: VideoRecord) -> str:
+    return f"{video.dataset}/{video.video_id}"  # the key of outputs.json
 
 
 def _write_video(
@@ -253,7 +256,7 @@ def _write_video(
     output = _VideoOutput(
         key=key, frames=frames.num_rows, kept=kept, reasons=reasons, samples=manifest.num_rows, files=files
     )
-    return f"{video.dataset}/{video.video_id}", output
+    return _name(video), output
 
 
 def _video_key(
@@ -273,11 +276,10 @@ def _video_key(
 
 
 def _in_place(root: DataRoot, output: _VideoOutput) -> bool:
-    for relative, file in output.files.items():
-        path = root.root / relative
-        if not root.exists(path) or root.size(path) != file.size:
-            return False
-    return True
+    try:
+        return all(root.size(root.root / relative) == file.size for relative, file in output.files.items())
+    except OSError:  # missing
+        return False
 
 
 def _load_outputs(root: DataRoot) -> dict[str, _VideoOutput]:
@@ -313,17 +315,13 @@ def _clear_old_layout(root: DataRoot, datasets: list[str]) -> None:
 def _remove_unlisted(root: DataRoot, outputs: dict[str, _VideoOutput]) -> None:
     """Delete the parts of videos no longer published (removed, or failed since)."""
     listed = {root.root / relative for output in outputs.values() for relative in output.files}
-    found = root.glob(root.frames_table, "*/*.parquet") + root.glob(root.root / "manifest", "*.parquet/*.parquet")
-    for path in found:
+    for path in root.table_parts():
         if path not in listed:
             root.remove(path)
 
 
-def _tally_outputs(
-    root: DataRoot, datasets: list[str], outputs: dict[str, _VideoOutput], tally: _Tally
-) -> dict[Path, str]:
-    tally.manifests = {d: 0 for d in datasets}
-    digests = {}
+def _tally(datasets: list[str], outputs: dict[str, _VideoOutput]) -> _Tally:
+    tally = _Tally(manifests={d: 0 for d in datasets})
     for name, output in outputs.items():
         dataset, video_id = name.split("/", 1)
         tally.frames += output.frames
@@ -332,8 +330,7 @@ def _tally_outputs(
         tally.manifests[dataset] += output.samples
         drops = {r: n for r, n in output.reasons.items() if r in PUBLISH_DROP_REASONS}
         tally.publish_drops[(dataset, video_id)] = collections.Counter(drops)
-        digests.update({root.root / relative: file.sha256 for relative, file in output.files.items()})
-    return digests
+    return tally
 
 
 @dataclass
@@ -358,7 +355,7 @@ def _read_frames(root: DataRoot, video: VideoRecord) -> pa.Table:
 
 def _read_ahead(root: DataRoot, videos: list[VideoRecord]) -> Iterator[tuple[VideoRecord, _VideoTables]]:
     """The videos' tables in order, the next one read while the caller encodes this one (Arrow releases the
-    GIL in both), so reading and compressing overlap: two videos' rows in memory at most."""
+    GIL in both), so reading and compressing overlap: a few videos' rows in memory at most."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-read") as pool:
         pending: collections.deque[tuple[VideoRecord, Future[_VideoTables]]] = collections.deque()
         for video in videos:
@@ -623,7 +620,7 @@ def _description(
     cfg: CurateConfig,
     records: list[VideoRecord],
     tally: _Tally,
-    digests: dict[Path, str],
+    files: dict[Path, _FileDigest],
     clip_info: dict[str, Any] | None,
     cameras: dict[VideoKey, dict[str, Any]],
 ) -> dict[str, Any]:
@@ -647,7 +644,7 @@ def _description(
         },
         "shards": [part.model_dump() for r in records if r.ok for part in r.shards],
         "clip": clip_info,  # model, checkpoint sha256, embedding files, SemDeDup figures; null when off
-        "tables": {root.relative(path): digest for path, digest in sorted(digests.items())},
+        "tables": {root.relative(path): file.sha256 for path, file in sorted(files.items())},
     }
 
 
@@ -688,11 +685,12 @@ def _unchanged_description(root: DataRoot, inputs: str | None) -> dict[str, Any]
     return description
 
 
-def _save_inputs(root: DataRoot, inputs: str | None, digests: dict[Path, str]) -> None:
+def _save_inputs(root: DataRoot, inputs: str | None, files: dict[Path, _FileDigest]) -> None:
+    """The inputs digest and the size of every output (known from writing them: nothing is stat'ed again)."""
     if inputs is None:
         root.remove(root.publish_state(_INPUTS_STATE))
         return
-    sizes = {root.relative(path): root.size(path) for path in [*digests, root.dataset_json]}
+    sizes = {root.relative(path): file.size for path, file in files.items()}
     state = {"inputs": inputs, "sizes": sizes}
     root.write_bytes(root.publish_state(_INPUTS_STATE), json.dumps(state, indent=1, sort_keys=True).encode())
 

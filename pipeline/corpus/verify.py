@@ -55,10 +55,9 @@ def verify_dataset(root: DataRoot) -> list[str]:
 def _unlisted_parts(root: DataRoot, tables: dict[str, str]) -> list[str]:
     """Per-video parts in the table directories that dataset.json does not list: readers of the directory see
     them, so they are problems too (a publish that stopped after writing them; the next one settles them)."""
-    found = root.glob(root.frames_table, "*/*.parquet") + root.glob(root.root / "manifest", "*.parquet/*.parquet")
     return [
         f"{relative}: not in dataset.json (a publish did not finish: rerun it)"
-        for relative in map(root.relative, found)
+        for relative in map(root.relative, root.table_parts())
         if relative not in tables
     ]
 

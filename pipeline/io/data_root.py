@@ -100,6 +100,10 @@ class DataRoot:
     def frames_table_part(self, dataset: str, video_id: str) -> Path:
         return self.frames_table / dataset / f"{video_id}.parquet"
 
+    def table_parts(self) -> list[Path]:
+        """Every per-video part of the frames table and of the manifests that is there now."""
+        return self.glob(self.frames_table, "*/*.parquet") + self.glob(self.root / "manifest", "*.parquet/*.parquet")
+
     @property
     def cameras_table(self) -> Path:
         return self.root / "stats" / "cameras.parquet"
@@ -201,7 +205,7 @@ class DataRoot:
         return write_bytes_atomic(path, data)
 
     def publish_file(self, local: Path, path: Path) -> bool:
-        """Put a finished temporary file (written next to `path`, e.g. by TableStream) in its place, atomically;
+        """Put a finished temporary file (written next to `path`) in its place, atomically;
         False, and the temporary deleted, when `path` already held exactly its bytes."""
         if not self.url:
             return move_if_changed(local, path)

@@ -36,16 +36,15 @@ def read_table(location: str | Path, columns: list[str] | None = None, schema: p
     with no parts is its empty table; without it, a table with no parts raises FileNotFoundError.
     """
     files = table_files(location)
-    if not files and schema is None:
-        raise FileNotFoundError(f"no Parquet table at {location}")
+    if not files:
+        if schema is None:
+            raise FileNotFoundError(f"no Parquet table at {location}")
+        empty = schema.empty_table()
+        return empty.select(columns) if columns is not None else empty
     tables = []
     for file in files:
         with objectstore.open_parquet(file, columns) as source:
             tables.append(pq.read_table(source, columns=columns, schema=schema))
-    if not tables:
-        assert schema is not None
-        empty = schema.empty_table()
-        return empty.select(columns) if columns is not None else empty
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
