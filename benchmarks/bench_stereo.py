@@ -4,14 +4,18 @@
 
 Real pairs (pipeline/synthetic/real_pairs.py): Middlebury's motorcycle as scikit-image ships it (741x500,
 disparities up to 8.1% of the width), and its left view re-rendered with the ground truth scaled to 16% of the
-width ("large") and to a 3D movie's 3.0% ("movie"). Per method: density (kept / pixels with ground truth),
+width ("large") and to a 3D movie's 3.0% ("movie"); Middlebury's Aloe as Debian's opencv-doc ships it (1282x1110,
+JPEG, up to 16.5%: "aloe"; "absent" without the package) and re-rendered at 3.0% ("aloe_movie").
+Per method: density (kept / pixels with ground truth),
 bad-1, bad-3 and EPE on the kept pixels, and for the pipeline's methods the frame-level decision. Methods:
 the pipeline (DIS medium both ways, confidence mask) under each profile; the same flows with only the MiDaS
 left-right and vertical limits (the method before confidence); StereoSGBM with its own left-right check; and
 the alternatives tried for accuracy: a stricter confidence threshold (0.6), DIS searching at full resolution
 (flow.dis_finest_scale 0), both, the pipeline's pixels kept only where SGBM agrees within 1 px
 (`fusion_dis_sgbm`), and DIS started from the ground truth blurred by 8 px (`dis_seeded_with_truth`, the bound
-on any coarse 1-D seed). `flow_ms`: both flows of the native pair (741x500) per flow setting, best of 3.
+on any coarse 1-D seed); `pipeline_midas_finest_scale_0_patch_6` (DIS at full resolution with 6 px patches) and
+`pipeline_midas_accurate` (that flow and the ACCURATE mask), with `tradeoff`: density and errors as min_confidence
+rises, for it and the default. `flow_ms`: both flows of the native pair (741x500) per flow setting, best of 3.
 
 Accuracy: synthetic canyon pairs at 940x400 (baseline 0.1 m, 4 px convergence shift, so disparities of both
 signs; sensor noise and JPEG q90 on both views). On the pixels each method keeps: mean end-point error, the
@@ -33,6 +37,7 @@ import argparse
 import dataclasses
 import functools
 import tempfile
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -52,10 +57,27 @@ from pipeline.stereo.disparity import check_stereo, pixel_checks, rejection_reas
 from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows
 from pipeline.stereo.processor import StereoProcessor
 from pipeline.stereo.sky import make_sky_detector
-from pipeline.synthetic.real_pairs import GroundTruthPair, fill_rows, motorcycle, score, with_parallax
+from pipeline.synthetic.real_pairs import GroundTruthPair, aloe, fill_rows, motorcycle, score, with_parallax
 from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames
 
-REAL_PAIRS = {"native": 1.0, "large": 2.0, "movie": 0.37}  # ground-truth scale: max disparity 8.1%, 16%, 3.0%
+# name: (pair, ground-truth scale). Motorcycle's max disparity 8.1%, 16%, 3.0% of the width; Aloe's 16.5% and 3.0%.
+REAL_PAIRS: dict[str, tuple[Callable[[], GroundTruthPair | None], float]] = {
+    "native": (motorcycle, 1.0),
+    "large": (motorcycle, 2.0),
+    "movie": (motorcycle, 0.37),
+    "aloe": (aloe, 1.0),
+    "aloe_movie": (aloe, 0.18),
+}
+# The accuracy setting chosen for issue 16 (opt-in; the defaults are unchanged): DIS at full resolution with 6 px
+# patches, whose edges blur less, and a mask that asks more of the left-right and vertical cues (60% of their
+# limits) but lets the disparity climb steeper (1.8 px/px) and takes a ZNCC of 0.76 as a match.
+ACCURATE = {
+    "flow": {"dis_finest_scale": 0, "dis_patch_size": 6},
+    "max_disparity_gradient": 3.0,
+    "min_match_ncc": 0.6,
+    "min_confidence": 0.7,
+}
+TRADEOFF_CONFIDENCE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)  # min_confidence values of the trade-off curves
 SEED_BLUR_PX = 8.0  # the ground truth, blurred this much, as DIS's initial flow: a coarse seed at its best
 # The confidence cues switched off: the per-pixel mask of MiDaS's two checks alone, the method before them.
 CHECKS_ONLY = {"max_disparity_gradient": 1e6, "min_match_ncc": -0.999}
@@ -183,7 +205,10 @@ def _flows(cfg: StereoConfig, left: np.ndarray, right: np.ndarray) -> tuple[np.n
 
 
 def real_pairs() -> dict:
-    """Each method on the motorcycle pair at each parallax: quality on kept pixels and the frame decision."""
+    """Each method on each real pair at each parallax: quality on kept pixels and the frame decision.
+
+    A pair whose files are absent here (Aloe without opencv-doc) is reported as "absent".
+    """
     base = motorcycle()
     configs = {
         "pipeline_midas": StereoConfig(profile="midas"),
@@ -196,11 +221,19 @@ def real_pairs() -> dict:
         "pipeline_midas_finest_scale_0_confidence_0.6": StereoConfig(
             profile="midas", min_confidence=0.6, flow={"dis_finest_scale": 0}
         ),
+        "pipeline_midas_finest_scale_0_patch_6": StereoConfig(
+            profile="midas", flow={"dis_finest_scale": 0, "dis_patch_size": 6}
+        ),
+        "pipeline_midas_accurate": StereoConfig(profile="midas", **ACCURATE),
     }
     backends = {cfg.flow: make_flow_backend(cfg.flow) for cfg in configs.values()}
     out: dict = {"flow_ms": {_flow_name(f): _flow_ms(backend, base) for f, backend in backends.items()}}
-    for name, scale in REAL_PAIRS.items():
-        pair = base if scale == 1.0 else with_parallax(base, scale)
+    for name, (load, scale) in REAL_PAIRS.items():
+        source = base if load is motorcycle else load()
+        if source is None:
+            out[name] = "absent"
+            continue
+        pair = source if scale == 1.0 else with_parallax(source, scale)
         flows = {f: stereo_flows(backend, [pair.left], [pair.right]) for f, backend in backends.items()}
         rows: dict = {
             "max_disparity_fraction": round(
@@ -227,11 +260,26 @@ def real_pairs() -> dict:
         rows["dis_checks_only_midas"]["decision_before"] = (
             rejection_reason(before, configs["dis_checks_only_midas"]) or "kept"
         )
+        rows["tradeoff"] = {
+            method: _tradeoff(pair, flows[configs[method].flow], configs[method])
+            for method in ("pipeline_midas", "pipeline_midas_accurate")
+        }
         rows["sgbm"] = _sgbm_real(pair)
         rows["fusion_dis_sgbm"] = _fusion_real(pair, lr, rl, configs["pipeline_midas"])
         rows["dis_seeded_with_truth"] = _seeded_real(pair, configs["pipeline_midas"])
         out[name] = rows
     return out
+
+
+def _tradeoff(pair: GroundTruthPair, flows: tuple[list, list], cfg: StereoConfig) -> list[dict]:
+    """Density and errors on kept pixels as min_confidence rises (the other cue limits as in cfg)."""
+    (lr,), (rl,) = flows
+    checks = pixel_checks(lr, rl, cfg, pair.left, pair.right)
+    kept = {threshold: checks.confidence >= threshold for threshold in TRADEOFF_CONFIDENCE}
+    return [
+        {"min_confidence": threshold, **_rounded(score(checks.disparity, mask, pair.disparity))}
+        for threshold, mask in kept.items()
+    ]
 
 
 def _seeded_real(pair: GroundTruthPair, cfg: StereoConfig) -> dict:
@@ -248,7 +296,8 @@ def _seeded_real(pair: GroundTruthPair, cfg: StereoConfig) -> dict:
 
 def _flow_name(cfg: OpticalFlowConfig) -> str:
     scale = "preset" if cfg.dis_finest_scale is None else cfg.dis_finest_scale
-    return f"dis_{cfg.dis_preset}_finest_scale_{scale}"
+    patch = "" if cfg.dis_patch_size is None else f"_patch_{cfg.dis_patch_size}"
+    return f"dis_{cfg.dis_preset}_finest_scale_{scale}{patch}"
 
 
 def _flow_ms(backend, pair: GroundTruthPair) -> float:

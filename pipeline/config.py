@@ -170,6 +170,9 @@ class OpticalFlowConfig(_Section):
     # DIS finest_scale (None: the preset's, medium's 1 = half resolution). 0 searches at full resolution: on the real
     # pair at a 3D movie's parallax, kept pixels off by > 3 px fall from 1.3% to 0.9%, for 3-6x the flow time.
     dis_finest_scale: int | None = Field(None, ge=0)
+    # DIS patch_size (None: the preset's 8). 6 with finest scale 0 blurs depth edges less: on the real pairs
+    # (benchmarks/bench_stereo.py real_pairs) fewer kept pixels off by > 3 px at every parallax, ~1.4x the flow time.
+    dis_patch_size: int | None = Field(None, ge=4)
     raft_checkpoint: str | None = None  # local state-dict file; never downloaded at run time
     raft_small: bool = False
     raft_iterations: int = Field(12, ge=1)
@@ -410,11 +413,15 @@ class CurateConfig(_Section):
             relevant["recipe"] = self.recipe.model_dump()
         if self.stereo.flow.dis_finest_scale is None:  # left unset, it hashes as before the key existed
             del relevant["stereo"]["flow"]["dis_finest_scale"]
+        if self.stereo.flow.dis_patch_size is None:  # the same for the patch size
+            del relevant["stereo"]["flow"]["dis_patch_size"]
         return _hash(relevant)
 
     def recorded(self) -> dict[str, Any]:
         """The settings dataset.json keeps: all but where the tasks ran (a dedup rerun must not need the cluster)."""
         exclude: dict[str, Any] = {"run": {"executor", "ray"}}
+        if self.stereo.flow.dis_patch_size is None:  # left unset, dataset.json reads as before the key existed
+            exclude["stereo"] = {"flow": {"dis_patch_size"}}
         if not self.recipe.path:
             exclude["recipe"] = True
         return self.model_dump(mode="json", exclude=exclude)

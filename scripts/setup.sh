@@ -21,6 +21,16 @@ if ! command -v chromium >/dev/null; then
         || echo "[setup] no chromium package here: the report's browser tests will be skipped" >&2
 fi
 
+# Middlebury's Aloe pair with its ground-truth disparity, for the stereo tests and benchmarks (skipped without it):
+# the second real pair after scikit-image's motorcycle; Debian ships it in OpenCV's samples.
+if [ ! -f /usr/share/doc/opencv-doc/examples/data/aloeGT.png ]; then
+    echo "[setup] installing opencv-doc (a real stereo pair with ground truth) from the system package manager" >&2
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends opencv-doc >/dev/null \
+        || echo "[setup] no opencv-doc package here: the Aloe stereo tests will be skipped" >&2
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"

@@ -14,6 +14,16 @@ full-res variational refinement (0.80 / 4.7%, 400 ms), a stricter confidence thr
 synthetic EPE 0.071 -> 0.059 px, for 3-6x the flow time: `stereo.flow.dis_finest_scale: 0` where
 accuracy matters more than speed). None keeps 0.70 at 16% parallax with 1% off by > 3 px.
 
+The opt-in accuracy setting (bench_stereo's ACCURATE): DIS at finest scale 0 with 6 px patches
+(`flow.dis_patch_size`), whose edges blur less, and a mask asking more of the left-right, vertical and match cues
+but less of the gradient (max_disparity_gradient 3, min_match_ncc 0.6, min_confidence 0.7): 0.81 / 2.5%,
+0.69 / 2.3% and 0.91 / 0.78% on motorcycle, and on Middlebury's real Aloe pair at 16.5% parallax 0.68 / 0.13%
+with the frame kept (the default drops it as stereo_lr at 0.57), for ~5x DIS medium's flow time. Re-picking each
+pixel's disparity among its neighbours' by 3x3 matching cost sharpened the re-rendered pairs' edges but cost
+density on the real views (JPEG, exposure); keeping only where SGBM agrees within 1 px did worse per pixel kept
+than raising min_confidence (0.50 / 1.4% against 0.62 / 1.3% at 16%); and a texture term would drop the wrong
+pixels: the kept ones in flat windows are the most accurate (0.1-0.4% off), the errors sit at depth edges.
+
 Its PNG storage is in pipeline/media/codecs.py, so the trainer decodes it without the stereo stack.
 """
 

@@ -150,9 +150,8 @@ class RAFTFlow:
 def make_flow_backend(cfg: OpticalFlowConfig) -> FlowBackend:
     """The backend cfg names: DIS with its preset, or RAFT from cfg.raft_checkpoint."""
     if cfg.backend == "dis":
-        if cfg.dis_finest_scale is None:
-            return DISFlow(cfg.dis_preset)
-        return DISFlow(cfg.dis_preset, finest_scale=cfg.dis_finest_scale)
+        overrides = {"finest_scale": cfg.dis_finest_scale, "patch_size": cfg.dis_patch_size}
+        return DISFlow(cfg.dis_preset, **{name: value for name, value in overrides.items() if value is not None})
     if cfg.backend == "raft":
         if not cfg.raft_checkpoint:
             raise ValueError(

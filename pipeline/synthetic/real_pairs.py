@@ -1,14 +1,19 @@
 """Real stereo pairs with ground truth for tests and benchmarks, and the same texture at other parallaxes.
 
-The pair is Middlebury 2014's motorcycle as scikit-image ships it (741x500, disparities 7-60 px, i.e. up to
-8.1% of the width; inf where unknown). scikit-image is a test/bench extra, imported only here.
+The pairs: Middlebury 2014's motorcycle as scikit-image ships it (741x500, disparities 7-60 px, i.e. up to
+8.1% of the width; inf where unknown; scikit-image is a test/bench extra, imported only here), and Middlebury
+2006's Aloe as OpenCV's samples ship it (1282x1110 JPEG views, disparities up to 211 px, 16.5% of the width),
+found at run time in Debian's opencv-doc (`apt-get install opencv-doc`) or a directory named by
+$OPENCV_SAMPLES_DATA; `aloe()` returns None where neither has it.
 A pair at another parallax is re-rendered from the left view: the ground truth times `scale`, splatted to
 the right view (nearer wins, holes take the farther neighbour), and the left view sampled through it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,6 +45,36 @@ def motorcycle() -> GroundTruthPair:
     left, right, disparity = data.stereo_motorcycle()
     bgr = [np.ascontiguousarray(cv2.cvtColor(view, cv2.COLOR_RGB2BGR)) for view in (left, right)]
     return GroundTruthPair(bgr[0], bgr[1], np.where(np.isfinite(disparity), disparity, np.inf).astype(np.float32))
+
+
+# Where OpenCV's sample images may be: $OPENCV_SAMPLES_DATA first, then Debian's opencv-doc.
+_OPENCV_SAMPLE_DIRS = ("/usr/share/doc/opencv-doc/examples/data",)
+_ALOE_FILES = ("aloeL.jpg", "aloeR.jpg", "aloeGT.png")
+
+
+def aloe() -> GroundTruthPair | None:
+    """Middlebury's Aloe from OpenCV's samples, or None where no sample directory holds it.
+
+    aloeGT.png is the full-size left view's disparity in whole pixels, 8-bit, 0 where unknown (Middlebury 2006's
+    full-size convention; tests/pipeline/stereo/test_real_pair_accuracy.py checks it against the views).
+    """
+    directory = _opencv_samples_with(_ALOE_FILES)
+    if directory is None:
+        return None
+    left, right = (cv2.imread(str(directory / name), cv2.IMREAD_COLOR) for name in _ALOE_FILES[:2])
+    truth = cv2.imread(str(directory / _ALOE_FILES[2]), cv2.IMREAD_UNCHANGED)
+    if left is None or right is None or truth is None:
+        raise ValueError(f"cannot decode the Aloe pair in {directory}")
+    disparity = np.where(truth > 0, truth.astype(np.float32), np.float32(np.inf))
+    return GroundTruthPair(left, right, disparity)
+
+
+def _opencv_samples_with(names: tuple[str, ...]) -> Path | None:
+    override = os.environ.get("OPENCV_SAMPLES_DATA")
+    for directory in (*((override,) if override else ()), *_OPENCV_SAMPLE_DIRS):
+        if all((Path(directory) / name).is_file() for name in names):
+            return Path(directory)
+    return None
 
 
 def with_parallax(pair: GroundTruthPair, scale: float) -> GroundTruthPair:

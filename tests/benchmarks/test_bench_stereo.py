@@ -26,12 +26,19 @@ def test_speed_times_whole_batches_and_reports_the_ratio():
 @pytest.mark.slow
 def test_real_pairs_score_every_method_at_every_parallax():
     result = real_pairs()
-    assert set(result["flow_ms"]) == {"dis_medium_finest_scale_preset", "dis_medium_finest_scale_0"}
-    for name in ("native", "large", "movie"):
+    assert set(result["flow_ms"]) == {
+        "dis_medium_finest_scale_preset",
+        "dis_medium_finest_scale_0",
+        "dis_medium_finest_scale_0_patch_6",
+    }
+    names = ("native", "large", "movie", "aloe", "aloe_movie")
+    assert set(names) <= set(result)
+    for name in (name for name in names if result[name] != "absent"):  # Aloe only where opencv-doc is installed
         rows = result[name]
         for method in (
             "pipeline_midas",
             "pipeline_midas_finest_scale_0",
+            "pipeline_midas_accurate",
             "sgbm",
             "fusion_dis_sgbm",
             "dis_seeded_with_truth",
@@ -40,3 +47,7 @@ def test_real_pairs_score_every_method_at_every_parallax():
         # Agreement with SGBM only removes pixels; a stricter threshold only removes pixels.
         assert rows["fusion_dis_sgbm"]["density"] <= rows["pipeline_midas"]["density"]
         assert rows["pipeline_midas_confidence_0.6"]["density"] <= rows["pipeline_midas"]["density"]
+        for curve in rows["tradeoff"].values():  # a rising threshold keeps fewer pixels
+            densities = [point["density"] for point in curve]
+            assert densities == sorted(densities, reverse=True) and len(curve) >= 5
+        assert rows["tradeoff"]["pipeline_midas"][0]["density"] == rows["pipeline_midas"]["density"]
