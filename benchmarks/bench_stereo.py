@@ -28,7 +28,8 @@ Speed: pairs per second at 940x400 and 1880x800 for the two bare flow calls, and
 checks, sky, disparity, mask and confidence PNGs, JPEG, Parquet row), in the same run, batch by batch
 (flow.batch_size pairs, as sampling hands them over, so the processor overlaps a pair's work with the next
 pair's flows); each batch timed as the best of `--repeats` rounds that run the bare flows and the pipeline in
-turn (the machine is shared), and the per-stage split of one pair, unoverlapped, as the best of `--repeats`.
+turn (the machine is shared), and the per-stage split of one pair, unoverlapped, as the best of `--repeats`;
+`load_average_1m`: the machine's 1-minute load average before and after, since other work there moves the ratio.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import tempfile
 from collections.abc import Callable
 
@@ -332,6 +334,7 @@ def _rounded(kept) -> dict:
 def speed(width: int, height: int, n_pairs: int, repeats: int) -> dict:
     """Pairs per second through the two bare flow calls and through the whole stage, batch by batch as sampling
     hands them over (flow.batch_size pairs), the two timed in turn so a busy neighbour slows both alike."""
+    load_before = os.getloadavg()[0]
     cfg = load_config().stereo
     pairs = [(left, right) for _, left, right in stereo_pairs(n_pairs, width, height, seed0=300)]
     batches = [pairs[i : i + cfg.flow.batch_size] for i in range(0, n_pairs, cfg.flow.batch_size)]
@@ -358,6 +361,7 @@ def speed(width: int, height: int, n_pairs: int, repeats: int) -> dict:
         "pairs": n_pairs,
         "batch_size": cfg.flow.batch_size,
         "repeats": repeats,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "flow_pairs_per_s": round(n_pairs / bare, 2),
         "pipeline_pairs_per_s": round(n_pairs / full, 2),
         "pipeline_over_flow": round(full / bare, 3),

@@ -7,6 +7,18 @@ import numpy as np
 
 _PNG_MAX = 65535  # 16-bit disparity codes
 CONFIDENCE_LEVELS = 255  # 8-bit confidence codes: confidence = code / 255
+# The confidence PNG's settings: OpenCV's default zlib level and strategy (1, RLE) with the Up filter in place of
+# Sub: 7% smaller on bench_stereo's 940x400 pairs (11% on the demo's) in the same time (3.34 ms, best of 25). The
+# disparity PNG keeps the default: Up saves 6% there but took 4% longer. The filter must be named: with a level
+# and no filter, OpenCV's libpng tries all five on every row.
+_CONFIDENCE_PNG = [
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_UP,
+]
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
@@ -87,7 +99,7 @@ def encode_confidence_png(confidence: np.ndarray) -> bytes:
     """8-bit grey PNG of a [0, 1] confidence map (quantize_confidence's codes)."""
     if np.ndim(confidence) != 2:
         raise ValueError(f"confidence must be HxW, got {np.shape(confidence)}")
-    ok, png = cv2.imencode(".png", quantize_confidence(confidence))
+    ok, png = cv2.imencode(".png", quantize_confidence(confidence), _CONFIDENCE_PNG)
     if not ok:
         raise RuntimeError("OpenCV could not encode the confidence PNG")
     return png.tobytes()

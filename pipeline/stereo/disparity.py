@@ -203,7 +203,8 @@ def summarize(checks: PixelChecks, sky_mask: np.ndarray | None = None) -> Stereo
     disparity = checks.disparity
     valid_disp = disparity[valid]
     if valid_disp.size:
-        low, high = np.percentile(valid_disp, _RANGE_PERCENTILES)
+        # valid_disp is this function's own copy: the percentile may reorder it (its minimum stays the same).
+        low, high = np.percentile(valid_disp, _RANGE_PERCENTILES, overwrite_input=True)
         disp_range = float(high - low)
         if n_sky:  # sky is the farthest thing in the frame: give it the smallest disparity measured anywhere
             disparity = np.where(sky, valid_disp.min(), disparity)

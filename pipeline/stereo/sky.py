@@ -31,7 +31,8 @@ class GradientSkyDetector:
     In the spirit of Shen & Wang (2013) and Zhu et al.: per column, the sky estimate is the run of smooth pixels
     from the top border (at `analysis_width`, with a threshold set from the frame's own noise floor), grown
     through smooth pixels whose colour changes gradually (and stays near the estimate's Lab colour model), cut
-    to what touches the top border, and finally re-decided pixel by pixel at full resolution near its border.
+    to what touches the top border, and finally re-decided pixel by pixel near its border, at half resolution
+    when the analysis is at half or less (then upsampled), else at full resolution.
     With disparity (larger = nearer), pixels clearly nearer than the frame's farthest are never sky.
     """
 
@@ -65,7 +66,7 @@ class GradientSkyDetector:
         self.max_colour_step = max_colour_step  # CIE delta E between neighbours that growth may cross
         self.colour_max_distance = colour_max_distance  # Mahalanobis (Lab) to the seed's colours; 0 = off
         self.min_sky_fraction = min_sky_fraction  # smaller estimates are noise: no sky
-        self.edge_margin = edge_margin  # analysis pixels around the coarse border re-decided at full size
+        self.edge_margin = edge_margin  # analysis pixels around the coarse border re-decided at finer size
         # The stereo cue vetoes pixels above min + max(margin_px, margin_fraction * range) of the valid
         # disparities. Half the range, not a pixel or two: optical flow fills a textureless sky with the
         # disparity of its skyline, which passes the left-right check (DIS on the synthetic canyon: median
@@ -89,21 +90,43 @@ class GradientSkyDetector:
             far = far_mask(disparity, valid, self.disparity_margin_px, self.disparity_margin_fraction)
         scale = min(1.0, self.analysis_width / width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small, small_far = image, far
+        # Edges are re-decided at half size when the analysis is at half size or less: a quarter of the pixels,
+        # and the mean of four is the steadier colour. With the band found at analysis size and _shrink, the
+        # detector takes half the time at 940x400 (5.4 against 10.6 ms) and a quarter at 1880x800, and sky IoU on
+        # bench_stereo's scenes rose (0.9475 -> 0.9552 on its 6, 0.9429 -> 0.9484 on 20; issue 16).
+        fine_scale = 0.5 if scale <= 0.5 else 1.0
+        fine, fine_far = image, far
+        if fine_scale < 1:
+            fine = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+            fine_far = None if far is None else _shrink_mask(far, (width // 2, height // 2))
+        small, small_far = fine, fine_far
         if scale < 1:
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            small = _shrink(fine, size)
             if far is not None:  # an analysis pixel may be sky only if most of what it covers may be
-                small_far = cv2.resize(far.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+                small_far = _shrink_mask(far, size)
         mask = self._detect(small, small_far)
         if not mask.any():
             return np.zeros((height, width), bool)
+        mask = self._refine(fine, mask, scale / fine_scale, fine_far)
+        if fine_scale == 1:
+            return mask
+        mask = cv2.resize(mask.view(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0
+        # Upsampling may step over the stereo veto's full-size pixels, and cut off what then lies beyond them.
+        return mask if far is None else _touching_top(mask & far)
+
+    def _refine(self, image: np.ndarray, mask: np.ndarray, scale: float, far: np.ndarray | None) -> np.ndarray:
+        """The coarse mask (at scale of the image) at the image's size, its border re-decided at that size.
+
+        The texture measure stops the coarse estimate a few analysis pixels short of every border: the pixels
+        within edge_margin of it are re-decided from their colours.
+        """
+        height, width = image.shape[:2]
+        radius = int(np.ceil(self.edge_margin / scale))
         if scale < 1:
-            mask = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
-        # The texture measure stops the coarse estimate a few analysis pixels short of every border.
-        mask = refine_edges(
-            image, mask, radius=int(np.ceil(self.edge_margin / scale)), allowed=far, max_step=self.max_colour_step
-        )
-        return _touching_top(mask)
+            mask, inner, band = _upsampled_edge_band(mask, radius * scale, (width, height))
+        else:
+            inner, band = _edge_band(mask, radius)
+        return _touching_top(refine_edges(image, mask, inner, band, allowed=far, max_step=self.max_colour_step))
 
     def _detect(self, image: np.ndarray, far: np.ndarray | None) -> np.ndarray:
         """Coarse sky mask at analysis size."""
@@ -178,19 +201,22 @@ def texture_map(image: np.ndarray, blur_sigma: float = 1.25) -> np.ndarray:
 
 
 def refine_edges(
-    image: np.ndarray, mask: np.ndarray, radius: int, allowed: np.ndarray | None = None, max_step: float = 2.5
+    image: np.ndarray,
+    mask: np.ndarray,
+    inner: np.ndarray,
+    band: np.ndarray,
+    allowed: np.ndarray | None = None,
+    max_step: float = 2.5,
 ) -> np.ndarray:
-    """Re-decide the pixels within radius of the mask's border: grow the interior over colour-continuous steps.
+    """Re-decide the band's pixels around a coarse mask: grow its certain interior over colour-continuous steps.
 
     A sky changes colour by well under max_step (CIE Lab delta E) from one pixel to the next, while a border
     with a wall, a tree or a roof is a jump, so growing from the certain interior stops at the true edge.
-    Pixels outside `allowed` (the stereo cue) are never added.
+    Pixels outside `allowed` (the stereo cue) are never added. `inner` and `band` are the coarse mask's
+    (_edge_band); the mask is returned as it is when there is no interior or nothing to re-decide.
     """
-    if radius < 1:
-        return mask
-    inner, band = _edge_band(mask, radius)
     if allowed is not None:
-        band &= allowed
+        band = band & allowed
     if not inner.any() or not band.any():
         return mask
     # Work inside the band's bounding box (plus one pixel): most of the frame is far from any sky border.
@@ -224,10 +250,28 @@ def _edge_band(mask: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     the whole frame, not on a crop around the mask: this OpenCV build's transform is not exact (a crop moves
     some distances by an ulp), which could flip a pixel that sits at the radius and change the output.
     """
+    if radius < 1:  # nothing to re-decide: the mask is its own interior
+        return mask.copy(), np.zeros_like(mask)
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
     inner = inside > radius
     return inner, ~inner & (outside <= radius)
+
+
+def _upsampled_edge_band(
+    mask: np.ndarray, radius: float, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A coarse mask at full size (width, height) and its _edge_band there, radius in the coarse mask's pixels.
+
+    The distances are taken at the coarse size and upsampled as one signed distance (positive inside), whose
+    zero crossing is the coarse mask's linear upsampling: the two full-size transforms it replaces were a
+    quarter of the detector's time at 940x400 (and sky IoU on bench_stereo's scenes rose 0.9475 -> 0.9511).
+    """
+    inside = cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, 3)
+    signed = cv2.resize(np.subtract(inside, outside, out=inside), size, interpolation=cv2.INTER_LINEAR)
+    inner = signed > radius
+    return signed > 0, inner, ~inner & (signed >= -radius)
 
 
 def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
@@ -263,6 +307,19 @@ def far_mask(
     limit = low + max(margin_px, margin_fraction * (high - low))
     # Invalid pixels carry no evidence: textureless sky often fails the left-right check.
     return ~ok | (disparity <= limit)
+
+
+def _shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """INTER_AREA to size (width, height), by exact halvings first: OpenCV's area filter has a fast path for
+    whole factors only, so 940 -> 470 -> 320 takes half the time of 940 -> 320 (1.4 ms of 10 at 940x400)."""
+    while image.shape[1] >= 2 * size[0] and image.shape[0] >= 2 * size[1]:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A boolean mask at size (width, height): true where most of what a pixel covers is."""
+    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
 
 
 def _mahalanobis(points: np.ndarray, sample: np.ndarray) -> np.ndarray:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
 
 from pipeline.media.codecs import (
+    decode_confidence_png,
     decode_disparity_png,
     decode_mask_png,
+    encode_confidence_png,
     encode_disparity_png,
     encode_jpeg,
     encode_mask_png,
@@ -68,3 +73,24 @@ def test_mask_png_round_trip():
     smooth = np.zeros((400, 940), bool)
     smooth[:120] = True
     assert len(encode_mask_png(smooth)) < 2000  # 1-bit: a sky mask costs next to nothing
+
+
+def _png_rows(data: bytes, row_bytes: int) -> np.ndarray:
+    """The filtered rows of a PNG (its IDAT data inflated): column 0 is each row's filter type."""
+    idat, at = b"", 8
+    while at < len(data):
+        (length,), kind = struct.unpack(">I", data[at : at + 4]), data[at + 4 : at + 8]
+        if kind == b"IDAT":
+            idat += data[at + 8 : at + 8 + length]
+        at += 12 + length
+    return np.frombuffer(zlib.decompress(idat), np.uint8).reshape(-1, row_bytes + 1)
+
+
+def test_confidence_png_round_trip_uses_the_up_filter():
+    rng = np.random.default_rng(2)
+    confidence = np.clip(cv2.GaussianBlur(rng.random((60, 90)).astype(np.float32), (0, 0), 2) * 2 - 0.3, 0, 1)
+    confidence[0, :5] = np.nan  # a NaN flow's confidence stores code 0
+    data = encode_confidence_png(confidence)
+    codes = np.rint(np.nan_to_num(confidence) * 255)
+    np.testing.assert_array_equal(decode_confidence_png(data), codes.astype(np.float32) / 255)
+    assert (_png_rows(data, 90)[:, 0] == 2).all()  # Up on every row: smaller than OpenCV's default Sub
