@@ -24,7 +24,11 @@ disparity (MiDaS):
     evaluated on held-out stereo frames (disparity metrics against the pipeline's flow disparity) against the
     untrained network, and, for reference, on the held-out mono scenes' rendered depth;
 (e) (c) again with `data.support.mode: motion`, for the first `--motion-seeds` seeds;
-(f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default), first seed.
+(f) (c) again with views compared at full resolution (Monodepth2's choice, the trainer's default), first seed;
+(g) `mixed`: (c) with the stereo dataset's batches mixed in (one trainer, both objectives: the video loss on
+    "synth" batches, SSI on "synth3d" ones, as a curated corpus of both kinds is meant to be trained), per seed.
+`photometric_oracle`: the video loss on training batches with the rendered depth and motion, with a flat depth
+and the same motion, and unwarped: whether the data themselves reward depth (a check on intrinsics and poses).
 Every figure over seeds is given as its mean, std, min, max and per-seed values (`per_seed`, in `--seeds`
 order). `beats_layout_prior`: the trained net's mean AbsRel is below the layout prior's by more than its
 min-max spread over seeds.
@@ -76,12 +80,15 @@ from pipeline.synthetic.renderer import (  # noqa: E402
 from trainer.config import TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
 from trainer.evaluate import evaluate_model, evaluation_batches  # noqa: E402
+from trainer.geometry import intrinsics_matrix, warp  # noqa: E402
+from trainer.losses import photometric_error, reprojection_loss  # noqa: E402
 from trainer.manifest import load_manifests  # noqa: E402
 from trainer.objective import DepthTraining  # noqa: E402
 from trainer.plan import Batch, EpochPlan  # noqa: E402
 from trainer.train import fit  # noqa: E402
 
 RENDER_W, RENDER_H, FPS = 320, 192, 10.0
+PARTS = ("video", "stereo", "motion", "full", "mixed")
 
 
 def moving_objects(seconds: float, speed_mps: float, seed: int) -> tuple[MovingObject, ...]:
@@ -124,39 +131,6 @@ class Video:
     split: str  # "train" or "val", for the whole video
     layout: str  # "mono" (ground truth saved) or a stereo layout
     dataset: str
-
-
-def build_dataset(
-    root_dir: Path,
-    scenes: int,
-    val_scenes: int,
-    seconds: float,
-    val_seconds: float,
-    stereo_scenes: int,
-    stereo_seconds: float,
-    max_height: int,
-    speed_mps: float,
-    objects: bool = False,
-) -> dict[str, Any]:
-    """Render and curate canyon scenes: the mono ("synth") and stereo ("synth3d") datasets under root_dir/data.
-
-    objects: the mono scenes get `moving_objects` and their ground truth the moving-object masks."""
-    videos = []
-    n_train = scenes - val_scenes
-    for i in range(scenes):
-        split = "train" if i < n_train else "val"
-        duration = seconds if split == "train" else val_seconds
-        spec = SceneSpec(
-            width=RENDER_W,
-            height=RENDER_H,
-            fps=FPS,
-            seed=100 + i,
-            speed_mps=speed_mps,
-            duration_s=duration,
-            objects=moving_objects(duration, speed_mps, 100 + i) if objects else (),
-        )
-        videos.append(Video(f"scene{i}", spec, split, "mono", "synth"))
-    return curate_videos(root_dir, [*videos, *stereo_videos(stereo_scenes, stereo_seconds)], max_height)
 
 
 def stereo_videos(count: int, seconds: float) -> list[Video]:
@@ -291,6 +265,7 @@ def train_config(args: argparse.Namespace, out_dir: Path, **extra: Any) -> Train
         "model": {"encoder": args.encoder, "pose_encoder": args.pose_encoder, "intrinsics": args.intrinsics},
         "loss": {
             "smoothness": args.smoothness,
+            "logit_penalty": args.logit_penalty,
             "scales": args.loss_scales,
             "automask": args.automask,
             "photometric_resolution": args.photometric_resolution,
@@ -420,6 +395,45 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
     }
 
 
+@torch.no_grad()
+def photometric_oracle(cfg: TrainConfig, data_root: Path, batches: int = 12) -> dict[str, float]:
+    """The video loss (automasked minimum reprojection, full resolution) on training batches with the rendered
+    depth and camera motion, with a flat depth (the median) and the same motion, and with no warp at all.
+
+    If the true geometry did not explain the views far better than a flat depth, a net that ends flat would be
+    the data's fault (intrinsics, timing, rendering); this says it is the optimisation's."""
+    frame = load_manifests(manifests(data_root, "synth"), "train", cfg.data.filters)
+    plan = EpochPlan(frame, cfg.data)
+    builder = BatchBuilder(
+        plan, cfg.data, train=False, with_supports=True, ground_truth=GroundTruth(data_root / "ground_truth")
+    )
+    rows = np.flatnonzero(plan.eligible)
+    rng = np.random.default_rng(0)
+    cache: dict[str, np.ndarray] = {}
+    losses: dict[str, list[float]] = {"true_depth_and_motion": [], "flat_depth_true_motion": [], "no_warp": []}
+    for i in range(batches):
+        targets = np.sort(rng.choice(rows, cfg.data.batch_size, replace=False))
+        seed = (cfg.data.seed, i)
+        support_rows = plan.supports(targets, float(np.random.default_rng(seed).random()))  # as pose_check
+        batch = builder(Batch(0, targets, seed))
+        image, sources = batch["image"], list(batch["supports"].unbind(1))
+        depth = torch.nan_to_num(batch["gt_depth"].float(), nan=1e3, posinf=1e3).clamp(0.1, 1e3)
+        k = intrinsics_matrix(batch["intrinsics"].float(), *image.shape[-2:])
+        motion = [
+            torch.from_numpy(_relative_poses(plan, cache, data_root, targets, support_rows[s])).float() for s in (0, 1)
+        ]
+        for name, d in (
+            ("true_depth_and_motion", depth),
+            ("flat_depth_true_motion", torch.full_like(depth, float(depth.median()))),
+        ):
+            warped, valid = zip(*(warp(src, d, t, k) for src, t in zip(sources, motion)))
+            losses[name].append(float(reprojection_loss(image, list(warped), sources, list(valid))[0]))
+        losses["no_warp"].append(
+            float(torch.cat([photometric_error(src, image) for src in sources], 1).min(1).values.mean())
+        )
+    return {name: round(float(np.mean(values)), 4) for name, values in losses.items()}
+
+
 def _relative_poses(
     plan: EpochPlan, cache: dict[str, np.ndarray], data_root: Path, targets: np.ndarray, sources: np.ndarray
 ) -> np.ndarray:
@@ -477,11 +491,8 @@ def compare_to_prior(trained: dict[str, Any], prior: dict[str, float]) -> dict[s
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset and training arguments this benchmark shares with bench_variants.py."""
-    parser.add_argument("--scenes", type=int, default=4, help="mono scenes (the last --val-scenes held out)")
-    parser.add_argument("--val-scenes", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each training scene")
     parser.add_argument("--val-seconds", type=float, default=15.0, help="length of each held-out scene")
-    parser.add_argument("--speed", type=float, default=2.0, help="camera speed of the mono scenes, m/s")
     parser.add_argument("--max-height", type=int, default=96, help="pipeline sample.max_height")
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=160)
@@ -492,6 +503,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intrinsics", choices=("given", "learned"), default="given")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--smoothness", type=float, default=1e-3)
+    parser.add_argument("--logit-penalty", type=float, default=0.0, help="loss.logit_penalty")
     parser.add_argument("--loss-scales", type=int, default=4)
     parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
     parser.add_argument("--seed", type=int, default=0)
@@ -526,10 +538,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("video", "stereo", "motion", "full"),
+        choices=PARTS,
         action="append",
         help="run only these parts (repeatable; default: all): video (support mode category), "
-        "motion (support mode motion), full (category at full photometric resolution), stereo",
+        "motion (support mode motion), full (category at full photometric resolution), stereo, "
+        "mixed (category with the stereo batches mixed in)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, short scenes")
     add_workdir_argument(parser, "the dataset and runs")
@@ -539,7 +552,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.stereo_steps, args.seconds, args.val_seconds, args.stereo_seconds = 20, 20, 8.0, 5.0, 5.0
         args.videos_per_family, args.val_per_family, args.held_out_videos = 1, 1, 1
-    parts = set(args.only or ("video", "stereo", "motion", "full"))
+    parts = set(args.only or PARTS)
     motion_seeds = args.seeds[: args.motion_seeds or len(args.seeds)]
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     started = Stopwatch()
@@ -581,6 +594,7 @@ def main() -> None:
                 "steps": args.steps,
                 "stereo_steps": args.stereo_steps,
                 "smoothness": args.smoothness,
+                "logit_penalty": args.logit_penalty,
                 "automask": args.automask,
                 "photometric_resolution": args.photometric_resolution,
                 "aspect_prob": args.aspect_prob,
@@ -593,7 +607,7 @@ def main() -> None:
             },
         }
         scored = ["synth", "synth_heldout"]
-        if parts & {"video", "motion", "full"}:
+        if parts & {"video", "motion", "full", "mixed"}:
             video_cfg = train_config(args, work / "run_video")
             prior = mean_disparity_prior(video_cfg, data_root)
             layout = evaluate(
@@ -613,17 +627,21 @@ def main() -> None:
                     evaluate(None, video_cfg, data_root, scored, alignment="median", predict=constant)
                 ),
                 "train_mean_disparity_map": held_out(layout),
+                "photometric_oracle": photometric_oracle(video_cfg, data_root),
             }
-        # name: (part, support mode, photometric resolution, seeds)
+        # name: (part, support mode, photometric resolution, seeds, datasets trained on)
         video_runs = {
-            "category": ("video", "category", args.photometric_resolution, args.seeds),
-            "motion": ("motion", "motion", args.photometric_resolution, motion_seeds),
-            "category_full_resolution": ("full", "category", "full", args.seeds[:1]),
+            "category": ("video", "category", args.photometric_resolution, args.seeds, ("synth",)),
+            "motion": ("motion", "motion", args.photometric_resolution, motion_seeds, ("synth",)),
+            "category_full_resolution": ("full", "category", "full", args.seeds[:1], ("synth",)),
+            "mixed": ("mixed", "category", args.photometric_resolution, args.seeds, ("synth", "synth3d")),
         }
-        for name, (part, mode, resolution, seeds) in video_runs.items():
+        for name, (part, mode, resolution, seeds, datasets) in video_runs.items():
             if part not in parts or (name == "category_full_resolution" and args.photometric_resolution == "full"):
                 continue
-            out["video"][f"trained_{name}"] = trained_runs(args, work, data_root, name, mode, resolution, seeds)
+            out["video"][f"trained_{name}"] = trained_runs(
+                args, work, data_root, name, mode, resolution, seeds, datasets
+            )
             out["video"].update(ratios(out["video"], name))
         if "stereo" in parts:
             cfg = train_config(
@@ -649,9 +667,17 @@ def main() -> None:
 
 
 def trained_runs(
-    args: argparse.Namespace, work: Path, data_root: Path, name: str, mode: str, resolution: str, seeds: Sequence[int]
+    args: argparse.Namespace,
+    work: Path,
+    data_root: Path,
+    name: str,
+    mode: str,
+    resolution: str,
+    seeds: Sequence[int],
+    datasets: Sequence[str] = ("synth",),
 ) -> dict[str, Any]:
-    """One video training run per seed, scored on both held-out sets, with its pose check and collapse verdict."""
+    """One training run per seed on `datasets`, scored on both held-out sets, with its pose check and collapse
+    verdict."""
     runs = []
     for seed in seeds:
         cfg = train_config(
@@ -660,7 +686,7 @@ def trained_runs(
             data={"seed": seed, "support": {"mode": mode}},
             loss={"photometric_resolution": resolution},
         )
-        model, info = run_fit(cfg, manifests(data_root, "synth"))
+        model, info = run_fit(cfg, manifests(data_root, *datasets))
         pose = pose_check(model, cfg, data_root)
         runs.append(
             {

@@ -1,33 +1,40 @@
-"""Do the trainer's variants help on independently moving objects? Same short CPU budget each. Prints JSON.
+"""Do the trainer's variants help? Each trains from scratch with the same seeds, steps and loader. Prints JSON.
 
-    python -m benchmarks.bench_variants [--steps 500] [--only NAME] [--quick] [--workdir DIR] [--out FILE]
+    python -m benchmarks.bench_variants [--steps 500] [--seeds 0 1 2] [--only NAME] [--video-only] [--quick]
+                                        [--workdir DIR] [--out FILE]
 
-The dataset is bench_learning's (its `build_dataset`, mono scenes only) with `objects`: boxes crossing the
-canyon, boxes coming towards the camera and one box fixed in the camera frame (`moving_objects`), which
-plain photometric training can explain with infinite depth. The last `--val-scenes` scenes are held out.
-Each variant trains from scratch with the same seed, steps and loader, views compared at each scale's
-resolution (`loss.photometric_resolution: scale`):
+The dataset is bench_learning's scene families (`family_videos`: canyons and open terrain trained on, with
+held-out videos of each, and corridors never trained on) with `moving_objects` in the trained families' videos:
+boxes crossing just ahead of the camera, boxes coming towards it and one box fixed in the camera frame, which
+plain photometric training can explain with infinite depth. Stereo canyon videos are mixed in unless
+`--video-only` (bench_learning's `mixed` recipe: its video-only runs end in a flat disparity, which no variant
+can be judged on). Views are compared at each scale's resolution (`loss.photometric_resolution: scale`):
 
   baseline        the default video loss (SlowTV: automask + per-pixel minimum reprojection)
   explainability  loss.explainability.enabled (SfMLearner's mask)
   aquanet         model.disparity_head: aquanet
   zoom            data.augment.resize_prob 0.5 (depth-cue-preserving resize)
   positional      model.positional_encoding (SPIMO's first stage; reported as a variant too)
-  spimo           loss.spimo from the `positional` checkpoint (so it costs twice the steps in all)
+  spimo           loss.spimo from the same seed's `positional` checkpoint (so it costs twice the steps in all)
 
-On held-out frames: AbsRel, RMSE, a1 after least-squares scale and shift in disparity fitted on the whole
-image, averaged over all pixels (`overall`), over moving-object pixels (`moving`), over those of the
-world-moving boxes (`moving_world`) and of the box riding with the camera (`with_camera`); plus the pose
-net's translation direction (bench_learning's `pose_check`), and each variant's AbsRel over the baseline's.
-A ratio below 1 is only a finding if it is clear of run-to-run noise: one seed, short runs.
+On the held-out videos of the trained families: AbsRel, RMSE, a1 after least-squares scale and shift in
+disparity fitted on the whole image, averaged over all pixels (`overall`), over moving-object pixels
+(`moving`), over those of the world-moving boxes (`moving_world`) and of the box riding with the camera
+(`with_camera`); on the held-out family, `held_out_family` (whole image); plus the pose net's translation
+direction (bench_learning's `pose_check`). Every figure is over `--seeds` (mean, std, min, max, per seed).
+`vs_baseline`: per region, the variant's AbsRel over the baseline's with the same seed (same initial
+weights and batches), over seeds, and a verdict: `helps` when every seed's ratio is below 1, `hurts` when
+every one is above, `unclear` otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +42,23 @@ import numpy as np
 import torch
 
 from benchmarks.bench_learning import (  # before trainer: it makes torchvision importable (ensure_torchvision)
+    FAMILIES,
     FPS,
     RENDER_H,
     RENDER_W,
+    Video,
     add_training_arguments,
-    build_dataset,
     cached_dataset,
+    curate_videos,
+    evaluate,
+    family_videos,
     manifests,
+    moving_objects,
+    pick,
     pose_check,
     run_fit,
+    spread,
+    stereo_videos,
     train_config,
     untrained,
 )
@@ -129,11 +144,52 @@ def variant_overrides(name: str, args: argparse.Namespace, first_stage: str | No
     return {}
 
 
+def with_objects(video: Video) -> Video:
+    """The video with `moving_objects` added to its scene (same camera, content and length)."""
+    spec = video.spec
+    objects = moving_objects(spec.duration_s, spec.speed_mps, spec.seed)
+    return dataclasses.replace(video, spec=dataclasses.replace(spec, objects=objects))
+
+
+def verdict(ratios: Sequence[float]) -> str:
+    """Paired per-seed AbsRel ratios (variant / baseline) -> helps, hurts or unclear."""
+    if all(r < 1 for r in ratios):
+        return "helps"
+    if all(r > 1 for r in ratios):
+        return "hurts"
+    return "unclear"
+
+
+def versus_baseline(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each variant's per-seed AbsRel over the baseline's (same seed) per region, over seeds, with a verdict."""
+    out: dict[str, Any] = {}
+    for name, per_seed in runs.items():
+        if name == "baseline":
+            continue
+        out[name] = {}
+        for region in (*REGIONS, "held_out_family"):
+            pairs = [(v[region].get("abs_rel"), b[region].get("abs_rel")) for v, b in zip(per_seed, runs["baseline"])]
+            ratios = [v / b for v, b in pairs if v is not None and b is not None and v == v and b == b and b > 0]
+            if ratios:
+                out[name][region] = {**spread(ratios), "verdict": verdict(ratios)}
+        out[name]["seeds"] = len(per_seed)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps of every variant's run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of each variant per seed")
     add_training_arguments(parser)
-    parser.set_defaults(seconds=20.0, val_seconds=10.0, height=64, width=96)
+    parser.set_defaults(seconds=20.0, val_seconds=8.0, height=64, width=96)
+    parser.add_argument("--train-families", nargs="+", choices=FAMILIES, default=["canyon", "terrain"])
+    parser.add_argument("--held-out-family", choices=FAMILIES, default="corridor")
+    parser.add_argument("--videos-per-family", type=int, default=3)
+    parser.add_argument("--val-per-family", type=int, default=1)
+    parser.add_argument("--held-out-videos", type=int, default=1)
+    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos mixed in (the last held out)")
+    parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    parser.add_argument("--video-only", action="store_true", help="train on the video batches alone")
     parser.add_argument("--resize-prob", type=float, default=0.5, help="data.augment.resize_prob of `zoom`")
     parser.add_argument("--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, short scenes")
@@ -144,35 +200,41 @@ def main() -> None:
     # The baseline's figures are the reference; SlowTV's loss with the scale-wise photometric comparison.
     args.automask, args.photometric_resolution = True, "scale"
     if args.quick:
-        args.steps, args.seconds, args.val_seconds = 10, 6.0, 4.0
+        args.steps, args.seconds, args.val_seconds, args.stereo_seconds = 10, 6.0, 4.0, 4.0
+        args.videos_per_family, args.stereo_scenes = 1, 2
     names = [n for n in VARIANTS if n in set(args.only or VARIANTS) | {"baseline"}]
     if "spimo" in names and "positional" not in names:
         names.insert(names.index("spimo"), "positional")  # its first stage
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-variants-") as work:
-        key = ["objects", args.scenes, args.val_scenes, args.seconds, args.val_seconds, args.max_height, args.speed]
+        mono = [
+            args.train_families,
+            args.held_out_family,
+            args.videos_per_family,
+            args.val_per_family,
+            args.held_out_videos,
+            args.seconds,
+            args.val_seconds,
+        ]
+        key = ["families+objects", *mono, args.stereo_scenes, args.stereo_seconds, args.max_height]
         build = Stopwatch()
+        videos = [with_objects(v) if v.dataset == "synth" else v for v in family_videos(*mono)]
         dataset = cached_dataset(
             work,
             key,
-            lambda: build_dataset(
-                work,
-                args.scenes,
-                args.val_scenes,
-                args.seconds,
-                args.val_seconds,
-                0,
-                0.0,
-                args.max_height,
-                args.speed,
-                objects=True,
+            lambda: curate_videos(
+                work, [*videos, *stereo_videos(args.stereo_scenes, args.stereo_seconds)], args.max_height
             ),
         )
         data_root = Path(dataset["root"])
+        trained_on = ("synth",) if args.video_only else ("synth", "synth3d")
         out: dict[str, Any] = {
             "setup": {
                 "render": f"{RENDER_W}x{RENDER_H} @ {FPS:g} fps",
+                "train_families": args.train_families,
+                "held_out_family": args.held_out_family,
+                "trained_on": list(trained_on),
                 "sample_max_height": args.max_height,
                 "train_size": f"{args.height}x{args.width}",
                 "batch_size": args.batch_size,
@@ -180,9 +242,9 @@ def main() -> None:
                 "pose_encoder": args.pose_encoder,
                 "lr": args.lr,
                 "steps_per_variant": args.steps,
+                "seeds": args.seeds,
                 "photometric_resolution": "scale",
                 "resize_prob_of_zoom": args.resize_prob,
-                "seed": args.seed,
                 "eval_alignment": "lsq_disparity",
                 "videos": dataset["videos"],
                 "build_s": round(build.s, 1),
@@ -191,34 +253,50 @@ def main() -> None:
         }
         cfg = train_config(args, work / "untrained")
         out["untrained"] = evaluate_regions(untrained(cfg), cfg, data_root)
-        variants: dict[str, Any] = {}
-        checkpoints: dict[str, str] = {}
-        for name in names:
-            cfg = train_config(
-                args, work / f"run_{name}", **variant_overrides(name, args, checkpoints.get("positional"))
-            )
-            model, info = run_fit(cfg, manifests(data_root, "synth"))
-            checkpoints[name] = str(Path(cfg.run.out_dir) / "checkpoints" / LAST)
-            variants[name] = {
-                **evaluate_regions(model, cfg, data_root),
-                "pose": pose_check(model, cfg, data_root),
-                "train": {k: info[k] for k in ("steps", "wall_s", "median_step_s", "loss_first", "loss_last")},
-            }
-            print(json.dumps({name: {r: variants[name][r] for r in REGIONS}}), file=sys.stderr, flush=True)
-        out["variants"] = variants
-        base = variants["baseline"]
-        out["abs_rel_vs_baseline"] = {
-            name: {
-                r: (
-                    round(v[r]["abs_rel"] / base[r]["abs_rel"], 3) if base[r]["abs_rel"] == base[r]["abs_rel"] else None
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for seed in args.seeds:
+            first_stage: str | None = None
+            for name in names:
+                cfg = train_config(
+                    args,
+                    work / f"run_{name}_seed{seed}",
+                    **merge({"data": {"seed": seed}}, variant_overrides(name, args, first_stage)),
                 )
-                for r in REGIONS
-            }
-            for name, v in variants.items()
-            if name != "baseline"
-        }
+                model, info = run_fit(cfg, manifests(data_root, *trained_on))
+                if name == "positional":
+                    first_stage = str(Path(cfg.run.out_dir) / "checkpoints" / LAST)
+                heldout = evaluate(model, cfg, data_root, ["synth_heldout"])
+                runs[name].append(
+                    {
+                        **evaluate_regions(model, cfg, data_root),
+                        "held_out_family": pick(heldout, "synth_heldout/video"),
+                        "pose": pose_check(model, cfg, data_root),
+                        "train": {k: info[k] for k in ("steps", "wall_s", "median_step_s", "loss_first", "loss_last")},
+                    }
+                )
+                progress = {name: {"seed": seed, **{r: runs[name][-1][r] for r in (*REGIONS, "held_out_family")}}}
+                print(json.dumps(progress), file=sys.stderr, flush=True)
+        out["variants"] = {name: summarise(per_seed) for name, per_seed in runs.items()}
+        out["vs_baseline"] = versus_baseline(runs)
         out["wall_s"] = round(started.s, 1)
         emit(out, args.out, run_meta)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Config sections of `extra` merged over `base`'s, one level deep."""
+    return {**base, **{k: {**base.get(k, {}), **v} for k, v in extra.items()}}
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's runs over seeds: each region's and the pose's metrics as spreads, and each run's training."""
+    out: dict[str, Any] = {}
+    for key in (*REGIONS, "held_out_family", "pose"):
+        rows = [{k: v for k, v in run[key].items() if v == v} for run in per_seed]  # NaN: no such pixels
+        common = set.intersection(*(set(r) for r in rows))
+        out[key] = {k: spread([r[k] for r in rows]) for k in sorted(common)}
+    out["pixel_share"] = per_seed[0]["pixel_share"]
+    out["train"] = [run["train"] for run in per_seed]
+    return out
 
 
 if __name__ == "__main__":

@@ -133,11 +133,12 @@ class CollapseMonitor:
         self.detector = CollapseDetector(cfg)
         self.disparity: Tensor | None = None  # the last depth-net forward's full-resolution output
         self.reverse = False  # while set, the pose net's translations come out negated
-        core.depth.register_forward_hook(self._depth_hook)
+        core.depth.register_forward_hook(self._depth_hook, with_kwargs=True)
         core.pose.register_forward_hook(self._pose_hook)
 
-    def _depth_hook(self, module: nn.Module, args: Any, out: list[Tensor]) -> None:
-        self.disparity = out[0].detach()
+    def _depth_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any], out: list[Tensor]) -> None:
+        first = out[0].detach()
+        self.disparity = torch.sigmoid(first) if kwargs.get("logits") else first  # loss.logit_penalty's forward
 
     def _pose_hook(self, module: nn.Module, args: Any, out: PoseOutput) -> PoseOutput | None:
         if not self.reverse:

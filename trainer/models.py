@@ -288,11 +288,14 @@ class DepthNet(nn.Module):
                 }
             )
 
-    def forward(self, image: Tensor, offset: tuple[float, float] = (0.0, 0.0)) -> list[Tensor]:
+    def forward(self, image: Tensor, offset: tuple[float, float] = (0.0, 0.0), logits: bool = False) -> list[Tensor]:
         """List of `scales` disparities in [0, 1], [B,1,H/2^s,W/2^s] for s = 0, 1, ...
 
         offset: (du, dv) added to the normalised positions fed to the positional encoding (if any).
+        logits: the sigmoid head's inputs instead (for a penalty on them; the aquanet head has none).
         """
+        if logits and self.head != "sigmoid":
+            raise ValueError("logits=True needs the sigmoid disparity head")
         h, w = image.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"DepthNet input height and width must be multiples of {self.stride}, got {h}x{w}")
@@ -308,7 +311,7 @@ class DepthNet(nn.Module):
                 x = x + self.position[str(i)](normalised_grid(x.shape[-2], x.shape[-1], x, offset))
             if i < self.scales:
                 head = self.dispconv[str(i)](x)
-                out[i] = torch.sigmoid(head) if self.head == "sigmoid" else head
+                out[i] = torch.sigmoid(head) if self.head == "sigmoid" and not logits else head
         return [out[i] for i in range(self.scales)]
 
 

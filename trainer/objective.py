@@ -180,7 +180,7 @@ class DepthTraining(nn.Module):
         total = image.new_zeros(())
         reprojection = image.new_zeros(())
         regulariser = image.new_zeros(())
-        outputs = self.depth(image)
+        outputs, penalty = self.disparities(image)
         for scale, disp in enumerate(outputs):
             small = F.interpolate(image, size=disp.shape[-2:], mode="area")
             target, sources, disp_at = image, list(supports.unbind(1)), disp
@@ -220,7 +220,7 @@ class DepthTraining(nn.Module):
             if weights is not None:
                 regulariser = regulariser + explainability_regulariser(weights)
         total = total + self.loss_cfg.explainability.weight * regulariser
-        loss = self.loss_cfg.video_weight * total / len(outputs)
+        loss = self.loss_cfg.video_weight * (total / len(outputs) + penalty)
         boost = None
         if keep is not None and self.loss_cfg.spimo.boost_weight > 0:
             full = F.interpolate(outputs[0], size=(height, width), mode="bilinear", align_corners=False)
@@ -243,8 +243,8 @@ class DepthTraining(nn.Module):
 
     def stereo_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image = batch["image"]
-        disp = self.depth(image)[0]
-        full = F.interpolate(disp, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        outputs, penalty = self.disparities(image)
+        full = F.interpolate(outputs[0], size=image.shape[-2:], mode="bilinear", align_corners=False)
         # Sky carries the frame's minimum disparity on purpose (MiDaS), so it is supervised too.
         mask = batch["valid"] | batch["sky"]
         ssi = ssi_loss(
@@ -255,7 +255,16 @@ class DepthTraining(nn.Module):
             trim=self.loss_cfg.ssi_trim,
             alignment=self.loss_cfg.ssi_alignment,
         )
-        return {"loss": self.loss_cfg.stereo_weight * ssi, "ssi": ssi.detach()}
+        return {"loss": self.loss_cfg.stereo_weight * (ssi + penalty), "ssi": ssi.detach()}
+
+    def disparities(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The depth net's disparities at every scale, and loss.logit_penalty's term on their logits (0 when off)."""
+        weight = self.loss_cfg.logit_penalty
+        if weight == 0 or self.model_cfg.disparity_head != "sigmoid":
+            return self.depth(image), image.new_zeros(())
+        logits = self.depth(image, logits=True)
+        penalty = weight * torch.stack([(x.float() ** 2).mean() for x in logits]).mean()
+        return [torch.sigmoid(x) for x in logits], penalty
 
     @torch.no_grad()
     def predict_disparity(self, image: Tensor) -> Tensor:

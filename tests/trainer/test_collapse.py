@@ -132,3 +132,16 @@ def test_a_tiny_fit_logs_the_measures_and_the_warnings(train_root, tmp_path):
     assert sorted(w["kind"] for w in summary["warnings"]) == ["constant_disparity", "reversible_translation"]
     assert summary["ongoing"] == ["constant_disparity", "reversible_translation"]
     assert summary["disparity_cv"] == steps[-1]["disparity_cv"]
+
+
+def test_the_monitor_measures_disparities_when_the_forward_returns_logits():
+    overrides = {"model": {"encoder": "test_convnext", "pose_encoder": "test_resnet"}, "loss": {"logit_penalty": 1e-3}}
+    cfg = load_train_config(overrides=overrides)
+    torch.manual_seed(0)
+    core = DepthTraining(cfg.model, cfg.loss)
+    monitor = CollapseMonitor(core, CFG)
+    image = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        core.disparities(image)  # the penalty's forward: logits out of the depth net
+    assert monitor.disparity is not None
+    torch.testing.assert_close(monitor.disparity, core.predict_disparity(image))

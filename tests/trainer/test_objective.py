@@ -141,3 +141,45 @@ def test_spimo_rejects_a_first_stage_without_positional_encoding(tmp_path):
     path = _save(tmp_path / "first.pt", first, first_cfg)
     with pytest.raises(ValueError, match="positional_encoding"):
         _model(_cfg(loss={"spimo": {"enabled": True, "first_stage_checkpoint": str(path)}}))
+
+
+def _saturated(model: DepthTraining) -> DepthTraining:
+    """Every disparity head pushed to the sigmoid's top: depth at min_depth everywhere, as the collapse ends."""
+    with torch.no_grad():
+        for head in model.depth.dispconv.values():
+            head.bias.fill_(30.0)
+    return model
+
+
+def _stereo_batch(batch: int = 2) -> dict:
+    image = torch.rand(batch, 3, H, W, generator=torch.Generator().manual_seed(1))
+    disparity = torch.linspace(1, 8, W).expand(batch, 1, H, W).clone()
+    valid = torch.ones(batch, 1, H, W, dtype=torch.bool)
+    return {"kind": "stereo", "image": image, "disparity": disparity, "valid": valid, "sky": ~valid}
+
+
+@pytest.mark.parametrize("make_batch", [_batch, _stereo_batch], ids=["video", "stereo"])
+def test_logit_penalty_brings_a_saturated_disparity_head_back(make_batch):
+    grads = {}
+    for weight in (0.0, 1e-3):
+        model = _saturated(_model(_cfg(loss={"logit_penalty": weight})))
+        model(make_batch())["loss"].backward()
+        grads[weight] = model.depth.dispconv["0"].bias.grad
+    # Saturated, the sigmoid passes no gradient: the network cannot leave, whatever the batch says.
+    assert grads[0.0].abs().max() < 1e-9
+    # The penalty's gradient does not go through the sigmoid: descent lowers the logits towards 0.
+    assert grads[1e-3].min() > 1e-4
+
+
+def test_logits_are_the_sigmoid_heads_inputs_and_the_penalty_is_off_by_default():
+    model = _model(_cfg()).eval()
+    image = _batch()["image"]
+    with torch.no_grad():
+        disparities, logits = model.depth(image), model.depth(image, logits=True)
+    assert len(logits) == len(disparities) == 2
+    for d, x in zip(disparities, logits):
+        torch.testing.assert_close(torch.sigmoid(x), d)
+    assert model.disparities(image)[1] == 0
+    aquanet = _model(_cfg(model={"disparity_head": "aquanet"}))
+    with pytest.raises(ValueError, match="sigmoid"):
+        aquanet.depth(image, logits=True)
