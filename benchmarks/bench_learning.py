@@ -77,7 +77,7 @@ from pipeline.synthetic.renderer import (  # noqa: E402
     render_video,
     save_ground_truth,
 )
-from trainer.config import TrainConfig, load_train_config  # noqa: E402
+from trainer.config import LossConfig, TrainConfig, load_train_config  # noqa: E402
 from trainer.data import BatchBuilder, GroundTruth  # noqa: E402
 from trainer.evaluate import evaluate_model, evaluation_batches  # noqa: E402
 from trainer.geometry import intrinsics_matrix, warp  # noqa: E402
@@ -503,7 +503,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intrinsics", choices=("given", "learned"), default="given")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--smoothness", type=float, default=1e-3)
-    parser.add_argument("--logit-penalty", type=float, default=0.0, help="loss.logit_penalty")
+    parser.add_argument("--logit-penalty", type=float, default=LossConfig().logit_penalty, help="loss.logit_penalty")
     parser.add_argument("--loss-scales", type=int, default=4)
     parser.add_argument("--aspect-prob", type=float, default=0.0, help="aspect-ratio augmentation probability")
     parser.add_argument("--seed", type=int, default=0)

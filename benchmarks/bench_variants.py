@@ -241,6 +241,7 @@ def main() -> None:
                 "encoder": args.encoder,
                 "pose_encoder": args.pose_encoder,
                 "lr": args.lr,
+                "logit_penalty": args.logit_penalty,
                 "steps_per_variant": args.steps,
                 "seeds": args.seeds,
                 "photometric_resolution": "scale",

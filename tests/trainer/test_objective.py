@@ -171,8 +171,8 @@ def test_logit_penalty_brings_a_saturated_disparity_head_back(make_batch):
     assert grads[1e-3].min() > 1e-4
 
 
-def test_logits_are_the_sigmoid_heads_inputs_and_the_penalty_is_off_by_default():
-    model = _model(_cfg()).eval()
+def test_logits_are_the_sigmoid_heads_inputs_and_the_penalty_can_be_turned_off():
+    model = _model(_cfg(loss={"logit_penalty": 0.0})).eval()
     image = _batch()["image"]
     with torch.no_grad():
         disparities, logits = model.depth(image), model.depth(image, logits=True)
@@ -180,6 +180,7 @@ def test_logits_are_the_sigmoid_heads_inputs_and_the_penalty_is_off_by_default()
     for d, x in zip(disparities, logits):
         torch.testing.assert_close(torch.sigmoid(x), d)
     assert model.disparities(image)[1] == 0
+    assert _model(_cfg()).disparities(image)[1] > 0  # on by default
     aquanet = _model(_cfg(model={"disparity_head": "aquanet"}))
     with pytest.raises(ValueError, match="sigmoid"):
         aquanet.depth(image, logits=True)
