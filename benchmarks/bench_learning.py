@@ -43,6 +43,7 @@ takes about 7 minutes on one loaded core (`--only` runs parts separately); no pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -174,6 +175,46 @@ def family_videos(
         )
         for i, (family, split, dataset, duration) in enumerate(plan)
     ]
+
+
+def with_objects(video: Video) -> Video:
+    """The video with `moving_objects` added to its scene (same camera, content and length)."""
+    spec = video.spec
+    objects = moving_objects(spec.duration_s, spec.speed_mps, spec.seed)
+    return dataclasses.replace(video, spec=dataclasses.replace(spec, objects=objects))
+
+
+def add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scene-family dataset's arguments (`family_dataset`); a benchmark changes defaults with set_defaults."""
+    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
+    parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    parser.add_argument("--train-families", nargs="+", choices=FAMILIES, default=["canyon", "terrain"])
+    parser.add_argument("--held-out-family", choices=FAMILIES, default="corridor")
+    parser.add_argument("--videos-per-family", type=int, default=3, help="training videos of each trained family")
+    parser.add_argument("--val-per-family", type=int, default=2, help="held-out videos of each trained family")
+    parser.add_argument("--held-out-videos", type=int, default=2, help="videos of the held-out family")
+
+
+def family_dataset(work: Path, args: argparse.Namespace, objects: bool = False) -> dict[str, Any]:
+    """The scene families of `add_family_arguments` and the stereo canyons, curated in `work` (or the copy an
+    earlier run with the same arguments left there). objects: `moving_objects` in the trained families' videos."""
+    mono = [
+        args.train_families,
+        args.held_out_family,
+        args.videos_per_family,
+        args.val_per_family,
+        args.held_out_videos,
+        args.seconds,
+        args.val_seconds,
+    ]
+    key = ["families+objects" if objects else "families", *mono, args.stereo_scenes, args.stereo_seconds]
+    videos = family_videos(*mono)
+    if objects:
+        videos = [with_objects(v) if v.dataset == "synth" else v for v in videos]
+    stereo = stereo_videos(args.stereo_scenes, args.stereo_seconds)
+    return cached_dataset(
+        work, [*key, args.max_height], lambda: curate_videos(work, [*videos, *stereo], args.max_height)
+    )
 
 
 def curate_videos(root_dir: Path, videos: Sequence[Video], max_height: int) -> dict[str, Any]:
@@ -376,8 +417,7 @@ def pose_check(model: DepthTraining, cfg: TrainConfig, data_root: Path, batches:
         for i in range(batches):
             targets = rows[i * len(rows) // batches :][: cfg.data.batch_size]
             seed = (cfg.data.seed, i)
-            # BatchBuilder draws the support offset as its first random number when not training.
-            support_rows = plan.supports(targets, float(np.random.default_rng(seed).random()))
+            support_rows = _eval_support_rows(plan, targets, seed)
             calls.clear()
             with torch.no_grad():
                 model.video_loss(builder(Batch(0, targets, seed)))
@@ -414,7 +454,7 @@ def photometric_oracle(cfg: TrainConfig, data_root: Path, batches: int = 12) -> 
     for i in range(batches):
         targets = np.sort(rng.choice(rows, cfg.data.batch_size, replace=False))
         seed = (cfg.data.seed, i)
-        support_rows = plan.supports(targets, float(np.random.default_rng(seed).random()))  # as pose_check
+        support_rows = _eval_support_rows(plan, targets, seed)
         batch = builder(Batch(0, targets, seed))
         image, sources = batch["image"], list(batch["supports"].unbind(1))
         depth = torch.nan_to_num(batch["gt_depth"].float(), nan=1e3, posinf=1e3).clamp(0.1, 1e3)
@@ -432,6 +472,12 @@ def photometric_oracle(cfg: TrainConfig, data_root: Path, batches: int = 12) -> 
             float(torch.cat([photometric_error(src, image) for src in sources], 1).min(1).values.mean())
         )
     return {name: round(float(np.mean(values)), 4) for name, values in losses.items()}
+
+
+def _eval_support_rows(plan: EpochPlan, targets: np.ndarray, seed: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The support rows an un-augmented BatchBuilder picks for `targets` with `seed`: it draws the support offset
+    as its first random number when not training."""
+    return plan.supports(targets, float(np.random.default_rng(seed).random()))
 
 
 def _relative_poses(
@@ -515,13 +561,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one training run per seed")
     parser.add_argument("--motion-seeds", type=int, default=None, help="the motion part's runs: the first N seeds")
     parser.add_argument("--stereo-steps", type=int, default=200, help="optimiser steps of the stereo run")
-    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos (the last one held out)")
-    parser.add_argument("--stereo-seconds", type=float, default=15.0)
-    parser.add_argument("--train-families", nargs="+", choices=FAMILIES, default=["canyon", "terrain"])
-    parser.add_argument("--held-out-family", choices=FAMILIES, default="corridor")
-    parser.add_argument("--videos-per-family", type=int, default=3, help="training videos of each trained family")
-    parser.add_argument("--val-per-family", type=int, default=2, help="held-out videos of each trained family")
-    parser.add_argument("--held-out-videos", type=int, default=2, help="videos of the held-out family")
+    add_family_arguments(parser)
     add_training_arguments(parser)
     parser.set_defaults(seconds=20.0, val_seconds=8.0)
     parser.add_argument(
@@ -558,25 +598,7 @@ def main() -> None:
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-learning-") as work:
         build = Stopwatch()
-        mono = [
-            args.train_families,
-            args.held_out_family,
-            args.videos_per_family,
-            args.val_per_family,
-            args.held_out_videos,
-            args.seconds,
-            args.val_seconds,
-        ]
-        shape = ["families", *mono, args.stereo_scenes, args.stereo_seconds, args.max_height]
-        dataset = cached_dataset(
-            work,
-            shape,
-            lambda: curate_videos(
-                work,
-                [*family_videos(*mono), *stereo_videos(args.stereo_scenes, args.stereo_seconds)],
-                args.max_height,
-            ),
-        )
+        dataset = family_dataset(work, args)
         data_root = Path(dataset["root"])
         build_s = build.s
         out: dict[str, Any] = {

@@ -14,8 +14,9 @@ the alternatives tried for accuracy: a stricter confidence threshold (0.6), DIS 
 (flow.dis_finest_scale 0), both, the pipeline's pixels kept only where SGBM agrees within 1 px
 (`fusion_dis_sgbm`), and DIS started from the ground truth blurred by 8 px (`dis_seeded_with_truth`, the bound
 on any coarse 1-D seed); `pipeline_midas_finest_scale_0_patch_6` (DIS at full resolution with 6 px patches) and
-`pipeline_midas_accurate` (that flow and the ACCURATE mask), with `tradeoff`: density and errors as min_confidence
-rises, for it and the default. `flow_ms`: both flows of the native pair (741x500) per flow setting, best of 3.
+`pipeline_midas_accurate` (pipeline/config.py ACCURATE_STEREO: that flow and its mask), with `tradeoff`: density
+and errors as min_confidence rises, for it and the default. `flow_ms`: both flows of the native pair (741x500)
+per flow setting, best of 3.
 
 Accuracy: synthetic canyon pairs at 940x400 (baseline 0.1 m, 4 px convergence shift, so disparities of both
 signs; sensor noise and JPEG q90 on both views). On the pixels each method keeps: mean end-point error, the
@@ -45,7 +46,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import add_out_argument, best_of, emit, meta
-from pipeline.config import OpticalFlowConfig, StereoConfig, load_config
+from pipeline.config import ACCURATE_STEREO, OpticalFlowConfig, StereoConfig, load_config
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.codecs import (
     encode_confidence_png,
@@ -73,12 +74,6 @@ REAL_PAIRS: dict[str, tuple[Callable[[], GroundTruthPair | None], float]] = {
 # The accuracy setting chosen for issue 16 (opt-in; the defaults are unchanged): DIS at full resolution with 6 px
 # patches, whose edges blur less, and a mask that asks more of the left-right and vertical cues (60% of their
 # limits) but lets the disparity climb steeper (1.8 px/px) and takes a ZNCC of 0.76 as a match.
-ACCURATE = {
-    "flow": {"dis_finest_scale": 0, "dis_patch_size": 6},
-    "max_disparity_gradient": 3.0,
-    "min_match_ncc": 0.6,
-    "min_confidence": 0.7,
-}
 TRADEOFF_CONFIDENCE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)  # min_confidence values of the trade-off curves
 SEED_BLUR_PX = 8.0  # the ground truth, blurred this much, as DIS's initial flow: a coarse seed at its best
 # The confidence cues switched off: the per-pixel mask of MiDaS's two checks alone, the method before them.
@@ -226,7 +221,7 @@ def real_pairs() -> dict:
         "pipeline_midas_finest_scale_0_patch_6": StereoConfig(
             profile="midas", flow={"dis_finest_scale": 0, "dis_patch_size": 6}
         ),
-        "pipeline_midas_accurate": StereoConfig(profile="midas", **ACCURATE),
+        "pipeline_midas_accurate": StereoConfig(profile="midas", **ACCURATE_STEREO),
     }
     backends = {cfg.flow: make_flow_backend(cfg.flow) for cfg in configs.values()}
     out: dict = {"flow_ms": {_flow_name(f): _flow_ms(backend, base) for f, backend in backends.items()}}

@@ -30,7 +30,6 @@ every one is above, `unclear` otherwise.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -42,23 +41,18 @@ import numpy as np
 import torch
 
 from benchmarks.bench_learning import (  # before trainer: it makes torchvision importable (ensure_torchvision)
-    FAMILIES,
     FPS,
     RENDER_H,
     RENDER_W,
-    Video,
+    add_family_arguments,
     add_training_arguments,
-    cached_dataset,
-    curate_videos,
     evaluate,
-    family_videos,
+    family_dataset,
     manifests,
-    moving_objects,
     pick,
     pose_check,
     run_fit,
     spread,
-    stereo_videos,
     train_config,
     untrained,
 )
@@ -144,13 +138,6 @@ def variant_overrides(name: str, args: argparse.Namespace, first_stage: str | No
     return {}
 
 
-def with_objects(video: Video) -> Video:
-    """The video with `moving_objects` added to its scene (same camera, content and length)."""
-    spec = video.spec
-    objects = moving_objects(spec.duration_s, spec.speed_mps, spec.seed)
-    return dataclasses.replace(video, spec=dataclasses.replace(spec, objects=objects))
-
-
 def verdict(ratios: Sequence[float]) -> str:
     """Paired per-seed AbsRel ratios (variant / baseline) -> helps, hurts or unclear."""
     if all(r < 1 for r in ratios):
@@ -182,13 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of each variant per seed")
     add_training_arguments(parser)
     parser.set_defaults(seconds=20.0, val_seconds=8.0, height=64, width=96)
-    parser.add_argument("--train-families", nargs="+", choices=FAMILIES, default=["canyon", "terrain"])
-    parser.add_argument("--held-out-family", choices=FAMILIES, default="corridor")
-    parser.add_argument("--videos-per-family", type=int, default=3)
-    parser.add_argument("--val-per-family", type=int, default=1)
-    parser.add_argument("--held-out-videos", type=int, default=1)
-    parser.add_argument("--stereo-scenes", type=int, default=3, help="stereo videos mixed in (the last held out)")
-    parser.add_argument("--stereo-seconds", type=float, default=15.0)
+    add_family_arguments(parser)
+    parser.set_defaults(val_per_family=1, held_out_videos=1)
     parser.add_argument("--video-only", action="store_true", help="train on the video batches alone")
     parser.add_argument("--resize-prob", type=float, default=0.5, help="data.augment.resize_prob of `zoom`")
     parser.add_argument("--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)")
@@ -208,25 +190,8 @@ def main() -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     started = Stopwatch()
     with work_directory(args.workdir, prefix="bench-variants-") as work:
-        mono = [
-            args.train_families,
-            args.held_out_family,
-            args.videos_per_family,
-            args.val_per_family,
-            args.held_out_videos,
-            args.seconds,
-            args.val_seconds,
-        ]
-        key = ["families+objects", *mono, args.stereo_scenes, args.stereo_seconds, args.max_height]
         build = Stopwatch()
-        videos = [with_objects(v) if v.dataset == "synth" else v for v in family_videos(*mono)]
-        dataset = cached_dataset(
-            work,
-            key,
-            lambda: curate_videos(
-                work, [*videos, *stereo_videos(args.stereo_scenes, args.stereo_seconds)], args.max_height
-            ),
-        )
+        dataset = family_dataset(work, args, objects=True)
         data_root = Path(dataset["root"])
         trained_on = ("synth",) if args.video_only else ("synth", "synth3d")
         out: dict[str, Any] = {

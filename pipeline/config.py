@@ -192,6 +192,15 @@ class SkyConfig(_Section):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+# The opt-in accurate setting (`stereo:` keys; pipeline/stereo/disparity.py says what it buys and costs): DIS at full
+# resolution with 6 px patches, and a mask asking more of the left-right, vertical and match cues.
+ACCURATE_STEREO: dict[str, Any] = {
+    "flow": {"dis_finest_scale": 0, "dis_patch_size": 6},
+    "max_disparity_gradient": 3.0,
+    "min_match_ncc": 0.6,
+    "min_confidence": 0.7,
+}
+
 # Named sets of the stereo checks' thresholds; a field given explicitly beside `profile` overrides its value.
 STEREO_PROFILES: dict[str, dict[str, float]] = {
     "midas": {

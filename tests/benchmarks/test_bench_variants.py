@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_learning import family_videos
-from benchmarks.bench_variants import merge, verdict, versus_baseline, with_objects
+from benchmarks.bench_learning import family_videos, with_objects
+from benchmarks.bench_variants import merge, verdict, versus_baseline
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,18 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import CurateConfig, StereoConfig
+from pipeline.config import ACCURATE_STEREO, CurateConfig, StereoConfig
 from pipeline.stereo.disparity import check_stereo, rejection_reason
 from pipeline.stereo.optical_flow import DISFlow, make_flow_backend, stereo_flows
 from pipeline.synthetic.real_pairs import GroundTruthPair, PairScore, aloe, motorcycle, score, with_parallax
 
-# The opt-in setting benchmarks/bench_stereo.py reports as pipeline_midas_accurate (its ACCURATE).
-ACCURATE = StereoConfig(
-    flow={"dis_finest_scale": 0, "dis_patch_size": 6},
-    max_disparity_gradient=3.0,
-    min_match_ncc=0.6,
-    min_confidence=0.7,
-)
+# The opt-in setting benchmarks/bench_stereo.py reports as pipeline_midas_accurate.
+ACCURATE = StereoConfig(**ACCURATE_STEREO)
 
 
 def _measure(pair: GroundTruthPair, cfg: StereoConfig) -> tuple[str | None, PairScore]:
