@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipeline.config import StereoConfig
@@ -40,7 +44,7 @@ from pipeline.stereo.qa import (
 from pipeline.stereo.sky import make_sky_detector
 
 PROBE_FRAMES = 8  # frames looked at to decide the layout and the letterbox
-WORKERS = 2  # threads measuring pairs beside the one computing flows
+WORKERS = max(os.cpu_count() or 1, 2)  # threads running a batch's flows and measures, one task per core
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,14 @@ def _probe_frames(video_path: str | Path, start_s: float, end_s: float, size: tu
 class StereoProcessor:
     """Flow both ways, checks, sky, rejection rules and PNG encoding for batches of view pairs.
 
-    The per-pair work around the flows (colour matching before; checks, sky, summary, PNGs after) runs on
-    WORKERS threads while the main thread computes the next pair's flows: OpenCV, zlib and numpy's array loops
-    release the GIL, and DIS leaves part of the cores idle. It is done before the batch's source QA is known,
-    since that rarely changes it: a desync drops the pixels, swapped eyes redo the pairs the other way round.
-    The outputs are those of doing it all in turn, to the byte. It pays where cores are idle: a batch of 8 pairs
-    at 940x400 went from 1.53x to 1.32x the time of the bare flows with little else running on 2 cores, and gained
-    nothing with them busy with other work (benchmarks/bench_stereo.py).
+    Everything runs as single-threaded tasks on WORKERS threads (OpenCV's own threads off while a batch runs):
+    each DIS flow is a task, and each pair's measure (checks, sky, summary, PNGs) a task queued behind the next
+    pair's flows. OpenCV's threads split one flow over the cores at a cost: two DIS medium flows at 940x400 took
+    85 ms of CPU on 2 threads against 77 ms on one, and the measures would wait for cores or fight the flows for
+    them. The measures run before the batch's source QA is known, since that rarely changes them: a desync drops
+    the pixels, swapped eyes redo the pairs the other way round. The outputs are those of doing it all in turn,
+    to the byte (DIS gives the same flow on any number of threads). benchmarks/bench_stereo.py times it against
+    the two bare flow calls with OpenCV's threads on.
     """
 
     def __init__(self, cfg: StereoConfig, jpeg_quality: int = 95) -> None:
@@ -122,7 +127,7 @@ class StereoProcessor:
 
     def process(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoOutcome]:
         """Outcomes in order; a batch holds consecutive pairs of one video, which the source QA votes over."""
-        with ThreadPoolExecutor(WORKERS) as pool:
+        with _opencv_single_threaded(), ThreadPoolExecutor(WORKERS) as pool:
             # Submitted first, these never wait behind a measure that waits for them.
             prepared = [pool.submit(prepare_pair, left, right) for left, right in zip(lefts, rights)]
             temporal = pool.submit(self._temporal_flows, lefts)
@@ -153,26 +158,60 @@ class StereoProcessor:
         prepared: Sequence[Future[PreparedPair]],
         skies: Sequence[Future[np.ndarray] | None],
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[Future[_Measure]]]:
-        """Both flows of every pair, each pair's measure submitted as soon as its flows are there.
+        """Both flows of every pair, and each pair's measure as a task.
 
-        DIS runs a pair at a time, so the measures overlap the following flows; other backends (RAFT) take
-        the whole batch in one call, which keeps a GPU busy.
+        DIS flows are tasks of their own, a pair's measure queued behind the next pair's flows so the cores
+        stay busy; other backends (RAFT) take the whole batch in one call, which keeps a GPU busy.
         """
-        step = 1 if isinstance(self.flow, DISFlow) else max(len(lefts), 1)
-        flows_lr: list[np.ndarray] = []
-        flows_rl: list[np.ndarray] = []
-        pending: list[Future[_Measure]] = []
-        for start in range(0, len(lefts), step):
-            chunk = slice(start, start + step)
-            pairs = [p.result() for p in prepared[chunk]]
-            lr, rl = stereo_flows(self.flow, lefts[chunk], [p.right_matched for p in pairs])
-            for i, pair in enumerate(pairs, start):
-                flows_lr.append(lr[i - start])
-                flows_rl.append(rl[i - start])
-                pending.append(
-                    pool.submit(self._measure, lefts[i], rights[i], pair, flows_lr[i], flows_rl[i], skies[i])
+        if not isinstance(self.flow, DISFlow):
+            pairs = [p.result() for p in prepared]
+            flows_lr, flows_rl = stereo_flows(self.flow, lefts, [p.right_matched for p in pairs])
+            pending = [
+                pool.submit(self._measure, lefts[i], rights[i], pair, flows_lr[i], flows_rl[i], skies[i])
+                for i, pair in enumerate(pairs)
+            ]
+            return flows_lr, flows_rl, pending
+        # Every task waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
+        flows: list[tuple[Future[np.ndarray], Future[np.ndarray]]] = []
+        pending = []
+        for i in range(len(lefts) + 1):
+            if i < len(lefts):
+                flows.append(
+                    (
+                        pool.submit(self._dis_flow, lefts[i], prepared[i]),
+                        pool.submit(self._dis_flow, prepared[i], lefts[i]),
+                    )
                 )
-        return flows_lr, flows_rl, pending
+            if i > 0:
+                pending.append(
+                    pool.submit(
+                        self._measure_when_ready,
+                        lefts[i - 1],
+                        rights[i - 1],
+                        prepared[i - 1],
+                        *flows[i - 1],
+                        skies[i - 1],
+                    )
+                )
+        return [lr.result() for lr, _ in flows], [rl.result() for _, rl in flows], pending
+
+    def _dis_flow(
+        self, first: np.ndarray | Future[PreparedPair], second: np.ndarray | Future[PreparedPair]
+    ) -> np.ndarray:
+        """One flow between a left view and its pair's colour-matched right view, in either order."""
+        a, b = (x.result().right_matched if isinstance(x, Future) else x for x in (first, second))
+        return self.flow([a], [b])[0]
+
+    def _measure_when_ready(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        pair: Future[PreparedPair],
+        flow_lr: Future[np.ndarray],
+        flow_rl: Future[np.ndarray],
+        sky: Future[np.ndarray] | None,
+    ) -> _Measure:
+        return self._measure(left, right, pair.result(), flow_lr.result(), flow_rl.result(), sky)
 
     def _measure(
         self,
@@ -256,6 +295,29 @@ class StereoProcessor:
             return StereoOutcome(reason, columns)
         result = measure.result
         return StereoOutcome(None, {**columns, **measure.pixels}, (result.disparity, result.valid, result.sky_mask))
+
+
+_opencv_threads_lock = threading.Lock()
+_opencv_threads_users = 0
+_opencv_threads_saved = 1
+
+
+@contextmanager
+def _opencv_single_threaded() -> Iterator[None]:
+    """OpenCV's threads off while any processor runs (several videos' processors can overlap), restored after."""
+    global _opencv_threads_users, _opencv_threads_saved
+    with _opencv_threads_lock:
+        if _opencv_threads_users == 0:
+            _opencv_threads_saved = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _opencv_threads_users += 1
+    try:
+        yield
+    finally:
+        with _opencv_threads_lock:
+            _opencv_threads_users -= 1
+            if _opencv_threads_users == 0:
+                cv2.setNumThreads(_opencv_threads_saved)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -98,9 +101,11 @@ class _OneCallDIS:
     def __init__(self) -> None:
         self.dis = DISFlow()
         self.calls = 0
+        self.opencv_threads: list[int] = []
 
     def __call__(self, first, second):
         self.calls += 1
+        self.opencv_threads.append(cv2.getNumThreads())
         return self.dis(first, second)
 
 
@@ -127,6 +132,36 @@ def test_pairs_measured_beside_the_next_flows_give_the_one_call_outcomes(stereo_
         assert outcome.reason is None and outcome.columns["stereo_swapped"] is swapped
         assert _columns_equal(outcome.columns, other.columns)
         assert all(np.array_equal(x, y) for x, y in zip(outcome.preview, other.preview, strict=True))
+
+
+def test_opencv_runs_single_threaded_while_any_processor_does(stereo_config):
+    # The processor runs a task per core, so OpenCV's own threads are off until the last overlapping batch ends.
+    frames = list(render_stereo_frames(SceneSpec(duration_s=0.1, seed=5, **VIEW)))[:1]
+    first, second = StereoProcessor(stereo_config.stereo), StereoProcessor(stereo_config.stereo)
+    first.flow, second.flow = _OneCallDIS(), _OneCallDIS()
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        entered, release = threading.Event(), threading.Event()
+        original = first.flow.dis
+
+        def slow(a, b):  # holds the first batch open until the second has run
+            entered.set()
+            release.wait(timeout=60)
+            return original(a, b)
+
+        first.flow.dis = slow
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(first.process, [frames[0].left], [frames[0].right])
+            assert entered.wait(timeout=60)
+            second.process([frames[0].left], [frames[0].right])
+            assert cv2.getNumThreads() == 1  # the first batch is still running
+            release.set()
+            running.result()
+        assert first.flow.opencv_threads == second.flow.opencv_threads == [1]
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _ingest(video, layout, cfg, tmp_path, video_id="movie"):
