@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.media.codecs import (
     decode_confidence_png,
@@ -94,3 +96,29 @@ def test_confidence_png_round_trip_uses_the_up_filter():
     codes = np.rint(np.nan_to_num(confidence) * 255)
     np.testing.assert_array_equal(decode_confidence_png(data), codes.astype(np.float32) / 255)
     assert (_png_rows(data, 90)[:, 0] == 2).all()  # Up on every row: smaller than OpenCV's default Sub
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 13), (40, 64)])
+def test_pngs_read_back_the_same_in_a_second_decoder(shape):
+    # The PNG container is written here (ISA-L deflate); Pillow checks every chunk's CRC and the zlib stream.
+    rng = np.random.default_rng(shape[1])
+    disparity = rng.normal(0, 20, shape).astype(np.float32)
+    mask, confidence = rng.random(shape) > 0.5, rng.random(shape).astype(np.float32)
+    png, scale, offset = encode_disparity_png(disparity)
+    with Image.open(io.BytesIO(png)) as image:
+        image.load()
+        codes = np.asarray(image).astype(np.float64)
+    np.testing.assert_array_equal(decode_disparity_png(png, scale, offset), (codes * scale + offset).astype(np.float32))
+    assert np.abs(codes * scale + offset - disparity).max() <= scale / 2 + 1e-4
+    with Image.open(io.BytesIO(encode_mask_png(mask))) as image:
+        assert image.mode == "1" and image.size == shape[::-1]
+        np.testing.assert_array_equal(np.asarray(image), mask)
+    with Image.open(io.BytesIO(encode_confidence_png(confidence))) as image:
+        np.testing.assert_array_equal(np.asarray(image), np.rint(confidence * 255).astype(np.uint8))
+
+
+def test_an_empty_map_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_mask_png(np.zeros((0, 5), bool))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_confidence_png(np.zeros((4, 0), np.float32))
