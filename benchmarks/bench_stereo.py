@@ -15,8 +15,14 @@ the alternatives tried for accuracy: a stricter confidence threshold (0.6), DIS 
 (`fusion_dis_sgbm`), and DIS started from the ground truth blurred by 8 px (`dis_seeded_with_truth`, the bound
 on any coarse 1-D seed); `pipeline_midas_finest_scale_0_patch_6` (DIS at full resolution with 6 px patches) and
 `pipeline_midas_accurate` (pipeline/config.py ACCURATE_STEREO: that flow and its mask), with `tradeoff`: density
-and errors as min_confidence rises, for it and the default. `flow_ms`: both flows of the native pair (741x500)
-per flow setting, best of 3.
+and errors as min_confidence rises, for it and the default. For issue 16's last aim, one more cue on the accurate
+setting's confidence each (none kept, see pipeline/stereo/disparity.py): `accurate_range_cue` (left pixels the
+right->left flow lands no right pixel on: occluded, Wang et al. 2018), `accurate_occluded_side_dilation` (left-right
+failures spread 4 px right, the occluded side of a foreground edge), `accurate_colour_cue` (3x3-mean colour against
+the warped right view), and the bound on any occlusion cue, `accurate_without_true_occlusions` (every pixel the
+ground truth hides in the right view removed), each with its `tradeoff` curve; `equal_error`: per method the most
+density any min_confidence keeps at the accurate setting's bad-3, and at 1%. `flow_ms`: both flows of the native
+pair (741x500) per flow setting, best of 3.
 
 Accuracy: synthetic canyon pairs at 940x400 (baseline 0.1 m, 4 px convergence shift, so disparities of both
 signs; sensor noise and JPEG q90 on both views). On the pixels each method keeps: mean end-point error, the
@@ -49,13 +55,15 @@ from benchmarks.common import add_out_argument, best_of, emit, meta
 from pipeline.config import ACCURATE_STEREO, OpticalFlowConfig, StereoConfig, load_config
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.codecs import (
+    CONFIDENCE_LEVELS,
     encode_confidence_png,
     encode_disparity_png,
     encode_jpeg,
     encode_mask_png,
+    quantize_confidence,
 )
 from pipeline.schema import SHARD_SCHEMA
-from pipeline.stereo.disparity import check_stereo, pixel_checks, rejection_reason, summarize
+from pipeline.stereo.disparity import PixelChecks, check_stereo, pixel_checks, rejection_reason, summarize
 from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows
 from pipeline.stereo.processor import StereoProcessor
 from pipeline.stereo.sky import make_sky_detector
@@ -260,6 +268,10 @@ def real_pairs() -> dict:
             method: _tradeoff(pair, flows[configs[method].flow], configs[method])
             for method in ("pipeline_midas", "pipeline_midas_accurate")
         }
+        accurate = configs["pipeline_midas_accurate"]
+        variants, curves, rows["equal_error"] = _accurate_variants(pair, flows[accurate.flow], accurate)
+        rows.update(variants)
+        rows["tradeoff"].update(curves)
         rows["sgbm"] = _sgbm_real(pair)
         rows["fusion_dis_sgbm"] = _fusion_real(pair, lr, rl, configs["pipeline_midas"])
         rows["dis_seeded_with_truth"] = _seeded_real(pair, configs["pipeline_midas"])
@@ -270,12 +282,132 @@ def real_pairs() -> dict:
 def _tradeoff(pair: GroundTruthPair, flows: tuple[list, list], cfg: StereoConfig) -> list[dict]:
     """Density and errors on kept pixels as min_confidence rises (the other cue limits as in cfg)."""
     (lr,), (rl,) = flows
-    checks = pixel_checks(lr, rl, cfg, pair.left, pair.right)
+    return _curve(pixel_checks(lr, rl, cfg, pair.left, pair.right), pair.disparity)
+
+
+def _curve(checks: PixelChecks, truth: np.ndarray) -> list[dict]:
     kept = {threshold: checks.confidence >= threshold for threshold in TRADEOFF_CONFIDENCE}
     return [
-        {"min_confidence": threshold, **_rounded(score(checks.disparity, mask, pair.disparity))}
+        {"min_confidence": threshold, **_rounded(score(checks.disparity, mask, truth))}
         for threshold, mask in kept.items()
     ]
+
+
+def _accurate_variants(
+    pair: GroundTruthPair, flows: tuple[list, list], cfg: StereoConfig
+) -> tuple[dict, dict[str, list[dict]], dict]:
+    """Issue 16's last aim: each cue added to the accurate setting's confidence, and the bound on any occlusion cue.
+
+    Returns the rows (at cfg's min_confidence, with the frame decision), their trade-off curves, and `equal_error`:
+    per method the most density any min_confidence keeps at the accurate setting's bad-3, and at bad-3 1%.
+    """
+    (lr,), (rl,) = flows
+    checks = pixel_checks(lr, rl, cfg, pair.left, pair.right)
+    variants = {
+        "accurate_range_cue": _with_cue(checks, _range_cue(rl)),
+        "accurate_occluded_side_dilation": _with_cue(checks, _occluded_side_cue(checks.lr_error, cfg.lr_max_px)),
+        "accurate_colour_cue": _with_cue(checks, _colour_cue(pair.left, pair.right, lr)),
+        # Not a method: every pixel the ground truth says is occluded in the right view removed from the mask.
+        "accurate_without_true_occlusions": _with_cue(checks, 2 * _true_occlusions(pair.disparity).astype(np.float32)),
+    }
+    rows: dict = {}
+    for name, checked in variants.items():
+        result = summarize(checked)
+        rows[name] = {
+            **_rounded(score(result.disparity, result.valid, pair.disparity)),
+            "decision": rejection_reason(result, cfg) or "kept",
+        }
+    target = score(checks.disparity, checks.valid, pair.disparity).bad_3
+    equal_error = {
+        name: {
+            "density_at_accurate_bad_3": _density_at(checked, pair.disparity, target),
+            "density_at_bad_3_1pct": _density_at(checked, pair.disparity, 0.01),
+        }
+        for name, checked in {"pipeline_midas_accurate": checks, **variants}.items()
+    }
+    curves = {name: _curve(checked, pair.disparity) for name, checked in variants.items()}
+    return rows, curves, {"accurate_bad_3": round(target, 4), **equal_error}
+
+
+def _with_cue(checks: PixelChecks, cue: np.ndarray) -> PixelChecks:
+    """checks with its confidence capped by one more cue (1 at its limit, as pixel_checks normalises them)."""
+    capped = np.minimum(checks.confidence, 1 - cue / 2)
+    return dataclasses.replace(checks, confidence=quantize_confidence(capped) / np.float32(CONFIDENCE_LEVELS))
+
+
+def _density_at(checks: PixelChecks, truth: np.ndarray, max_bad_3: float) -> float:
+    """The most density any min_confidence keeps with at most max_bad_3 of the kept pixels off by > 3 px."""
+    scored = np.isfinite(truth)
+    codes = quantize_confidence(checks.confidence)
+    wrong = scored & (np.abs(checks.disparity - truth) > 3)
+    # Kept and wrong pixels at each threshold code and above, all thresholds in one pass.
+    kept = np.bincount(codes[scored], minlength=CONFIDENCE_LEVELS + 1)[::-1].cumsum()[::-1]
+    bad = np.bincount(codes[wrong], minlength=CONFIDENCE_LEVELS + 1)[::-1].cumsum()[::-1]
+    within = (kept > 0) & (bad <= max_bad_3 * kept)
+    return round(float(kept[within].max() / scored.sum()), 4) if within.any() else 0.0
+
+
+# Issue 16's occlusion cue (Wang et al. 2018): how many right-view pixels the right->left flow lands on each left
+# pixel, smoothed; 1 where the view continues, 0 where it is occluded in the right view. The cue reaches its limit
+# at RANGE_LOW.
+RANGE_SMOOTH_PX = 1.0
+RANGE_LOW = 0.5
+OCCLUDED_SIDE_PX = 4  # left-right failures spread this far right: the occluded band's side of a foreground edge
+COLOUR_LIMIT = 25.0  # grey levels of 3x3-mean colour difference, after the pair's median offset, at the cue's limit
+
+
+def _range_cue(flow_rl: np.ndarray) -> np.ndarray:
+    reached = cv2.GaussianBlur(_splat_count(flow_rl), (0, 0), RANGE_SMOOTH_PX)
+    return np.maximum(1 - reached, 0) / np.float32(1 - RANGE_LOW)
+
+
+def _splat_count(flow: np.ndarray) -> np.ndarray:
+    """Pixels of one view landing on each pixel of the other along `flow`: linear in x, the nearest row (rectified)."""
+    height, width = flow.shape[:2]
+    x = flow[..., 0] + np.arange(width, dtype=np.float32)
+    y = np.rint(flow[..., 1] + np.arange(height, dtype=np.float32)[:, None])
+    x0 = np.floor(x)
+    inside = (y >= 0) & (y < height) & (x0 >= -1) & (x0 < width)
+    frac = (x - x0)[inside]
+    # A padding column each side takes the taps at x0 = -1 and x0 + 1 = width.
+    index = (y * (width + 2) + x0 + 1)[inside].astype(np.int64)
+    n = height * (width + 2)
+    count = np.bincount(index, 1 - frac, n) + np.bincount(index + 1, frac, n)
+    return count.reshape(height, width + 2)[:, 1:-1].astype(np.float32)
+
+
+def _occluded_side_cue(lr_error: np.ndarray, lr_max_px: float) -> np.ndarray:
+    """2 (fails) within OCCLUDED_SIDE_PX right of a left-right failure: where the foreground's smear over the
+    occluded band lies in a rectified left view (the band is left of the foreground's edge)."""
+    failed = (~(lr_error <= lr_max_px)).astype(np.uint8)
+    kernel = np.zeros((1, 2 * OCCLUDED_SIDE_PX + 1), np.uint8)
+    kernel[0, : OCCLUDED_SIDE_PX + 1] = 1  # anchored at the centre: a failure spreads to the right only
+    return cv2.dilate(failed, kernel).astype(np.float32) * 2
+
+
+def _colour_cue(left: np.ndarray, right: np.ndarray, flow_lr: np.ndarray) -> np.ndarray:
+    """Largest channel difference of 3x3 means, left against right warped by the flow, less the pair's median."""
+    height, width = flow_lr.shape[:2]
+    map_x = flow_lr[..., 0] + np.arange(width, dtype=np.float32)
+    map_y = flow_lr[..., 1] + np.arange(height, dtype=np.float32)[:, None]
+    warped = cv2.remap(right, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    difference = cv2.blur(left.astype(np.float32), (3, 3)) - cv2.blur(warped.astype(np.float32), (3, 3))
+    difference -= np.median(difference[::4, ::4].reshape(-1, difference.shape[2]), axis=0)  # exposure between views
+    return np.abs(difference).max(axis=2) / np.float32(COLOUR_LIMIT)
+
+
+def _true_occlusions(truth: np.ndarray) -> np.ndarray:
+    """Left pixels a nearer surface hides in the right view, from the ground truth (x_right = x - d)."""
+    height, width = truth.shape
+    disparity = fill_rows(truth)
+    target = np.rint(np.arange(width)[None, :] - disparity).astype(np.int64)
+    rows = np.broadcast_to(np.arange(height)[:, None], (height, width))
+    inside = (target >= 0) & (target < width)
+    nearest = np.full((height, width), -np.inf, np.float32)
+    np.maximum.at(nearest, (rows[inside], target[inside]), disparity[inside])
+    occluded = np.zeros((height, width), bool)
+    occluded[inside] = nearest[rows[inside], target[inside]] > disparity[inside] + 1
+    return occluded
 
 
 def _seeded_real(pair: GroundTruthPair, cfg: StereoConfig) -> dict:

@@ -24,6 +24,20 @@ density on the real views (JPEG, exposure); keeping only where SGBM agrees withi
 than raising min_confidence (0.50 / 1.4% against 0.62 / 1.3% at 16%); and a texture term would drop the wrong
 pixels: the kept ones in flat windows are the most accurate (0.1-0.4% off), the errors sit at depth edges.
 
+Issue 16's last aim (0.70 kept, <= 1% off by > 3 px, at 16% parallax) is out of reach of any mask over these flows.
+Measured on the accurate setting (bench_stereo's accurate_* rows; `equal_error`: the most density any min_confidence
+keeps at its 2.29%, and at 1%: 0.689 and 0.573) and left out: an occlusion cue from the right->left flow's range map
+(Wang et al. 2018: left pixels no right pixel lands on) drops 473 of the 2,253 occluded pixels kept wrongly, and
+3,145 right ones: the right->left flow smears the foreground over the same band, so both flows agree and the range
+there is ~1 (0.688 and 0.557); left-right failures spread 4 px towards the occluded side (0.686 and 0.583); a colour
+cue (3x3 means against the warped right view) 0.697 and 0.610, but nothing on motorcycle's own views (0.810 against
+0.810) and little on Aloe's (0.689 against 0.684): it helps the re-rendered pairs, whose right view is the left
+resampled. Even removing every pixel the ground truth says is occluded keeps 0.727 and 0.641; removing also every
+pixel within 1 px of a true depth edge keeps 0.678 at 0.85% (at confidence 0.5). What is left wrong sits at depth
+edges and in thin structures (background seen through gaps narrower than the parallax, which both flows fill with
+the foreground), and at 16% only 80% of the pixels are within 3 px at all: the disparity itself has to improve at
+edges, not the mask.
+
 Its PNG storage is in pipeline/media/codecs.py, so the trainer decodes it without the stereo stack.
 """
 
