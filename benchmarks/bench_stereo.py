@@ -3,18 +3,17 @@
     python -m benchmarks.bench_stereo [--scenes 6] [--speed-pairs 16] [--repeats 3] [--out FILE]
 
 Real pairs (pipeline/synthetic/real_pairs.py): Middlebury's motorcycle as scikit-image ships it (741x500,
-disparities up to 8.1% of the width), and its left view re-rendered with the ground truth scaled to 16% of the
-width ("large") and to a 3D movie's 3.0% ("movie"); Middlebury's Aloe as Debian's opencv-doc ships it (1282x1110,
-JPEG, up to 16.5%: "aloe"; "absent" without the package) and re-rendered at 3.0% ("aloe_movie").
-Per method: density (kept / pixels with ground truth),
-bad-1, bad-3 and EPE on the kept pixels, and for the pipeline's methods the frame-level decision. Methods:
-the pipeline (DIS medium both ways, confidence mask) under each profile; the same flows with only the MiDaS
-left-right and vertical limits (the method before confidence); StereoSGBM with its own left-right check; and
-the alternatives tried for accuracy: a stricter confidence threshold (0.6), DIS searching at full resolution
-(flow.dis_finest_scale 0), both, the pipeline's pixels kept only where SGBM agrees within 1 px
-(`fusion_dis_sgbm`), and DIS started from the ground truth blurred by 8 px (`dis_seeded_with_truth`, the bound
-on any coarse 1-D seed); `pipeline_midas_finest_scale_0_patch_6` (DIS at full resolution with 6 px patches) and
-`pipeline_midas_accurate` (pipeline/config.py ACCURATE_STEREO: that flow and its mask), with `tradeoff`: density
+disparities up to 8.1% of the width), and its left view re-rendered with the ground truth scaled to 16% of the width
+("large") and to a 3D movie's 3.0% ("movie"); Middlebury's Aloe as Debian's opencv-doc ships it (1282x1110, JPEG, up
+to 16.5%: "aloe"; "absent" without the package) and re-rendered at 3.0% ("aloe_movie"). Per method: density (kept /
+pixels with ground truth), bad-1, bad-3 and EPE on the kept pixels, and for the pipeline's methods the frame-level
+decision. Methods: the pipeline (DIS medium both ways, confidence mask) under each profile; the same flows with only
+the MiDaS left-right and vertical limits (the method before confidence); StereoSGBM with its own left-right check;
+and the alternatives tried for accuracy: a stricter confidence threshold (0.6), DIS searching at full resolution
+(flow.dis_finest_scale 0), both, the pipeline's pixels kept only where SGBM agrees within 1 px (`fusion_dis_sgbm`),
+and DIS started from the ground truth blurred by 8 px (`dis_seeded_with_truth`, the bound on any coarse 1-D seed);
+`pipeline_midas_finest_scale_0_patch_6` (DIS at full resolution with 6 px patches) and `pipeline_midas_accurate`
+(`stereo.quality: accurate`, pipeline/config.py ACCURATE_STEREO: that flow and its mask), with `tradeoff`: density
 and errors as min_confidence rises, for it and the default. For issue 16's last aim, one more cue on the accurate
 setting's confidence each (none kept, see pipeline/stereo/disparity.py): `accurate_range_cue` (left pixels the
 right->left flow lands no right pixel on: occluded, Wang et al. 2018), `accurate_occluded_side_dilation` (left-right
@@ -52,7 +51,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import add_out_argument, best_of, emit, meta
-from pipeline.config import ACCURATE_STEREO, OpticalFlowConfig, StereoConfig, load_config
+from pipeline.config import OpticalFlowConfig, StereoConfig, load_config
 from pipeline.io.parquet_writer import PartWriter
 from pipeline.media.codecs import (
     CONFIDENCE_LEVELS,
@@ -228,7 +227,7 @@ def real_pairs() -> dict:
         "pipeline_midas_finest_scale_0_patch_6": StereoConfig(
             profile="midas", flow={"dis_finest_scale": 0, "dis_patch_size": 6}
         ),
-        "pipeline_midas_accurate": StereoConfig(profile="midas", **ACCURATE_STEREO),
+        "pipeline_midas_accurate": StereoConfig(profile="midas", quality="accurate"),
     }
     backends = {cfg.flow: make_flow_backend(cfg.flow) for cfg in configs.values()}
     out: dict = {"flow_ms": {_flow_name(f): _flow_ms(backend, base) for f, backend in backends.items()}}

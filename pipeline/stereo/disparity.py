@@ -14,29 +14,31 @@ full-res variational refinement (0.80 / 4.7%, 400 ms), a stricter confidence thr
 synthetic EPE 0.071 -> 0.059 px, for 3-6x the flow time: `stereo.flow.dis_finest_scale: 0` where
 accuracy matters more than speed). None keeps 0.70 at 16% parallax with 1% off by > 3 px.
 
-The opt-in accuracy setting (bench_stereo's ACCURATE): DIS at finest scale 0 with 6 px patches
-(`flow.dis_patch_size`), whose edges blur less, and a mask asking more of the left-right, vertical and match cues
-but less of the gradient (max_disparity_gradient 3, min_match_ncc 0.6, min_confidence 0.7): 0.81 / 2.5%,
-0.69 / 2.3% and 0.91 / 0.78% on motorcycle, and on Middlebury's real Aloe pair at 16.5% parallax 0.68 / 0.13%
-with the frame kept (the default drops it as stereo_lr at 0.57), for ~5x DIS medium's flow time. Re-picking each
+The opt-in accuracy setting (`stereo.quality: accurate`, pipeline/config.py ACCURATE_STEREO): DIS at finest scale 0
+with 6 px patches (`flow.dis_patch_size`), whose edges blur less, and a mask asking more of the left-right,
+vertical and match cues but less of the gradient (max_disparity_gradient 3, min_match_ncc 0.6, min_confidence
+0.625): 0.83 / 3.0%, 0.71 / 2.8% and 0.92 / 0.96% on motorcycle, and on Middlebury's real Aloe pair at 16.5%
+parallax 0.70 / 0.21% with the frame kept (the default drops it as stereo_lr at 0.57), for ~5x DIS medium's flow
+time. At min_confidence 0.7 (the first choice) motorcycle gave 0.81 / 2.5%, 0.69 / 2.3%, 0.91 / 0.78%, and Aloe
+0.68 / 0.13%, under the 0.70 aim. Re-picking each
 pixel's disparity among its neighbours' by 3x3 matching cost sharpened the re-rendered pairs' edges but cost
 density on the real views (JPEG, exposure); keeping only where SGBM agrees within 1 px did worse per pixel kept
 than raising min_confidence (0.50 / 1.4% against 0.62 / 1.3% at 16%); and a texture term would drop the wrong
 pixels: the kept ones in flat windows are the most accurate (0.1-0.4% off), the errors sit at depth edges.
 
-Issue 16's last aim (0.70 kept, <= 1% off by > 3 px, at 16% parallax) is out of reach of any mask over these flows.
-Measured on the accurate setting (bench_stereo's accurate_* rows; `equal_error`: the most density any min_confidence
-keeps at its 2.29%, and at 1%: 0.689 and 0.573) and left out: an occlusion cue from the right->left flow's range map
-(Wang et al. 2018: left pixels no right pixel lands on) drops 473 of the 2,253 occluded pixels kept wrongly, and
-3,145 right ones: the right->left flow smears the foreground over the same band, so both flows agree and the range
-there is ~1 (0.688 and 0.557); left-right failures spread 4 px towards the occluded side (0.686 and 0.583); a colour
-cue (3x3 means against the warped right view) 0.697 and 0.610, but nothing on motorcycle's own views (0.810 against
-0.810) and little on Aloe's (0.689 against 0.684): it helps the re-rendered pairs, whose right view is the left
-resampled. Even removing every pixel the ground truth says is occluded keeps 0.727 and 0.641; removing also every
-pixel within 1 px of a true depth edge keeps 0.678 at 0.85% (at confidence 0.5). What is left wrong sits at depth
-edges and in thin structures (background seen through gaps narrower than the parallax, which both flows fill with
-the foreground), and at 16% only 80% of the pixels are within 3 px at all: the disparity itself has to improve at
-edges, not the mask.
+Issue 16's last aim on re-rendered motorcycle (0.70 kept, <= 1% off by > 3 px, at 16% parallax) is out of reach of
+any mask over these flows. Measured on the accurate setting at min_confidence 0.7 (bench_stereo's accurate_* rows;
+`equal_error`: the most density any min_confidence keeps at its 2.29%, and at 1%: 0.689 and 0.573) and left out: an
+occlusion cue from the right->left flow's range map (Wang et al. 2018: left pixels no right pixel lands on) drops
+473 of the 2,253 occluded pixels kept wrongly, and 3,145 right ones: the right->left flow smears the foreground over
+the same band, so both flows agree and the range there is ~1 (0.688 and 0.557); left-right failures spread 4 px
+towards the occluded side (0.686 and 0.583); a colour cue (3x3 means against the warped right view) 0.697 and 0.610,
+but nothing on motorcycle's own views (0.810 against 0.810) and little on Aloe's (0.689 against 0.684): it helps the
+re-rendered pairs, whose right view is the left resampled. Even removing every pixel the ground truth says is
+occluded keeps 0.727 and 0.641; removing also every pixel within 1 px of a true depth edge keeps 0.678 at 0.85% (at
+confidence 0.5). What is left wrong sits at depth edges and in thin structures (background seen through gaps
+narrower than the parallax, which both flows fill with the foreground), and at 16% only 80% of the pixels are within
+3 px at all: the disparity itself has to improve at edges, not the mask.
 
 Its PNG storage is in pipeline/media/codecs.py, so the trainer decodes it without the stereo stack.
 """

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from pipeline.config import STEREO_PROFILES, ConfigError, CurateConfig, StereoConfig, load_config
+from pipeline.config import (
+    ACCURATE_STEREO,
+    STEREO_PROFILES,
+    ConfigError,
+    CurateConfig,
+    OpticalFlowConfig,
+    StereoConfig,
+    load_config,
+)
 
 
 def test_midas_is_the_default_profile():
@@ -43,3 +52,27 @@ def test_profile_and_its_values_are_recorded_and_hashed():
     assert midas.processing_hash() != stereo4d.processing_hash()
     # A recorded config read back (a recipe rebuild) is the same config.
     assert CurateConfig.model_validate(stereo4d.recorded()) == stereo4d
+
+
+def test_accurate_quality_fills_its_flow_and_mask_and_explicit_fields_win(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump({"stereo": {"quality": "accurate", "min_confidence": 0.8, "flow": {"batch_size": 2}}})
+    )
+    cfg = load_config(path).stereo
+    assert (cfg.flow.dis_finest_scale, cfg.flow.dis_patch_size, cfg.flow.batch_size) == (0, 6, 2)
+    assert cfg.min_confidence == 0.8  # given beside the quality
+    assert cfg.max_disparity_gradient == ACCURATE_STEREO["max_disparity_gradient"]
+    assert StereoConfig(quality="accurate", flow=OpticalFlowConfig(dis_patch_size=8)).flow.dis_patch_size == 8
+    assert StereoConfig(quality="accurate", profile="stereo4d").lr_max_px == 1.0  # the two names combine
+    with pytest.raises(ValidationError, match="quality"):
+        StereoConfig(quality="best")
+
+
+def test_quality_is_recorded_only_when_accurate_and_hashes_by_its_values():
+    fast, accurate = CurateConfig(), CurateConfig(stereo={"quality": "accurate"})
+    spelled_out = CurateConfig(stereo={"flow": ACCURATE_STEREO["flow"], **ACCURATE_STEREO})
+    assert "quality" not in fast.recorded()["stereo"]  # dataset.json reads as it did before the key existed
+    assert accurate.recorded()["stereo"]["quality"] == "accurate"
+    assert accurate.processing_hash() == spelled_out.processing_hash() != fast.processing_hash()
+    assert CurateConfig.model_validate(accurate.recorded()) == accurate
