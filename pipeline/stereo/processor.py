@@ -166,41 +166,30 @@ class StereoProcessor:
         if not isinstance(self.flow, DISFlow):
             pairs = [p.result() for p in prepared]
             flows_lr, flows_rl = stereo_flows(self.flow, lefts, [p.right_matched for p in pairs])
-            pending = [
+            measures = [
                 pool.submit(self._measure, lefts[i], rights[i], pair, flows_lr[i], flows_rl[i], skies[i])
                 for i, pair in enumerate(pairs)
             ]
-            return flows_lr, flows_rl, pending
+            return flows_lr, flows_rl, measures
         # Every task waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
         flows: list[tuple[Future[np.ndarray], Future[np.ndarray]]] = []
-        pending = []
-        for i in range(len(lefts) + 1):
-            if i < len(lefts):
-                flows.append(
-                    (
-                        pool.submit(self._dis_flow, lefts[i], prepared[i]),
-                        pool.submit(self._dis_flow, prepared[i], lefts[i]),
-                    )
-                )
-            if i > 0:
-                pending.append(
-                    pool.submit(
-                        self._measure_when_ready,
-                        lefts[i - 1],
-                        rights[i - 1],
-                        prepared[i - 1],
-                        *flows[i - 1],
-                        skies[i - 1],
-                    )
-                )
+        pending: list[Future[_Measure]] = []
+
+        def measure(i: int) -> Future[_Measure]:
+            return pool.submit(self._measure_when_ready, lefts[i], rights[i], prepared[i], *flows[i], skies[i])
+
+        for i, (left, pair) in enumerate(zip(lefts, prepared)):
+            flows.append((pool.submit(self._dis_flow, left, pair), pool.submit(self._dis_flow, left, pair, True)))
+            if i:  # queued behind this pair's flows, the previous pair's measure never holds a worker waiting on one
+                pending.append(measure(i - 1))
+        if flows:
+            pending.append(measure(len(flows) - 1))
         return [lr.result() for lr, _ in flows], [rl.result() for _, rl in flows], pending
 
-    def _dis_flow(
-        self, first: np.ndarray | Future[PreparedPair], second: np.ndarray | Future[PreparedPair]
-    ) -> np.ndarray:
-        """One flow between a left view and its pair's colour-matched right view, in either order."""
-        a, b = (x.result().right_matched if isinstance(x, Future) else x for x in (first, second))
-        return self.flow([a], [b])[0]
+    def _dis_flow(self, left: np.ndarray, pair: Future[PreparedPair], backward: bool = False) -> np.ndarray:
+        """One pair's flow from the left view to the colour-matched right one, or back."""
+        right = pair.result().right_matched
+        return self.flow([right], [left])[0] if backward else self.flow([left], [right])[0]
 
     def _measure_when_ready(
         self,
