@@ -66,7 +66,15 @@ from pipeline.stereo.disparity import PixelChecks, check_stereo, pixel_checks, r
 from pipeline.stereo.optical_flow import make_flow_backend, stereo_flows
 from pipeline.stereo.processor import StereoProcessor
 from pipeline.stereo.sky import make_sky_detector
-from pipeline.synthetic.real_pairs import GroundTruthPair, aloe, fill_rows, motorcycle, score, with_parallax
+from pipeline.synthetic.real_pairs import (
+    GroundTruthPair,
+    aloe,
+    fill_rows,
+    motorcycle,
+    score,
+    splat_right,
+    with_parallax,
+)
 from pipeline.synthetic.renderer import SceneSpec, render_stereo_frames
 
 # name: (pair, ground-truth scale). Motorcycle's max disparity 8.1%, 16%, 3.0% of the width; Aloe's 16.5% and 3.0%.
@@ -397,14 +405,10 @@ def _colour_cue(left: np.ndarray, right: np.ndarray, flow_lr: np.ndarray) -> np.
 
 def _true_occlusions(truth: np.ndarray) -> np.ndarray:
     """Left pixels a nearer surface hides in the right view, from the ground truth (x_right = x - d)."""
-    height, width = truth.shape
     disparity = fill_rows(truth)
-    target = np.rint(np.arange(width)[None, :] - disparity).astype(np.int64)
-    rows = np.broadcast_to(np.arange(height)[:, None], (height, width))
-    inside = (target >= 0) & (target < width)
-    nearest = np.full((height, width), -np.inf, np.float32)
-    np.maximum.at(nearest, (rows[inside], target[inside]), disparity[inside])
-    occluded = np.zeros((height, width), bool)
+    nearest, target, inside = splat_right(disparity)
+    rows = np.broadcast_to(np.arange(truth.shape[0])[:, None], truth.shape)
+    occluded = np.zeros(truth.shape, bool)
     occluded[inside] = nearest[rows[inside], target[inside]] > disparity[inside] + 1
     return occluded
 

@@ -80,17 +80,27 @@ def _opencv_samples_with(names: tuple[str, ...]) -> Path | None:
 def with_parallax(pair: GroundTruthPair, scale: float) -> GroundTruthPair:
     """pair's left view and a right view re-rendered at scale x its ground-truth disparity."""
     height, width = pair.disparity.shape
-    disparity = fill_rows(pair.disparity) * np.float32(scale)
-    target = np.rint(np.arange(width)[None, :] - disparity).astype(np.int64)
-    rows = np.broadcast_to(np.arange(height)[:, None], (height, width))
-    order = np.argsort(disparity, axis=None, kind="stable")  # far first: the nearer surface is written last
-    order = order[(target.ravel()[order] >= 0) & (target.ravel()[order] < width)]
-    right_disparity = np.full((height, width), np.inf, np.float32)
-    right_disparity[rows.ravel()[order], target.ravel()[order]] = disparity.ravel()[order]
+    right_disparity, _, _ = splat_right(fill_rows(pair.disparity) * np.float32(scale))
     map_x = np.arange(width, dtype=np.float32)[None, :] + fill_rows(right_disparity)
-    map_y = rows.astype(np.float32)
+    map_y = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None], (height, width))
     right = cv2.remap(pair.left, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return GroundTruthPair(pair.left, right, (pair.disparity * np.float32(scale)).astype(np.float32))
+
+
+def splat_right(disparity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A complete left-view disparity (x_right = x - d) splatted to the right view, the nearer surface winning.
+
+    Returns the right view's disparity (inf where no left pixel lands), and each left pixel's target column and
+    whether it lands inside the right view.
+    """
+    height, width = disparity.shape
+    target = np.rint(np.arange(width)[None, :] - disparity).astype(np.int64)
+    rows = np.broadcast_to(np.arange(height)[:, None], (height, width))
+    inside = (target >= 0) & (target < width)
+    right = np.full((height, width), -np.inf, np.float32)
+    np.maximum.at(right, (rows[inside], target[inside]), disparity[inside].astype(np.float32))
+    right[np.isneginf(right)] = np.inf
+    return right, target, inside
 
 
 def score(disparity: np.ndarray, kept: np.ndarray, truth: np.ndarray) -> PairScore:
